@@ -1,0 +1,78 @@
+"""`tuner search | best | compare | validate | list`: argument parsing only; each command returns an exit status.
+
+0 success, 2 a user error (one `error:` line, no traceback), 1 anything unexpected.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from tuner.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors follow the contract too: one line, exit 2
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tuner", description="Hyperparameter search for image classifiers (Ray Tune + Optuna + PyTorch).")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    s = sub.add_parser("search", help="run a search space (or suite), retrain the best config, compare")
+    s.add_argument("--space", required=True, help="a space or suite YAML file")
+    s.add_argument("--name", help="experiment name (default: the file's name:, then its stem)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key (YAML value)")
+    s.add_argument("--results", default="results", help="results folder (default ./results)")
+    s.add_argument("--address", help="join a running Ray cluster: auto or ray://host:10001")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted experiment of the same name")
+    s.add_argument("--smoke", action="store_true", help="2 trials, 1 epoch, a small subset: check a file end to end")
+    s.add_argument("--no-retrain", action="store_true", help="stop after the search")
+    s.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+
+    b = sub.add_parser("best", help="print the best trial; --export writes the deployable bundle")
+    b.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
+    b.add_argument("--export", nargs="?", const="", default=None, metavar="DIR",
+                   help="write the bundle (default <results>/<name>/export/)")
+    b.add_argument("--results", default="results")
+
+    c = sub.add_parser("compare", help="one table over experiments' retrained best models")
+    c.add_argument("experiments", nargs="*", help="names or folders (default: every experiment in --results)")
+    c.add_argument("--results", default="results")
+    c.add_argument("--format", default="md", choices=["md", "csv", "html", "tex"])
+
+    v = sub.add_parser("validate", help="parse and check a space file without running anything")
+    v.add_argument("--space", required=True)
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    ls = sub.add_parser("list", help="the experiments in a results folder")
+    ls.add_argument("--results", default="results")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        from tuner import commands
+
+        return getattr(commands, args.command)(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `tuner search --resume` continues where this stopped", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - the one place that turns a bug into exit status 1
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

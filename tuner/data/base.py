@@ -1,0 +1,108 @@
+"""What a data-set reader returns, and what every trial receives.
+
+Readers (one module per on-disk format) only find images and labels; `tuner.data.prepare` decodes
+and resizes them once, splits them, and hands one `ImageData` of uint8 arrays to every trial (through
+Ray's object store, which shares numpy arrays between the trials of a node without copying).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tuner.errors import UserError
+from tuner.families.base import DataInfo
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SplitSource:
+    """Images of one split as found on disk: each item an HWC uint8 array, a PIL image or a file path."""
+
+    images: Sequence[Any] | np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Source:
+    """A reader's answer: class names and the splits the data set ships with (train always)."""
+
+    class_names: list[str]
+    train: SplitSource
+    test: SplitSource | None = None   # the data set's official test split, if it has one
+    val: SplitSource | None = None    # an official validation split (image folders with val/)
+    skipped: int = 0                  # unreadable files the reader passed over
+
+
+@dataclass
+class ImageData:
+    """Decoded, resized, split images as uint8 NHWC arrays, plus what it takes to normalise them."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = ""
+    key: str = ""                     # identifies the decoded images (for feature caches)
+    indices: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def info(self) -> DataInfo:
+        n, h, w, c = self.x_train.shape
+        return DataInfo(num_classes=len(self.class_names), channels=c, height=h, width=w, mean=tuple(self.mean),
+                        std=tuple(self.std), class_names=tuple(self.class_names), name=self.name)
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+
+READERS: dict[str, Callable[..., Source]] = {}
+
+
+def register_reader(name: str):
+    def add(fn):
+        if name in READERS:
+            raise ValueError(f"reader {name!r} registered twice")
+        READERS[name] = fn
+        return fn
+    return add
+
+
+def get_reader(name: str) -> Callable[..., Source]:
+    try:
+        return READERS[name]
+    except KeyError:
+        raise UserError(f"dataset.name: unknown data set {name!r}; choose one of {', '.join(sorted(READERS))}") from None
+
+
+def normalization(preset: str, x_train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units for a preset; `dataset` is measured on the training split."""
+    c = x_train.shape[-1]
+    if preset == "imagenet":
+        if c == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return (float(np.mean(IMAGENET_MEAN)),) * c, (float(np.mean(IMAGENET_STD)),) * c
+    if preset == "half":
+        return (0.5,) * c, (0.5,) * c
+    if preset == "none":
+        return (0.0,) * c, (1.0,) * c
+    # dataset: one pass in chunks so a memory-mapped cache is never loaded whole
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    n = 0
+    for start in range(0, len(x_train), 4096):
+        chunk = x_train[start:start + 4096].astype(np.float64) / 255.0
+        total += chunk.sum(axis=(0, 1, 2))
+        total_sq += (chunk ** 2).sum(axis=(0, 1, 2))
+        n += chunk.shape[0] * chunk.shape[1] * chunk.shape[2]
+    mean = total / max(n, 1)
+    std = np.sqrt(np.maximum(total_sq / max(n, 1) - mean ** 2, 1e-12))
+    return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)

@@ -1,0 +1,250 @@
+"""The search driver: an `Experiment` -> a Ray Tune run -> the results folder -> retrain, test, compare."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tuner.errors import UserError
+from tuner.families import get_family
+from tuner.spaces import Experiment, resolved_yaml
+
+EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]
+
+
+def cache_dir() -> Path:
+    """Decoded images and embeddings are cached here, shared by every experiment on this machine."""
+    return Path(os.environ.get("TUNER_CACHE", Path.home() / ".cache" / "tuner")).expanduser()
+
+
+# --------------------------------------------------------------------------- Ray
+def has_dashboard() -> bool:
+    try:
+        import ray.dashboard  # noqa: F401
+        import aiohttp  # noqa: F401  (ray[default] brings it; plain `ray` has no dashboard)
+        return True
+    except ImportError:
+        return False
+
+
+def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["include_dashboard"] = bool(dashboard and has_dashboard())
+        if kwargs["include_dashboard"]:
+            kwargs["dashboard_host"] = "127.0.0.1"  # never on a public interface unless the user says so
+    try:
+        ctx = ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+                        f"`ray start --head` or drop --address to run locally") from None
+    url = getattr(ctx, "dashboard_url", None)
+    if url:
+        say(f"Ray dashboard: http://{url}  (log in with the token printed by `ray get-auth-token`; "
+            f"it is stored in ~/.ray/auth_token)")
+
+
+def _searcher(exp: Experiment):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if exp.search.algorithm == "optuna" and exp.searched and exp.scheduler.name != "pbt":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        sampler = optuna.samplers.TPESampler(seed=exp.search.seed, n_startup_trials=min(10, max(2, exp.num_samples // 3)))
+        return OptunaSearch(sampler=sampler)
+    return BasicVariantGenerator(random_state=exp.search.seed)
+
+
+def _scheduler(exp: Experiment):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
+
+    s = exp.scheduler
+    if not get_family(exp.family).iterative or s.name == "fifo":
+        return FIFOScheduler()
+    if s.name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor)
+    if s.name == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
+                                  min_samples_required=3)
+    mutations = {k: d.to_tune() for k, d in exp.searched.items()
+                 if k in ("lr", "momentum", "dropout", "weight_decay", "label_smoothing")}
+    if not mutations:
+        raise UserError(f"{exp.path}: scheduler pbt needs at least one of lr, momentum, dropout, weight_decay "
+                        f"or label_smoothing in space:")
+    return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+                                   hyperparam_mutations=mutations, synch=False)
+
+
+def _resources(exp: Experiment) -> dict:
+    import ray
+
+    if not exp.resources.auto:
+        return {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu}
+    total = ray.cluster_resources()
+    n = max(1, exp.search.max_concurrent)
+    cpu = max(1, int(total.get("CPU", 1) // n))
+    gpus = total.get("GPU", 0)
+    gpu = 0.0 if not gpus else (float(int(gpus // n)) if gpus >= n else round(gpus / n, 3))
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def param_space(exp: Experiment) -> dict:
+    grid = exp.search.grid_points if exp.search.algorithm == "grid" else 0
+    space = {k: d.to_tune(grid) for k, d in exp.searched.items()}
+    space.update(exp.constants)
+    return space
+
+
+# --------------------------------------------------------------------------- the run
+def run(exp: Experiment, results: Path, *, address: str | None = None, resume: bool = False,
+        retrain: bool = True, dashboard: bool = True, say: Callable[[str], None] = print) -> Path:
+    from ray import tune
+
+    from tuner.data import prepare
+    from tuner.trainable import TrialSpec, run_trial
+
+    exp_dir = (results / exp.name).resolve()
+    ray_dir = exp_dir / "ray"
+    if resume and not (ray_dir.is_dir() and tune.Tuner.can_restore(str(ray_dir))):
+        raise UserError(f"--resume: nothing to resume in {exp_dir}; run without --resume to start "
+                        f"experiment {exp.name!r}")
+    if not resume and exp_dir.exists():
+        shutil.rmtree(exp_dir)  # a new search of the same name replaces the old one
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
+
+    t0 = time.perf_counter()
+    data = prepare(exp.dataset, cache_dir=cache_dir())
+    np.savez(exp_dir / "split.npz", **data.indices)
+    say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
+        f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
+        f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s)")
+
+    init_ray(address, dashboard, say)
+    resources = _resources(exp)
+    spec = TrialSpec(family=exp.family, max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
+                     cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()))
+    # the arrays go to the object store once; every trial on a node maps the same copy
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
+    if resume:
+        tuner = tune.Tuner.restore(str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(exp),
+            tune_config=tune.TuneConfig(
+                metric=exp.metric, mode=exp.mode, search_alg=_searcher(exp), scheduler=_scheduler(exp),
+                num_samples=exp.num_samples, max_concurrent_trials=exp.search.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name="ray", storage_path=str(exp_dir), verbose=1,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
+        )
+    grid = tuner.fit()
+    say(f"search: {len(grid)} trials in {time.perf_counter() - t0:.1f} s")
+    best = write_results(exp, grid, exp_dir)
+    from tuner import report
+
+    report.experiment_plots(exp_dir)
+    if best is None:
+        say(f"no trial reported {exp.metric}; see {exp_dir / 'trials.csv'} for the errors")
+        return exp_dir
+    say(f"best trial {best['trial_id']}: {exp.metric} = {best['metrics'][exp.metric]:.4f}")
+    if retrain:
+        from tuner.retrain import retrain_best
+
+        metrics = retrain_best(exp_dir, data=data, say=say)
+        say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {exp_dir / 'best'}")
+        report.write_comparison(results)
+    say(f"results: {exp_dir}")
+    return exp_dir
+
+
+def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
+    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid."""
+    trials, epochs = [], []
+    searched = list(exp.searched)
+    constants = exp.constants
+    for result in grid:
+        df = result.metrics_dataframe
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-2]
+        cfg = result.config or {}
+        row = {"trial_id": trial_id, "status": "ERROR" if result.error else "TERMINATED",
+               "error": _one_line(result.error) if result.error else ""}
+        for k in searched + [k for k in constants if k not in searched]:
+            v = cfg.get(k, constants.get(k))
+            row[k] = v if not isinstance(v, (list, dict)) else yaml.safe_dump(v, default_flow_style=True).strip()
+        if df is not None and len(df) and exp.metric in df:
+            df = df.copy()
+            df["trial_id"] = trial_id
+            if "epoch" not in df:
+                df["epoch"] = df["training_iteration"]
+            df["time_s"] = df.get("time_this_iter_s", np.nan)
+            for col in EPOCH_COLUMNS:
+                if col not in df:
+                    df[col] = np.nan
+            epochs.append(df[EPOCH_COLUMNS])
+            i = df[exp.metric].idxmax() if exp.mode == "max" else df[exp.metric].idxmin()
+            row.update(epochs=int(df["epoch"].max()), val_accuracy=float(df.loc[i, "val_accuracy"]),
+                       val_loss=float(df.loc[i, "val_loss"]), best_epoch=int(df.loc[i, "epoch"]),
+                       time_s=float(df["time_total_s"].max()) if "time_total_s" in df else np.nan)
+            row["_metric"] = float(df.loc[i, exp.metric])
+            row["_config"] = cfg
+        else:
+            row.update(epochs=0, val_accuracy=np.nan, val_loss=np.nan, best_epoch=np.nan, time_s=np.nan)
+        trials.append(row)
+    table = pd.DataFrame(trials)
+    public = table.drop(columns=[c for c in table.columns if c.startswith("_")])
+    public.to_csv(exp_dir / "trials.csv", index=False)
+    (pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(columns=EPOCH_COLUMNS)).to_csv(
+        exp_dir / "epochs.csv", index=False)
+    ok = table[table["_metric"].notna()] if "_metric" in table else table.iloc[0:0]
+    if ok.empty:
+        return None
+    best_row = ok.loc[ok["_metric"].idxmax() if exp.mode == "max" else ok["_metric"].idxmin()]
+    config = {k: _plain(v) for k, v in best_row["_config"].items()}
+    best = {"experiment": exp.name, "family": exp.family, "trial_id": str(best_row["trial_id"]),
+            "metric": exp.metric, "mode": exp.mode, "config": config,
+            "metrics": {"epoch": int(best_row["best_epoch"]), "val_accuracy": float(best_row["val_accuracy"]),
+                        "val_loss": float(best_row["val_loss"]), exp.metric: float(best_row["_metric"])},
+            "epochs_run": int(best_row["epochs"])}
+    (exp_dir / "best.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
+    return best
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def _one_line(error) -> str:
+    text = str(error).strip().splitlines()
+    # Ray wraps the trial's exception in its own traceback: keep the line that says what went wrong
+    for line in reversed(text):
+        if line.strip() and not line.startswith((" ", "Traceback")):
+            return line.strip()[:500]
+    return (text[-1] if text else repr(error))[:500]
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

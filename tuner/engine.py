@@ -1,0 +1,369 @@
+"""Training and evaluation in plain PyTorch, device-aware, with no Ray in it.
+
+Images stay uint8 NHWC (in the object store or a memory-mapped cache) until a batch is taken: only
+the batch is converted, moved to the device, normalised and augmented there. So augmentation never
+forces a re-decode, and on CUDA it runs on the GPU.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tuner.errors import TrialFailed
+
+# --------------------------------------------------------------------------- common parameters
+from tuner.families.base import Param
+
+COMMON_PARAMS: dict[str, Param] = {
+    "optimizer": Param("adam", "str", ("sgd", "adam", "adamw", "rmsprop")),
+    "lr": Param(1e-3, "float", low=0.0),
+    "momentum": Param(0.9, "float", low=0.0, high=1.0, help="sgd and rmsprop"),
+    "weight_decay": Param(0.0, "float", low=0.0),
+    "eps": Param(1e-8, "float", low=0.0, help="adam/adamw/rmsprop epsilon (the Flowers seed used 0.1)"),
+    "nesterov": Param(False, "bool"),
+    "batch_size": Param(64, "int", low=1),
+    "lr_schedule": Param("none", "str", ("none", "step", "plateau", "cosine")),
+    "lr_step": Param(0, "int", low=0, help="step: epochs between drops (0 = a third of max_epochs)"),
+    "lr_gamma": Param(0.1, "float", low=0.0, high=1.0, help="step and plateau: factor the lr is multiplied by"),
+    "lr_patience": Param(2, "int", low=0, help="plateau: epochs without improvement before a drop"),
+    "lr_threshold": Param(1e-4, "float", low=0.0, help="plateau: relative improvement that counts"),
+    "label_smoothing": Param(0.0, "float", low=0.0, high=1.0),
+    "loss": Param("ce", "str", ("ce", "focal")),
+    "focal_gamma": Param(2.0, "float", low=0.0),
+    "early_stopping": Param(0, "int", low=0, help="patience in epochs on val_accuracy; 0 = off"),
+    "seed": Param(0, "int"),
+}
+
+
+def pick_device(gpu: float = 0.0) -> torch.device:
+    """CUDA when this trial was given a GPU (or any is visible and none was asked), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------- batches
+class Preprocess(nn.Module):
+    """uint8 NHWC batch -> normalised float NCHW on the device (grey -> RGB where the model wants 3)."""
+
+    def __init__(self, mean, std, in_channels: int, out_channels: int | None = None):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if in_channels == 1 and out_channels == 3:
+            mean, std = tuple(mean) * 3, tuple(std) * 3
+        self.repeat = out_channels // in_channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.repeat > 1:
+            x = x.repeat(1, self.repeat, 1, 1)
+        return (x - self.mean) / self.std
+
+
+def augment(x: torch.Tensor, aug, gen: torch.Generator) -> torch.Tensor:
+    """Random flips, rotation, translation, resized crops and colour jitter on a float NCHW batch.
+
+    All geometric changes go through one affine grid per batch, so cost does not grow with the number
+    of augmentations. Random numbers come from `gen` (CPU), so a trial's augmentations are seeded and
+    its generator state can be checkpointed.
+    """
+    if aug is None or not aug.any:
+        return x
+    n = x.shape[0]
+    dev = x.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen).to(dev)
+
+    if aug.rotation or aug.translate or aug.random_resized_crop or aug.hflip:
+        angle = (rand(n) * 2 - 1) * math.radians(aug.rotation)
+        scale = torch.ones(n, device=dev)
+        if aug.random_resized_crop:  # zoom into 50-100 % of the side, as RandomResizedCrop((0.25, 1) area) does
+            scale = 0.5 + 0.5 * rand(n)
+        flip = torch.where(rand(n) < 0.5, -1.0, 1.0) if aug.hflip else torch.ones(n, device=dev)
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        tx = (rand(n) * 2 - 1) * aug.translate * 2
+        ty = (rand(n) * 2 - 1) * aug.translate * 2
+        if aug.random_resized_crop:  # move the crop anywhere inside the image
+            tx = tx + (rand(n) * 2 - 1) * (1 - scale)
+            ty = ty + (rand(n) * 2 - 1) * (1 - scale)
+        theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if aug.color_jitter:
+        s = aug.color_jitter
+        bright = 1 + (rand(n, 1, 1, 1) * 2 - 1) * s
+        contrast = 1 + (rand(n, 1, 1, 1) * 2 - 1) * s
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean * bright
+        if x.shape[1] == 3:
+            sat = 1 + (rand(n, 1, 1, 1) * 2 - 1) * s
+            grey = x.mean(dim=1, keepdim=True)
+            x = (x - grey) * sat + grey
+    return x
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator | None) -> Iterator[np.ndarray]:
+    """Index batches: shuffled when a generator is given; each batch sorted (memory-mapped reads in order)."""
+    order = torch.randperm(n, generator=gen).numpy() if gen is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield np.sort(order[start:start + batch_size])
+
+
+def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+# --------------------------------------------------------------------------- losses, optimisers, schedules
+def make_loss(cfg: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    smoothing = float(cfg.get("label_smoothing", 0.0))
+    if cfg.get("loss", "ce") == "focal":
+        gamma = float(cfg.get("focal_gamma", 2.0))
+
+        def focal(logits, y):
+            logp = F.log_softmax(logits.float(), dim=1)
+            pt = logp.gather(1, y[:, None]).squeeze(1).exp()
+            ce = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=smoothing)
+            return ((1 - pt) ** gamma * ce).mean()
+
+        return focal
+    return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+
+
+def make_optimizer(groups, cfg: dict) -> torch.optim.Optimizer:
+    name, lr, wd = cfg["optimizer"], float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
+    eps = float(cfg.get("eps", 1e-8))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd,
+                               nesterov=bool(cfg.get("nesterov")) and float(cfg.get("momentum", 0)) > 0)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=wd, eps=eps)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, eps=eps)
+    return torch.optim.RMSprop(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd, eps=eps)
+
+
+def make_schedule(opt, cfg: dict, max_epochs: int):
+    kind = cfg.get("lr_schedule", "none")
+    if kind == "step":
+        step = int(cfg.get("lr_step") or max(1, max_epochs // 3))
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=float(cfg.get("lr_gamma", 0.1)))
+    if kind == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=float(cfg.get("lr_gamma", 0.1)), patience=int(cfg.get("lr_patience", 2)),
+            threshold=float(cfg.get("lr_threshold", 1e-4)))
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
+    return None
+
+
+# --------------------------------------------------------------------------- the learner for torch models
+class TorchLearner:
+    """Trains an `nn.Module` on uint8 image arrays, one epoch per `fit` step; checkpointable."""
+
+    def __init__(self, model: nn.Module, cfg: dict, info, device: torch.device | str = "cpu",
+                 in_channels_wanted: int | None = None, augment_cfg=None, keep_best: bool = False):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.info = info
+        self.model = model.to(self.device)
+        self.pre = Preprocess(info.mean, info.std, info.channels, in_channels_wanted).to(self.device)
+        self.augment_cfg = augment_cfg
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = (torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.amp_dtype == torch.float16)
+        self.loss_fn = make_loss(cfg)
+        self.optimizer = make_optimizer(self.param_groups(), cfg)
+        self.schedule = None
+        self.gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+        self.epoch = 0
+        self.best = -math.inf
+        self.bad_epochs = 0
+        self.keep_best = keep_best
+        self.best_state: dict | None = None
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+
+    # hooks a family may override --------------------------------------------------------------
+    def param_groups(self):
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    # -------------------------------------------------------------------------------------------
+    def _inputs(self, x: np.ndarray, train: bool) -> torch.Tensor:
+        t = self.pre(to_device(x, self.device))
+        if train:
+            t = augment(t, self.augment_cfg, self.gen)
+        if self.cuda:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cuda):
+            return self.model(x)
+
+    def train_epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+        self.train_mode()
+        total_loss, correct, seen = 0.0, 0, 0
+        batch_size = min(batch_size, len(x))
+        for idx in batches(len(x), batch_size, self.gen):
+            if len(idx) < 2 and seen:  # a batch of one breaks batch norm; drop the remainder
+                continue
+            xb = self._inputs(x[idx], train=True)
+            yb = to_device(y[idx], self.device)
+            logits = self._forward(xb)
+            loss = self.loss_fn(logits, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total_loss += loss.detach().float().item() * len(idx)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(idx)
+        return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    @torch.no_grad()
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+        proba = self.predict_proba(x)
+        p = torch.from_numpy(proba).clamp_min(1e-12)
+        yt = torch.from_numpy(np.array(y, dtype=np.int64))
+        loss = F.nll_loss(p.log(), yt).item() if len(y) else float("nan")
+        acc = float((proba.argmax(1) == y).mean()) if len(y) else float("nan")
+        return loss, acc, proba
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        self.model.eval()
+        out = []
+        for idx in batches(len(images), batch_size, None):
+            logits = self._forward(self._inputs(images[idx], train=False))
+            out.append(torch.softmax(logits.float(), 1).cpu())
+        if not out:
+            return np.zeros((0, self.info.num_classes), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    def fit(self, data, max_epochs: int) -> Iterator[dict]:
+        if self.schedule is None:
+            self.schedule = make_schedule(self.optimizer, self.cfg, max_epochs)
+            if getattr(self, "_pending_schedule", None):
+                self.schedule.load_state_dict(self._pending_schedule)
+        patience = int(self.cfg.get("early_stopping", 0))
+        batch_size = int(self.cfg.get("batch_size", 64))
+        while self.epoch < max_epochs:
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss, train_acc = self.train_epoch(data.x_train, data.y_train, batch_size)
+            if not math.isfinite(train_loss):
+                raise TrialFailed(f"train_loss is {train_loss} at epoch {self.epoch + 1}: the lr "
+                                  f"({lr:.3g}) is probably too high for this config")
+            val_loss, val_acc, _ = self.evaluate(data.x_val, data.y_val)
+            if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.schedule.step(val_loss)
+            elif self.schedule is not None:
+                self.schedule.step()
+            self.epoch += 1
+            if val_acc > self.best:
+                self.best, self.bad_epochs = val_acc, 0
+                if self.keep_best:
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+            else:
+                self.bad_epochs += 1
+            yield {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                   "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
+                   "epoch_time_s": time.perf_counter() - t0}
+            if patience and self.bad_epochs >= patience:
+                return
+
+    def restore_best(self) -> None:
+        """Go back to the weights of the best validation epoch (the retrain keeps those)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "best": self.best,
+                "bad_epochs": self.bad_epochs, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._pending_schedule = state.get("schedule")
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def weights(self) -> dict:
+        """What an exported bundle needs to rebuild the model."""
+        return {"model": self.model.state_dict()}
+
+    def load_weights(self, w: dict) -> None:
+        self.model.load_state_dict(w["model"])
+
+
+def set_threads(cpus: float) -> None:
+    """Concurrent trials must not fight over cores: one trial's torch uses only the CPUs it was given."""
+    n = max(1, int(cpus))
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # can only be set once per process; the reused actor keeps the first value
+        pass
+
+
+# --------------------------------------------------------------------------- test metrics
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict:
+    """The contract's metrics.json keys (without num_params / train_time_s, which the caller knows)."""
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    k = proba.shape[1]
+    pred = proba.argmax(1)
+    labels = np.arange(k)
+    p = np.clip(proba, 1e-12, 1)
+    out = {
+        "accuracy": float((pred == y_true).mean()),
+        "loss": float(-np.log(p[np.arange(len(y_true)), y_true]).mean()),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
+    }
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y_true, pred, average=avg, labels=np.unique(y_true),
+                                                             zero_division=0)
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(pr), float(rc), float(f1)
+    aucs = []
+    for c in labels:
+        pos = y_true == c
+        if pos.any() and (~pos).any():
+            aucs.append(skm.roc_auc_score(pos, proba[:, c]))
+    out["auc_ovr"] = float(np.mean(aucs)) if aucs else float("nan")
+    cm = skm.confusion_matrix(y_true, pred, labels=labels)
+    tp = np.diag(cm).astype(float)
+    fn = cm.sum(1) - tp
+    fp = cm.sum(0) - tp
+    tn = cm.sum() - tp - fn - fp
+    present = cm.sum(1) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["tpr"] = float(np.mean((tp / (tp + fn))[present]))
+        out["fnr"] = float(np.mean((fn / (tp + fn))[present]))
+        out["tnr"] = float(np.mean((tn / (tn + fp))[present]))
+        out["fpr"] = float(np.mean((fp / (tn + fp))[present]))
+    out["num_test"] = int(len(y_true))
+    return out

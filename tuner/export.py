@@ -1,0 +1,114 @@
+"""The deployable bundle: one `model.pt` with weights, config, class names and preprocessing.
+
+It is loaded with `torch.load(weights_only=True)`: nothing in it is unpickled as code, so a bundle from
+someone else cannot run anything on your machine.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuner.errors import UserError
+from tuner.families import DataInfo, get_family
+
+FORMAT = "tuner-bundle/1"
+
+
+def save_bundle(path: Path, exp, config: dict, learner, data, metrics: dict | None = None) -> None:
+    info = data.info
+    torch.save({
+        "format": FORMAT, "family": exp.family, "experiment": exp.name, "config": dict(config),
+        "class_names": list(data.class_names),
+        "preprocessing": {"height": info.height, "width": info.width, "channels": info.channels,
+                          "mean": list(info.mean), "std": list(info.std), "dataset": data.name},
+        "weights": learner.weights(), "metrics": dict(metrics or {}),
+    }, path)
+
+
+def read_bundle(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no model bundle there; make one with `tuner best --export`")
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to replace
+        raise UserError(f"{path}: not a readable tuner bundle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise UserError(f"{path}: not a tuner bundle (no format {FORMAT!r}); export one with `tuner best --export`")
+    return bundle
+
+
+class Predictor:
+    """A loaded bundle: `predict` takes PIL images or numpy arrays and returns class names."""
+
+    def __init__(self, bundle: dict, device: str | None = None):
+        self.bundle = bundle
+        self.family = bundle["family"]
+        self.config = bundle["config"]
+        self.class_names: list[str] = list(bundle["class_names"])
+        p = bundle["preprocessing"]
+        self.size = (int(p["height"]), int(p["width"]))
+        self.channels = int(p["channels"])
+        self.info = DataInfo(num_classes=len(self.class_names), channels=self.channels, height=self.size[0],
+                             width=self.size[1], mean=tuple(p["mean"]), std=tuple(p["std"]),
+                             class_names=tuple(self.class_names), name=p.get("dataset", ""))
+        fam = get_family(self.family)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.learner = fam.learner(self.config, self.info, device=device)
+        self.learner.load_weights(bundle["weights"])
+        self.metrics = bundle.get("metrics", {})
+
+    def images(self, x: Any) -> np.ndarray:
+        """PIL image(s) or arrays (HW, HWC or NHWC; uint8 0-255 or float 0-1) -> uint8 NHWC at the model's size."""
+        from PIL import Image
+
+        if isinstance(x, Image.Image):
+            items = [x]
+        elif isinstance(x, (list, tuple)):
+            items = list(x)
+        else:
+            a = np.asarray(x)
+            single = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3, 4))  # HW or HWC; else a batch
+            items = [a] if single else list(a)
+        out = np.empty((len(items), *self.size, self.channels), dtype=np.uint8)
+        for i, item in enumerate(items):
+            if not isinstance(item, Image.Image):
+                a = np.asarray(item)
+                if a.dtype != np.uint8:
+                    a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
+                if a.ndim == 3 and a.shape[-1] == 1:
+                    a = a[..., 0]
+                item = Image.fromarray(a)
+            item = item.convert("L" if self.channels == 1 else "RGB")
+            if item.size != (self.size[1], self.size[0]):
+                item = item.resize((self.size[1], self.size[0]), Image.BILINEAR)
+            arr = np.asarray(item, dtype=np.uint8)
+            out[i] = arr[..., None] if arr.ndim == 2 else arr
+        return out
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        return self.learner.predict_proba(self.images(x))
+
+    def predict(self, x: Any) -> list[str]:
+        return [self.class_names[i] for i in self.predict_proba(x).argmax(1)]
+
+
+def load(path: str | Path, device: str | None = None) -> Predictor:
+    """A bundle folder (or its model.pt) -> a `Predictor`."""
+    return Predictor(read_bundle(path), device=device)
+
+
+def export(exp_dir: Path, dest: Path) -> Path:
+    """Copy the retrained best model and its reports into a deployable folder."""
+    src = exp_dir / "best"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy2(f, dest / f.name)
+    return dest

@@ -1,0 +1,56 @@
+"""A VGG-style CNN from scratch: blocks of 3x3 convolutions, each block doubling the channels and halving
+the image (the custom CNNs of the Cars, CIFAR-10, Flowers and STL-10 seeds)."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from tuner.families.base import DataInfo, Param, register_family
+from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
+
+
+@register_family
+class CNN(TorchFamily):
+    name = "cnn"
+    own_params = {
+        "blocks": Param(3, "int", low=1, high=8),
+        "channels": Param(32, "int", low=1, help="first block; doubles per block"),
+        "convs_per_block": Param(2, "int", low=1, high=6),
+        "kernel_size": Param(3, "int", low=1, high=11),
+        "batchnorm": Param(True, "bool"),
+        "spatial_dropout": Param(0.0, "float", low=0.0, high=0.9),
+        "dropout": Param(0.0, "float", low=0.0, high=0.95),
+        "pool": Param("gap", "str", ("gap", "flatten")),
+        "fc": Param([], "list", help="hidden widths of the classifier"),
+        "activation": Param("relu", "str", tuple(ACTIVATIONS)),
+    }
+
+    def build(self, cfg: dict, info: DataInfo) -> nn.Module:
+        layers: list[nn.Module] = []
+        c_in, size = info.channels, min(info.height, info.width)
+        c = int(cfg["channels"])
+        k = int(cfg["kernel_size"])
+        for b in range(int(cfg["blocks"])):
+            for _ in range(int(cfg["convs_per_block"])):
+                layers.append(nn.Conv2d(c_in, c, k, padding=k // 2, bias=not cfg["batchnorm"]))
+                if cfg["batchnorm"]:
+                    layers.append(nn.BatchNorm2d(c))
+                layers.append(ACTIVATIONS[cfg["activation"]]())
+                c_in = c
+            if size >= 2:  # small images (digits are 8x8) stop shrinking at 1x1
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            if cfg["spatial_dropout"]:
+                layers.append(nn.Dropout2d(cfg["spatial_dropout"]))
+            c *= 2
+        if cfg["pool"] == "gap":
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            features = c_in
+        else:
+            layers.append(nn.Flatten())
+            features = c_in * size * size if size >= 1 else c_in
+        fc = [int(w) for w in cfg["fc"]]
+        layers += mlp_layers(features, fc, cfg["dropout"], cfg["batchnorm"], cfg["activation"])
+        if cfg["dropout"] and not fc:
+            layers.append(nn.Dropout(cfg["dropout"]))
+        layers.append(nn.Linear(fc[-1] if fc else features, info.num_classes))
+        return nn.Sequential(*layers)

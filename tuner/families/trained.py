@@ -1,0 +1,44 @@
+"""What the gradient-trained families (linear, mlp, cnn, transfer) share: the common parameters and a learner."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from tuner.engine import COMMON_PARAMS, TorchLearner
+from tuner.families.base import DataInfo, Family
+
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "gelu": nn.GELU}
+
+
+class TorchFamily(Family):
+    """A family that builds an `nn.Module`; training is the shared `TorchLearner`."""
+
+    own_params: dict = {}
+    learner_class = TorchLearner
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.params = {**COMMON_PARAMS, **cls.own_params}
+
+    def build(self, cfg: dict, info: DataInfo) -> nn.Module:
+        raise NotImplementedError
+
+    def learner(self, config: dict, info: DataInfo, device="cpu", augment=None, keep_best=False) -> TorchLearner:
+        cfg = self.resolve(config)
+        torch.manual_seed(int(cfg["seed"]))  # the same config builds the same initial weights
+        return self.learner_class(self.build(cfg, info), cfg, info, device=device, augment_cfg=augment,
+                                  keep_best=keep_best)
+
+
+def mlp_layers(in_features: int, widths: list[int], dropout: float, batchnorm: bool, activation: str) -> list[nn.Module]:
+    """Linear -> (BatchNorm) -> activation -> (Dropout), per hidden width."""
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers.append(nn.Linear(in_features, int(w)))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(int(w)))
+        layers.append(ACTIVATIONS[activation]())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        in_features = int(w)
+    return layers

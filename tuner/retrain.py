@@ -1,0 +1,62 @@
+"""Retrain the best config without Ray, for the full epoch budget, then test it once."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tuner import spaces
+from tuner.engine import classification_metrics, pick_device
+from tuner.errors import UserError
+from tuner.export import save_bundle
+from tuner.families import get_family
+
+
+def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -> dict:
+    """Fit the best trial's config on the training split, keep the best validation epoch, test once.
+
+    Writes `best/`: model.pt, metrics.json, confusion_matrix.csv/.png, classification_report.csv, curves.png.
+    """
+    from tuner import report
+    from tuner.data import prepare
+    from tuner.driver import cache_dir
+
+    exp_dir = Path(exp_dir)
+    if not (exp_dir / "best.yaml").is_file():
+        raise UserError(f"{exp_dir}: no best.yaml; run `tuner search` for this experiment first")
+    best = yaml.safe_load((exp_dir / "best.yaml").read_text())
+    exp = spaces.parse_experiment(yaml.safe_load((exp_dir / "space.yaml").read_text()), exp_dir / "space.yaml")
+    if data is None:
+        data = prepare(exp.dataset, cache_dir=cache_dir())
+    family = get_family(exp.family)
+    config = best["config"]
+    out = exp_dir / "best"
+    out.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    if family.iterative:
+        learner = family.learner(config, data.info, device=pick_device(exp.resources.gpu),
+                                 augment=exp.dataset.augment, keep_best=True)
+    else:
+        learner = family.learner(config, data.info, device=pick_device(exp.resources.gpu),
+                                 cache_dir=str(cache_dir()))
+    history = []
+    for m in learner.fit(data, exp.scheduler.max_epochs):
+        history.append(m)
+        if family.iterative:
+            say(f"  retrain epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_accuracy {m['val_accuracy']:.4f}")
+    if hasattr(learner, "restore_best"):
+        learner.restore_best()
+    train_time = time.perf_counter() - t0
+    proba = learner.predict_proba(data.x_test)
+    metrics = classification_metrics(data.y_test, proba)
+    metrics.update(num_params=int(learner.num_params), train_time_s=round(train_time, 3))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+    report.test_report(out, data.y_test, proba, data.class_names, history)
+    save_bundle(out / "model.pt", exp, config, learner, data, metrics)
+    return metrics
