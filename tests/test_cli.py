@@ -1,0 +1,145 @@
+"""The command line as a user drives it: search -> best --export -> tuner.load, and one-line errors (exit 2)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import tuner
+from tuner.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
+CONTRACT_METRICS = {"accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
+                    "recall_weighted", "f1_weighted", "balanced_accuracy", "auc_ovr", "tpr", "tnr", "fpr", "fnr",
+                    "num_test", "num_params", "train_time_s"}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One real smoke search on digits, shared by the tests that read its results."""
+    results = tmp_path_factory.mktemp("results")
+    code = main(["search", "--space", str(SPACES / "digits_cnn.yaml"), "--smoke", "--results", str(results),
+                 "--no-dashboard"])
+    assert code == 0
+    return results
+
+
+def test_search_writes_the_contract_results_layout(searched):
+    d = searched / "digits_cnn"
+    for f in ["space.yaml", "trials.csv", "epochs.csv", "best.yaml", "split.npz", "plots/learning_curves.png",
+              "plots/parameters.png", "plots/importance.png", "best/model.pt", "best/metrics.json",
+              "best/confusion_matrix.csv", "best/confusion_matrix.png", "best/classification_report.csv",
+              "best/curves.png"]:
+        assert (d / f).is_file(), f
+    assert (d / "ray").is_dir()
+    assert (searched / "comparison.md").is_file() and (searched / "comparison.csv").is_file()
+
+
+def test_trials_and_epochs_csv_have_contract_columns(searched):
+    d = searched / "digits_cnn"
+    trials = pd.read_csv(d / "trials.csv")
+    assert len(trials) == 2  # --smoke wins over --set: 2 trials
+    for col in ["trial_id", "status", "error", "lr", "batch_size", "blocks", "epochs", "val_accuracy", "val_loss",
+                "time_s"]:
+        assert col in trials, col
+    assert set(trials["status"]) == {"TERMINATED"}
+    epochs = pd.read_csv(d / "epochs.csv")
+    assert list(epochs.columns) == ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss",
+                                    "val_accuracy", "lr", "time_s"]
+    assert set(epochs["trial_id"]) == set(trials["trial_id"])
+
+
+def test_metrics_json_has_every_contract_key(searched):
+    metrics = json.loads((searched / "digits_cnn" / "best" / "metrics.json").read_text())
+    assert CONTRACT_METRICS <= set(metrics)
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["num_test"] > 0
+
+
+def test_best_yaml_holds_whole_config_and_validation_metrics(searched):
+    best = yaml.safe_load((searched / "digits_cnn" / "best.yaml").read_text())
+    assert {"lr", "batch_size", "blocks", "pool"} <= set(best["config"])
+    assert 0 <= best["metrics"]["val_accuracy"] <= 1
+
+
+def test_split_indices_are_saved_and_disjoint(searched):
+    split = np.load(searched / "digits_cnn" / "split.npz")
+    sets = [set(split[k]) for k in ("train", "val", "test")]
+    assert all(len(s) for s in sets)
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+
+
+def test_best_export_then_load_predicts_numpy_and_pil(searched, tmp_path, capsys):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    out = tmp_path / "bundle"
+    assert main(["best", "--results", str(searched), "--experiment", "digits_cnn", "--export", str(out)]) == 0
+    assert "val_accuracy" in capsys.readouterr().out
+    model = tuner.load(out)
+    assert model.class_names == [str(i) for i in range(10)]
+    d = load_digits()
+    images = np.round(d.images[:50] * 255 / 16).astype(np.uint8)
+    preds = model.predict(images)
+    assert len(preds) == 50 and set(preds) <= set(model.class_names)
+    assert np.mean(np.array(preds) == d.target[:50].astype(str)) > 0.3  # one smoke epoch: well above chance
+    pil = Image.fromarray(images[0]).resize((32, 32))  # any size: the bundle resizes to what it was trained on
+    assert model.predict(pil)[0] in model.class_names
+    assert model.predict_proba(images[:3]).shape == (3, 10)
+
+
+def test_best_export_defaults_to_experiment_export_folder(searched):
+    assert main(["best", "--results", str(searched), "--export"]) == 0
+    assert (searched / "digits_cnn" / "export" / "model.pt").is_file()
+
+
+def test_list_shows_the_experiment(searched, capsys):
+    assert main(["list", "--results", str(searched)]) == 0
+    assert "digits_cnn" in capsys.readouterr().out
+
+
+def test_validate_prints_resolved_space_and_exits_0(capsys):
+    assert main(["validate", "--space", str(SPACES / "digits_cnn.yaml"), "--set", "fixed.lr=0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.01" in out and "valid" in out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["validate", "--space", "nope.yaml"], "nope.yaml"),
+    (["validate", "--space", "{digits}", "--set", "bogus=1"], "bogus"),
+    (["validate", "--space", "{digits}", "--set", "space.lr={loguniform: [0, 1]}"], "space.lr"),
+    (["validate", "--space", "{digits}", "--set", "space.lr={uniform: [1, 0]}"], "space.lr"),
+    (["validate", "--space", "{digits}", "--set", "space.batch_size={choice: []}"], "space.batch_size"),
+    (["validate", "--space", "{digits}", "--set", "space.depth={int: [1, 3]}"], "depth"),
+    (["validate", "--space", "{digits}", "--set", "noequals"], "noequals"),
+    (["validate", "--space", "{bad_yaml}"], "not valid YAML"),
+    (["search", "--space", "{digits}", "--set", "dataset.name=cifar10", "--no-dashboard"], "dataset.root"),
+    (["search", "--space", "{digits}", "--resume", "--results", "{tmp}", "--no-dashboard"], "nothing to resume"),
+    (["best", "--results", "{tmp}"], "no finished experiment"),
+    (["compare", "--results", "{tmp}/none"], "no such folder"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, argv, fragment):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nspace: [unclosed\n")
+    subs = {"{digits}": str(SPACES / "digits_cnn.yaml"), "{bad_yaml}": str(bad), "{tmp}": str(tmp_path)}
+    argv = [a.replace("{tmp}", str(tmp_path)) if "{tmp}" in a else subs.get(a, a) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error:") and fragment in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_python_dash_m_and_console_script_both_run():
+    for cmd in ([sys.executable, "-m", "tuner", "validate", "--space", str(SPACES / "digits_linear.yaml")],
+                [str(Path(sys.executable).parent / "tuner"), "validate", "--space", str(SPACES / "digits_mlp.yaml")]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "valid" in done.stdout
