@@ -278,9 +278,13 @@ METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experiment, Suite]:
     """Read, override and validate a space or suite file."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides or [], str(path))
+    raw = read_yaml(path)
     if "suite" in raw:
-        return _load_suite(path, raw)
+        # --set on a suite is meant for its members (the caller loads each with the same overrides);
+        # only the suite's own list keys are applied to the suite itself
+        own = [s for s in overrides or [] if s.split("=", 1)[0].split(".")[0].strip() in ("suite", "ensemble")]
+        return _load_suite(path, apply_overrides(raw, own, str(path)))
+    raw = apply_overrides(raw, overrides or [], str(path))
     return parse_experiment(raw, path)
 
 
