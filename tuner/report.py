@@ -1,4 +1,8 @@
-"""Tables and plots from a results folder. Reads only files, so it works on any finished experiment."""
+"""Tables and plots from a results folder. Reads only files, so it works on any finished experiment.
+
+Plots are matplotlib (Agg) PNGs meant to be read by a person: a title that says what is shown, axes that
+name the metric, the best trial marked, and no numbers drawn where there are too many to read.
+"""
 from __future__ import annotations
 
 import json
@@ -13,17 +17,31 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 
 METRIC_COLUMNS = ["accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
                   "recall_weighted", "f1_weighted", "balanced_accuracy", "auc_ovr", "tpr", "tnr", "fpr", "fnr",
                   "num_test", "num_params", "train_time_s"]
 COMPARISON_COLUMNS = ["experiment", "family"] + METRIC_COLUMNS
+FORMATS = ("md", "csv", "html", "tex")
+INT_COLUMNS = ("num_test", "num_params")
+NUMBERS_UP_TO = 30  # classes: past this a confusion matrix gets no per-cell numbers nor class names
+DPI = 100
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- the retrained model
-def test_report(out: Path, y_true: np.ndarray, proba: np.ndarray, class_names: list[str], history: list[dict]):
+def test_report(out: Path, y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
+                history: list[dict] | None) -> None:
+    """best/: confusion_matrix.csv/.png, classification_report.csv and (for a trained model) curves.png."""
     from sklearn.metrics import classification_report, confusion_matrix
 
+    out = Path(out)
     k = len(class_names)
     pred = proba.argmax(1)
     cm = confusion_matrix(y_true, pred, labels=np.arange(k))
@@ -32,155 +50,332 @@ def test_report(out: Path, y_true: np.ndarray, proba: np.ndarray, class_names: l
                                 zero_division=0)
     pd.DataFrame(rep).T.to_csv(out / "classification_report.csv")
     plot_confusion(cm, class_names, out / "confusion_matrix.png")
-    plot_history(history, out / "curves.png", title="retrained best config")
+    if history:
+        plot_history(history, out / "curves.png", title="retrained best config")
+
+
+def top_confusions(cm: np.ndarray, names: list[str], n: int = 15) -> list[tuple[str, str, int]]:
+    """The n largest off-diagonal cells: (true, predicted, count), most frequent first."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(off, axis=None)[::-1][:n]
+    pairs = [np.unravel_index(i, off.shape) for i in flat]
+    return [(names[i], names[j], int(off[i, j])) for i, j in pairs if off[i, j] > 0]
+
+
+def _short(name: str, width: int = 26) -> str:
+    return name if len(name) <= width else name[:width - 1] + "…"
 
 
 def plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix. Up to ~30 classes: names and counts in the cells. Past that
+    (Stanford Cars has 196) numbers and names cannot be read, so the colour carries the matrix, a square-root
+    colour scale keeps the rare confusions visible, and a side list names the most frequent confusions."""
     k = len(names)
-    side = min(4 + 0.35 * k, 24)
-    fig, ax = plt.subplots(figsize=(side, side * 0.9))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
-    if k <= 30:  # past ~30 classes numbers and names become unreadable: colour alone carries it
-        ax.set_xticks(range(k), names, rotation=90, fontsize=8)
-        ax.set_yticks(range(k), names, fontsize=8)
+    accuracy = np.trace(cm) / max(cm.sum(), 1)
+    title = f"confusion matrix: {k} classes, {int(cm.sum())} test images, accuracy {accuracy:.3f}"
+    if k <= NUMBERS_UP_TO:
+        side = max(5.0, 2.5 + 0.38 * k)
+        fig, ax = plt.subplots(figsize=(side + 1.2, side))
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(k), [_short(n, 18) for n in names], rotation=90, fontsize=8)
+        ax.set_yticks(range(k), [_short(n, 18) for n in names], fontsize=8)
+        cell_font = 8 if k <= 15 else 6
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=cell_font,
                             color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix ({k} classes, {int(cm.sum())} test images)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="share of the true class")
+        ax.set_title(title, fontsize=10)
+    else:
+        fig = plt.figure(figsize=(15, 10.5))
+        ax = fig.add_axes([0.06, 0.07, 0.58, 0.84])
+        cax = fig.add_axes([0.655, 0.07, 0.012, 0.84])
+        im = ax.imshow(norm, cmap="viridis", norm=PowerNorm(gamma=0.5, vmin=0, vmax=1), interpolation="nearest")
+        step = max(1, int(round(k / 20 / 5)) * 5) if k > 40 else 5
+        ticks = list(range(0, k, step))
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
+        ax.set_yticks(ticks, [str(t) for t in ticks], fontsize=8)
+        fig.colorbar(im, cax=cax, label="share of the true class (square-root scale)")
+        ax.set_title(title, fontsize=11)
+        # the side list: which classes are mistaken for which, by name
+        index = {n: i for i, n in enumerate(names)}
+        lines = ["most frequent confusions", "count  true class", "       → predicted as", ""]
+        for t, p, c in top_confusions(cm, names, 16):
+            lines += [f"{c:>5}  {index[t]:>3} {_short(t, 34)}", f"       → {index[p]:>3} {_short(p, 34)}"]
+        worst = np.argsort(np.diag(norm) + (cm.sum(1) == 0))[:8]
+        lines += ["", "least recalled classes", "recall  class", ""]
+        lines += [f"{norm[i, i]:>6.2f}  {i:>3} {_short(names[i], 34)}" for i in worst]
+        fig.text(0.71, 0.91, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace")
+        fig.text(0.71, 0.04, "axis numbers are class indices, in the order of\nclassification_report.csv "
+                 "and confusion_matrix.csv", fontsize=8, color="0.35")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= NUMBERS_UP_TO:
+        fig.tight_layout()
+    _save(fig, path)
 
 
 def plot_history(history: list[dict], path: Path, title: str = "") -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    if history and "train_loss" in history[0]:
-        ep = [h["epoch"] for h in history]
+    """Train and validation loss and accuracy per epoch; the best validation epoch is marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    if history and "train_loss" in history[0] and not pd.isna(history[0].get("train_loss")):
+        h = pd.DataFrame(history)
+        best = h.loc[h["val_accuracy"].idxmax()]
         for ax, key in zip(axes, ("loss", "accuracy")):
-            ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train")
-            ax.plot(ep, [h[f"val_{key}"] for h in history], "o-", label="val")
+            ax.plot(h["epoch"], h[f"train_{key}"], "o-", ms=3, label="train")
+            ax.plot(h["epoch"], h[f"val_{key}"], "o-", ms=3, label="validation")
+            ax.axvline(best["epoch"], color="0.5", ls="--", lw=1, label=f"best val epoch ({int(best['epoch'])})")
             ax.set_xlabel("epoch")
             ax.set_ylabel(key)
-            ax.legend()
+            ax.set_title(key)
             ax.grid(alpha=0.3)
-    else:  # non-iterative families report once
+            ax.legend(fontsize=8)
+        if len(h) > 1 and h["train_loss"].max() / max(h["train_loss"].min(), 1e-12) > 30:
+            axes[0].set_yscale("log")  # a loss that falls by orders of magnitude is read on a log axis
+        axes[1].set_ylim(top=1.0)
+    else:  # non-iterative families (knn, features) report once: one bar per metric
+        last = history[-1] if history else {}
         for ax, key in zip(axes, ("loss", "accuracy")):
-            vals = [h.get(f"val_{key}", np.nan) for h in history]
-            ax.bar(["val"], vals[-1:] or [0])
+            v = last.get(f"val_{key}", np.nan)
+            ax.bar(["validation"], [0 if pd.isna(v) else v], width=0.4)
+            ax.set_title(f"{key}: {v:.4f}" if not pd.isna(v) else key)
             ax.set_ylabel(key)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------- the search
+def _space(exp_dir: Path) -> dict:
+    return yaml.safe_load((exp_dir / "space.yaml").read_text()) or {}
+
+
+def searched_params(space: dict) -> dict[str, dict]:
+    """The parameters that were searched (a distribution in space: and not pinned by fixed:)."""
+    fixed = space.get("fixed") or {}
+    return {k: v for k, v in (space.get("space") or {}).items() if isinstance(v, dict) and k not in fixed}
+
+
+def ranked_trials(trials: pd.DataFrame, metric: str, mode: str) -> tuple[pd.DataFrame, str]:
+    """Finished trials, best first, and the trials.csv column they are ranked by."""
+    col = metric if metric in ("val_accuracy", "val_loss") else ("val_loss" if mode == "min" else "val_accuracy")
+    ok = trials[trials[col].notna()] if col in trials else trials.iloc[0:0]
+    if "status" in ok:
+        ok = ok[ok["status"] != "ERROR"]
+    return ok.sort_values(col, ascending=(mode == "min"), kind="stable"), col
+
+
 def experiment_plots(exp_dir: Path, top: int = 8) -> None:
-    """plots/learning_curves.png, parameters.png, importance.png from trials.csv and epochs.csv."""
+    """plots/: learning_curves.png, parameters.png, importance.png, rungs.png from the results files."""
     exp_dir = Path(exp_dir)
     plots = exp_dir / "plots"
     plots.mkdir(exist_ok=True)
-    trials = pd.read_csv(exp_dir / "trials.csv")
-    epochs = pd.read_csv(exp_dir / "epochs.csv")
-    space = yaml.safe_load((exp_dir / "space.yaml").read_text())
+    trials = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    epochs = pd.read_csv(exp_dir / "epochs.csv", dtype={"trial_id": str})
+    space = _space(exp_dir)
     metric, mode = space.get("metric", "val_accuracy"), space.get("mode", "max")
-    ok = trials.dropna(subset=["val_accuracy"])
-    ranked = ok.sort_values("val_accuracy" if metric == "val_accuracy" else "val_loss",
-                            ascending=(metric == "val_loss") or mode == "min")
+    ranked, col = ranked_trials(trials, metric, mode)
+    searched = searched_params(space)
+    name = space.get("name", exp_dir.name)
+    plot_learning_curves(ranked, epochs, col, plots / "learning_curves.png", top=top, name=name)
+    plot_parameters(ranked, searched, col, mode, plots / "parameters.png", name=name)
+    plot_importance(importance(ranked, searched, col, mode), len(ranked), col, plots / "importance.png", name=name)
+    plot_rungs(trials, space.get("scheduler") or {}, plots / "rungs.png", name=name)
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
-    for tid in ranked["trial_id"].head(top):
-        e = epochs[epochs["trial_id"] == tid]
-        for ax, key in zip(axes.flat, ("train_loss", "val_loss", "train_accuracy", "val_accuracy")):
-            ax.plot(e["epoch"], e[key], marker=".", label=str(tid))
-    for ax, key in zip(axes.flat, ("train_loss", "val_loss", "train_accuracy", "val_accuracy")):
-        ax.set_title(key)
+
+def plot_learning_curves(ranked: pd.DataFrame, epochs: pd.DataFrame, col: str, path: Path, top: int = 8,
+                         name: str = "") -> None:
+    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
+    best = ranked.head(top)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(best), 1)))
+    for rank, (tid, score, color) in enumerate(zip(best["trial_id"], best[col], colors), 1):
+        e = epochs[epochs["trial_id"] == tid].sort_values("epoch")
+        for ax, key in zip(axes.flat, keys):
+            ax.plot(e["epoch"], e[key], marker="o", ms=3, lw=2.2 if rank == 1 else 1.2, color=color,
+                    label=f"#{rank} {tid}  {col} {score:.4f}")
+    for ax, key in zip(axes.flat, keys):
+        ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
+        ax.set_ylabel(key.split("_")[1])
+    for ax in axes[1]:
         ax.set_xlabel("epoch")
-    axes.flat[3].legend(fontsize=7, title=f"top {min(top, len(ranked))} trials")
-    fig.tight_layout()
-    fig.savefig(plots / "learning_curves.png", dpi=100)
-    plt.close(fig)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(best):
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, title=f"top {len(best)} trials")
+    fig.suptitle(f"{name}: learning curves of the top {len(best)} of {len(ranked)} finished trials")
+    fig.tight_layout(rect=(0, 0, 0.8 if len(best) else 1, 1))
+    _save(fig, path)
 
-    searched = {k: v for k, v in (space.get("space") or {}).items()
-                if isinstance(v, dict) and k not in (space.get("fixed") or {})}
+
+def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, path: Path, name: str = "") -> None:
+    """Each searched parameter against the metric; colour = epochs the trial reached, star = best trial."""
     n = max(len(searched), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows), squeeze=False)
+    rng = np.random.default_rng(0)
+    ep = ranked["epochs"] if "epochs" in ranked else pd.Series(1, index=ranked.index)
+    vmax = max(float(ep.max()) if len(ep) else 1.0, 1.0)
+    sc = None
     for ax, (k, dist) in zip(axes.flat, searched.items()):
         kind = next(iter(dist))
-        vals = ok[k] if k in ok else pd.Series(dtype=float)
+        vals = ranked[k] if k in ranked else pd.Series([np.nan] * len(ranked), index=ranked.index)
+        y = ranked[col]
         if kind in ("choice", "grid"):
+            order = [str(v) for v in next(iter(dist.values()))]
             cats = [str(v) for v in vals]
-            order = sorted(set(cats))
-            ax.scatter([order.index(c) for c in cats], ok["val_accuracy"], alpha=0.7)
-            ax.set_xticks(range(len(order)), order, rotation=30, fontsize=8)
+            order += sorted({c for c in cats if c not in order})
+            x = np.array([order.index(c) for c in cats], dtype=float)
+            x += rng.uniform(-0.12, 0.12, len(x))  # jitter so equal choices do not hide each other
+            ax.set_xticks(range(len(order)), [_short(o, 16) for o in order], rotation=20, ha="right", fontsize=8)
+            ax.set_xlim(-0.5, len(order) - 0.5)
         else:
-            ax.scatter(pd.to_numeric(vals), ok["val_accuracy"], alpha=0.7)
+            x = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=float)
             if kind in ("loguniform", "logint"):
                 ax.set_xscale("log")
-        ax.set_xlabel(k)
-        ax.set_ylabel("val_accuracy")
+                # decades only: the minor labels (2x10^-4, 3x10^-4, ...) print over each other
+                ax.xaxis.set_major_locator(LogLocator(base=10))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+        sc = ax.scatter(x, y, c=ep, cmap="viridis", vmin=0, vmax=vmax, s=28, alpha=0.85, edgecolors="none")
+        if len(x):
+            ax.scatter(x[:1], y.iloc[:1], marker="*", s=220, c="red", edgecolors="black", lw=0.6, zorder=3,
+                       label="best")
+        ax.set_xlabel(f"{k}  ({kind}{', log axis' if kind in ('loguniform', 'logint') else ''})", fontsize=9)
+        ax.set_ylabel(col)
         ax.grid(alpha=0.3)
+    if not searched:
+        axes.flat[0].text(0.5, 0.5, "no searched parameters", ha="center", va="center")
     for ax in list(axes.flat)[len(searched):]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(plots / "parameters.png", dpi=100)
-    plt.close(fig)
-
-    imp = importance(ok, searched, metric if metric in ok else "val_accuracy", mode)
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * max(len(imp), 1)))
-    if imp:
-        names = list(imp)[::-1]
-        ax.barh(names, [imp[n] for n in names])
-        ax.set_xlabel("importance (Optuna, share of the metric's variance)")
-    else:
-        ax.text(0.5, 0.5, "too few finished trials to rank parameters", ha="center", va="center")
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(plots / "importance.png", dpi=100)
-    plt.close(fig)
+    fig.suptitle(f"{name}: each searched parameter against {col} ({len(ranked)} finished trials, "
+                 f"{'higher' if mode == 'max' else 'lower'} is better)")
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    if sc is not None:
+        cax = fig.add_axes([0.935, 0.15, 0.012, 0.7])
+        fig.colorbar(sc, cax=cax, label="epochs reached")
+    _save(fig, path)
 
 
 def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> dict[str, float]:
-    """Optuna's parameter importance over the finished trials (rebuilt as an in-memory study)."""
+    """Optuna's parameter importance (fANOVA) over the finished trials, rebuilt as an in-memory study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
+    if len(ok) < 3 or not searched:
+        return {}
     dists = {}
     for k, d in searched.items():
+        if k not in ok:
+            continue
         kind, args = next(iter(d.items()))
         if kind in ("choice", "grid"):
-            dists[k] = optuna.distributions.CategoricalDistribution([str(a) for a in args])
+            # the values as trials.csv spells them (lists come back as YAML text)
+            dists[k] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in ok[k]}))
         elif kind in ("int", "logint"):
             dists[k] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]), log=kind == "logint")
         else:
             dists[k] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]), log=kind == "loguniform")
-    if len(trials) < 3 or not dists or metric not in trials:
+    if not dists:
         return {}
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    for _, row in trials.iterrows():
+    for _, row in ok.iterrows():
         params = {}
         for k, dist in dists.items():
-            v = row.get(k)
-            params[k] = str(v) if isinstance(dist, optuna.distributions.CategoricalDistribution) else \
-                (int(v) if isinstance(dist, optuna.distributions.IntDistribution) else float(v))
+            v = row[k]
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                params[k] = str(v)
+            else:  # clip into the bounds: a float may print one ulp outside them
+                v = min(max(float(v), dist.low), dist.high)
+                params[k] = int(round(v)) if isinstance(dist, optuna.distributions.IntDistribution) else v
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[metric])))
     try:
-        return optuna.importance.get_param_importances(study)
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
 
 
+def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, name: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.45 * max(len(imp), 2)))
+    if imp:
+        names = list(imp)[::-1]  # most important on top
+        vals = [imp[n] for n in names]
+        ax.barh(names, vals, color="tab:blue")
+        for i, v in enumerate(vals):
+            ax.text(v + 0.01, i, f"{v:.2f}", va="center", fontsize=9)
+        ax.set_xlim(0, max(max(vals) * 1.15, 0.1))
+        ax.set_xlabel(f"importance for {col} (Optuna fANOVA; shares sum to 1)")
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        ax.text(0.5, 0.5, f"{n_trials} finished trials: too few (or nothing searched) to rank parameters",
+                ha="center", va="center")
+        ax.axis("off")
+    ax.set_title(f"{name}: parameter importance over {n_trials} finished trials", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def rung_epochs(scheduler: dict) -> list[int]:
+    """ASHA's milestones: grace_period * reduction_factor^k below max_epochs."""
+    if scheduler.get("name") != "asha":
+        return []
+    grace, rf, top = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3), scheduler.get("max_epochs", 1)
+    out, r = [], float(grace)
+    while r < top and rf > 1:
+        out.append(int(round(r)))
+        r *= rf
+    return out
+
+
+def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = "") -> None:
+    """How far the trials got: trials still running at each epoch, with ASHA's rungs marked."""
+    reached = pd.to_numeric(trials.get("epochs", pd.Series(dtype=float)), errors="coerce").fillna(0).astype(int)
+    top = int(max(scheduler.get("max_epochs", 1), reached.max() if len(reached) else 1))
+    ep = np.arange(1, top + 1)
+    alive = [(reached >= e).sum() for e in ep]
+    stopped = [(reached == e).sum() for e in ep]
+    fig, ax = plt.subplots(figsize=(max(7, min(0.35 * top + 4, 14)), 4.2))
+    ax.bar(ep, alive, color="tab:blue", alpha=0.75, label="trials that reached this epoch")
+    some = [(e, s) for e, s in zip(ep, stopped) if s]
+    ax.plot([e for e, _ in some], [s for _, s in some], "o", color="tab:red", ms=6,
+            label="trials that stopped at this epoch")
+    height = max(alive + [1])
+    for i, r in enumerate(rung_epochs(scheduler)):
+        ax.axvline(r + 0.5, color="0.3", ls="--", lw=1)
+        ax.text(r + 0.55, height * 1.08, f"rung {i}: epoch {r}", fontsize=8, va="center")
+    ax.set_ylim(0, height * 1.35)  # room for the rung labels and the legend above the bars
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("trials")
+    ax.set_xlim(0.4, top + 0.6)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    sched = scheduler.get("name", "fifo")
+    full = int((reached >= scheduler.get("max_epochs", top)).sum())
+    ax.set_title(f"{name}: {sched} scheduler, {len(reached)} trials, {full} ran all {scheduler.get('max_epochs', top)} "
+                 f"epochs", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 # --------------------------------------------------------------------------- comparison
+def _family(d: Path) -> str:
+    for f in ("space.yaml", "ensemble.yaml"):
+        if (d / f).is_file():
+            return str((yaml.safe_load((d / f).read_text()) or {}).get("family", ""))
+    return ""
+
+
 def comparison_rows(results: Path, names: list[str] | None = None) -> pd.DataFrame:
+    """One row an experiment with a retrained model (best/metrics.json), best test accuracy first."""
+    results = Path(results)
     rows = []
     dirs = [results / n for n in names] if names else sorted(p for p in results.iterdir() if p.is_dir())
     for d in dirs:
@@ -188,44 +383,74 @@ def comparison_rows(results: Path, names: list[str] | None = None) -> pd.DataFra
         if not m.is_file():
             continue
         metrics = json.loads(m.read_text())
-        family = ""
-        if (d / "space.yaml").is_file():
-            family = (yaml.safe_load((d / "space.yaml").read_text()) or {}).get("family", "")
-        rows.append({"experiment": d.name, "family": family, **{k: metrics.get(k) for k in METRIC_COLUMNS}})
+        rows.append({"experiment": d.name, "family": _family(d), **{k: metrics.get(k) for k in METRIC_COLUMNS}})
     df = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
-    return df.sort_values("accuracy", ascending=False, kind="stable").reset_index(drop=True)
+    for c in METRIC_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    # ties on accuracy go to the lower test loss
+    return df.sort_values(["accuracy", "loss"], ascending=[False, True], na_position="last",
+                          kind="stable").reset_index(drop=True)
 
 
-def write_comparison(results: Path, names: list[str] | None = None) -> pd.DataFrame:
+def rounded(df: pd.DataFrame) -> pd.DataFrame:
+    """Numbers for reading: rates to 4 places, times to 0.1 s, counts as integers."""
+    out = df.copy().astype(object)
+    for c in df.columns:
+        if c in INT_COLUMNS:
+            out[c] = [None if pd.isna(v) else int(v) for v in df[c]]
+        elif c == "train_time_s":
+            out[c] = [None if pd.isna(v) else round(float(v), 1) for v in df[c]]
+        elif c in METRIC_COLUMNS:
+            out[c] = [None if pd.isna(v) else round(float(v), 4) for v in df[c]]
+    return out
+
+
+def write_comparison(results: Path, names: list[str] | None = None, fmt: str | None = None) -> pd.DataFrame:
+    """results/comparison.md and comparison.csv (always), and comparison.html/.tex when fmt asks for it."""
     results = Path(results)
     df = comparison_rows(results, names)
-    df.to_csv(results / "comparison.csv", index=False)
-    (results / "comparison.md").write_text(to_markdown(df) + "\n")
+    if df.empty:  # nothing retrained: keep whatever table is there rather than write an empty one
+        return df
+    for f in {"md", "csv", fmt or "md"}:
+        (results / f"comparison.{f}").write_text(render(df, f) + "\n")
     return df
 
 
-def _fmt(v) -> str:
+def _cell(col: str, v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+    if col == "train_time_s":
+        return f"{float(v):.1f}"
+    if col in INT_COLUMNS:
+        return str(int(v))
+    if col in METRIC_COLUMNS:
+        return f"{float(v):.4f}"
     return str(v)
 
 
+def _cells(df: pd.DataFrame) -> pd.DataFrame:
+    r = rounded(df)
+    return pd.DataFrame({c: [_cell(c, v) for v in r[c]] for c in r.columns}, columns=list(r.columns))
+
+
 def to_markdown(df: pd.DataFrame) -> str:
-    head = "| " + " | ".join(df.columns) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    shown = _cells(df)
+    head = "| " + " | ".join(shown.columns) + " |"
+    sep = "|" + "|".join("---:" if c in METRIC_COLUMNS else "---" for c in shown.columns) + "|"
+    body = ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join([head, sep, *body])
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
     """The comparison table as md, csv, html or tex, numbers rounded for reading."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}; one of {FORMATS}")
     if fmt == "md":
         return to_markdown(df)
-    shown = df.map(_fmt)
-    if fmt == "csv":
-        return shown.to_csv(index=False).rstrip()
+    if fmt == "csv":  # still numbers (no padding), so scripts can read it back
+        return rounded(df).to_csv(index=False).rstrip()
+    shown = _cells(df)
     if fmt == "html":
-        return shown.to_html(index=False)
-    return shown.to_latex(index=False)
+        return shown.to_html(index=False, border=0, classes="comparison")
+    # tex: a booktabs tabular; underscores in names and headers are escaped for LaTeX
+    return shown.to_latex(index=False, escape=True, column_format="ll" + "r" * len(METRIC_COLUMNS)).rstrip()
