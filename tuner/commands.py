@@ -21,10 +21,17 @@ def search(args) -> int:
     loaded = spaces.load(args.space, args.set)
     results = Path(args.results)
     members = loaded.members if isinstance(loaded, spaces.Suite) else [None]
+    # every member (and the ensemble) is checked before the first one runs
+    exps = [loaded if member is None else spaces.load(member, args.set) for member in members]
+    suite = loaded if isinstance(loaded, spaces.Suite) else None
+    if suite and suite.ensemble:
+        from tuner import ensemble
+
+        done = {p.parent.parent.name for p in results.glob("*/best/model.pt")} if results.is_dir() else set()
+        ensemble.check_names(suite.ensemble, {e.name for e in exps} | done, f"{suite.path}: ensemble")
     names = []
-    for member in members:
-        exp = loaded if member is None else spaces.load(member, args.set)
-        if args.name and member is None:
+    for exp in exps:
+        if args.name and suite is None:
             exp.name = args.name
         if args.smoke:
             exp = spaces.smoke(exp)
@@ -32,7 +39,12 @@ def search(args) -> int:
         driver.run(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
                    dashboard=not args.no_dashboard, say=_say)
         names.append(exp.name)
-    if isinstance(loaded, spaces.Suite) and not args.no_retrain:
+    if suite and not args.no_retrain:
+        if suite.ensemble:
+            name = f"{suite.name}_ensemble"
+            _say(f"== {name}: mean class probabilities of {', '.join(suite.ensemble)}")
+            ensemble.build(results, name, suite.ensemble, say=_say)
+            names.append(name)
         df = report.write_comparison(results, names)
         _say(report.to_markdown(df))
     return 0
@@ -84,7 +96,7 @@ def compare(args) -> int:
         names.append(p.name if (p / "space.yaml").is_file() else e)
         if not ((results / names[-1] / "best" / "metrics.json").is_file()):
             raise UserError(f"{e}: no retrained model (best/metrics.json) in {results / names[-1]}")
-    df = report.write_comparison(results, names or None)
+    df = report.write_comparison(results, names or None, fmt=args.format)
     if df.empty:
         raise UserError(f"--results {results}: no experiment with a retrained model to compare")
     sys.stdout.write(report.render(df, args.format) + "\n")
