@@ -212,8 +212,10 @@ def plot_learning_curves(ranked: pd.DataFrame, epochs: pd.DataFrame, col: str, p
     _save(fig, path)
 
 
-def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, path: Path, name: str = "") -> None:
-    """Each searched parameter against the metric; colour = epochs the trial reached, star = best trial."""
+def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, path: Path,
+                    name: str = "") -> dict[str, str]:
+    """Each searched parameter against the metric; colour = epochs the trial reached, star = best trial.
+    Returns each parameter's x scale ('log' for log distributions), which the tests check."""
     n = max(len(searched), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -222,6 +224,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
     ep = ranked["epochs"] if "epochs" in ranked else pd.Series(1, index=ranked.index)
     vmax = max(float(ep.max()) if len(ep) else 1.0, 1.0)
     sc = None
+    scales: dict[str, str] = {}
     for ax, (k, dist) in zip(axes.flat, searched.items()):
         kind = next(iter(dist))
         vals = ranked[k] if k in ranked else pd.Series([np.nan] * len(ranked), index=ranked.index)
@@ -248,6 +251,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
         ax.set_xlabel(f"{k}  ({kind}{', log axis' if kind in ('loguniform', 'logint') else ''})", fontsize=9)
         ax.set_ylabel(col)
         ax.grid(alpha=0.3)
+        scales[k] = ax.get_xscale()
     if not searched:
         axes.flat[0].text(0.5, 0.5, "no searched parameters", ha="center", va="center")
     for ax in list(axes.flat)[len(searched):]:
@@ -259,6 +263,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
         cax = fig.add_axes([0.935, 0.15, 0.012, 0.7])
         fig.colorbar(sc, cax=cax, label="epochs reached")
     _save(fig, path)
+    return scales
 
 
 def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> dict[str, float]:
