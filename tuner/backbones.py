@@ -1,0 +1,356 @@
+"""torchvision classification models as backbones: build by arch, load weights, cut the classifier off.
+
+A backbone here is the `body`: the torchvision model's own modules, under their own names, from the
+image up to the last feature map (N, C, H, W), without the global pooling and the classifier. Keeping
+torchvision's names means a torchvision state dict, an ImageNet checkpoint and the `body.*` part of an
+exported `transfer` bundle all load into it the same way.
+
+The body is also cut into `units`, input side first, which cover every module of it; the first unit
+is the stem. `trainable_layers: n` trains the last n units (ResNet: stem | layer1..4; VGG: the five
+conv blocks; MobileNet / EfficientNet / ConvNeXt: the `features` stages).
+
+Weights (`weights:`): `imagenet` (torchvision's DEFAULT weights, read from the torch hub cache; this
+tool never downloads), `none` (random init), or a path to a torchvision state dict or an exported
+bundle. Every file is read with `torch.load(weights_only=True)`: nothing in it runs as code.
+
+`extractor()` is what the knn / features families use: a frozen image -> (N, D) feature module.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from tuner.errors import UserError
+from tuner.families.base import DataInfo
+
+# arch prefix -> how its body is cut. Checked in order, so vgg*_bn and regnet_x/y fall to their family.
+ARCH_FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet", "mobilenet_v2", "mobilenet_v3",
+                 "efficientnet", "convnext", "densenet", "regnet", "mnasnet", "squeezenet", "shufflenet", "swin")
+UNSUPPORTED = ("vit", "maxvit", "googlenet", "inception")  # not a plain image -> feature map -> head chain
+
+
+def arch_family(arch: str) -> str | None:
+    for fam in ARCH_FAMILIES:
+        if arch.startswith(fam):
+            return fam
+    return None
+
+
+def supported_archs() -> list[str]:
+    import torchvision.models as tvm
+
+    return [a for a in tvm.list_models(module=tvm) if arch_family(a)]
+
+
+def check_arch(arch, where: str = "arch") -> None:
+    if not isinstance(arch, str) or arch not in supported_archs():
+        hint = (" (its output is not a feature map; use a CNN arch)" if isinstance(arch, str)
+                and arch.startswith(UNSUPPORTED) else "")
+        raise UserError(f"{where}: {arch!r} is not a supported torchvision classification model{hint}; "
+                        f"choose e.g. resnet18, resnet50, vgg16, vgg19, mobilenet_v2, efficientnet_b0, "
+                        f"convnext_tiny, densenet121 (any of: {', '.join(supported_archs())})")
+
+
+# --------------------------------------------------------------------------- building and cutting
+@dataclass
+class Body:
+    """A torchvision model without its pooling and classifier."""
+
+    arch: str
+    module: nn.Sequential          # image -> feature map, children named as in torchvision
+    units: list[list[nn.Module]]   # input side first; together they hold every parameter of `module`
+
+
+def _blocks_at_pools(features: nn.Sequential) -> list[list[nn.Module]]:
+    """VGG / AlexNet `features` -> conv blocks, each ending at a max-pool."""
+    blocks, cur = [], []
+    for m in features:
+        cur.append(m)
+        if isinstance(m, nn.MaxPool2d):
+            blocks.append(cur)
+            cur = []
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def make_body(arch: str) -> Body:
+    """A randomly initialised body for `arch` (seed torch first for the same init every time)."""
+    import torchvision.models as tvm
+
+    check_arch(arch)
+    m = tvm.get_model(arch, weights=None)
+    fam = arch_family(arch)
+    if fam in ("resnet", "resnext", "wide_resnet"):
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        body = nn.Sequential(OrderedDict((n, getattr(m, n)) for n in names))
+        units = [[m.conv1, m.bn1, m.relu, m.maxpool], [m.layer1], [m.layer2], [m.layer3], [m.layer4]]
+    elif fam in ("vgg", "alexnet"):
+        body = nn.Sequential(OrderedDict(features=m.features))
+        units = _blocks_at_pools(m.features)
+    elif fam == "densenet":  # torchvision applies a ReLU after `features`
+        body = nn.Sequential(OrderedDict(features=m.features, relu=nn.ReLU(inplace=False)))
+        units = [[c] for c in m.features]
+    elif fam == "regnet":
+        body = nn.Sequential(OrderedDict(stem=m.stem, trunk_output=m.trunk_output))
+        units = [[m.stem]] + [[c] for c in m.trunk_output]
+    elif fam == "mnasnet":
+        body = nn.Sequential(OrderedDict(layers=m.layers))
+        units = [[c] for c in m.layers]
+    elif fam == "shufflenet":
+        names = ["conv1", "maxpool", "stage2", "stage3", "stage4", "conv5"]
+        body = nn.Sequential(OrderedDict((n, getattr(m, n)) for n in names))
+        units = [[m.conv1, m.maxpool], [m.stage2], [m.stage3], [m.stage4], [m.conv5]]
+    elif fam == "swin":  # features are NHWC; `permute` turns them back to NCHW
+        body = nn.Sequential(OrderedDict(features=m.features, norm=m.norm, permute=m.permute))
+        units = [[c] for c in m.features]
+        units[-1] = units[-1] + [m.norm]
+    else:  # mobilenet_v2/v3, efficientnet(_v2), convnext, squeezenet: a `features` Sequential of stages
+        body = nn.Sequential(OrderedDict(features=m.features))
+        units = [[c] for c in m.features]
+    return Body(arch=arch, module=body, units=units)
+
+
+def drop_last(body: Body, n: int) -> Body:
+    """Remove the last n units (replaced by Identity, so the remaining modules keep their names and
+    pretrained weights still load): e.g. the CIFAR-10 seed's VGG19 cut after block 4."""
+    n = int(n)
+    if n <= 0:
+        return body
+    if n >= len(body.units):
+        raise UserError(f"drop_stages: {body.arch} has {len(body.units)} stages (the stem included); "
+                        f"drop at most {len(body.units) - 1}")
+    parents = {id(child): (parent, name) for _, parent in body.module.named_modules()
+               for name, child in parent.named_children()}
+    for unit in body.units[len(body.units) - n:]:
+        for m in unit:
+            parent, name = parents[id(m)]
+            setattr(parent, name, nn.Identity())
+    return Body(arch=body.arch, module=body.module, units=body.units[:len(body.units) - n])
+
+
+def freeze(body: Body, trainable_layers: int | str) -> list[nn.Module]:
+    """Train only the last `trainable_layers` units (`all`: every one). Returns the frozen modules,
+    which the learner keeps in eval mode so their batch-norm statistics do not drift."""
+    n = len(body.units) if trainable_layers == "all" else min(int(trainable_layers), len(body.units))
+    frozen = [m for unit in body.units[:len(body.units) - n] for m in unit]
+    for m in frozen:
+        m.requires_grad_(False)
+    return frozen
+
+
+@torch.no_grad()
+def feature_shape(module: nn.Module, channels: int, height: int, width: int, arch: str) -> tuple[int, int, int]:
+    """(C, H, W) of the feature map for one image of this size (a dummy forward pass)."""
+    was_training = module.training
+    module.eval()
+    try:
+        out = module(torch.zeros(1, channels, height, width))
+    except RuntimeError as exc:
+        raise UserError(f"dataset.image_size: {arch} cannot take {height}x{width} images ({str(exc).splitlines()[0]}); "
+                        f"set dataset.image_size to at least 32 (224 is what ImageNet weights were trained at)") from None
+    finally:
+        module.train(was_training)
+    return tuple(out.shape[1:])  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- weights
+def imagenet_file(arch: str) -> tuple[Path, str]:
+    """Where torchvision keeps `arch`'s DEFAULT ImageNet weights (torch hub cache), and their URL."""
+    import torchvision.models as tvm
+
+    url = tvm.get_model_weights(arch).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
+
+
+def resolve_path(weights: str) -> Path:
+    """A relative weights path is relative to where the user ran `tuner` (Ray runs trials in their own
+    folders and records the original one in TUNE_ORIG_WORKING_DIR)."""
+    p = Path(weights).expanduser()
+    if not p.is_absolute():
+        p = Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / p
+    return p
+
+
+def _is_bundle_path(p: Path) -> bool:
+    return p.is_dir() or p.name == "model.pt"
+
+
+def check_weights(arch, weights, where: str = "weights") -> None:
+    """Everything about `weights:` that can be checked before Ray starts (file present, right kind)."""
+    if not isinstance(weights, str) or not weights:
+        raise UserError(f"{where}: expected imagenet, none or a path to a weights file, got {weights!r}")
+    if weights == "none":
+        return
+    if weights == "imagenet":
+        if isinstance(arch, str):
+            check_arch(arch)
+            f, url = imagenet_file(arch)
+            if not f.is_file():
+                raise UserError(f"{where}: imagenet weights for {arch} are not available offline: put {f.name} "
+                                f"(from {url}) in {f.parent}, or set weights: none")
+        return
+    p = resolve_path(weights)
+    if not p.exists():
+        raise UserError(f"{where}: {p} does not exist; give imagenet, none, a torchvision state-dict file or "
+                        f"a folder exported by `tuner best --export`")
+    if _is_bundle_path(p):
+        from tuner.export import read_bundle
+
+        b = read_bundle(p)
+        if b["family"] != "transfer":
+            raise UserError(f"{where}: {p} is a {b['family']!r} bundle; transfer takes weights from a transfer "
+                            f"bundle (a {b['family']} bundle can be a knn/features backbone)")
+        if isinstance(arch, str) and b["config"].get("arch") != arch:
+            raise UserError(f"{where}: {p} holds a {b['config'].get('arch')} but arch is {arch}; "
+                            f"set arch: {b['config'].get('arch')}")
+
+
+def _read_state_dict(p: Path, where: str) -> dict:
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's to replace
+        raise UserError(f"{where}: {p} is not a readable torch weights file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+    if isinstance(sd, dict) and sd.get("format", "").startswith("tuner-bundle"):
+        return sd
+    for key in ("state_dict", "model"):  # common wrappers around a state dict
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{where}: {p} is not a state dict (a mapping of names to tensors)")
+    return sd
+
+
+_DENSENET_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _load_into(body: Body, sd: dict, source: str, where: str) -> None:
+    """Load the keys of `sd` that belong to the body; every body tensor must be found with its shape."""
+    if arch_family(body.arch) == "densenet":  # old checkpoints name layers norm.1 etc.
+        sd = {(_DENSENET_OLD.sub(r"\1\2", k)): v for k, v in sd.items()}
+    own = body.module.state_dict()
+    found = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    missing = [k for k in own if k not in found]
+    if missing:
+        raise UserError(f"{where}: {source} does not fit {body.arch}: {len(missing)} of {len(own)} tensors missing "
+                        f"or of another shape (e.g. {missing[0]}); is it a {body.arch} state dict?")
+    body.module.load_state_dict(found)
+
+
+def load_weights(body: Body, weights: str, where: str = "weights") -> None:
+    """Put `weights` (imagenet | none | a path) into the body, in place."""
+    check_weights(body.arch, weights, where)
+    if weights == "none":
+        return
+    if weights == "imagenet":
+        f, _ = imagenet_file(body.arch)
+        _load_into(body, _read_state_dict(f, where), str(f), where)
+        return
+    p = resolve_path(weights)
+    if _is_bundle_path(p):
+        from tuner.export import read_bundle
+
+        model_sd = read_bundle(p)["weights"]["model"]
+        sd = {k[len("body."):]: v for k, v in model_sd.items() if k.startswith("body.")}
+        _load_into(body, sd, str(p), where)
+        return
+    _load_into(body, _read_state_dict(p, where), str(p), where)
+
+
+def weights_key(weights: str, seed: int = 0) -> str:
+    """Changes whenever the weights would: the file's name, size and mtime; the seed of a random init."""
+    if weights == "none":
+        return f"none:seed{seed}"
+    if weights == "imagenet":
+        return "imagenet"
+    p = resolve_path(weights)
+    f = p / "model.pt" if p.is_dir() else p
+    st = f.stat()
+    return f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# --------------------------------------------------------------------------- feature extractors
+class Renormalize(nn.Module):
+    """Undo the caller's normalisation and apply the one a bundle was trained with."""
+
+    def __init__(self, mean_in, std_in, mean_out, std_out):
+        super().__init__()
+        for name, v in (("mean_in", mean_in), ("std_in", std_in), ("mean_out", mean_out), ("std_out", std_out)):
+            self.register_buffer(name, torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std_in + self.mean_in - self.mean_out) / self.std_out
+
+
+def _per_channel(v, channels: int) -> tuple[float, ...]:
+    v = tuple(float(a) for a in v)
+    return v * channels if len(v) == 1 and channels > 1 else v
+
+
+def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, int, str]:
+    """A frozen feature extractor for the knn / features families.
+
+    backbone: a torchvision arch (with `weights`: imagenet | none | a state-dict path) or the path of a
+    bundle exported by `tuner best --export` (then `weights` is ignored): the bundle's model minus its
+    head (transfer: the body and its pooling; cnn: the convolutional part up to its flatten; mlp /
+    linear: everything before the last layer).
+
+    Returns (module, channels_wanted, key): the module maps a batch normalised with info.mean/std, with
+    `channels_wanted` channels (grey data repeated to 3 by `engine.Preprocess`), to (N, D) features; it is
+    in eval mode with gradients off. `key` identifies the features for `embeddings.cached`.
+    """
+    norm = f"mean={','.join(f'{m:.4f}' for m in info.mean)}:std={','.join(f'{s:.4f}' for s in info.std)}"
+    if isinstance(backbone, str) and backbone in supported_archs():
+        torch.manual_seed(0)  # weights: none gives the same random features every time
+        body = make_body(backbone)
+        load_weights(body, weights, "backbone weights")
+        module = nn.Sequential(body.module, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        key = f"tv:{backbone}:{weights_key(weights)}:gap:{norm}"
+        return _frozen(module), 3, key
+
+    p = resolve_path(str(backbone))
+    if not p.exists():
+        raise UserError(f"backbone: {backbone!r} is neither a supported torchvision arch nor an existing bundle "
+                        f"path; use e.g. resnet50, mobilenet_v2, vgg19 or a folder exported by `tuner best --export`")
+    from tuner.export import read_bundle
+    from tuner.families import get_family
+
+    b = read_bundle(p)
+    pre = b["preprocessing"]
+    binfo = DataInfo(num_classes=len(b["class_names"]), channels=int(pre["channels"]), height=int(pre["height"]),
+                     width=int(pre["width"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                     class_names=tuple(b["class_names"]), name=pre.get("dataset", ""))
+    fam = get_family(b["family"])
+    if not hasattr(fam, "build"):
+        raise UserError(f"backbone: {p} is a {b['family']!r} bundle, which has no network to take features from")
+    model = fam.build(fam.resolve(b["config"]), binfo)
+    model.load_state_dict(b["weights"]["model"])
+    wanted = 3 if b["family"] == "transfer" else binfo.channels
+    if info.channels > wanted:
+        raise UserError(f"backbone: {p} was trained on {wanted}-channel images but the data has {info.channels}; "
+                        f"use a backbone trained on colour images")
+    if b["family"] == "transfer":
+        feats: nn.Module = nn.Sequential(model.body, model.pool)
+    else:
+        mods = list(model.children())
+        flat = [i for i, m in enumerate(mods) if isinstance(m, nn.Flatten)]
+        cut = flat[-1] + 1 if b["family"] == "cnn" and flat else len(mods) - 1
+        feats = nn.Sequential(*mods[:cut]) if cut > 0 else nn.Flatten()
+    module = nn.Sequential(Renormalize(_per_channel(info.mean, wanted), _per_channel(info.std, wanted),
+                                       _per_channel(binfo.mean, wanted), _per_channel(binfo.std, wanted)),
+                           feats, nn.Flatten())
+    key = f"bundle:{weights_key(str(p))}:{norm}"
+    return _frozen(module), wanted, key
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module

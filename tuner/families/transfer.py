@@ -1,0 +1,280 @@
+"""Transfer learning: a torchvision backbone (see `tuner.backbones`) with a new head.
+
+    image -> body (torchvision, classifier cut off) -> pool (gap | flatten) -> head (MLP) -> classes
+
+`trainable_layers` decides what trains: 0 freezes the whole body, n trains its last n stages, `all`
+fine-tunes everything. Frozen modules stay in eval mode, so their batch-norm statistics keep what
+they learned on ImageNet. `backbone_lr_mult` gives the trainable part of the body a smaller lr.
+
+With `trainable_layers: 0` the body is a fixed function, so running it every epoch for every trial
+is wasted work: its pooled features are computed once per image (plus `cached_views` augmented views
+per training image, when the data set asks for augmentation) and cached on disk by
+`tuner.embeddings`, shared by every trial of the search; the head then trains on the cache, which is
+what makes a frozen search cheap (see benchmarks/bench_frozen.py).
+
+Pretrained weights are loaded when training starts, not when the model is built: a loaded bundle
+carries all its weights, so `tuner.load` never needs the ImageNet file or the source bundle.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tuner import backbones
+from tuner.engine import TorchLearner, augment, to_device
+from tuner.errors import UserError
+from tuner.families.base import DataInfo, Param, register_family
+from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
+
+HEAD_DEFAULTS = {"pool": "gap", "hidden": [], "dropout": 0.0, "batchnorm": False, "activation": "relu"}
+
+
+class TransferNet(nn.Module):
+    """body -> pool -> head. `units` (the body's stages, see backbones.Body) is kept for freezing."""
+
+    def __init__(self, arch: str, body: nn.Sequential, units: list, pool: nn.Module, head: nn.Sequential):
+        super().__init__()
+        self.arch = arch
+        self.body, self.pool, self.head = body, pool, head
+        self.units = units  # a plain list: the same modules are registered under `body`
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def head_config(cfg: dict) -> dict:
+    """Built-in defaults < the `head:` block < top-level keys (which is what a search varies)."""
+    h = dict(HEAD_DEFAULTS)
+    h.update(cfg.get("head") or {})
+    h.update({k: cfg[k] for k in HEAD_DEFAULTS if cfg.get(k) is not None})
+    return h
+
+
+def is_frozen(cfg: dict) -> bool:
+    return cfg.get("trainable_layers", 0) == 0 and not isinstance(cfg.get("trainable_layers", 0), bool)
+
+
+# --------------------------------------------------------------------------- learners
+class TransferLearner(TorchLearner):
+    """Fine-tunes (part of) the body and the head on images; the shared TorchLearner loop."""
+
+    def __init__(self, model: TransferNet, cfg: dict, info: DataInfo, device="cpu", augment_cfg=None,
+                 keep_best: bool = False, cache_dir: str | None = None):
+        body = backbones.Body(arch=model.arch, module=model.body, units=model.units)
+        self.frozen_modules = backbones.freeze(body, cfg["trainable_layers"])  # before the optimizer sees params
+        self.cache_dir = cache_dir
+        super().__init__(model, cfg, info, device=device, in_channels_wanted=3, augment_cfg=augment_cfg,
+                         keep_best=keep_best)
+        self._pretrained_pending = cfg["weights"] != "none"
+
+    def param_groups(self):
+        # the head first: its lr is the one reported as `lr`
+        groups = [{"params": list(self.model.head.parameters())}]
+        back = [p for p in self.model.body.parameters() if p.requires_grad]
+        if back:
+            groups.append({"params": back, "lr": float(self.cfg["lr"]) * float(self.cfg["backbone_lr_mult"])})
+        return groups
+
+    def train_mode(self) -> None:
+        self.model.train()
+        for m in self.frozen_modules:  # frozen batch norm keeps its running statistics
+            m.eval()
+
+    def _ensure_pretrained(self) -> None:
+        if self._pretrained_pending:
+            body = backbones.Body(arch=self.model.arch, module=self.model.body, units=self.model.units)
+            backbones.load_weights(body, self.cfg["weights"])
+            self._pretrained_pending = False
+
+    def fit(self, data, max_epochs: int):
+        self._ensure_pretrained()
+        yield from super().fit(data, max_epochs)
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        self._ensure_pretrained()
+        return super().predict_proba(images, batch_size)
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._pretrained_pending = False
+
+    def load_weights(self, w: dict) -> None:
+        super().load_weights(w)
+        self._pretrained_pending = False
+
+
+class FrozenLearner(TransferLearner):
+    """trainable_layers: 0 -- the head trains on cached body features; images go through the body once."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_features = False
+        self._feats = None
+
+    def feature_key(self) -> str:
+        """Changes whenever the cached features would: arch, weights, pooling, normalisation, size."""
+        i, h = self.info, head_config(self.cfg)
+        norm = ",".join(f"{v:.4f}" for v in (*i.mean, *i.std))
+        weights = backbones.weights_key(self.cfg["weights"], int(self.cfg["seed"]))
+        return (f"transfer:{self.model.arch}:drop{self.cfg['drop_stages']}:{weights}:{h['pool']}:"
+                f"{i.channels}x{i.height}x{i.width}:{norm}")
+
+    def _features(self, data) -> SimpleNamespace:
+        from tuner import embeddings
+
+        cache_dir = self.cache_dir
+        if cache_dir is None:
+            from tuner.driver import cache_dir as default_cache_dir
+
+            cache_dir = str(default_cache_dir())
+        key = self.feature_key()
+        extract = self.model.features
+        plain = embeddings.cached(data, key, extract, self.pre, self.device, cache_dir, splits=("train", "val"))
+        x_train, y_train = plain["train"], np.asarray(data.y_train)
+        aug = self.augment_cfg
+        views = int(self.cfg["cached_views"]) if aug is not None and aug.any else 0
+        if views:
+            xs, ys = [x_train], [y_train]
+            for v in range(views):
+                gen = torch.Generator().manual_seed(1000 + v)  # the same views for every trial sharing the cache
+
+                def pre(x, gen=gen):
+                    return augment(self.pre(x), aug, gen)
+
+                xs.append(embeddings.cached(data, f"{key}:view{v}:{aug!r}", extract, pre, self.device, cache_dir,
+                                            splits=("train",))["train"])
+                ys.append(y_train)
+            x_train, y_train = np.concatenate(xs), np.concatenate(ys)
+        return SimpleNamespace(x_train=x_train, y_train=y_train, x_val=plain["val"], y_val=np.asarray(data.y_val))
+
+    def fit(self, data, max_epochs: int):
+        self._ensure_pretrained()
+        if self._feats is None:
+            self.model.eval()
+            self._feats = self._features(data)
+        yield from TorchLearner.fit(self, self._feats, max_epochs)
+
+    # TorchLearner's loop, on features: the body is skipped, and so is image augmentation
+    def train_epoch(self, x, y, batch_size):
+        self._on_features = True
+        try:
+            return super().train_epoch(x, y, batch_size)
+        finally:
+            self._on_features = False
+
+    def evaluate(self, x, y):
+        self._on_features = True
+        try:
+            return super().evaluate(x, y)
+        finally:
+            self._on_features = False
+
+    def _inputs(self, x: np.ndarray, train: bool) -> torch.Tensor:
+        if self._on_features:
+            return to_device(np.asarray(x, dtype=np.float32), self.device)
+        return super()._inputs(x, train)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._on_features:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cuda):
+                return self.model.head(x)
+        return super()._forward(x)
+
+    def state_dict(self) -> dict:
+        # the body is frozen and comes from `weights`: checkpoints hold the head only
+        state = super().state_dict()
+        state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("body.")}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._ensure_pretrained()
+        full = self.model.state_dict()
+        full.update(state["model"])
+        super().load_state_dict({**state, "model": full})
+
+
+# --------------------------------------------------------------------------- the family
+@register_family
+class Transfer(TorchFamily):
+    name = "transfer"
+    own_params = {
+        "arch": Param("resnet50", "str", help="a torchvision classification model"),
+        "weights": Param("imagenet", "str", help="imagenet | none | path to a state dict or exported bundle"),
+        "trainable_layers": Param(0, "any", help="0 = frozen feature extractor, n = the last n stages, all"),
+        "backbone_lr_mult": Param(1.0, "float", low=0.0, help="the body's lr is lr times this"),
+        "drop_stages": Param(0, "int", low=0, help="cut the last n stages off the body (e.g. VGG19 after block 4)"),
+        "head": Param({}, "dict", help="pool, hidden, dropout, batchnorm, activation"),
+        "pool": Param(None, "str", ("gap", "flatten")),
+        "hidden": Param(None, "list", help="hidden widths of the head"),
+        "dropout": Param(None, "float", low=0.0, high=0.95),
+        "batchnorm": Param(None, "bool"),
+        "activation": Param(None, "str", tuple(ACTIVATIONS)),
+        "cached_views": Param(0, "int", low=0, high=64,
+                              help="frozen: augmented views of each training image cached besides the plain one"),
+    }
+
+    def validate(self, constants: dict, searched: dict, file: str) -> None:
+        super().validate(constants, searched, file)
+        archs = [constants.get("arch", self.params["arch"].default)]
+        if "arch" in searched:
+            archs = list(searched["arch"].args) if searched["arch"].kind in ("choice", "grid") else [None]
+            if archs == [None]:
+                raise UserError(f"{file}: space.arch takes names; use choice: [...]")
+            for a in archs:
+                backbones.check_arch(a, f"{file}: space.arch")
+        if "trainable_layers" in searched:
+            d = searched["trainable_layers"]
+            values = list(d.args) if d.kind in ("choice", "grid") else list(d.args)
+            for v in values:
+                _check_trainable(v, f"{file}: space.trainable_layers")
+        weights = ([constants.get("weights", self.params["weights"].default)] if "weights" not in searched
+                   else list(searched["weights"].args))
+        for w in weights:
+            for a in archs:
+                backbones.check_weights(a, w, f"{file}: weights")
+
+    def check_config(self, constants: dict, file: str) -> None:
+        backbones.check_arch(constants.get("arch", self.params["arch"].default), f"{file}: arch")
+        if "trainable_layers" in constants:
+            _check_trainable(constants["trainable_layers"], f"{file}: trainable_layers")
+        for k, v in (constants.get("head") or {}).items():
+            if k not in HEAD_DEFAULTS:
+                raise UserError(f"{file}: head.{k} is not a head setting; use {', '.join(HEAD_DEFAULTS)}")
+            self.params[k].check(v, f"{file}: head.{k}")
+
+    def build(self, cfg: dict, info: DataInfo) -> TransferNet:
+        body = backbones.drop_last(backbones.make_body(cfg["arch"]), cfg["drop_stages"])
+        c, h, w = backbones.feature_shape(body.module, 3, info.height, info.width, cfg["arch"])
+        hc = head_config(cfg)
+        if hc["pool"] == "gap":
+            pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            features = c
+        else:
+            pool, features = nn.Flatten(), c * h * w
+        hidden = [int(x) for x in hc["hidden"]]
+        layers = mlp_layers(features, hidden, hc["dropout"], hc["batchnorm"], hc["activation"])
+        if hc["dropout"] and not hidden:
+            layers.append(nn.Dropout(hc["dropout"]))
+        layers.append(nn.Linear(hidden[-1] if hidden else features, info.num_classes))
+        return TransferNet(cfg["arch"], body.module, body.units, pool, nn.Sequential(*layers))
+
+    def learner(self, config: dict, info: DataInfo, device="cpu", augment=None, keep_best=False,
+                cache_dir: str | None = None) -> TransferLearner:
+        cfg = self.resolve(config)
+        torch.manual_seed(int(cfg["seed"]))  # the same config builds the same initial weights
+        cls = FrozenLearner if is_frozen(cfg) else TransferLearner
+        return cls(self.build(cfg, info), cfg, info, device=device, augment_cfg=augment, keep_best=keep_best,
+                   cache_dir=cache_dir)
+
+
+def _check_trainable(v, where: str) -> None:
+    if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        return
+    raise UserError(f"{where}: expected 0 (frozen), a number of stages >= 0, or all; got {v!r}")
