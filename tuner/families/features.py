@@ -1,0 +1,159 @@
+"""Classic classifiers over cached embeddings: logistic regression, random forests, SVMs (and KNN), from scikit-learn.
+
+As the CIFAR-10 seed did with VGG19: take a backbone's features once (shared with every trial through the
+embedding cache), then search over the classifier and its own parameters. Parameters that belong to another
+classifier are ignored, so one space can search `classifier: {choice: [logreg, random_forest, svm, knn]}`.
+
+An exported bundle must load with `torch.load(weights_only=True)`, which cannot hold a scikit-learn object;
+so the bundle keeps the training embeddings and labels, and loading refits the classifier on them. Every
+classifier here is deterministic given `seed`, so the refit predicts exactly what was tested.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from tuner.errors import UserError
+from tuner.families.base import DataInfo, Family, Param, register_family
+from tuner.families.knn import EmbeddingLearner, backbone_params, check_backbone, proba_metrics
+
+CLASSIFIERS = ("logreg", "random_forest", "svm", "knn")
+TRAIN_METRICS_MAX = 2000   # train_loss / train_accuracy on at most this many training images (SVM predict is slow)
+
+
+def make_classifier(cfg: dict):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    jobs = max(1, torch.get_num_threads())  # the CPUs this trial was given (engine.set_threads)
+    name, seed = cfg["classifier"], int(cfg["seed"])
+    if name == "logreg":
+        return LogisticRegression(C=float(cfg["C"]), max_iter=int(cfg["max_iter"]), random_state=seed)
+    if name == "random_forest":
+        return RandomForestClassifier(n_estimators=int(cfg["n_estimators"]), max_depth=int(cfg["max_depth"]) or None,
+                                      min_samples_leaf=int(cfg["min_samples_leaf"]), criterion=cfg["criterion"],
+                                      random_state=seed, n_jobs=jobs)
+    if name == "svm":
+        return SVC(C=float(cfg["C"]), kernel=cfg["kernel"], gamma=cfg["gamma"], degree=int(cfg["degree"]),
+                   decision_function_shape="ovr", random_state=seed)
+    return KNeighborsClassifier(n_neighbors=int(cfg["k"]), n_jobs=jobs)
+
+
+class FeaturesLearner(EmbeddingLearner):
+    """Embeds once (cached), normalises, fits one scikit-learn classifier, reports validation metrics once."""
+
+    def __init__(self, cfg: dict, info: DataInfo, device="cpu", cache_dir: str | None = None):
+        super().__init__(cfg, info, device, cache_dir)
+        self.model = None
+        self.mean: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+
+    @property
+    def num_params(self) -> int:
+        m, n = self.model, 0
+        if hasattr(m, "coef_"):
+            n = m.coef_.size + m.intercept_.size
+        elif hasattr(m, "estimators_"):
+            n = sum(t.tree_.node_count for t in m.estimators_)
+        elif hasattr(m, "support_vectors_"):
+            n = m.support_vectors_.size + m.dual_coef_.size
+        elif self.x_train is not None:  # knn: the stored embeddings are the model
+            n = int(self.x_train.size)
+        return self.backbone.num_params + int(n)
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.array(x, dtype=np.float32)
+        norm = self.cfg["normalize"]
+        if norm == "l2":
+            x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        elif norm == "standard":
+            x = (x - self.mean) / self.scale
+        return x
+
+    def _fit_classifier(self) -> None:
+        x = np.asarray(self.x_train, dtype=np.float32)
+        if self.cfg["normalize"] == "standard":  # statistics of the training split only
+            self.mean = x.mean(0, dtype=np.float64).astype(np.float32)
+            self.scale = np.maximum(x.std(0, dtype=np.float64), 1e-6).astype(np.float32)
+        if self.cfg["classifier"] == "knn" and int(self.cfg["k"]) > len(x):
+            raise UserError(f"k: {self.cfg['k']} neighbours but only {len(x)} training images; lower k")
+        if len(np.unique(self.y_train)) < 2:
+            raise UserError("dataset: the training split has one class; a classifier needs at least two")
+        self.model = make_classifier(self.cfg).fit(self._transform(x), self.y_train)
+
+    def _proba(self, feats: np.ndarray) -> np.ndarray:
+        """Probabilities over all classes (a class missing from a small training split gets 0)."""
+        x = self._transform(feats)
+        if self.cfg["classifier"] == "svm":
+            # softmax of the one-vs-rest decision values: its argmax is SVC.predict, at none of the 5-fold
+            # cost of probability=True (whose Platt argmax can even disagree with predict)
+            d = self.model.decision_function(x)
+            d = np.stack([-d, d], 1) if d.ndim == 1 else d
+            p = torch.softmax(torch.from_numpy(np.asarray(d, dtype=np.float64)), 1).numpy()
+        else:
+            p = self.model.predict_proba(x)
+        out = np.zeros((len(x), self.info.num_classes), dtype=np.float32)
+        out[:, self.model.classes_] = p
+        return out
+
+    def fit(self, data, max_epochs: int = 1) -> Iterator[dict]:
+        t0 = time.perf_counter()
+        feats = self.embed(data)
+        self._fit_classifier()
+        val_loss, val_acc = proba_metrics(self._proba(feats["val"]), np.asarray(data.y_val))
+        sub = np.linspace(0, len(self.y_train) - 1, min(len(self.y_train), TRAIN_METRICS_MAX)).astype(int)
+        train_loss, train_acc = proba_metrics(self._proba(self.x_train[sub]), self.y_train[sub])
+        yield {"epoch": 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+               "val_accuracy": val_acc, "epoch_time_s": time.perf_counter() - t0}
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("fit the learner (or load_weights) before predicting")
+        return self._proba(self.query(images)[0])
+
+    def load_weights(self, w: dict) -> None:
+        super().load_weights(w)
+        self._fit_classifier()  # deterministic given the seed: the same model that was tested
+
+
+@register_family
+class Features(Family):
+    name = "features"
+    iterative = False
+    params = {
+        **backbone_params(),
+        "normalize": Param("none", "str", ("none", "l2", "standard"), help="standard: per-feature z-score"),
+        "classifier": Param("logreg", "str", CLASSIFIERS),
+        "C": Param(1.0, "float", low=1e-12, help="logreg and svm: inverse regularisation strength"),
+        "max_iter": Param(1000, "int", low=1, help="logreg"),
+        "n_estimators": Param(100, "int", low=1, help="random_forest"),
+        "max_depth": Param(0, "int", low=0, help="random_forest; 0 = unlimited"),
+        "min_samples_leaf": Param(1, "int", low=1, help="random_forest"),
+        "criterion": Param("gini", "str", ("gini", "entropy", "log_loss"), help="random_forest"),
+        "kernel": Param("rbf", "str", ("rbf", "linear", "poly", "sigmoid"), help="svm"),
+        "gamma": Param("scale", "any", help="svm: scale | auto | a number > 0"),
+        "degree": Param(3, "int", low=1, help="svm with kernel poly"),
+        "k": Param(5, "int", low=1, help="knn"),
+        "seed": Param(0, "int"),
+    }
+
+    def validate(self, constants: dict, searched: dict, file: str) -> None:
+        super().validate(constants, searched, file)
+        gammas = [constants["gamma"]] if "gamma" in constants else []
+        dist = searched.get("gamma")
+        if dist is not None:
+            gammas += list(dist.args)
+        for g in gammas:
+            if not (g in ("scale", "auto") or (isinstance(g, (int, float)) and not isinstance(g, bool) and g > 0)):
+                raise UserError(f"{file}: gamma {g!r}: expected scale, auto or a number > 0")
+
+    def check_config(self, constants: dict, file: str) -> None:
+        check_backbone(constants, file)
+
+    def learner(self, config: dict, info: DataInfo, device="cpu", cache_dir: str | None = None) -> FeaturesLearner:
+        return FeaturesLearner(self.resolve(config), info, device=device, cache_dir=cache_dir)
