@@ -1,13 +1,27 @@
-"""Data sets: find (readers) -> decode and resize once (cache) -> split -> one `ImageData` for all trials."""
+"""Data sets: find (readers) -> split -> decode and resize once (cache) -> one `ImageData` for all trials.
+
+Each on-disk format is one module that registers a reader; a reader only lists images (paths, bytes or
+arrays) and labels per split the data set ships with. `prepare` splits them (stratified, seeded), has
+the cache decode what the splits need, drops files that would not decode, and normalises.
+"""
 from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from tuner.data.base import READERS, ImageData, Source, SplitSource, get_reader, normalization, register_reader
-from tuner.data import digits as _digits  # noqa: F401  (registers the reader)
+from tuner.data import digits as _digits  # noqa: F401  (each import registers its reader)
+from tuner.data import folder as _folder  # noqa: F401
+from tuner.data import torchvision_sets as _torchvision_sets  # noqa: F401
+from tuner.data import tfrecords as _tfrecords  # noqa: F401
 from tuner.errors import UserError
 
 __all__ = ["ImageData", "Source", "SplitSource", "READERS", "register_reader", "prepare", "stratified_split"]
+
+PARTS = ("train", "val", "test")
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -39,64 +53,99 @@ def _limit(idx: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(idx, size=limit, replace=False))
 
 
-def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
-    """Read, decode once, split and normalise the data set a `DatasetConfig` describes."""
-    from tuner.data.cache import decode_split  # the decode-once cache
-
-    source = get_reader(cfg.name)(cfg)
-    if len(source.class_names) < 2:
-        raise UserError(f"dataset.root {cfg.root}: only {len(source.class_names)} class found; "
-                        f"a classifier needs at least 2 class folders")
-    if len(source.train.labels) == 0:
-        raise UserError(f"dataset.root {cfg.root}: no images found; put images in one folder per class")
+def _plan(source: Source, cfg) -> tuple[dict[str, SplitSource], dict[str, np.ndarray]]:
+    """Which images go to train/val/test, as indices into the reader's splits laid end to end."""
+    shipped = {k: getattr(source, k) for k in PARTS if getattr(source, k) is not None}
+    offsets, start = {}, 0
+    for k, s in shipped.items():
+        offsets[k] = start
+        start += len(s.labels)
     sp = cfg.split
-    seed = sp.seed
-    parts: dict[str, tuple[SplitSource, np.ndarray]] = {}
+    parts: dict[str, np.ndarray] = {}
     if sp.test == "official":
         if source.test is None:
             raise UserError(f"dataset.split.test: {cfg.name} has no official test split here; "
                             f"set dataset.split.test to a fraction such as 0.2")
-        if source.val is not None:
-            pool = {"train": np.arange(len(source.train.labels))}
-            parts["val"] = (source.val, np.arange(len(source.val.labels)))
+        parts["test"] = offsets["test"] + np.arange(len(source.test.labels))
+        if source.val is not None:  # an official validation split too: keep it
+            parts["val"] = offsets["val"] + np.arange(len(source.val.labels))
+            parts["train"] = offsets["train"] + np.arange(len(source.train.labels))
         else:
-            frac = {"val": sp.val}
-            pool = stratified_split(source.train.labels, frac, seed)
-            parts["val"] = (source.train, pool["val"])
-        parts["train"] = (source.train, pool["train"])
-        parts["test"] = (source.test, np.arange(len(source.test.labels)))
+            idx = stratified_split(source.train.labels, {"val": sp.val}, sp.seed)
+            parts["val"], parts["train"] = idx["val"], idx["train"]
     else:
         # fractions are of everything the data set has: pool its splits first
-        pooled = _pool([s for s in (source.train, source.val, source.test) if s is not None])
-        idx = stratified_split(pooled.labels, {"test": sp.test, "val": sp.val}, seed)
-        for name in ("train", "val", "test"):
-            parts[name] = (pooled, idx[name])
+        pooled = np.concatenate([s.labels for s in shipped.values()])
+        parts = stratified_split(pooled, {"test": sp.test, "val": sp.val}, sp.seed)
+    return shipped, {k: _limit(parts[k], cfg.limit, sp.seed) for k in PARTS}
 
-    arrays = {}
-    indices = {}
-    for name in ("train", "val", "test"):
-        src, idx = parts[name]
-        idx = _limit(idx, cfg.limit, seed)
-        indices[name] = idx
-        arrays[name] = decode_split(cfg, name, src, idx, cache_dir=cache_dir, progress=progress)
+
+def _check_classes(cfg, labels: np.ndarray, class_names: list[str], where: str) -> None:
+    present = np.unique(labels)
+    if len(labels) == 0:
+        raise UserError(f"dataset.root {cfg.root}: no readable images found{where}; "
+                        f"put images in one folder per class (e.g. {cfg.root}/cat/1.jpg, {cfg.root}/dog/2.jpg)")
+    if len(present) < 2:
+        only = class_names[int(present[0])] if len(class_names) > int(present[0]) else str(present[0])
+        raise UserError(f"dataset.root {cfg.root}: only 1 class ({only!r}) found{where}; "
+                        f"a classifier needs images of at least 2 classes, one folder per class")
+
+
+def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
+    """Read, split, decode once and normalise the data set a `DatasetConfig` describes."""
+    from tuner.data.cache import decode_split
+
+    if not cfg.root and cfg.download and cfg.name != "digits":  # torchvision needs a folder to download into
+        base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "tuner"
+        cfg = dataclasses.replace(cfg, root=str(base / "datasets" / cfg.name))
+    source = get_reader(cfg.name)(cfg)
+    all_labels = np.concatenate([s.labels for s in (source.train, source.val, source.test) if s is not None])
+    _check_classes(cfg, all_labels, source.class_names, "")
+    shipped, parts = _plan(source, cfg)
+
+    # decode, per shipped split, the images some part needs (all of them unless dataset.limit / --smoke)
+    offsets = np.cumsum([0] + [len(s.labels) for s in shipped.values()])
+    decoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    used = np.unique(np.concatenate(list(parts.values())))
+    for j, (k, s) in enumerate(shipped.items()):
+        local = used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j]
+        if len(local):
+            arr, ok = decode_split(cfg, k, s, local, cache_dir=cache_dir, progress=progress, size=cfg.image_size)
+            decoded[k] = (local, arr, ok)
+    skipped = source.skipped + sum(int((~ok).sum()) for _, _, ok in decoded.values())
+    if skipped:
+        print(f"warning: dataset.root {cfg.root}: skipped {skipped} unreadable or non-image "
+              f"file{'s' if skipped != 1 else ''}", file=sys.stderr)
+
+    arrays, labels, indices = {}, {}, {}
+    for part in PARTS:
+        xs, ys, keep_idx = [], [], []
+        for j, (k, s) in enumerate(shipped.items()):
+            g = parts[part][(parts[part] >= offsets[j]) & (parts[part] < offsets[j + 1])]
+            if not len(g):
+                continue
+            local, arr, ok = decoded[k]
+            pos = np.searchsorted(local, g - offsets[j])
+            good = ok[pos]
+            pos, g = pos[good], g[good]
+            # the whole entry in order: keep the memory map instead of copying it
+            whole = len(pos) == len(arr) and (len(pos) == 0 or (pos[0] == 0 and pos[-1] == len(arr) - 1))
+            xs.append(arr if whole else np.ascontiguousarray(arr[pos]))
+            ys.append(s.labels[g - offsets[j]].astype(np.int64))
+            keep_idx.append(g)
+        if not xs:  # an empty part (split.test: 0); keep the shape of the others
+            ref = next(iter(decoded.values()))[1]
+            xs, ys, keep_idx = [ref[:0]], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        arrays[part] = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        labels[part] = np.concatenate(ys)
+        indices[part] = np.concatenate(keep_idx)
+    _check_classes(cfg, labels["train"], source.class_names, " in the training split")
     if len(arrays["val"]) == 0:
         raise UserError("dataset.split.val is 0: the search needs a validation split; set it to e.g. 0.2")
     mean, std = normalization(cfg.normalize, arrays["train"])
+    sp = cfg.split
     return ImageData(
-        x_train=arrays["train"], y_train=parts["train"][0].labels[indices["train"]].astype(np.int64),
-        x_val=arrays["val"], y_val=parts["val"][0].labels[indices["val"]].astype(np.int64),
-        x_test=arrays["test"], y_test=parts["test"][0].labels[indices["test"]].astype(np.int64),
-        class_names=list(source.class_names), mean=mean, std=std, name=cfg.name,
-        key=f"{cfg.name}:{cfg.root}:{cfg.image_size}:{sp.val}:{sp.test}:{seed}:{cfg.limit}", indices=indices)
-
-
-def _pool(splits: list[SplitSource]) -> SplitSource:
-    if len(splits) == 1:
-        return splits[0]
-    labels = np.concatenate([s.labels for s in splits])
-    if all(isinstance(s.images, np.ndarray) for s in splits):
-        return SplitSource(images=np.concatenate([s.images for s in splits]), labels=labels)
-    images: list = []
-    for s in splits:
-        images.extend(list(s.images))
-    return SplitSource(images=images, labels=labels)
+        x_train=arrays["train"], y_train=labels["train"], x_val=arrays["val"], y_val=labels["val"],
+        x_test=arrays["test"], y_test=labels["test"], class_names=list(source.class_names), mean=mean, std=std,
+        name=cfg.name, key=f"{cfg.name}:{cfg.root}:{cfg.image_size}:{sp.val}:{sp.test}:{sp.seed}:{cfg.limit}",
+        indices=indices, skipped=skipped)

@@ -20,7 +20,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class SplitSource:
-    """Images of one split as found on disk: each item an HWC uint8 array, a PIL image or a file path."""
+    """Images of one split as found on disk: each item an HWC uint8 array, a PIL image, a file path or the
+    encoded bytes of one image (TFRecords). An `np.ndarray` of images is taken as already decoded."""
 
     images: Sequence[Any] | np.ndarray
     labels: np.ndarray
@@ -53,6 +54,7 @@ class ImageData:
     name: str = ""
     key: str = ""                     # identifies the decoded images (for feature caches)
     indices: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: int = 0                  # unreadable or non-image files left out
 
     @property
     def info(self) -> DataInfo:
@@ -65,6 +67,26 @@ class ImageData:
 
 
 READERS: dict[str, Callable[..., Source]] = {}
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def find_root(cfg, *names: str) -> "Path | None":
+    """The first of root/name, ... that exists (users point root at the folder or at its parent)."""
+    from pathlib import Path
+
+    root = Path(cfg.root).expanduser()
+    for name in names:
+        p = root / name if name else root
+        if p.exists():
+            return p
+    return None
+
+
+def missing(cfg, what: str, download: bool) -> UserError:
+    """The one error for a data set that is not where dataset.root says."""
+    hint = " or set dataset.download: true to fetch it" if download and not cfg.download else ""
+    return UserError(f"dataset.root {cfg.root}: no {cfg.name} data there; put {what}{hint}")
 
 
 def register_reader(name: str):

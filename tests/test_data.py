@@ -1,0 +1,303 @@
+"""tuner.data: readers of each on-disk format, splits, bad data, and the errors a user can fix.
+
+Every test writes small files in the data set's real format (CIFAR-10 python pickles, STL-10 binaries,
+Flowers-102 and Stanford Cars .mat layouts, class folders of JPEG/PNG, Kaggle TFRecords) from real
+images (scikit-learn's digits), and reads them through `prepare`, as a search does.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tuner.data import prepare
+from tuner.errors import UserError
+from tuner.spaces import DatasetConfig, SplitConfig
+
+
+# --------------------------------------------------------------------------- real images, real formats
+def digit_images(n_per_class: int = 12, classes: int = 3, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 images of real handwritten digits (scikit-learn's), upscaled and tinted per image."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    xs, ys = [], []
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        for img in d.images[d.target == c][:n_per_class]:
+            grey = Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+            tint = rng.uniform(0.6, 1.0, 3)
+            xs.append((np.asarray(grey)[..., None] * tint).astype(np.uint8))
+            ys.append(c)
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+def jpeg(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_class_folders(root: Path, x: np.ndarray, y: np.ndarray, names=("zero", "one", "two")) -> Path:
+    for i, (a, c) in enumerate(zip(x, y)):
+        d = root / names[c]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(d / (f"{i:04d}.png" if i % 2 else f"{i:04d}.jpg"))
+    return root
+
+
+def write_cifar10(root: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    flat = x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # the pickles hold N x 3072, channel-major rows
+    order = np.random.default_rng(1).permutation(len(x))
+    train, test = order[: len(x) * 3 // 4], order[len(x) * 3 // 4:]
+    for k, part in enumerate(np.array_split(train, 5), start=1):
+        (base / f"data_batch_{k}").write_bytes(pickle.dumps({"data": flat[part], "labels": y[part].tolist()}))
+    (base / "test_batch").write_bytes(pickle.dumps({"data": flat[test], "labels": y[test].tolist()}))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": ["airplane", "automobile", "bird"]}))
+    return root
+
+
+def write_stl10(root: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    base = root / "stl10_binary"
+    base.mkdir(parents=True)
+    half = len(x) // 2
+    order = np.random.default_rng(1).permutation(len(x))
+    for split, part in (("train", order[:half]), ("test", order[half:])):
+        np.ascontiguousarray(x[part].transpose(0, 3, 2, 1)).tofile(base / f"{split}_X.bin")  # column-major
+        (y[part] + 1).astype(np.uint8).tofile(base / f"{split}_y.bin")
+    (base / "class_names.txt").write_text("airplane\nbird\ncar\n")
+    return root
+
+
+def write_flowers102(root: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    from scipy.io import savemat
+
+    base = root / "flowers-102"
+    (base / "jpg").mkdir(parents=True)
+    for i, a in enumerate(x, start=1):
+        (base / "jpg" / f"image_{i:05d}.jpg").write_bytes(jpeg(a))
+    savemat(base / "imagelabels.mat", {"labels": (y + 1)[None, :]})
+    ids = np.arange(1, len(x) + 1)
+    savemat(base / "setid.mat", {"trnid": ids[0::3][None], "valid": ids[1::3][None], "tstid": ids[2::3][None]})
+    return root
+
+
+def write_stanford_cars(root: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    from scipy.io import savemat
+
+    base = root / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
+    dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+    for split, part in (("train", np.arange(0, len(x), 2)), ("test", np.arange(1, len(x), 2))):
+        (base / f"cars_{split}").mkdir()
+        rows = []
+        for j, i in enumerate(part):
+            name = f"{j + 1:05d}.jpg"
+            (base / f"cars_{split}" / name).write_bytes(jpeg(x[i]))
+            rows.append((1, 1, x.shape[2], x.shape[1], int(y[i]) + 1, name))
+        annos = {"annotations": np.array(rows, dtype=dtype)[None, :]}
+        savemat(base / ("devkit/cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"), annos)
+    names = np.array(["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012"], dtype=object)
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": names[None, :]})
+    return root
+
+
+def write_flowers104(root: Path, x: np.ndarray, y: np.ndarray, px: int = 224) -> Path:
+    from tfrecord.writer import TFRecordWriter
+
+    folder = root / f"tfrecords-jpeg-{px}x{px}"
+    for split, part in (("train", np.arange(len(x))[np.arange(len(x)) % 4 != 0]), ("val", np.arange(0, len(x), 4))):
+        (folder / split).mkdir(parents=True)
+        for shard, chunk in enumerate(np.array_split(part, 2)):
+            w = TFRecordWriter(str(folder / split / f"{shard:02d}-{px}x{px}-{len(chunk)}.tfrec"))
+            for i in chunk:
+                w.write({"image": (jpeg(x[i]), "byte"), "class": (int(y[i]), "int"), "id": (f"id{i}".encode(), "byte")})
+            w.close()
+    # the competition's unlabelled test records: present in the real download, must be ignored
+    (folder / "test").mkdir()
+    w = TFRecordWriter(str(folder / "test" / "00-test.tfrec"))
+    w.write({"image": (jpeg(x[0]), "byte"), "id": (b"t0", "byte")})
+    w.close()
+    return root
+
+
+WRITERS = {"imagefolder": write_class_folders, "cifar10": write_cifar10, "stl10": write_stl10,
+           "flowers102": write_flowers102, "stanford_cars": write_stanford_cars, "flowers104": write_flowers104}
+
+
+def cfg(name: str, root, **kw) -> DatasetConfig:
+    return DatasetConfig(name=name, root=str(root), **kw)
+
+
+# --------------------------------------------------------------------------- each format
+@pytest.mark.parametrize("name,native", [("cifar10", 32), ("stl10", 96)])
+def test_array_formats_read_every_image_with_its_label(tmp_path, name, native):
+    x, y = digit_images(size=native)
+    root = WRITERS[name](tmp_path / name, x, y)
+    data = prepare(cfg(name, root, split=SplitConfig(val=0.25, test="official")), cache_dir=tmp_path / "c")
+    got = np.concatenate([data.x_train, data.x_val, data.x_test])
+    assert got.shape == (len(x), native, native, 3)
+    # every written image comes back pixel for pixel with its own label (the layout transposes are right)
+    want = {a.tobytes(): int(c) for a, c in zip(x, y)}
+    labels = np.concatenate([data.y_train, data.y_val, data.y_test])
+    assert all(want[a.tobytes()] == int(c) for a, c in zip(got, labels))
+    assert len(data.class_names) == 3 and data.class_names[0] == "airplane"
+
+
+def test_cifar10_resized_goes_through_the_cache(tmp_path):
+    x, y = digit_images(size=32)
+    root = write_cifar10(tmp_path / "cifar", x, y)
+    data = prepare(cfg("cifar10", root, image_size=16), cache_dir=tmp_path / "c")
+    assert data.x_train.shape[1:] == (16, 16, 3)
+    assert len(list((tmp_path / "c" / "images").glob("*/images.npy"))) == 2  # train and test batches
+
+
+def test_flowers102_keeps_its_official_train_val_test_and_class_names(tmp_path):
+    x, y = digit_images()
+    root = write_flowers102(tmp_path / "f", x, y)
+    data = prepare(cfg("flowers102", root, image_size=24, split=SplitConfig(test="official")), cache_dir=tmp_path / "c")
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (12, 12, 12)
+    assert np.array_equal(data.y_train, y[0::3]) and np.array_equal(data.y_test, y[2::3])
+    assert data.class_names[:2] == ["pink primrose", "hard-leaved pocket orchid"]
+
+
+def test_stanford_cars_reads_torchvision_layout_like_torchvision(tmp_path):
+    from torchvision.datasets import StanfordCars
+
+    x, y = digit_images()
+    root = write_stanford_cars(tmp_path / "cars", x, y)
+    data = prepare(cfg("stanford_cars", root, image_size=24, split=SplitConfig(test="official")),
+                   cache_dir=tmp_path / "c")
+    tv = StanfordCars(str(root), split="test")  # the same files through torchvision's own class
+    assert data.class_names == tv.classes
+    assert np.array_equal(data.y_test, [t for _, t in tv._samples])
+    assert len(data.y_train) + len(data.y_val) == len(x) // 2
+
+
+def test_stanford_cars_reads_class_folders_under_train_and_test(tmp_path):
+    x, y = digit_images()
+    write_class_folders(tmp_path / "cars" / "train", x[0::2], y[0::2], names=("Audi A4", "BMW M3", "Fiat 500"))
+    write_class_folders(tmp_path / "cars" / "test", x[1::2], y[1::2], names=("Audi A4", "BMW M3", "Fiat 500"))
+    data = prepare(cfg("stanford_cars", tmp_path / "cars", image_size=16, split=SplitConfig(test="official")),
+                   cache_dir=tmp_path / "c")
+    assert data.class_names == ["Audi A4", "BMW M3", "Fiat 500"]
+    assert len(data.y_test) == len(x) // 2
+
+
+def test_flowers104_reads_kaggle_tfrecords_and_uses_labelled_val_as_test(tmp_path):
+    x, y = digit_images()
+    root = write_flowers104(tmp_path / "k", x, y)
+    data = prepare(cfg("flowers104", root, image_size=32, split=SplitConfig(test="official")), cache_dir=tmp_path / "c")
+    assert len(data.y_test) == len(x) // 4  # every 4th record was written to val/
+    assert len(data.y_train) + len(data.y_val) == len(x) - len(x) // 4  # test/ (unlabelled) is not used
+    assert data.class_names[0] == "pink primrose" and len(data.class_names) == 104
+    # the JPEG bytes decode to the image that was written (JPEG is lossy: close, not equal)
+    i = int(np.argmax(data.y_test == 1))
+    assert np.abs(data.x_test[i].astype(int) - x[4 * i].astype(int)).mean() < 8
+
+
+def test_imagefolder_with_train_val_test_folders_uses_them_as_official_splits(tmp_path):
+    x, y = digit_images()
+    for split, part in (("train", slice(0, None, 3)), ("val", slice(1, None, 3)), ("test", slice(2, None, 3))):
+        write_class_folders(tmp_path / "f" / split, x[part], y[part])
+    data = prepare(cfg("imagefolder", tmp_path / "f", image_size=16, split=SplitConfig(test="official")),
+                   cache_dir=tmp_path / "c")
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (12, 12, 12)
+    # with fractions the three folders are pooled and split again
+    data = prepare(cfg("imagefolder", tmp_path / "f", image_size=16, split=SplitConfig(val=0.25, test=0.25)),
+                   cache_dir=tmp_path / "c")
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (18, 9, 9)
+
+
+# --------------------------------------------------------------------------- splits
+def test_fraction_split_is_stratified_seeded_and_disjoint(tmp_path):
+    x, y = digit_images(n_per_class=20)
+    root = write_class_folders(tmp_path / "f", x, y)
+    a = prepare(cfg("imagefolder", root, image_size=8, split=SplitConfig(val=0.25, test=0.25, seed=3)), cache_dir=None)
+    b = prepare(cfg("imagefolder", root, image_size=8, split=SplitConfig(val=0.25, test=0.25, seed=3)), cache_dir=None)
+    c = prepare(cfg("imagefolder", root, image_size=8, split=SplitConfig(val=0.25, test=0.25, seed=4)), cache_dir=None)
+    assert all(np.array_equal(a.indices[k], b.indices[k]) for k in ("train", "val", "test"))
+    assert not np.array_equal(a.indices["val"], c.indices["val"])
+    assert np.bincount(a.y_val).tolist() == [5, 5, 5] and np.bincount(a.y_test).tolist() == [5, 5, 5]
+    together = np.concatenate([a.indices[k] for k in ("train", "val", "test")])
+    assert len(np.unique(together)) == len(x)
+
+
+@pytest.mark.parametrize("preset,mean", [("imagenet", 0.485), ("half", 0.5)])
+def test_normalize_presets(tmp_path, preset, mean):
+    x, y = digit_images()
+    data = prepare(cfg("imagefolder", write_class_folders(tmp_path / "f", x, y), image_size=8, normalize=preset))
+    assert data.mean[0] == pytest.approx(mean)
+
+
+def test_normalize_dataset_is_measured_on_the_training_split(tmp_path):
+    x, y = digit_images()
+    data = prepare(cfg("imagefolder", write_class_folders(tmp_path / "f", x, y), image_size=8, normalize="dataset"))
+    t = data.x_train.astype(np.float64) / 255
+    assert data.mean == pytest.approx(tuple(t.mean(axis=(0, 1, 2))), abs=1e-6)
+    assert data.std == pytest.approx(tuple(t.std(axis=(0, 1, 2))), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- bad data and user errors
+def test_corrupt_and_non_image_files_are_skipped_and_counted_in_one_warning(tmp_path, capsys):
+    x, y = digit_images()
+    root = write_class_folders(tmp_path / "f", x, y)
+    (root / "one" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    (root / "two" / "cut.png").write_bytes(jpeg(x[0])[:40])  # truncated
+    (root / "two" / "notes.txt").write_text("not an image")
+    (root / "two" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored, not counted
+    data = prepare(cfg("imagefolder", root, image_size=16), cache_dir=tmp_path / "c")
+    assert len(data.y_train) + len(data.y_val) + len(data.y_test) == len(x)
+    assert data.skipped == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert err == [f"warning: dataset.root {root}: skipped 3 unreadable or non-image files"]
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p / "nowhere", "no such folder"),
+    (lambda p: p, "no class sub-folders"),
+    (lambda p: (p / "a").mkdir() or (p / "b").mkdir() or p, "no readable images"),
+    (lambda p: write_class_folders(p, *digit_images(classes=1)), "only 1 class ('zero')"),
+])
+def test_imagefolder_user_errors_say_what_to_put_where(tmp_path, make, message):
+    root = make(tmp_path)
+    with pytest.raises(UserError, match="dataset.root") as e:
+        prepare(cfg("imagefolder", root))
+    assert message in str(e.value) and "folder per class" in str(e.value)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("cifar10", "cifar-10-batches-py/ with data_batch_1..5"), ("stl10", "stl10_binary/ with train_X.bin"),
+    ("flowers102", "flowers-102/ with jpg/"), ("stanford_cars", "devkit/cars_meta.mat"),
+    ("flowers104", "tfrecords-jpeg-224x224/train/*.tfrec")])
+def test_missing_data_set_names_the_layout_and_the_download_option(tmp_path, name, message):
+    with pytest.raises(UserError) as e:
+        prepare(cfg(name, tmp_path / "empty"))
+    assert message in str(e.value)
+    assert ("dataset.download: true" in str(e.value)) == (name in ("cifar10", "stl10", "flowers102"))
+
+
+def test_download_offline_is_a_user_error_not_a_traceback(tmp_path, monkeypatch):
+    import socket
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    # the machine has no internet anyway; this makes "offline" quick and certain instead of a DNS timeout
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    with pytest.raises(UserError, match="dataset.download: could not download cifar10"):
+        prepare(cfg("cifar10", tmp_path / "dl", download=True))
+
+
+def test_download_is_refused_for_data_sets_that_cannot_be_downloaded(tmp_path):
+    for name in ("stanford_cars", "flowers104"):
+        with pytest.raises(UserError, match="dataset.download: false"):
+            prepare(cfg(name, tmp_path, download=True))
