@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key (YAML value)")
     s.add_argument("--results", default="results", help="results folder (default ./results)")
     s.add_argument("--address", help="join a running Ray cluster: auto or ray://host:10001")
+    s.add_argument("--storage", help="where trials keep checkpoints: a folder every node reaches, or a URI "
+                   "such as s3://bucket/path (default <results>/<name>/ray)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted experiment of the same name")
     s.add_argument("--smoke", action="store_true", help="2 trials, 1 epoch, a small subset: check a file end to end")
     s.add_argument("--no-retrain", action="store_true", help="stop after the search")

@@ -37,7 +37,7 @@ def search(args) -> int:
             exp = spaces.smoke(exp)
         _say(f"== {exp.name} ({exp.family}, {exp.num_samples} trials, up to {exp.scheduler.max_epochs} epochs)")
         driver.run(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
-                   dashboard=not args.no_dashboard, say=_say)
+                   dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say)
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:

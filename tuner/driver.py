@@ -98,12 +98,61 @@ def _resources(exp: Experiment) -> dict:
 
     if not exp.resources.auto:
         return {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu}
-    total = ray.cluster_resources()
-    n = max(1, exp.search.max_concurrent)
+    return fit_resources(ray.cluster_resources(), exp.search.max_concurrent)
+
+
+def fit_resources(total: dict, concurrent: int) -> dict:
+    """`resources: auto`: share the cluster's CPUs and GPUs evenly between the concurrent trials."""
+    n = max(1, concurrent)
     cpu = max(1, int(total.get("CPU", 1) // n))
     gpus = total.get("GPU", 0)
-    gpu = 0.0 if not gpus else (float(int(gpus // n)) if gpus >= n else round(gpus / n, 3))
+    # whole GPUs when there are enough, else a share; rounded down, or 3 shares of 2/3 (0.667) would
+    # ask for more than the 2 GPUs there are
+    gpu = 0.0 if not gpus else (float(int(gpus // n)) if gpus >= n else math.floor(gpus / n * 1000) / 1000)
     return {"cpu": cpu, "gpu": gpu}
+
+
+# --------------------------------------------------------------------------- storage
+CLOUD_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
+
+
+def check_storage(storage: str) -> str:
+    """`storage`: a folder every node reaches (NFS, ...) or a pyarrow file-system URI (s3://, gs://, ...).
+
+    Checked before Ray starts; a local folder comes back absolute, since Ray's workers do not share our cwd.
+    """
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme == "file":
+            return "file://" + check_storage(storage[len("file://"):])
+        if scheme not in CLOUD_SCHEMES:
+            raise UserError(f"storage {storage!r}: unknown URI scheme {scheme!r}; use a shared folder or one of "
+                            f"{', '.join(s + '://' for s in ('file',) + CLOUD_SCHEMES)}")
+        return storage.rstrip("/")
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"storage {storage}: cannot create the folder ({exc.strerror}); give a writable "
+                        f"folder that every node of the cluster mounts") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"storage {storage}: folder is not writable; give one every node can write to")
+    return str(path)
+
+
+def _remove_experiment(storage: str, name: str) -> None:
+    """A new search of the same name replaces the old one on the storage too (else Ray mixes their trials)."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
+    target = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(target)
+
+
+def _trial_dirname(trial) -> str:
+    # short and stable: the trial id alone (Ray's default packs every parameter into the name)
+    return f"trial_{trial.trial_id}"
 
 
 def param_space(exp: Experiment) -> dict:
@@ -115,19 +164,30 @@ def param_space(exp: Experiment) -> dict:
 
 # --------------------------------------------------------------------------- the run
 def run(exp: Experiment, results: Path, *, address: str | None = None, resume: bool = False,
-        retrain: bool = True, dashboard: bool = True, say: Callable[[str], None] = print) -> Path:
+        retrain: bool = True, dashboard: bool = True, storage: str | None = None,
+        say: Callable[[str], None] = print) -> Path:
     from ray import tune
 
     from tuner.data import prepare
     from tuner.trainable import TrialSpec, run_trial
 
+    preflight = getattr(get_family(exp.family), "preflight", None)
+    if preflight is not None:  # what `validate` leaves to the machine that runs (weights files present?)
+        preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     exp_dir = (results / exp.name).resolve()
-    ray_dir = exp_dir / "ray"
-    if resume and not (ray_dir.is_dir() and tune.Tuner.can_restore(str(ray_dir))):
-        raise UserError(f"--resume: nothing to resume in {exp_dir}; run without --resume to start "
+    # Ray's folder (trial checkpoints, experiment state) is <results>/<name>/ray, or <storage>/<name> when
+    # the trials run on other machines and need a place every node reaches
+    if resume and not (storage or exp.storage) and (exp_dir / "space.yaml").is_file():
+        storage = (yaml.safe_load((exp_dir / "space.yaml").read_text()) or {}).get("storage")  # as first run
+    exp.storage = check_storage(storage or exp.storage) if (storage or exp.storage) else None
+    ray_path = f"{exp.storage}/{exp.name}" if exp.storage else str(exp_dir / "ray")
+    if resume and not ((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)):
+        raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
                         f"experiment {exp.name!r}")
     if not resume and exp_dir.exists():
         shutil.rmtree(exp_dir)  # a new search of the same name replaces the old one
+    if not resume and exp.storage:
+        _remove_experiment(exp.storage, exp.name)
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
 
@@ -140,22 +200,28 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
 
     init_ray(address, dashboard, say)
     resources = _resources(exp)
-    spec = TrialSpec(family=exp.family, max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
+    spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()))
     # the arrays go to the object store once; every trial on a node maps the same copy
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
+    # Ray snapshots the experiment (trial states, the searcher) every 10 s by default; a driver killed
+    # between two snapshots loses what happened since. The snapshot is small, so take it every 2 s.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if resume:
-        tuner = tune.Tuner.restore(str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # errored trials stay failed (a NaN comes back the same); unfinished ones go on from their checkpoints
+        tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(exp),
             tune_config=tune.TuneConfig(
                 metric=exp.metric, mode=exp.mode, search_alg=_searcher(exp), scheduler=_scheduler(exp),
-                num_samples=exp.num_samples, max_concurrent_trials=exp.search.max_concurrent, reuse_actors=True),
+                num_samples=exp.num_samples, max_concurrent_trials=exp.search.max_concurrent, reuse_actors=True,
+                trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name="ray", storage_path=str(exp_dir), verbose=1,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir), verbose=1,
+                # a bounded number per trial; PBT keeps more, since other trials copy from them
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if exp.scheduler.name == "pbt" else 2),
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
         )
     t_fit = time.perf_counter()
@@ -166,6 +232,12 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
                                                   "prepare_and_start_s": round(t_fit - t0, 3)}))
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
     best = write_results(exp, grid, exp_dir)
+    failed = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}, keep_default_na=False)
+    failed = failed[failed["status"] == "ERROR"]
+    if len(failed):
+        say(f"{len(failed)} of {len(grid)} trials failed:")
+        for _, row in failed.iterrows():
+            say(f"  {row['trial_id']}: {row['error']}")
     from tuner import report
 
     report.experiment_plots(exp_dir)
@@ -190,7 +262,7 @@ def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
     constants = exp.constants
     for result in grid:
         df = result.metrics_dataframe
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-2]
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
         cfg = result.config or {}
         row = {"trial_id": trial_id, "status": "ERROR" if result.error else "TERMINATED",
                "error": _one_line(result.error) if result.error else ""}
@@ -211,8 +283,9 @@ def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
             row.update(epochs=int(df["epoch"].max()), val_accuracy=float(df.loc[i, "val_accuracy"]),
                        val_loss=float(df.loc[i, "val_loss"]), best_epoch=int(df.loc[i, "epoch"]),
                        time_s=float(df["time_total_s"].max()) if "time_total_s" in df else np.nan)
-            row["_metric"] = float(df.loc[i, exp.metric])
-            row["_config"] = cfg
+            if not result.error:  # a failed trial is never the best: its retrain would fail the same way
+                row["_metric"] = float(df.loc[i, exp.metric])
+                row["_config"] = cfg
         else:
             row.update(epochs=0, val_accuracy=np.nan, val_loss=np.nan, best_epoch=np.nan, time_s=np.nan)
         trials.append(row)

@@ -4,21 +4,27 @@ Everything else (families, engine, data) is plain PyTorch and runs the same with
 """
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from dataclasses import dataclass
 
 import torch
 
-from tuner.engine import pick_device, set_threads
-from tuner.families import get_family
+from tuner.engine import set_threads
+from tuner.errors import TrialFailed
+from tuner.families import Family, get_family
+
+STATE_FILE = "state.pt"
+# what population based training may change in a running trial's optimiser (the rest is rebuilt from the config)
+MUTABLE = ("lr", "momentum", "weight_decay")
 
 
 @dataclass(frozen=True)
 class TrialSpec:
     """What every trial of an experiment shares besides its config (sent once, with the data)."""
 
-    family: str
+    family: str | Family  # the object itself travels too, so a family registered at run time reaches the workers
     max_epochs: int
     augment: object
     cpus: float
@@ -26,21 +32,72 @@ class TrialSpec:
     cache_dir: str | None = None
 
 
+def trial_device(gpus: float) -> torch.device:
+    """Ray hides every GPU but the trial's own (CUDA_VISIBLE_DEVICES), so "cuda" is this trial's GPU.
+    A trial given no GPU stays on the CPU even where one is visible: it would take a share nobody gave it."""
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def adopt_config(state: dict, old: dict, new: dict) -> dict:
+    """A checkpoint made under `old` hyperparameters, continued under `new` ones (PBT's exploit step).
+
+    The optimiser's state dict carries its own lr, momentum and weight decay, which would silently
+    undo the perturbation; scale each group (and a schedule's base lrs) by new/old, so per-group
+    multipliers (backbone_lr_mult) and the schedule's progress are kept.
+    """
+    if not old or all(old.get(k) == new.get(k) for k in MUTABLE):
+        return state
+    ratios = {k: (new[k] / old[k]) if old.get(k) else None for k in MUTABLE if k in new and k in old}
+    for group in state["optimizer"]["param_groups"]:
+        for k in MUTABLE:
+            if k not in group or k not in ratios:
+                continue
+            group[k] = group[k] * ratios[k] if ratios[k] is not None else new[k]
+            if k == "lr" and "initial_lr" in group and ratios[k] is not None:
+                group["initial_lr"] *= ratios[k]
+    schedule, r = state.get("schedule"), ratios.get("lr")
+    if schedule and r is not None:
+        for key in ("base_lrs", "_last_lr"):
+            if key in schedule:
+                schedule[key] = [v * r for v in schedule[key]]
+    return state
+
+
+def _hparams(learner) -> dict:
+    cfg = getattr(learner, "cfg", {}) or {}
+    return {k: float(cfg[k]) for k in MUTABLE if isinstance(cfg.get(k), (int, float))}
+
+
 def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
+    import ray
     from ray import tune
 
     set_threads(spec.cpus)
-    family = get_family(spec.family)
+    family = spec.family if isinstance(spec.family, Family) else get_family(spec.family)
     kwargs = {"augment": spec.augment} if family.iterative else {"cache_dir": spec.cache_dir}
-    learner = family.learner(config, data.info, device=pick_device(spec.gpus), **kwargs)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            learner.load_state_dict(torch.load(os.path.join(d, "state.pt"), weights_only=True))
-    for metrics in learner.fit(data, spec.max_epochs):
-        if not family.iterative:
-            tune.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(learner.state_dict(), os.path.join(d, "state.pt"))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    device = trial_device(spec.gpus)
+    node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
+    try:
+        learner = family.learner(config, data.info, device=device, **kwargs)
+        checkpoint = tune.get_checkpoint()  # after a failure, on --resume, or a PBT exploit
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                # weights_only: a checkpoint on shared storage must not be able to run code when loaded
+                saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+            learner.load_state_dict(adopt_config(saved["learner"], saved.get("hparams"), _hparams(learner)))
+        for metrics in learner.fit(data, spec.max_epochs):
+            metrics = {**metrics, "node_id": node}
+            if not family.iterative:
+                tune.report(metrics)
+                continue
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"learner": learner.state_dict(), "hparams": _hparams(learner)}, os.path.join(d, STATE_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    except torch.cuda.OutOfMemoryError:
+        # give the memory back at once: other trials may share this GPU (fractional resources.gpu)
+        learner = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        raise TrialFailed(f"CUDA out of memory (batch_size={config.get('batch_size')}, GPU share {spec.gpus}): "
+                          f"lower batch_size or raise resources.gpu so fewer trials share a GPU") from None
+

@@ -1,0 +1,194 @@
+"""The Ray side of a search: resume after a killed driver, a two-node cluster, failed trials, PBT, storage."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tuner import cli
+from tuner.driver import check_storage, fit_resources
+from tuner.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _optuna_trials(ray_dir: Path):
+    """The Optuna study as Ray saved it with the experiment (the searcher's own state file)."""
+    latest = sorted(glob.glob(str(ray_dir / "searcher-state-*.pkl")))[-1]  # named by the session's start time
+    with open(latest, "rb") as f:
+        state = pickle.load(f)  # our own experiment's file, written by Ray's OptunaSearch.save
+    return state["_ot_study"].trials
+
+
+# --------------------------------------------------------------------------- no Ray needed
+def test_auto_resources_share_gpus_without_asking_for_more_than_there_are():
+    assert fit_resources({"CPU": 16, "GPU": 2}, 3) == {"cpu": 5, "gpu": 0.666}
+    assert fit_resources({"CPU": 16, "GPU": 8}, 4) == {"cpu": 4, "gpu": 2.0}
+    assert fit_resources({"CPU": 2}, 4) == {"cpu": 1, "gpu": 0.0}
+
+
+def test_storage_takes_a_shared_folder_or_a_file_system_uri(tmp_path):
+    assert check_storage(str(tmp_path / "shared")) == str(tmp_path / "shared")
+    assert (tmp_path / "shared").is_dir()
+    assert check_storage("s3://bucket/tuner/") == "s3://bucket/tuner"
+    assert check_storage(f"file://{tmp_path}/x") == f"file://{tmp_path}/x"
+    with pytest.raises(UserError, match="unknown URI scheme 'ftp'"):
+        check_storage("ftp://host/path")
+
+
+def test_bad_storage_and_nothing_to_resume_are_user_errors(tmp_path, results, capsys):
+    space = str(SPACES / "digits_linear.yaml")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["search", "--space", space, "--results", str(results), "--no-dashboard",
+                     "--storage", str(blocker / "sub")]) == 2
+    assert "storage" in capsys.readouterr().err
+    assert cli.main(["search", "--space", space, "--results", str(results), "--no-dashboard", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: nothing to resume") and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- failed trials
+def test_nan_loss_fails_one_trial_and_the_search_still_retrains_the_best(tmp_path, results, capsys):
+    space = tmp_path / "nan.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "nan", "family": "mlp", "dataset": {"name": "digits", "limit": 200},
+        "search": {"algorithm": "grid", "max_concurrent": 2},
+        "scheduler": {"name": "fifo", "max_epochs": 2},
+        "fixed": {"optimizer": "sgd", "momentum": 0.9, "hidden": [32]},
+        "space": {"lr": {"grid": [0.05, 1.0e8]}}}))  # 1e8 diverges to NaN in the first epoch
+    storage = tmp_path / "shared"
+    rc = cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard",
+                   "--storage", str(storage)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    trials = pd.read_csv(results / "nan" / "trials.csv").set_index("lr")
+    assert trials.loc[1.0e8, "status"] == "ERROR"
+    assert "train_loss is nan at epoch 1" in trials.loc[1.0e8, "error"]
+    assert trials.loc[0.05, "status"] == "TERMINATED" and pd.isna(trials.loc[0.05, "error"])
+    assert "1 of 2 trials failed" in out and "train_loss is nan" in out
+    assert yaml.safe_load((results / "nan" / "best.yaml").read_text())["config"]["lr"] == 0.05
+    assert json.loads((results / "nan" / "best" / "metrics.json").read_text())["accuracy"] > 0.3
+    # checkpoints went to the storage, the tables stayed in the results folder
+    assert glob.glob(str(storage / "nan" / "trial_*" / "checkpoint_*"))
+    assert not (results / "nan" / "ray").exists()
+    assert yaml.safe_load((results / "nan" / "space.yaml").read_text())["storage"] == str(storage)
+
+
+def test_pbt_runs_smoke_on_digits(results):
+    rc = cli.main(["search", "--space", str(SPACES / "digits_pbt.yaml"), "--smoke", "--results", str(results),
+                   "--no-dashboard"])
+    assert rc == 0
+    trials = pd.read_csv(results / "digits_pbt" / "trials.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"TERMINATED"}
+    assert (results / "digits_pbt" / "best" / "model.pt").is_file()
+
+
+# --------------------------------------------------------------------------- a killed driver
+def _progress(ray_dir: Path) -> dict[str, int]:
+    """trial folder -> epochs checkpointed so far (the newest checkpoint's index + 1)."""
+    out = {}
+    for d in ray_dir.glob("trial_*"):
+        ckpts = sorted(d.glob("checkpoint_*"))
+        out[d.name] = int(ckpts[-1].name.split("_")[1]) + 1 if ckpts else 0
+    return out
+
+
+def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_optuna_history(results):
+    _shutdown_ray()  # the subprocess starts its own Ray
+    max_epochs, samples = 4, 3
+    args = [sys.executable, "-m", "tuner", "search", "--space", str(SPACES / "digits_cnn.yaml"),
+            "--results", str(results), "--no-dashboard", "--no-retrain",
+            "--set", f"search.num_samples={samples}", "--set", "search.max_concurrent=2",
+            "--set", "scheduler.name=fifo", "--set", f"scheduler.max_epochs={max_epochs}",
+            "--set", "fixed.channels=16", "--set", "fixed.batch_size=32", "--set", "fixed.optimizer=adam"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ray_dir = results / "digits_cnn" / "ray"
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        # kill once a trial has finished and every other started trial is 2+ epochs in (so it has a
+        # checkpoint the experiment state knows of), before the search is over
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None:
+            p = _progress(ray_dir) if ray_dir.is_dir() else {}
+            done = [t for t, n in p.items() if n == max_epochs]
+            if done and all(n >= 2 for n in p.values()) and len(done) < len(p):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search ended before it could be killed; make it longer"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = _progress(ray_dir)
+        params_before = {t: json.loads((ray_dir / t / "params.json").read_text()) for t in before}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # Ray processes the killed driver left behind
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    assert 0 < len(before) < samples or any(n < max_epochs for n in before.values())
+
+    r = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) == samples
+    assert set(trials["status"]) == {"TERMINATED"} and set(trials["epochs"]) == {max_epochs}
+    epochs = pd.read_csv(results / "digits_cnn" / "epochs.csv", dtype={"trial_id": str})
+    for trial_id, rows in epochs.groupby("trial_id"):
+        assert (rows["epoch"] == 1).sum() == 1, f"trial {trial_id} started over from epoch 0"
+        assert set(rows["epoch"]) == set(range(1, max_epochs + 1))
+    # the searcher kept what it learned: every trial from before the kill is in the study, finished
+    study = _optuna_trials(ray_dir)
+    assert len(study) == samples and {t.state.name for t in study} == {"COMPLETE"}
+    lrs = {round(t.params["lr"], 12) for t in study}
+    for name, params in params_before.items():
+        assert round(params["lr"], 12) in lrs, f"{name} is missing from the Optuna history"
+
+
+# --------------------------------------------------------------------------- a cluster
+def test_two_node_cluster_runs_trials_on_both_nodes(results):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    _shutdown_ray()
+    # one CPU a node and one a trial: two concurrent trials can only fit by using both nodes
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        rc = cli.main(["search", "--space", str(SPACES / "digits_linear.yaml"), "--address", cluster.address,
+                       "--results", str(results), "--no-dashboard", "--no-retrain",
+                       "--set", "search.num_samples=4", "--set", "search.max_concurrent=2",
+                       "--set", "resources={cpu: 1, gpu: 0}", "--set", "scheduler.name=fifo",
+                       "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=1",
+                       "--set", "dataset.limit=200"])
+        assert rc == 0
+        nodes = set()
+        for f in (results / "digits_linear" / "ray").glob("trial_*/result.json"):
+            nodes |= {json.loads(line)["node_id"] for line in f.read_text().splitlines() if line.strip()}
+        assert nodes == {cluster.head_node.node_id, worker.node_id}
+        trials = pd.read_csv(results / "digits_linear" / "trials.csv")
+        assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

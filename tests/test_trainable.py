@@ -1,0 +1,130 @@
+"""The Ray trainable: checkpoints that resume exactly, PBT's hyperparameters win over a checkpoint's, retries."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tuner import cli, spaces
+from tuner.data import prepare
+from tuner.driver import cache_dir
+from tuner.engine import TorchLearner
+from tuner.families import get_family, register_family
+from tuner.families.linear import Linear
+from tuner.trainable import adopt_config, trial_device
+
+
+@pytest.fixture(scope="module")
+def digits():
+    exp = spaces.parse_experiment({"family": "mlp", "dataset": {"name": "digits", "limit": 200}})
+    return prepare(exp.dataset, cache_dir=cache_dir())
+
+
+def _weights(learner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in learner.model.parameters()]
+
+
+def test_checkpoint_loads_weights_only_and_resumes_bit_for_bit(digits, tmp_path):
+    # dropout + shuffling + a step schedule: every piece of state (RNGs, optimiser, schedule) must be saved
+    cfg = {"hidden": [32], "dropout": 0.3, "optimizer": "sgd", "lr": 0.1, "lr_schedule": "step", "lr_step": 1,
+           "lr_gamma": 0.5, "batch_size": 32}
+    family = get_family("mlp")
+    straight = family.learner(cfg, digits.info)
+    history = list(straight.fit(digits, 3))
+
+    first = family.learner(cfg, digits.info)
+    for _ in first.fit(digits, 1):
+        torch.save({"learner": first.state_dict()}, tmp_path / "state.pt")
+    torch.manual_seed(123)  # another trial ran in this process meanwhile
+    saved = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    resumed = family.learner(cfg, digits.info)
+    resumed.load_state_dict(saved["learner"])
+    rest = list(resumed.fit(digits, 3))
+
+    assert [m["epoch"] for m in rest] == [2, 3]
+    assert [m["lr"] for m in rest] == [m["lr"] for m in history[1:]]
+    assert rest[-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-6)
+    for a, b in zip(_weights(straight), _weights(resumed)):
+        torch.testing.assert_close(a, b)
+
+
+def test_adopt_config_gives_a_pbt_exploit_the_new_lr_momentum_and_keeps_the_schedule(digits):
+    family = get_family("mlp")
+    donor = family.learner({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "lr_schedule": "step", "lr_step": 1,
+                            "lr_gamma": 0.5, "hidden": [16]}, digits.info)
+    list(donor.fit(digits, 1))  # the step schedule has halved the lr: 0.05
+    state = donor.state_dict()
+    new = {"lr": 0.02, "momentum": 0.5, "weight_decay": 0.0}
+    receiver = family.learner({"optimizer": "sgd", "lr": 0.02, "momentum": 0.5, "lr_schedule": "step",
+                               "lr_step": 1, "lr_gamma": 0.5, "hidden": [16]}, digits.info)
+    receiver.load_state_dict(adopt_config(state, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}, new))
+    group = receiver.optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.01)  # the new lr, halved once like the donor's
+    assert group["momentum"] == 0.5
+    m = next(iter(receiver.fit(digits, 3)))
+    assert m["epoch"] == 2 and m["lr"] == pytest.approx(0.01)
+    assert receiver.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)  # the schedule goes on from there
+
+
+def test_adopt_config_leaves_a_plain_resume_alone():
+    state = {"optimizer": {"param_groups": [{"lr": 0.05, "momentum": 0.9}]}, "schedule": None}
+    hp = {"lr": 0.1, "momentum": 0.9}
+    assert adopt_config(state, hp, dict(hp))["optimizer"]["param_groups"][0]["lr"] == 0.05
+
+
+def test_a_trial_given_no_gpu_share_stays_on_the_cpu():
+    assert trial_device(0.0).type == "cpu"
+    assert trial_device(0.5).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------- a trial that crashes once
+class CrashOnceLearner(TorchLearner):
+    """Dies in the middle of its third epoch the first time (as a lost worker or a CUDA error would)."""
+
+    marker: str = ""
+
+    def fit(self, data, max_epochs):
+        with open(Path(self.marker).with_suffix(".starts"), "a") as f:
+            f.write(f"{self.epoch}\n")  # the epoch this attempt starts from
+        yield from super().fit(data, max_epochs)
+
+    def train_epoch(self, x, y, batch_size):
+        if self.epoch == 2 and not Path(self.marker).exists():
+            Path(self.marker).write_text("crashed")
+            raise RuntimeError("simulated worker crash in epoch 3")
+        return super().train_epoch(x, y, batch_size)
+
+
+@register_family
+class CrashOnce(Linear):
+    name = "test_crash_once"
+    learner_class = CrashOnceLearner
+
+
+def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, results):
+    import ray.cloudpickle
+
+    # the family lives in this test module, which Ray's workers cannot import: send it by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    CrashOnceLearner.marker = str(tmp_path / "crashed")
+    space = tmp_path / "crash.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "crash", "family": "test_crash_once", "dataset": {"name": "digits", "limit": 200},
+        "search": {"algorithm": "random", "num_samples": 1, "max_concurrent": 1},
+        "scheduler": {"name": "fifo", "max_epochs": 4}, "max_failures": 1,
+        "fixed": {"optimizer": "sgd", "lr": 0.05}}))
+    rc = cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard", "--no-retrain"])
+    assert rc == 0
+    assert (tmp_path / "crashed").exists()
+    starts = [int(s) for s in (tmp_path / "crashed.starts").read_text().split()]
+    assert starts == [0, 2]  # the retry began from the epoch-2 checkpoint, not from scratch
+    trials = pd.read_csv(results / "crash" / "trials.csv")
+    assert list(trials["status"]) == ["TERMINATED"] and trials["epochs"].iloc[0] == 4
+    epochs = pd.read_csv(results / "crash" / "epochs.csv")
+    assert np.array_equal(np.sort(epochs["epoch"].unique()), [1, 2, 3, 4])
+    assert (epochs["epoch"] == 1).sum() == 1
