@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
-from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 METRIC_COLUMNS = ["accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
                   "recall_weighted", "f1_weighted", "balanced_accuracy", "auc_ovr", "tpr", "tnr", "fpr", "fnr",
@@ -129,13 +129,14 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> None:
             ax.plot(h["epoch"], h[f"val_{key}"], "o-", ms=3, label="validation")
             ax.axvline(best["epoch"], color="0.5", ls="--", lw=1, label=f"best val epoch ({int(best['epoch'])})")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(key)
             ax.set_title(key)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         if len(h) > 1 and h["train_loss"].max() / max(h["train_loss"].min(), 1e-12) > 30:
             axes[0].set_yscale("log")  # a loss that falls by orders of magnitude is read on a log axis
-        axes[1].set_ylim(top=1.0)
+        axes[1].set_ylim(top=1.01)  # a point at 100% stays visible
     else:  # non-iterative families (knn, features) report once: one bar per metric
         last = history[-1] if history else {}
         for ax, key in zip(axes, ("loss", "accuracy")):
@@ -244,6 +245,11 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
                 # decades only: the minor labels (2x10^-4, 3x10^-4, ...) print over each other
                 ax.xaxis.set_major_locator(LogLocator(base=10))
                 ax.xaxis.set_minor_formatter(NullFormatter())
+            if kind in ("int", "logint"):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                lo, hi = next(iter(dist.values()))[:2]
+                if hi - lo <= 10:  # few values: jitter so trials with the same value do not hide each other
+                    x = x + rng.uniform(-0.06, 0.06, len(x))
         sc = ax.scatter(x, y, c=ep, cmap="viridis", vmin=0, vmax=vmax, s=28, alpha=0.85, edgecolors="none")
         if len(x):
             ax.scatter(x[:1], y.iloc[:1], marker="*", s=220, c="red", edgecolors="black", lw=0.6, zorder=3,
