@@ -182,14 +182,17 @@ def _is_bundle_path(p: Path) -> bool:
     return p.is_dir() or p.name == "model.pt"
 
 
-def check_weights(arch, weights, where: str = "weights") -> None:
-    """Everything about `weights:` that can be checked before Ray starts (file present, right kind)."""
+def check_weights(arch, weights, where: str = "weights", imagenet_file_needed: bool = True) -> None:
+    """Everything about `weights:` that can be checked before Ray starts (file present, right kind).
+
+    imagenet_file_needed=False checks the value but not whether this machine has the ImageNet file yet
+    (`tuner validate` of a space meant for another machine; `search` checks the file before Ray starts)."""
     if not isinstance(weights, str) or not weights:
         raise UserError(f"{where}: expected imagenet, none or a path to a weights file, got {weights!r}")
     if weights == "none":
         return
     if weights == "imagenet":
-        if isinstance(arch, str):
+        if isinstance(arch, str) and imagenet_file_needed:
             check_arch(arch)
             f, url = imagenet_file(arch)
             if not f.is_file():
