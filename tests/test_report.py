@@ -177,6 +177,22 @@ def test_plots_survive_an_experiment_whose_trials_all_failed(tmp_path):
         assert (d / "plots" / name).is_file()
 
 
+def test_one_evaluation_families_get_score_bars_instead_of_curves(tmp_path):
+    d = tmp_path / "knn"
+    _write_experiment(d, "knn", None)
+    epochs = pd.read_csv(d / "epochs.csv")
+    epochs = epochs[epochs["epoch"] == 1].assign(train_loss=np.nan, train_accuracy=np.nan, lr=np.nan)
+    epochs.to_csv(d / "epochs.csv", index=False)  # knn and features report once, with val_* keys only
+    trials = pd.read_csv(d / "trials.csv")
+    trials.loc[trials["epochs"] > 0, "epochs"] = 1
+    trials.to_csv(d / "trials.csv", index=False)
+    report.experiment_plots(d)
+    w, h = _png_ok(d / "plots" / "learning_curves.png")
+    assert w > h  # two bar panels side by side, not the 2x2 curve grid
+    for name in ("parameters.png", "importance.png", "rungs.png"):
+        _png_ok(d / "plots" / name, min_h=200)
+
+
 # --------------------------------------------------------------------------- the retrained model's report
 def test_confusion_matrix_stays_legible_at_196_classes(tmp_path):
     rng = np.random.default_rng(0)

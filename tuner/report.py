@@ -189,9 +189,11 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
 
 def plot_learning_curves(ranked: pd.DataFrame, epochs: pd.DataFrame, col: str, path: Path, top: int = 8,
                          name: str = "") -> None:
+    best = ranked.head(top)
+    if len(epochs) and pd.to_numeric(epochs["epoch"], errors="coerce").max() <= 1:
+        return _plot_one_shot(best, len(ranked), col, path, name)
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
     fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
-    best = ranked.head(top)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(best), 1)))
     for rank, (tid, score, color) in enumerate(zip(best["trial_id"], best[col], colors), 1):
         e = epochs[epochs["trial_id"] == tid].sort_values("epoch")
@@ -210,6 +212,25 @@ def plot_learning_curves(ranked: pd.DataFrame, epochs: pd.DataFrame, col: str, p
         fig.legend(handles, labels, loc="center right", fontsize=8, title=f"top {len(best)} trials")
     fig.suptitle(f"{name}: learning curves of the top {len(best)} of {len(ranked)} finished trials")
     fig.tight_layout(rect=(0, 0, 0.8 if len(best) else 1, 1))
+    _save(fig, path)
+
+
+def _plot_one_shot(best: pd.DataFrame, n: int, col: str, path: Path, name: str) -> None:
+    """Non-iterative families (knn, features) evaluate once: no curve, the top trials' validation scores."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.8 + 0.42 * max(len(best), 2)))
+    labels = [f"#{r} {t}" for r, t in enumerate(best["trial_id"], 1)][::-1]
+    for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+        vals = best[key].to_numpy(dtype=float)[::-1]
+        ax.barh(labels, vals, color="tab:blue")
+        lo, hi = np.nanmin(vals) if len(vals) else 0, np.nanmax(vals) if len(vals) else 1
+        pad = max((hi - lo) * 0.6, 1e-3)
+        ax.set_xlim(max(lo - pad, 0), hi + pad)  # zoomed: the top trials differ in the third decimal
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.4f}", va="center", fontsize=8)
+        ax.set_xlabel(key)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{name}: one evaluation a trial (no epochs); the top {len(best)} of {n} finished trials by {col}")
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -250,7 +271,9 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
                 lo, hi = next(iter(dist.values()))[:2]
                 if hi - lo <= 10:  # few values: jitter so trials with the same value do not hide each other
                     x = x + rng.uniform(-0.06, 0.06, len(x))
-        sc = ax.scatter(x, y, c=ep, cmap="viridis", vmin=0, vmax=vmax, s=28, alpha=0.85, edgecolors="none")
+        sc = ax.scatter(x, y, c=ep if vmax > 1 else "tab:blue", cmap="viridis" if vmax > 1 else None,
+                        vmin=0 if vmax > 1 else None, vmax=vmax if vmax > 1 else None, s=28, alpha=0.85,
+                        edgecolors="none")
         if len(x):
             ax.scatter(x[:1], y.iloc[:1], marker="*", s=220, c="red", edgecolors="black", lw=0.6, zorder=3,
                        label="best")
@@ -265,7 +288,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
     fig.suptitle(f"{name}: each searched parameter against {col} ({len(ranked)} finished trials, "
                  f"{'higher' if mode == 'max' else 'lower'} is better)")
     fig.tight_layout(rect=(0, 0, 0.92, 1))
-    if sc is not None:
+    if sc is not None and vmax > 1:  # one evaluation a trial: every point reached 1 epoch, no colour scale
         cax = fig.add_axes([0.935, 0.15, 0.012, 0.7])
         fig.colorbar(sc, cax=cax, label="epochs reached")
     _save(fig, path)
@@ -347,6 +370,14 @@ def rung_epochs(scheduler: dict) -> list[int]:
 def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = "") -> None:
     """How far the trials got: trials still running at each epoch, with ASHA's rungs marked."""
     reached = pd.to_numeric(trials.get("epochs", pd.Series(dtype=float)), errors="coerce").fillna(0).astype(int)
+    if len(reached) and reached.max() <= 1 and scheduler.get("max_epochs", 1) > 1:
+        fig, ax = plt.subplots(figsize=(7, 2.5))
+        ax.text(0.5, 0.5, f"{len(reached)} trials, each one evaluation: this family is not trained in epochs,\n"
+                "so the scheduler had nothing to stop early", ha="center", va="center")
+        ax.axis("off")
+        ax.set_title(f"{name}: scheduler rungs", fontsize=10)
+        _save(fig, path)
+        return
     top = int(max(scheduler.get("max_epochs", 1), reached.max() if len(reached) else 1))
     ep = np.arange(1, top + 1)
     alive = [(reached >= e).sum() for e in ep]
