@@ -112,18 +112,41 @@ def _progress(ray_dir: Path) -> dict[str, int]:
     return out
 
 
+def _check_dashboard_is_private(printed: str) -> None:
+    """The dashboard answers on 127.0.0.1 only, and only to requests that carry Ray's token."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from ray._private.services import get_node_ip_address
+
+    url = printed.split("Ray dashboard: http://", 1)[1].split()[0]
+    host, port = url.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"http://{url}/api/jobs/", timeout=10)
+    assert exc.value.code == 401
+    node_ip = get_node_ip_address()
+    if not node_ip.startswith("127."):  # not reachable from the network
+        with pytest.raises(OSError):
+            socket.create_connection((node_ip, int(port)), timeout=5).close()
+
+
 def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_optuna_history(results):
     _shutdown_ray()  # the subprocess starts its own Ray
     max_epochs, samples = 4, 3
     args = [sys.executable, "-m", "tuner", "search", "--space", str(SPACES / "digits_cnn.yaml"),
-            "--results", str(results), "--no-dashboard", "--no-retrain",
+            "--results", str(results), "--no-retrain",
             "--set", f"search.num_samples={samples}", "--set", "search.max_concurrent=2",
             "--set", "scheduler.name=fifo", "--set", f"scheduler.max_epochs={max_epochs}",
             "--set", "fixed.channels=16", "--set", "fixed.batch_size=32", "--set", "fixed.optimizer=adam"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ray_dir = results / "digits_cnn" / "ray"
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = results.parent / "first_run.log"
+    results.mkdir(parents=True)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
+    dashboard_checked = False
     try:
         # kill once a trial has finished and every other started trial is 2+ epochs in (so it has a
         # checkpoint the experiment state knows of), before the search is over
@@ -133,7 +156,11 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
             done = [t for t, n in p.items() if n == max_epochs]
             if done and all(n >= 2 for n in p.values()) and len(done) < len(p):
                 break
+            if not dashboard_checked and "Ray dashboard: http://" in log.read_text():
+                _check_dashboard_is_private(log.read_text())
+                dashboard_checked = True
             time.sleep(0.2)
+        assert dashboard_checked, log.read_text()[-3000:]
         assert proc.poll() is None, "the search ended before it could be killed; make it longer"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -147,7 +174,7 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
     time.sleep(1)
     assert 0 < len(before) < samples or any(n < max_epochs for n in before.values())
 
-    r = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(args + ["--resume", "--no-dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
 
     trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})

@@ -128,3 +128,39 @@ def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, resul
     epochs = pd.read_csv(results / "crash" / "epochs.csv")
     assert np.array_equal(np.sort(epochs["epoch"].unique()), [1, 2, 3, 4])
     assert (epochs["epoch"] == 1).sum() == 1
+
+
+# --------------------------------------------------------------------------- a trial that runs out of GPU memory
+class BigBatchOOMLearner(TorchLearner):
+    """Raises what PyTorch raises when a batch does not fit on the GPU (this machine has none)."""
+
+    def train_epoch(self, x, y, batch_size):
+        if batch_size >= 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().train_epoch(x, y, batch_size)
+
+
+@register_family
+class BigBatchOOM(Linear):
+    name = "test_big_batch_oom"
+    learner_class = BigBatchOOMLearner
+
+
+def test_cuda_out_of_memory_fails_that_trial_only_with_a_reason_and_the_rest_finish(tmp_path, results, capsys):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    space = tmp_path / "oom.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "oom", "family": "test_big_batch_oom", "dataset": {"name": "digits", "limit": 200},
+        "search": {"algorithm": "grid", "max_concurrent": 2}, "scheduler": {"name": "fifo", "max_epochs": 2},
+        "fixed": {"optimizer": "adam", "lr": 0.01}, "space": {"batch_size": {"grid": [16, 64]}}}))
+    rc = cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard"])
+    assert rc == 0
+    trials = pd.read_csv(results / "oom" / "trials.csv").set_index("batch_size")
+    assert trials.loc[64, "status"] == "ERROR"
+    assert trials.loc[64, "error"].startswith("CUDA out of memory (batch_size=64")
+    assert "lower batch_size" in trials.loc[64, "error"]
+    assert trials.loc[16, "status"] == "TERMINATED" and trials.loc[16, "epochs"] == 2
+    assert "1 of 2 trials failed" in capsys.readouterr().out
+    assert (results / "oom" / "best" / "metrics.json").is_file()

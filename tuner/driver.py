@@ -319,10 +319,14 @@ def _plain(v):
 def _one_line(error) -> str:
     text = str(error).strip().splitlines()
     # Ray wraps the trial's exception in its own traceback: keep the line that says what went wrong
-    for line in reversed(text):
-        if line.strip() and not line.startswith((" ", "Traceback")):
-            return line.strip()[:500]
-    return (text[-1] if text else repr(error))[:500]
+    line = next((l.strip() for l in reversed(text) if l.strip() and not l.startswith((" ", "Traceback"))),
+                text[-1].strip() if text else repr(error))
+    # "tuner.errors.TrialFailed: why" -> "why"; "torch.OutOfMemoryError: ..." -> "OutOfMemoryError: ..."
+    kind, sep, why = line.partition(": ")
+    if sep and " " not in kind:
+        kind = kind.rsplit(".", 1)[-1]
+        line = why if kind == "TrialFailed" else f"{kind}: {why}"
+    return line[:500]
 
 
 def progress(msg: str) -> None:
