@@ -14,11 +14,9 @@ bundle exported by `tuner best --export`. Its features are computed once per dat
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -130,84 +128,63 @@ class Table:
         return self.idx.shape[1]
 
 
-def _exact(q: torch.Tensor, nb: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
-    """float64 distances of each query (r, D) to its candidates (r, K, D): what sklearn would compute."""
-    q, nb = q.double()[:, None, :], nb.double()
-    if kind == "cosine":
-        qn, nbn = l2_normalize(q.squeeze(1).float()).double()[:, None], l2_normalize(nb.flatten(0, 1).float())
-        nbn = nbn.double().view_as(nb)
-        cos = (q * nb).sum(-1) / (q.norm(dim=-1) * nb.norm(dim=-1)).clamp_min(1e-300)
-        return {"cosine": 1.0 - cos, "euclidean": (qn - nbn).norm(dim=-1)}
-    metric = kind.split("-")[0]
-    if metric == "manhattan":
-        return {metric: (q - nb).abs().sum(-1)}
-    return {metric: (q - nb).norm(dim=-1)}
-
-
 def _block(q: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor | None, kind: str) -> torch.Tensor:
-    """Distances (or a monotone stand-in) of a block of queries to every training vector."""
+    """A monotone stand-in for the distance of a block of queries to every training vector (cheapest to rank)."""
     if kind == "cosine":
         return -(q @ t.T)                                      # both sides L2-normalised already
-    if kind.startswith("euclidean"):
+    if kind.startswith("euclidean"):                           # squared, by one GEMM
         return (q.pow(2).sum(1, keepdim=True) + t_sq[None, :] - 2.0 * (q @ t.T)).clamp_min_(0)
-    if q.device.type == "cuda":
-        return torch.cdist(q, t, p=1.0)
-    # torch's CPU cdist(p=1) is an unvectorised loop; scipy's C loop is ~2x faster and releases the GIL
-    from scipy.spatial.distance import cdist
+    return torch.cdist(q, t, p=1.0)
 
-    return torch.from_numpy(cdist(q.numpy(), t.numpy(), "cityblock"))
+
+def _distances(v: torch.Tensor, kind: str, stand_in: bool) -> dict[str, np.ndarray]:
+    """Distances of the k found, per metric the table serves (the cosine table also serves Euclidean on
+    L2-normalised vectors, where |a - b| = sqrt(2 cos_distance))."""
+    v = v.double()
+    if kind == "cosine":
+        cos = (1.0 + v).clamp_(0.0, 2.0) if stand_in else v   # 1 - cos, clipped as sklearn clips rounding
+        return {"cosine": cos.numpy(), "euclidean": (2.0 * cos).sqrt().numpy()}
+    if kind.startswith("euclidean"):
+        return {"euclidean": (v.clamp_min(0).sqrt() if stand_in else v).numpy()}
+    return {"manhattan": v.numpy()}
 
 
 @torch.no_grad()
 def neighbours(train: np.ndarray | torch.Tensor, query: np.ndarray | torch.Tensor, kind: str, k: int,
-               device: torch.device | str = "cpu") -> Table:
-    """The k nearest training vectors of each query for one table kind, in chunks that bound memory.
+               device: torch.device | str = "cpu", backend: str | None = None) -> Table:
+    """The k nearest training vectors of each query for one table kind, nearest first.
 
-    The candidates come from a fast float32 search (one GEMM for Euclidean and cosine); their distances are
-    then recomputed exactly in float64 and re-sorted, so the distances used for weighting match sklearn's.
+    On the CPU this is scikit-learn's own brute-force search (its chunked, multi-threaded ArgKmin, the
+    fastest CPU kernel at hand, Manhattan included), asked once for k neighbours instead of once per config.
+    On a GPU it is torch: one GEMM per block of queries for Euclidean and cosine, cdist for Manhattan.
+    `backend` (sklearn | torch) overrides that choice (the tests run the torch path on the CPU too).
     """
     device = torch.device(device)
     t = torch.from_numpy(np.array(train, dtype=np.float32))   # a copy: the cache is a read-only memory map
-    qa = torch.from_numpy(np.array(query, dtype=np.float32))
+    q_all = torch.from_numpy(np.array(query, dtype=np.float32))
     k = min(k, len(t))
-    normalize = "l2" if kind == "cosine" or kind.endswith("-l2") else "none"
-    t_p = l2_normalize(t) if normalize == "l2" else t
-    q_p = l2_normalize(qa) if normalize == "l2" else qa
-    t_raw = t if kind == "cosine" else t_p  # cosine's exact distance is on the raw vectors (sklearn's way)
-    t_dev = t_p.to(device)
+    if kind == "cosine" or kind.endswith("-l2"):
+        t, q_all = l2_normalize(t), l2_normalize(q_all)
+    if len(q_all) == 0:
+        return Table(np.zeros((0, k), dtype=np.int64), _distances(torch.zeros(0, k), kind, False))
+    if (backend or ("torch" if device.type == "cuda" else "sklearn")) == "sklearn":
+        from sklearn.neighbors import NearestNeighbors
+        from threadpoolctl import threadpool_limits
+
+        metric = "cosine" if kind == "cosine" else kind.split("-")[0]
+        with threadpool_limits(max(1, torch.get_num_threads())):  # the CPUs this trial was given
+            nn_ = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(t.numpy())
+            d, i = nn_.kneighbors(q_all.numpy())
+        return Table(i.astype(np.int64), _distances(torch.from_numpy(d), kind, stand_in=False))
+    t_dev = t.to(device)
     t_sq = t_dev.pow(2).sum(1) if kind.startswith("euclidean") else None
-    manhattan_cpu = kind.startswith("manhattan") and device.type != "cuda"
-    # a (rows x n_train) block of distances stays near 64 MB
-    rows = max(1, min(len(q_p), (1 << 24) // max(len(t), 1)))
-    if manhattan_cpu:  # several small blocks in parallel threads instead of one big one
-        rows = max(1, min(rows, math.ceil(len(q_p) / max(torch.get_num_threads(), 1))))
-
-    def one(start: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        q = q_p[start:start + rows].to(device)
-        d = _block(q, t_dev, t_sq, kind)
-        _, i = d.topk(k, dim=1, largest=False, sorted=True)
-        i = i.cpu()
-        dists: dict[str, list[torch.Tensor]] = {}
-        q_raw = (qa if kind == "cosine" else q_p)[start:start + rows]
-        for s in range(0, len(i), 32):  # 32 queries x k candidates x D in float64 at a time
-            for m, v in _exact(q_raw[s:s + 32], t_raw[i[s:s + 32]], kind).items():
-                dists.setdefault(m, []).append(v)
-        dd = {m: torch.cat(v) for m, v in dists.items()}
-        primary = next(iter(dd.values()))
-        order = torch.argsort(primary, dim=1, stable=True)     # exact order among the k found
-        return i.gather(1, order), {m: v.gather(1, order) for m, v in dd.items()}
-
-    starts = range(0, len(q_p), rows)
-    if manhattan_cpu and len(starts) > 1:
-        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
-            parts = list(pool.map(one, starts))
-    else:
-        parts = [one(s) for s in starts]
-    if not parts:
-        return Table(np.zeros((0, k), dtype=np.int64), {})
-    idx = torch.cat([p[0] for p in parts]).numpy().astype(np.int64)
-    dist = {m: torch.cat([p[1][m] for p in parts]).numpy() for m in parts[0][1]}
-    return Table(idx, dist)
+    rows = max(1, min(len(q_all), (1 << 26) // max(len(t), 1)))  # a block of distances stays near 256 MB
+    idx, vals = [], []
+    for start in range(0, len(q_all), rows):
+        v, i = _block(q_all[start:start + rows].to(device), t_dev, t_sq, kind).topk(k, dim=1, largest=False)
+        idx.append(i.cpu())
+        vals.append(v.cpu())
+    return Table(torch.cat(idx).numpy().astype(np.int64), _distances(torch.cat(vals), kind, stand_in=True))
 
 
 _MEMO: OrderedDict[str, Table] = OrderedDict()   # this process's tables; Ray reuses trial actors
