@@ -54,13 +54,17 @@ def test_storage_takes_a_shared_folder_or_a_file_system_uri(tmp_path):
         check_storage("ftp://host/path")
 
 
-def test_bad_storage_and_nothing_to_resume_are_user_errors(tmp_path, results, capsys):
+def test_bad_storage_dead_address_and_nothing_to_resume_are_user_errors(tmp_path, results, capsys):
     space = str(SPACES / "digits_linear.yaml")
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert cli.main(["search", "--space", space, "--results", str(results), "--no-dashboard",
                      "--storage", str(blocker / "sub")]) == 2
     assert "storage" in capsys.readouterr().err
+    t0 = time.time()  # ray.init would retry a dead address for minutes
+    assert cli.main(["search", "--space", space, "--results", str(results), "--no-dashboard",
+                     "--address", "127.0.0.1:1"]) == 2
+    assert time.time() - t0 < 30 and "--address 127.0.0.1:1: no Ray cluster answers" in capsys.readouterr().err
     assert cli.main(["search", "--space", space, "--results", str(results), "--no-dashboard", "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --resume: nothing to resume") and "Traceback" not in err

@@ -37,6 +37,24 @@ def has_dashboard() -> bool:
         return False
 
 
+def check_address(address: str) -> None:
+    """Fail in seconds on an address where nothing listens: ray.init would retry for minutes."""
+    import socket
+
+    if address == "auto":
+        return  # Ray finds the local cluster itself, or says at once that there is none
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected auto, HOST:PORT (ray start's GCS port, 6379) "
+                        f"or ray://HOST:10001")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                        f"with `ray start --head` or drop --address to run locally") from None
+
+
 def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print) -> None:
     import ray
 
@@ -175,6 +193,8 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     if preflight is not None:  # what `validate` leaves to the machine that runs (weights files present?)
         preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     exp_dir = (results / exp.name).resolve()
+    if address:
+        check_address(address)
     # Ray's folder (trial checkpoints, experiment state) is <results>/<name>/ray, or <storage>/<name> when
     # the trials run on other machines and need a place every node reaches
     if resume and not (storage or exp.storage) and (exp_dir / "space.yaml").is_file():
