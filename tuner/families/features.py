@@ -40,7 +40,7 @@ def make_classifier(cfg: dict):
                                       random_state=seed, n_jobs=jobs)
     if name == "svm":
         return SVC(C=float(cfg["C"]), kernel=cfg["kernel"], gamma=cfg["gamma"], degree=int(cfg["degree"]),
-                   decision_function_shape="ovr", random_state=seed)
+                   decision_function_shape="ovr", break_ties=True, random_state=seed)
     return KNeighborsClassifier(n_neighbors=int(cfg["k"]), n_jobs=jobs)
 
 
@@ -79,7 +79,8 @@ class FeaturesLearner(EmbeddingLearner):
         x = np.asarray(self.x_train, dtype=np.float32)
         if self.cfg["normalize"] == "standard":  # statistics of the training split only
             self.mean = x.mean(0, dtype=np.float64).astype(np.float32)
-            self.scale = np.maximum(x.std(0, dtype=np.float64), 1e-6).astype(np.float32)
+            std = x.std(0, dtype=np.float64)
+            self.scale = np.where(std < 1e-5, 1.0, std).astype(np.float32)  # constant features: as StandardScaler
         if self.cfg["classifier"] == "knn" and int(self.cfg["k"]) > len(x):
             raise UserError(f"k: {self.cfg['k']} neighbours but only {len(x)} training images; lower k")
         if len(np.unique(self.y_train)) < 2:
@@ -90,8 +91,9 @@ class FeaturesLearner(EmbeddingLearner):
         """Probabilities over all classes (a class missing from a small training split gets 0)."""
         x = self._transform(feats)
         if self.cfg["classifier"] == "svm":
-            # softmax of the one-vs-rest decision values: its argmax is SVC.predict, at none of the 5-fold
-            # cost of probability=True (whose Platt argmax can even disagree with predict)
+            # softmax of the one-vs-rest decision values: its argmax is SVC.predict (break_ties=True: a
+            # tie in one-vs-one votes goes to the larger decision value, not the lower class), at none of
+            # the 5-fold cost of probability=True (whose Platt argmax can even disagree with predict)
             d = self.model.decision_function(x)
             d = np.stack([-d, d], 1) if d.ndim == 1 else d
             p = torch.softmax(torch.from_numpy(np.asarray(d, dtype=np.float64)), 1).numpy()
