@@ -67,7 +67,7 @@ def test_bad_storage_dead_address_and_nothing_to_resume_are_user_errors(tmp_path
     assert time.time() - t0 < 30 and "--address 127.0.0.1:1: no Ray cluster answers" in capsys.readouterr().err
     assert cli.main(["search", "--space", space, "--results", str(results), "--no-dashboard", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --resume: nothing to resume") and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: --resume: nothing to resume") and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- failed trials
@@ -95,6 +95,18 @@ def test_nan_loss_fails_one_trial_and_the_search_still_retrains_the_best(tmp_pat
     assert glob.glob(str(storage / "nan" / "trial_*" / "checkpoint_*"))
     assert not (results / "nan" / "ray").exists()
     assert yaml.safe_load((results / "nan" / "space.yaml").read_text())["storage"] == str(storage)
+
+
+def test_a_search_whose_every_trial_fails_exits_2_naming_the_reason(tmp_path, results, capsys):
+    space = tmp_path / "allnan.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "allnan", "family": "mlp", "dataset": {"name": "digits", "limit": 200},
+        "search": {"algorithm": "random", "num_samples": 1}, "scheduler": {"name": "fifo", "max_epochs": 2},
+        "fixed": {"optimizer": "sgd", "momentum": 0.9, "hidden": [32], "lr": 1.0e8}}))
+    assert cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # Ray logs to stderr too
+    assert last.startswith("error: ") and "no trial finished" in last and "train_loss is nan" in last
+    assert pd.read_csv(results / "allnan" / "trials.csv")["status"].tolist() == ["ERROR"]
 
 
 def test_pbt_runs_smoke_on_digits(results):

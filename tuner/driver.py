@@ -262,8 +262,10 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
 
     report.experiment_plots(exp_dir)
     if best is None:
-        say(f"no trial reported {exp.metric}; see {exp_dir / 'trials.csv'} for the errors")
-        return exp_dir
+        # nothing to retrain: say so with the exit status too, not only in the log
+        why = f" (first error: {failed['error'].iloc[0]})" if len(failed) else ""
+        raise UserError(f"{exp_dir / 'trials.csv'}: no trial finished with {exp.metric}{why}; "
+                        f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
     say(f"best trial {best['trial_id']}: {exp.metric} = {best['metrics'][exp.metric]:.4f}")
     if retrain:
         from tuner.retrain import retrain_best
