@@ -108,7 +108,8 @@ def test_knn_on_digits_pixels_matches_sklearn_on_the_same_embeddings(digits):
     embed = lambda a: pre(torch.from_numpy(a)).flatten(1).numpy()  # noqa: E731
     xtr, xva = embed(digits.x_train), embed(digits.x_val)
     for (metric, normalize), weights in zip(SETTINGS, itertools.cycle(("uniform", "distance"))):
-        learner = fam.learner({"k": 5, "metric": metric, "normalize": normalize, "weights": weights}, digits.info)
+        learner = fam.learner({"k": 5, "metric": metric, "normalize": normalize, "weights": weights,
+                               "validation": "holdout"}, digits.info)
         (m,) = list(learner.fit(digits, 1))
         assert set(m) >= {"epoch", "val_loss", "val_accuracy"} and m["epoch"] == 1
         pred, _ = sklearn_predict(xtr, digits.y_train, xva, 5, metric, normalize, weights)
@@ -120,7 +121,8 @@ def test_knn_on_digits_pixels_matches_sklearn_on_the_same_embeddings(digits):
 
 @pytest.mark.parametrize("metric,normalize", SETTINGS)
 def test_knn_on_an_exported_bundles_embeddings(digits, cnn_bundle, metric, normalize, tmp_path):
-    cfg = {"backbone": str(cnn_bundle), "k": 3, "metric": metric, "normalize": normalize, "weights": "distance"}
+    cfg = {"backbone": str(cnn_bundle), "k": 3, "metric": metric, "normalize": normalize, "weights": "distance",
+           "validation": "holdout"}
     learner = get_family("knn").learner(cfg, digits.info, cache_dir=str(tmp_path))
     (m,) = list(learner.fit(digits, 1))
     module, channels, _ = backbones.extractor(str(cnn_bundle), "none", digits.info)
@@ -142,6 +144,27 @@ def test_bundle_of_a_knn_on_a_bundle_backbone_loads_and_predicts_the_same(digits
     save_bundle(tmp_path / "model.pt", exp, cfg, learner, digits)
     loaded = tuner.load(tmp_path)
     np.testing.assert_allclose(loaded.predict_proba(digits.x_test), proba, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric,normalize", SETTINGS)
+def test_leave_one_out_scores_each_non_test_image_by_all_the_others_then_keeps_them_all(digits, metric, normalize):
+    pre = Preprocess(digits.info.mean, digits.info.std, digits.info.channels)
+    embed = lambda a: pre(torch.from_numpy(a)).flatten(1).numpy()  # noqa: E731
+    x = np.concatenate([embed(digits.x_train), embed(digits.x_val)])
+    y = np.concatenate([digits.y_train, digits.y_val])
+    learner = get_family("knn").learner({"k": 3, "metric": metric, "normalize": normalize}, digits.info)
+    (m,) = list(learner.fit(digits, 1))
+    # scikit-learn's leave-one-out: k + 1 neighbours of each image among all, the image itself dropped
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True) if normalize == "l2" else x
+    nn_idx = KNeighborsClassifier(4, metric=metric, algorithm="brute").fit(xs, y).kneighbors(xs)[1]
+    own = nn_idx == np.arange(len(x))[:, None]
+    own[~own.any(1), -1] = True
+    votes = y[nn_idx[~own].reshape(len(x), 3)]
+    loo = (np.array([np.bincount(v, minlength=10).argmax() for v in votes]) == y).mean()
+    assert m["val_accuracy"] == pytest.approx(loo, abs=0.005)
+    # then every non-test image is a reference image, exactly as a KNeighborsClassifier fitted on them all
+    pred, _ = sklearn_predict(x, y, embed(digits.x_test), 3, metric, normalize, "uniform")
+    assert (learner.predict_proba(digits.x_test).argmax(1) == pred).mean() >= 0.99
 
 
 def test_k_larger_than_the_training_set_is_a_user_error(digits):
