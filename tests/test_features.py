@@ -90,15 +90,21 @@ def test_bad_gamma_and_vote_weights_are_user_errors(tmp_path):
     assert main(["validate", "--space", str(f)]) == 2
 
 
-def test_cifar10_features_space_needs_offline_vgg19_weights_or_says_so(capsys):
-    code = main(["validate", "--space", str(SPACES / "cifar10_features.yaml")])
-    if code == 2:  # no ImageNet VGG19 file in the torch hub cache on this machine
-        assert "vgg19" in capsys.readouterr().err
-    else:
-        assert code == 0
-    # with a random-init backbone the same space is valid: only the weights were missing
-    assert main(["validate", "--space", str(SPACES / "cifar10_features.yaml"),
-                 "--set", "fixed.backbone_weights=none"]) == 0
+def test_cifar10_features_space_validates_offline_and_search_names_the_missing_vgg19_file(tmp_path, capsys):
+    import torch
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))  # a machine with no ImageNet files
+    try:
+        assert main(["validate", "--space", str(SPACES / "cifar10_features.yaml")]) == 0
+        capsys.readouterr()
+        code = main(["search", "--space", str(SPACES / "cifar10_features.yaml"), "--results", str(tmp_path / "r"),
+                     "--no-dashboard"])
+    finally:
+        torch.hub.set_dir(old)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vgg19" in err[0] and str(tmp_path / "hub") in err[0]
 
 
 def test_search_features_on_digits_from_the_command_line(tmp_path):

@@ -178,8 +178,19 @@ def test_backbone_weights_given_as_weights_says_where_they_go(tmp_path):
     f.write_text("family: knn\nfixed: {backbone: resnet18, weights: imagenet}\n")
     with pytest.raises(UserError, match="backbone_weights"):
         spaces.load(f)
+
+
+
+def test_missing_bundle_backbone_passes_validate_but_search_stops_before_ray(tmp_path, capsys):
+    # validate checks the file alone (the bundle may come from a search not run yet); search checks the machine
+    f = tmp_path / "s.yaml"
     f.write_text("family: knn\nfixed: {backbone: no/such/bundle}\n")
-    assert main(["validate", "--space", str(f)]) == 2
+    assert main(["validate", "--space", str(f)]) == 0
+    capsys.readouterr()
+    assert main(["search", "--space", str(f), "--results", str(tmp_path / "r"), "--no-dashboard"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no/such/bundle" in err[0] and "tuner best --export" in err[0]
+    assert not (tmp_path / "r").exists()
 
 
 def test_search_digits_knn_then_export_and_load(tmp_path, capsys):

@@ -189,9 +189,8 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     from tuner.data import prepare
     from tuner.trainable import TrialSpec, run_trial
 
-    preflight = getattr(get_family(exp.family), "preflight", None)
-    if preflight is not None:  # what `validate` leaves to the machine that runs (weights files present?)
-        preflight(exp.constants, exp.searched, str(exp.path or exp.name))
+    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
+    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     exp_dir = (results / exp.name).resolve()
     if address:
         check_address(address)

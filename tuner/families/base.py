@@ -108,7 +108,11 @@ class Family:
         self.check_config({k: v for k, v in constants.items()}, file)
 
     def check_config(self, constants: dict, file: str) -> None:
-        """Family-specific checks of constant values (e.g. a weights file that must exist)."""
+        """Family-specific checks of constant values, from the file alone (`validate` runs these)."""
+
+    def preflight(self, constants: dict, searched: dict, file: str) -> None:
+        """What `validate` leaves to the machine that runs the search, checked before Ray starts:
+        are the weights files and bundles this search may load here?"""
 
     def resolve(self, config: dict) -> dict:
         """Defaults filled in under the given config."""

@@ -154,8 +154,8 @@ class Features(Family):
             if not (g in ("scale", "auto") or (isinstance(g, (int, float)) and not isinstance(g, bool) and g > 0)):
                 raise UserError(f"{file}: gamma {g!r}: expected scale, auto or a number > 0")
 
-    def check_config(self, constants: dict, file: str) -> None:
-        check_backbone(constants, file)
+    def preflight(self, constants: dict, searched: dict, file: str) -> None:
+        check_backbone(constants, searched, file)
 
     def learner(self, config: dict, info: DataInfo, device="cpu", cache_dir: str | None = None) -> FeaturesLearner:
         return FeaturesLearner(self.resolve(config), info, device=device, cache_dir=cache_dir)

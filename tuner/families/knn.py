@@ -47,15 +47,24 @@ def backbone_params() -> dict[str, Param]:
     }
 
 
-def check_backbone(constants: dict, file: str) -> None:
-    """pixels needs nothing; an arch's weights and a bundle path must be there now, before Ray starts."""
-    b = constants.get("backbone", PIXELS)
+def check_backbone(constants: dict, searched: dict, file: str) -> None:
+    """Before Ray starts (not at `validate`, so a space can be checked before its bundle exists): pixels
+    needs nothing; every arch's weights file and every bundle path the search may use must be here."""
+    names = list(searched["backbone"].args) if "backbone" in searched else [constants.get("backbone", PIXELS)]
+    weights = (list(searched["backbone_weights"].args) if "backbone_weights" in searched
+               else [constants.get("backbone_weights", "imagenet")])
+    for b in names:
+        for w in weights:
+            _check_one_backbone(str(b), str(w), file)
+
+
+def _check_one_backbone(b: str, weights: str, file: str) -> None:
     if b == PIXELS:
         return
     from tuner import backbones
 
     if b in backbones.supported_archs():
-        backbones.check_weights(b, constants.get("backbone_weights", "imagenet"), f"{file}: backbone_weights")
+        backbones.check_weights(b, weights, f"{file}: backbone_weights")
         return
     p = backbones.resolve_path(str(b))
     if not p.exists():
@@ -395,8 +404,8 @@ class Knn(Family):
                                 f"in backbone_weights")
         super().validate(constants, searched, file)
 
-    def check_config(self, constants: dict, file: str) -> None:
-        check_backbone(constants, file)
+    def preflight(self, constants: dict, searched: dict, file: str) -> None:
+        check_backbone(constants, searched, file)
 
     def learner(self, config: dict, info: DataInfo, device="cpu", cache_dir: str | None = None) -> KnnLearner:
         return KnnLearner(self.resolve(config), info, device=device, cache_dir=cache_dir)
