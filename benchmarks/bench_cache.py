@@ -113,7 +113,7 @@ def loader_epochs(root: Path, data, size: int, epochs: int, workers: int, device
     return data_rate, seen / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1,000 images, 1 epoch: under a minute")
     p.add_argument("--images", type=int, default=5000)
@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads in the training process, both sides")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dir", type=Path, default=None, help="keep the JPEGs and the cache here (default: a temp dir)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     global FAMILY
     FAMILY = args.family
     MODEL.update(MODELS[args.family])

@@ -5,6 +5,7 @@ Everything else (families, engine, data) is plain PyTorch and runs the same with
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     import ray
     from ray import tune
 
+    # Ray's worker logs every saved checkpoint at INFO: one line per trial and epoch buries the progress table
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     set_threads(spec.cpus)
     family = spec.family if isinstance(spec.family, Family) else get_family(spec.family)
     kwargs = {"augment": spec.augment} if family.iterative else {"cache_dir": spec.cache_dir}
