@@ -155,7 +155,8 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
             "--results", str(results), "--no-retrain",
             "--set", f"search.num_samples={samples}", "--set", "search.max_concurrent=2",
             "--set", "scheduler.name=fifo", "--set", f"scheduler.max_epochs={max_epochs}",
-            "--set", "fixed.channels=16", "--set", "fixed.batch_size=32", "--set", "fixed.optimizer=adam"]
+            # batch_size 4: ~270 steps an epoch, so an epoch takes about a second and the kill lands mid-search
+            "--set", "fixed.channels=16", "--set", "fixed.batch_size=4", "--set", "fixed.optimizer=adam"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ray_dir = results / "digits_cnn" / "ray"
     log = results.parent / "first_run.log"

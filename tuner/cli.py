@@ -5,10 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
-from pathlib import Path
 
 from tuner.errors import UserError
 

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -348,7 +347,3 @@ def _one_line(error) -> str:
         kind = kind.rsplit(".", 1)[-1]
         line = why if kind == "TrialFailed" else f"{kind}: {why}"
     return line[:500]
-
-
-def progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ Ray's object store, which shares numpy arrays between the trials of a node witho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -71,10 +72,8 @@ READERS: dict[str, Callable[..., Source]] = {}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-def find_root(cfg, *names: str) -> "Path | None":
+def find_root(cfg, *names: str) -> Path | None:
     """The first of root/name, ... that exists (users point root at the folder or at its parent)."""
-    from pathlib import Path
-
     root = Path(cfg.root).expanduser()
     for name in names:
         p = root / name if name else root

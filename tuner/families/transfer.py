@@ -231,7 +231,7 @@ class Transfer(TorchFamily):
                 backbones.check_arch(a, f"{file}: space.arch")
         if "trainable_layers" in searched:
             d = searched["trainable_layers"]
-            values = list(d.args) if d.kind in ("choice", "grid") else list(d.args)
+            values = list(d.args)
             for v in values:
                 _check_trainable(v, f"{file}: space.trainable_layers")
         weights = ([constants.get("weights", self.params["weights"].default)] if "weights" not in searched
