@@ -181,8 +181,14 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
         assert proc.poll() is None, "the search ended before it could be killed; make it longer"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        try:  # stop the Ray workers the driver left behind, so the snapshot below holds still
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         before = _progress(ray_dir)
-        params_before = {t: json.loads((ray_dir / t / "params.json").read_text()) for t in before}
+        # a folder without params.json is a trial the driver was killed while creating: it never ran
+        params_before = {t: json.loads((ray_dir / t / "params.json").read_text()) for t in before
+                         if (ray_dir / t / "params.json").is_file()}
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # Ray processes the killed driver left behind
