@@ -13,10 +13,10 @@ import yaml
 from tuner import cli, spaces
 from tuner.data import prepare
 from tuner.driver import cache_dir
-from tuner.engine import TorchLearner
+from tuner.engine import TorchLearner, pick_device
 from tuner.families import get_family, register_family
 from tuner.families.linear import Linear
-from tuner.trainable import adopt_config, trial_device
+from tuner.trainable import adopt_config
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,8 @@ def test_adopt_config_leaves_a_plain_resume_alone():
 
 
 def test_a_trial_given_no_gpu_share_stays_on_the_cpu():
-    assert trial_device(0.0).type == "cpu"
-    assert trial_device(0.5).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device(0.0).type == "cpu"
+    assert pick_device(0.5).type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------- a trial that crashes once

@@ -42,9 +42,14 @@ COMMON_PARAMS: dict[str, Param] = {
 }
 
 
-def pick_device(gpu: float = 0.0) -> torch.device:
-    """CUDA when this trial was given a GPU (or any is visible and none was asked), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(gpus: float | None = None) -> torch.device:
+    """The device for a share of `gpus` GPUs; None = any GPU that is visible.
+
+    Inside a trial Ray hides every GPU but the trial's own (CUDA_VISIBLE_DEVICES), so "cuda" is that GPU.
+    A trial given no GPU stays on the CPU even where one is visible: it would take a share nobody gave it.
+    """
+    wants = gpus is None or gpus > 0
+    return torch.device("cuda" if wants and torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------- batches

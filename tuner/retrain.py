@@ -37,12 +37,11 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     out = exp_dir / "best"
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    if family.iterative:
-        learner = family.learner(config, data.info, device=pick_device(exp.resources.gpu),
-                                 augment=exp.dataset.augment, keep_best=True)
-    else:
-        learner = family.learner(config, data.info, device=pick_device(exp.resources.gpu),
-                                 cache_dir=str(cache_dir()))
+    # the same learner the trials trained; `resources: auto` retrains on whatever GPU the driver sees
+    kwargs = {"augment": exp.dataset.augment, "keep_best": True} if family.iterative else \
+        {"cache_dir": str(cache_dir())}
+    device = pick_device(None if exp.resources.auto else exp.resources.gpu)
+    learner = family.learner(config, data.info, device=device, **kwargs)
     history = []
     for m in learner.fit(data, exp.scheduler.max_epochs):
         history.append(m)

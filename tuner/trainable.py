@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tuner.engine import set_threads
+from tuner.engine import pick_device, set_threads
 from tuner.errors import TrialFailed
 from tuner.families import Family, get_family
 
@@ -31,12 +31,6 @@ class TrialSpec:
     cpus: float
     gpus: float
     cache_dir: str | None = None
-
-
-def trial_device(gpus: float) -> torch.device:
-    """Ray hides every GPU but the trial's own (CUDA_VISIBLE_DEVICES), so "cuda" is this trial's GPU.
-    A trial given no GPU stays on the CPU even where one is visible: it would take a share nobody gave it."""
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
 def adopt_config(state: dict, old: dict, new: dict) -> dict:
@@ -78,7 +72,7 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     set_threads(spec.cpus)
     family = spec.family if isinstance(spec.family, Family) else get_family(spec.family)
     kwargs = {"augment": spec.augment} if family.iterative else {"cache_dir": spec.cache_dir}
-    device = trial_device(spec.gpus)
+    device = pick_device(spec.gpus)
     node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
     try:
         learner = family.learner(config, data.info, device=device, **kwargs)
