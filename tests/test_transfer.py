@@ -260,3 +260,90 @@ def test_extractor_takes_a_bundle_minus_its_head(tmp_path, data):
     assert torch.allclose(module(x), learner.model.eval().features(x), atol=1e-5)
     tv, _, tv_key = backbones.extractor("resnet18", "none", data.info)
     assert tv(x).shape == (2, 512) and tv_key != key
+
+
+# --------------------------------------------------------------------------- fetching missing ImageNet weights
+@pytest.fixture()
+def weights_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/served; records every path asked for."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    asked: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", served, asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_search_preflight_fetches_missing_imagenet_weights_once_and_validate_never(weights_server, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import hashlib
+
+    base, served, asked = weights_server
+    torch.manual_seed(0)
+    sd = torch.nn.Linear(4, 2).state_dict()
+    torch.save(sd, served / "tiny.pth")
+    # torchvision's naming: the first 8 hex digits of the file's SHA-256 after the name, checked on download
+    name = f"tiny-{hashlib.sha256((served / 'tiny.pth').read_bytes()).hexdigest()[:8]}.pth"
+    (served / "tiny.pth").rename(served / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # undo any set_dir of another test: TORCH_HOME decides
+    monkeypatch.setattr(backbones, "imagenet_url", lambda arch: f"{base}/{name}")
+    landed = tmp_path / "torch_home" / "hub" / "checkpoints" / name
+
+    assert main(["validate", "--space", str(SPACES / "stl10_mobilenet_frozen.yaml")]) == 0
+    assert asked == [] and not landed.exists()
+
+    transfer = get_family("transfer")
+    transfer.preflight({"arch": "mobilenet_v2", "weights": "imagenet"}, {}, "space.yaml")
+    assert asked == [f"/{name}"] and landed.is_file()
+    got = torch.load(landed, weights_only=True)
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+    assert f"fetching imagenet weights for mobilenet_v2: {base}/{name}" in capsys.readouterr().err
+
+    transfer.preflight({"arch": "mobilenet_v2", "weights": "imagenet"}, {}, "space.yaml")
+    assert asked == [f"/{name}"]  # there now: not fetched again
+    assert sorted(p.name for p in landed.parent.iterdir()) == [name]  # no .partial left behind
+
+
+def test_a_fetched_file_whose_hash_does_not_match_its_name_is_refused_and_not_kept(weights_server, hub,
+                                                                                   monkeypatch):
+    base, served, asked = weights_server
+    f, _ = backbones.imagenet_file("squeezenet1_1")  # torchvision's own name, with the real file's hash
+    torch.save(torch.nn.Linear(4, 2).state_dict(), served / f.name)  # the same name, other bytes
+    monkeypatch.setenv("TUNER_WEIGHTS_URL", base)  # a mirror: torchvision's file names under another host
+    with pytest.raises(UserError, match="invalid hash value") as e:
+        backbones.check_weights("squeezenet1_1", "imagenet", "space.yaml: weights", fetch=True)
+    assert asked == [f"/{f.name}"] and f.name in str(e.value)
+    assert not f.parent.exists() or list(f.parent.iterdir()) == []
+
+
+def test_offline_fetch_is_one_user_error_naming_the_file_the_folder_and_the_url(hub, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TUNER_WEIGHTS_URL", f"http://127.0.0.1:{port}")
+    f, url = backbones.imagenet_file("resnet18")
+    with pytest.raises(UserError) as e:
+        backbones.check_weights("resnet18", "imagenet", "space.yaml: weights", fetch=True)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("space.yaml: weights: imagenet weights for resnet18")
+    assert f.name in msg and str(hub / "checkpoints") in msg and url in msg
+    assert not f.exists()

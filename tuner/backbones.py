@@ -9,9 +9,9 @@ The body is also cut into `units`, input side first, which cover every module of
 is the stem. `trainable_layers: n` trains the last n units (ResNet: stem | layer1..4; VGG: the five
 conv blocks; MobileNet / EfficientNet / ConvNeXt: the `features` stages).
 
-Weights (`weights:`): `imagenet` (torchvision's DEFAULT weights, read from the torch hub cache; this
-tool never downloads), `none` (random init), or a path to a torchvision state dict or an exported
-bundle. Every file is read with `torch.load(weights_only=True)`: nothing in it runs as code.
+Weights (`weights:`): `imagenet` (torchvision's DEFAULT weights, read from the torch hub cache; `search`
+fetches a missing file there once, on the driver before Ray starts; trials and `validate` never download),
+`none` (random init), or a path to a torchvision state dict or an exported bundle. Every file is read with `torch.load(weights_only=True)`: nothing in it runs as code.
 
 `extractor()` is what the knn / features families use: a frozen image -> (N, D) feature module.
 """
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,12 +163,55 @@ def feature_shape(module: nn.Module, channels: int, height: int, width: int, arc
 
 
 # --------------------------------------------------------------------------- weights
-def imagenet_file(arch: str) -> tuple[Path, str]:
-    """Where torchvision keeps `arch`'s DEFAULT ImageNet weights (torch hub cache), and their URL."""
+def imagenet_url(arch: str) -> str:
+    """Where `arch`'s DEFAULT ImageNet weights are fetched from: torchvision's URL, or the same file name
+    under $TUNER_WEIGHTS_URL (a mirror for machines that cannot reach download.pytorch.org)."""
     import torchvision.models as tvm
 
     url = tvm.get_model_weights(arch).DEFAULT.url
+    base = os.environ.get("TUNER_WEIGHTS_URL")
+    return f"{base.rstrip('/')}/{os.path.basename(url)}" if base else url
+
+
+def imagenet_file(arch: str) -> tuple[Path, str]:
+    """Where torchvision keeps `arch`'s DEFAULT ImageNet weights (torch hub cache), and their URL."""
+    url = imagenet_url(arch)
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
+
+
+def fetch_imagenet(arch: str, where: str = "weights", timeout_s: float = 60.0) -> Path:
+    """Put `arch`'s ImageNet file in the torch hub cache if it is not there yet, with torch's own download
+    (progress bar on stderr; written to a .partial file and moved into place only once complete) and
+    torchvision's hash check (the file name carries the first hex digits of its SHA-256). Offline, or on a
+    wrong hash, a UserError that says which file to put where."""
+    f, url = imagenet_file(arch)
+    if f.is_file():
+        return f
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
+    m = torch.hub.HASH_REGEX.search(f.name)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # a silent network must not hang `search` forever
+    try:
+        # offline stays one line (the error): ask whether the host answers before announcing a download
+        try:
+            urlopen(Request(url, method="HEAD", headers={"User-Agent": "torch.hub"})).close()
+        except HTTPError:
+            pass  # a host that refuses HEAD may still serve GET; the download says what is wrong
+        print(f"fetching imagenet weights for {arch}: {url} -> {f.parent}", file=sys.stderr, flush=True)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        # what load_state_dict_from_url(check_hash=True) runs, called directly so the driver does not
+        # also load a file of up to half a gigabyte that only the trials need
+        torch.hub.download_url_to_file(url, str(f), m.group(1) if m else None, progress=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, timeout, a bad hash: all mean "not here"
+        reason = (str(exc).splitlines() or [""])[0][:160]
+        raise UserError(f"{where}: imagenet weights for {arch} are not here and could not be fetched "
+                        f"({type(exc).__name__}: {reason}): put {f.name} (from {url}) in {f.parent}, "
+                        f"or set weights: none") from None
+    finally:
+        socket.setdefaulttimeout(old)
+    return f
 
 
 def resolve_path(weights: str) -> Path:
@@ -182,11 +227,13 @@ def _is_bundle_path(p: Path) -> bool:
     return p.is_dir() or p.name == "model.pt"
 
 
-def check_weights(arch, weights, where: str = "weights", imagenet_file_needed: bool = True) -> None:
+def check_weights(arch, weights, where: str = "weights", imagenet_file_needed: bool = True,
+                  fetch: bool = False) -> None:
     """Everything about `weights:` that can be checked before Ray starts (file present, right kind).
 
     imagenet_file_needed=False checks the value but not whether this machine has the ImageNet file yet
-    (`tuner validate` of a space meant for another machine; `search` checks the file before Ray starts)."""
+    (`tuner validate` of a space meant for another machine; `search` checks the file before Ray starts).
+    fetch=True downloads a missing ImageNet file (`search`'s preflight on the driver, never a trial)."""
     if not isinstance(weights, str) or not weights:
         raise UserError(f"{where}: expected imagenet, none or a path to a weights file, got {weights!r}")
     if weights == "none":
@@ -194,6 +241,9 @@ def check_weights(arch, weights, where: str = "weights", imagenet_file_needed: b
     if weights == "imagenet":
         if isinstance(arch, str) and imagenet_file_needed:
             check_arch(arch)
+            if fetch:
+                fetch_imagenet(arch, where)
+                return
             f, url = imagenet_file(arch)
             if not f.is_file():
                 raise UserError(f"{where}: imagenet weights for {arch} are not available offline: put {f.name} "

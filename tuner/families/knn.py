@@ -64,7 +64,7 @@ def _check_one_backbone(b: str, weights: str, file: str) -> None:
     from tuner import backbones
 
     if b in backbones.supported_archs():
-        backbones.check_weights(b, weights, f"{file}: backbone_weights")
+        backbones.check_weights(b, weights, f"{file}: backbone_weights", fetch=True)
         return
     p = backbones.resolve_path(str(b))
     if not p.exists():

@@ -242,12 +242,12 @@ class Transfer(TorchFamily):
 
     def preflight(self, constants: dict, searched: dict, file: str) -> None:
         """Before Ray starts a search: are the ImageNet files of every arch it may build on this machine?
-        (`validate` checks the file alone, so a space can be checked on a laptop and run on a cluster.)"""
+        (fetched into the hub cache when missing; `validate` checks the file alone, so a space can be checked on a laptop and run on a cluster.)"""
         archs = list(searched["arch"].args) if "arch" in searched else [constants.get("arch", "resnet50")]
         weights = list(searched["weights"].args) if "weights" in searched else [constants.get("weights", "imagenet")]
         for w in weights:
             for a in archs:
-                backbones.check_weights(a, w, f"{file}: weights")
+                backbones.check_weights(a, w, f"{file}: weights", fetch=True)
 
     def check_config(self, constants: dict, file: str) -> None:
         backbones.check_arch(constants.get("arch", self.params["arch"].default), f"{file}: arch")
