@@ -301,3 +301,13 @@ def test_download_is_refused_for_data_sets_that_cannot_be_downloaded(tmp_path):
     for name in ("stanford_cars", "flowers104"):
         with pytest.raises(UserError, match="dataset.download: false"):
             prepare(cfg(name, tmp_path, download=True))
+
+
+def test_stanford_cars_errors_say_where_to_get_the_files_and_which_layout(tmp_path):
+    # its original host is gone: neither `download: true` nor a missing folder may leave the user guessing
+    for download in (True, False):
+        with pytest.raises(UserError) as e:
+            prepare(cfg("stanford_cars", tmp_path / "empty", download=download))
+        msg = str(e.value)
+        assert "Kaggle" in msg and "pytorch/vision/issues/7545" in msg and "devkit/cars_meta.mat" in msg
+        assert "class folders under train/ and test/" in msg and "\n" not in msg

@@ -118,6 +118,10 @@ def read_flowers102(cfg) -> Source:
 # --------------------------------------------------------------------------- Stanford Cars
 CARS_LAYOUT = ("torchvision's layout (stanford_cars/ with devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
                "cars_train/, cars_test_annos_withlabels.mat, cars_test/) or class folders under train/ and test/")
+# the original host (ai.stanford.edu/~jkrause/cars) is gone and torchvision cannot fetch it any more
+CARS_SOURCES = ("get the images from Kaggle (jessicali9530/stanford-cars-dataset; devkit/ and "
+                "cars_test_annos_withlabels.mat as linked in github.com/pytorch/vision/issues/7545), or the "
+                "class-folder copy (Kaggle jutrera/stanford-car-dataset-by-classes-folder)")
 
 
 @register_reader("stanford_cars")
@@ -125,8 +129,8 @@ def read_stanford_cars(cfg) -> Source:
     from scipy.io import loadmat
 
     if cfg.download:
-        raise UserError("dataset.download: Stanford Cars can no longer be downloaded (its URL is gone); "
-                        f"set dataset.download: false and put {CARS_LAYOUT} in dataset.root")
+        raise UserError("dataset.download: Stanford Cars can no longer be downloaded (its original host is gone): "
+                        f"{CARS_SOURCES}; put {CARS_LAYOUT} in dataset.root and set dataset.download: false")
     # the common re-packaging: class folders under train/ and test/ (Kaggle's car_data/car_data/...)
     for sub in ("", "car_data", "car_data/car_data"):
         folder = find_root(cfg, sub)
@@ -141,7 +145,7 @@ def read_stanford_cars(cfg) -> Source:
     if base is None or test_annos is None or not all(
             p.exists() for p in (devkit / "cars_meta.mat", devkit / "cars_train_annos.mat", base / "cars_train",
                                  base / "cars_test")):
-        raise missing(cfg, CARS_LAYOUT, download=False)
+        raise missing(cfg, f"{CARS_LAYOUT} ({CARS_SOURCES})", download=False)
 
     def split(annos: Path, images: Path) -> SplitSource:
         a = np.atleast_1d(loadmat(annos, squeeze_me=True)["annotations"])
