@@ -133,3 +133,210 @@ def test_resolved_yaml_round_trips(tmp_path):
     exp = spaces.load(write(tmp_path, BASE), ["fixed.dropout=0.1"])
     again = spaces.parse_experiment(yaml.safe_load(spaces.resolved_yaml(exp)))
     assert again.searched == exp.searched and again.constants == exp.constants
+
+
+# --------------------------------------------------------------------------- hostile files and fuzzing
+def test_binary_garbage_is_a_user_error_naming_the_file(tmp_path):
+    p = tmp_path / "garbage.yaml"
+    p.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match=r"garbage\.yaml: not a text file"):
+        spaces.load(p)
+
+
+def test_space_file_over_the_size_cap_is_refused_before_parsing(tmp_path):
+    p = write(tmp_path, BASE + "#" * spaces.MAX_SPACE_BYTES)
+    with pytest.raises(UserError, match="too large for a space file"):
+        spaces.load(p)
+
+
+BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{b}'] * 9)}]\n" for b, a in zip("abcdefgh", "bcdefghi"))
+
+
+def test_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    p = write(tmp_path, "family: cnn\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + BOMB)
+    with pytest.raises(UserError, match="expands to .* values through its aliases"):
+        spaces.load(p)
+
+
+def test_alias_bomb_in_a_set_value_is_refused():
+    with pytest.raises(UserError, match="--set fixed.x: the document expands"):
+        spaces.apply_overrides({}, ["fixed.x=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+                                    "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+                                    "[*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"], "s.yaml")
+
+
+def test_a_few_ordinary_aliases_still_load(tmp_path):
+    exp = spaces.load(write(tmp_path, BASE + "fixed: &f {dropout: 0.1}\n".replace("fixed", "fixed")))
+    assert exp.constants["dropout"] == 0.1
+    raw = spaces.read_yaml(write(tmp_path, "base: &b {lr: 0.1}\nother: *b\n", "a.yaml"))
+    assert raw["other"] == {"lr": 0.1}
+
+
+def test_recursive_and_deeply_nested_documents_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="recursive"):
+        spaces.load(write(tmp_path, "family: cnn\nfixed: &a {x: *a}\n"))
+    with pytest.raises(UserError, match="nested too deeply"):
+        spaces.load(write(tmp_path, "family: cnn\nfixed: " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
+@pytest.mark.parametrize("override, fragment", [
+    (["max_failures=abc"], "max_failures must be a whole number"),
+    (["max_failures=-2"], "max_failures must be a whole number"),
+    (["max_failures=1.5"], "max_failures"),
+    (["storage=[1, 2]"], "storage must be a folder or a URI"),
+    (["metric=[val_loss]"], "metric"),
+    (["mode={max: 1}"], "mode"),
+    (["fixed=[1, 2]"], "fixed must be a mapping"),
+    (["space=3"], "space must be a mapping"),
+    (["space={1: 2}"], "parameter names are words"),
+    (["resources=[1]"], "resources must be auto or a mapping"),
+    (["search=5"], "search must be a mapping"),
+    (["dataset.split=[0.2]"], "dataset.split must be a mapping"),
+    (["space.lr={uniform: [.nan, 0.1]}"], "bounds must be finite"),
+    (["space.lr={loguniform: [1.0e-4, .inf]}"], "bounds must be finite"),
+    (["space.blocks={int: [1, 1.0e+300]}"], "within +-2**53"),
+    (["fixed.lr=.nan"], "lr is nan"),
+    (["space.dropout={choice: [0.1, .inf]}"], "dropout is inf"),
+    (["scheduler.reduction_factor=.inf"], "scheduler.reduction_factor: must be a finite number"),
+    (["search.seed=-1"], "search.seed must be a whole number from 0"),
+    (["search.seed=4294967296"], "search.seed"),
+    (["dataset.split.seed=-3"], "dataset.split.seed"),
+    (["dataset.image_size=100000"], "at most 2048 pixels"),
+    (["dataset.limit=0"], "dataset.limit"),
+    (["fixed.lr=2024-13-45"], "--set fixed.lr: a value cannot be read"),
+    (["fixed.lr=" + "9" * 5000], "too many digits"),
+])
+def test_wrong_type_or_range_of_a_top_level_key_is_a_user_error(tmp_path, override, fragment):
+    with pytest.raises(UserError) as err:
+        spaces.load(write(tmp_path, BASE), override)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_max_failures_minus_one_means_retry_forever_and_is_accepted(tmp_path):
+    assert spaces.load(write(tmp_path, BASE), ["max_failures=-1"]).max_failures == -1
+
+
+def test_suite_listing_a_suite_is_refused_naming_it(tmp_path):
+    write(tmp_path, BASE, "a.yaml")
+    write(tmp_path, "suite: [a.yaml]\n", "inner.yaml")
+    with pytest.raises(UserError, match="suite member 'inner.yaml' is itself a suite"):
+        spaces.load(write(tmp_path, "suite: [a.yaml, inner.yaml]\n", "outer.yaml"))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("suite: a.yaml\n", "suite must be a non-empty list"),
+    ("suite: [[a.yaml]]\n", "is not a file name"),
+    ("suite: [3]\n", "is not a file name"),
+    ("suite: [a.yaml]\nensemble: a\n", "ensemble must be a list"),
+])
+def test_suite_keys_are_type_checked(tmp_path, text, fragment):
+    write(tmp_path, BASE, "a.yaml")
+    with pytest.raises(UserError, match=fragment):
+        spaces.load(write(tmp_path, text, "suite.yaml"))
+
+
+def _grammar_words() -> list[str]:
+    """Every key and keyword the real grammar knows, so random documents often get past the first check."""
+    import dataclasses
+
+    from tuner.families import FAMILIES
+
+    words = set(spaces.TOP_KEYS) | spaces.SUITE_KEYS | set(spaces.DISTRIBUTIONS) | set(FAMILIES) | set(spaces.METRICS)
+    words |= {k for f in FAMILIES.values() for k in f.params} | set(spaces.DATASETS)
+    words |= {"asha", "median", "pbt", "fifo", "optuna", "random", "grid", "max", "min", "auto", "official"}
+    for cls in (spaces.DatasetConfig, spaces.SplitConfig, spaces.AugmentConfig, spaces.SearchConfig,
+                spaces.SchedulerConfig, spaces.ResourcesConfig):
+        words |= {f.name for f in dataclasses.fields(cls)}
+    return sorted(words)
+
+
+def _dotted_keys() -> list[str]:
+    import dataclasses
+
+    from tuner.families import FAMILIES
+
+    keys = sorted(spaces.TOP_KEYS) + ["suite", "ensemble"]
+    for top, cls in (("dataset", spaces.DatasetConfig), ("dataset.split", spaces.SplitConfig),
+                     ("dataset.augment", spaces.AugmentConfig), ("search", spaces.SearchConfig),
+                     ("scheduler", spaces.SchedulerConfig), ("resources", spaces.ResourcesConfig)):
+        keys += [f"{top}.{f.name}" for f in dataclasses.fields(cls)]
+    params = sorted({k for f in FAMILIES.values() for k in f.params})
+    return keys + [f"fixed.{p}" for p in params] + [f"space.{p}" for p in params]
+
+
+def _run_validate(argv: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from tuner.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["validate", *argv])
+    return code, err.getvalue()
+
+
+def _assert_0_or_one_error_line(code: int, err: str) -> None:
+    assert code in (0, 2), err
+    if code == 2:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+
+
+def _strategies():
+    from hypothesis import strategies as st
+
+    words = _grammar_words()
+    keys = st.sampled_from(words) | st.text(max_size=8)
+    scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+               | st.sampled_from(words))
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(keys, c, max_size=4),
+                          max_leaves=16)
+    # mostly mappings shaped like a space file, sometimes anything at all
+    docs = st.fixed_dictionaries({"family": st.sampled_from(words) | values},
+                                 optional={k: values for k in sorted(spaces.TOP_KEYS | spaces.SUITE_KEYS) if k != "family"}) | values
+    return st, values, docs
+
+
+def test_fuzz_random_space_files_exit_0_or_2_never_a_traceback(tmp_path_factory):
+    import yaml
+    from hypothesis import given, settings
+
+    st, _, docs = _strategies()
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "member.yaml").write_text(BASE)
+
+    @settings(max_examples=200, deadline=None)
+    @given(doc=docs | st.text(max_size=200) | st.binary(max_size=200))
+    def check(doc):
+        p = folder / "space.yaml"
+        if isinstance(doc, bytes):
+            p.write_bytes(doc)
+        else:
+            p.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+        _assert_0_or_one_error_line(*_run_validate(["--space", str(p)]))
+
+    check()
+
+
+def test_fuzz_random_set_overrides_exit_0_or_2_never_a_traceback(tmp_path_factory):
+    import yaml
+    from hypothesis import given, settings
+
+    st, values, _ = _strategies()
+    p = tmp_path_factory.mktemp("fuzz") / "space.yaml"
+    p.write_text(BASE)
+    flow = values.map(lambda v: yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("..."))
+    override = (st.tuples(st.sampled_from(_dotted_keys()) | st.text(max_size=10), flow | st.text(max_size=30))
+                .map(lambda kv: f"{kv[0]}={kv[1]}")) | st.text(max_size=30)
+
+    @settings(max_examples=200, deadline=None)
+    @given(sets=st.lists(override, min_size=1, max_size=3))
+    def check(sets):
+        argv = ["--space", str(p)]
+        for s in sets:
+            argv += ["--set", s]
+        _assert_0_or_one_error_line(*_run_validate(argv))
+
+    check()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 
@@ -65,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, args.command)(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            traceback.print_exc()
+            return 1
+        # a full disk is the one OSError a user fixes: say so in one line, and that nothing was rolled back
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: the disk is full{where}; what was written before it is kept, a search's finished trials "
+              f"included: free some space and run the command again (`tuner search --resume` continues a search)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; `tuner search --resume` continues where this stopped", file=sys.stderr)

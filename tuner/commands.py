@@ -1,6 +1,7 @@
 """What each sub-command does, given parsed arguments. Kept apart from argument parsing and from the driver."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,26 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def check_results_dir(results: Path) -> Path:
+    """The results folder is a folder we can write, or will be one (its nearest existing parent is), or a
+    UserError naming it. Called before Ray starts and before anything is created, so a typo in --results
+    costs a second and leaves nothing behind."""
+    results = Path(results)
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results}: is a file, not a folder; give a folder (it is created if missing)")
+    there = results.absolute()
+    while not there.exists():
+        there = there.parent
+    if not there.is_dir():
+        raise UserError(f"--results {results}: {there} is a file, so the folder cannot be made; give another path")
+    if not os.access(there, os.W_OK | os.X_OK):  # also false on a read-only mount and an immutable folder
+        raise UserError(f"--results {results}: cannot write in {there} (read-only or no permission); "
+                        f"give a folder you can write to")
+    return results
+
+
 def search(args) -> int:
+    check_results_dir(Path(args.results))
     from tuner import report
     from tuner import driver
 
@@ -50,6 +70,13 @@ def search(args) -> int:
     return 0
 
 
+def _results_dir(results: Path) -> Path | None:
+    """The results folder to read, None if there is none; a file given as --results is a user error."""
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results}: is a file, not a folder; give the folder `tuner search` wrote")
+    return results if results.is_dir() else None
+
+
 def _experiment_dir(results: Path, name: str | None) -> Path:
     if name:
         p = Path(name)
@@ -57,7 +84,7 @@ def _experiment_dir(results: Path, name: str | None) -> Path:
         if not (d / "space.yaml").is_file():
             raise UserError(f"--experiment {name}: no experiment there (looked in {d}); see `tuner list`")
         return d
-    runs = [p for p in results.glob("*/best.yaml")] if results.is_dir() else []
+    runs = [p for p in results.glob("*/best.yaml")] if _results_dir(results) else []
     if not runs:
         raise UserError(f"--results {results}: no finished experiment; run `tuner search --space FILE` first")
     return max(runs, key=lambda p: p.stat().st_mtime).parent
@@ -67,18 +94,22 @@ def best(args) -> int:
     from tuner import export
     from tuner.retrain import retrain_best
 
+    from tuner.report import read_best, read_result
+
     d = _experiment_dir(Path(args.results), args.experiment)
     if not (d / "best.yaml").is_file():
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
-    info = yaml.safe_load((d / "best.yaml").read_text())
+    info = read_best(d)
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
     if (d / "best" / "metrics.json").is_file():
+        read_result(d / "best" / "metrics.json")
         _say(f"test metrics: {d / 'best' / 'metrics.json'}")
     if args.export is not None:
+        dest = Path(args.export) if args.export else d / "export"
+        export.check_destination(d, dest)  # before a retrain, which can take hours
         if not (d / "best" / "model.pt").is_file():
             _say("no retrained model yet: retraining the best config first")
             retrain_best(d, say=_say)
-        dest = Path(args.export) if args.export else d / "export"
         export.export(d, dest)
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
     return 0
@@ -88,7 +119,7 @@ def compare(args) -> int:
     from tuner import report
 
     results = Path(args.results)
-    if not results.is_dir():
+    if _results_dir(results) is None:
         raise UserError(f"--results {results}: no such folder")
     names = []
     for e in args.experiments:
@@ -96,7 +127,11 @@ def compare(args) -> int:
         names.append(p.name if (p / "space.yaml").is_file() else e)
         if not ((results / names[-1] / "best" / "metrics.json").is_file()):
             raise UserError(f"{e}: no retrained model (best/metrics.json) in {results / names[-1]}")
-    df = report.write_comparison(results, names or None, fmt=args.format)
+    try:
+        df = report.write_comparison(results, names or None, fmt=args.format)
+    except UserError as exc:  # a read-only results folder: the table is still printed below
+        report.warn(str(exc))
+        df = report.comparison_rows(results, names or None, skip=lambda msg: None)
     if df.empty:
         raise UserError(f"--results {results}: no experiment with a retrained model to compare")
     sys.stdout.write(report.render(df, args.format) + "\n")
@@ -117,21 +152,33 @@ def validate(args) -> int:
 
 
 def list(args) -> int:  # noqa: A001 - the sub-command's name
-    import pandas as pd
+    from tuner import report
 
     results = Path(args.results)
-    dirs = sorted(p for p in results.glob("*") if (p / "space.yaml").is_file()) if results.is_dir() else []
+    dirs = sorted(p for p in results.glob("*") if (p / "space.yaml").is_file()) if _results_dir(results) else []
     if not dirs:
         _say(f"no experiments in {results}")
         return 0
     for d in dirs:
-        space = yaml.safe_load((d / "space.yaml").read_text())
-        n = len(pd.read_csv(d / "trials.csv")) if (d / "trials.csv").is_file() else 0
-        best = yaml.safe_load((d / "best.yaml").read_text()) if (d / "best.yaml").is_file() else None
-        acc = f"val {best['metrics']['val_accuracy']:.4f}" if best else "no finished trial"
-        test = ""
-        if (d / "best" / "metrics.json").is_file():
-            import json
-            test = f", test {json.loads((d / 'best' / 'metrics.json').read_text())['accuracy']:.4f}"
-        _say(f"{d.name:30s} {space.get('family', ''):9s} {n:4d} trials  {acc}{test}")
+        try:
+            _say(_list_line(d))
+        except report.CorruptResult as exc:  # one bad folder does not hide the others
+            report.warn(f"{exc}; {d.name} not listed")
     return 0
+
+
+def _list_line(d: Path) -> str:
+    from tuner import report
+
+    def score(value) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+    space = report.read_result(d / "space.yaml")
+    n = len(report.read_trials(d / "trials.csv")) if (d / "trials.csv").is_file() else 0
+    acc = "no finished trial"
+    if (d / "best.yaml").is_file():
+        acc = f"val {score(report.read_best(d)['metrics'].get('val_accuracy'))}"
+    test = ""
+    if (d / "best" / "metrics.json").is_file():
+        test = f", test {score(report.read_result(d / 'best' / 'metrics.json').get('accuracy'))}"
+    return f"{d.name:30s} {str(space.get('family', '')):9s} {n:4d} trials  {acc}{test}"

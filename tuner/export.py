@@ -5,6 +5,8 @@ someone else cannot run anything on your machine.
 """
 from __future__ import annotations
 
+import errno
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,37 @@ def read_bundle(path: str | Path) -> dict:
         raise UserError(f"{path}: no model bundle there; make one with `tuner best --export`")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message is six lines that end by suggesting weights_only=False, i.e. running the
+        # file's code; the one thing to say is that it was refused
+        raise UserError(f"{path}: refused: it holds Python objects that are not weights or plain data, and "
+                        f"tuner does not unpickle code; use a bundle written by `tuner best --export`") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to replace
-        raise UserError(f"{path}: not a readable tuner bundle ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: not a readable tuner bundle ({type(exc).__name__}: {first}); "
+                        f"export it again with `tuner best --export`") from None
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise UserError(f"{path}: not a tuner bundle (no format {FORMAT!r}); export one with `tuner best --export`")
+    _check_bundle(bundle, path)
     return bundle
+
+
+# what a Predictor reads from a bundle, and the type each must have
+BUNDLE_KEYS = {"family": str, "config": dict, "class_names": list, "preprocessing": dict, "weights": dict}
+PREPROCESSING_KEYS = {"height": int, "width": int, "channels": int, "mean": list, "std": list}
+
+
+def _check_bundle(bundle: dict, path: Path) -> None:
+    """Every key a Predictor reads is there with the right type, or a UserError naming the first that is not."""
+    for where, block, keys in (("", bundle, BUNDLE_KEYS), ("preprocessing.", bundle.get("preprocessing"), PREPROCESSING_KEYS)):
+        for key, typ in keys.items():
+            if key not in block:
+                raise UserError(f"{path}: the bundle has no {where}{key}; it is damaged or from another version, "
+                                f"export it again with `tuner best --export`")
+            if not isinstance(block[key], typ) or isinstance(block[key], bool):
+                raise UserError(f"{path}: the bundle's {where}{key} is not a {typ.__name__}; "
+                                f"export it again with `tuner best --export`")
+    get_family(bundle["family"], where=f"{path}: family")
 
 
 class Predictor:
@@ -101,14 +129,45 @@ class Predictor:
 
 def load(path: str | Path, device: str | None = None) -> Predictor:
     """A bundle folder (or its model.pt) -> a `Predictor`."""
-    return Predictor(read_bundle(path), device=device)
+    bundle = read_bundle(path)
+    try:
+        return Predictor(bundle, device=device)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # weights that do not fit the model
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: the bundle's weights do not fit its model ({type(exc).__name__}: {first}); "
+                        f"export it again with `tuner best --export`") from None
+
+
+def check_destination(exp_dir: Path, dest: Path) -> None:
+    """`--export DEST` is a folder we may write, and not the experiment's best/ it copies from."""
+    src = (exp_dir / "best").resolve()
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"--export {dest}: is a file; give a folder (it is created if missing)")
+    target = dest.resolve()
+    if target == src or src in target.parents:
+        raise UserError(f"--export {dest}: is the experiment's own best/ folder (the export is copied from "
+                        f"it); give another folder, or leave DIR out for {exp_dir / 'export'}")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        probe = dest / ".tuner-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # the CLI says "disk full" in one place
+            raise
+        raise UserError(f"--export {dest}: cannot write there ({exc.strerror}); give a folder you can write to") from None
 
 
 def export(exp_dir: Path, dest: Path) -> Path:
     """Copy the retrained best model and its reports into a deployable folder."""
+    check_destination(exp_dir, dest)
     src = exp_dir / "best"
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file():
-            shutil.copy2(f, dest / f.name)
+    try:
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copy2(f, dest / f.name)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise
+        raise UserError(f"--export {dest}: cannot write {exc.filename} ({exc.strerror})") from None
     return dest

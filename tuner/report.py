@@ -5,9 +5,12 @@ name the metric, the best trial marked, and no numbers drawn where there are too
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from tuner.errors import UserError  # noqa: E402
+
 METRIC_COLUMNS = ["accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
                   "recall_weighted", "f1_weighted", "balanced_accuracy", "auc_ovr", "tpr", "tnr", "fpr", "fnr",
                   "num_test", "num_params", "train_time_s"]
@@ -28,6 +33,77 @@ FORMATS = ("md", "csv", "html", "tex")
 INT_COLUMNS = ("num_test", "num_params")
 NUMBERS_UP_TO = 30  # classes: past this a confusion matrix gets no per-cell numbers nor class names
 DPI = 100
+MAX_RESULT_BYTES = 16 << 20  # best.yaml, space.yaml, metrics.json are a few kB; more is not ours
+
+
+# --------------------------------------------------------------------------- reading results
+class CorruptResult(UserError):
+    """A results file that cannot be read. `list` and `compare` skip its folder with a warning; `best` and
+    the retrain stop on it (exit 2), naming the file and what to do."""
+
+
+# what to do about each file, said once
+_REDO = {
+    "space.yaml": "it is the space the search ran; restore it from the space file, or remove the experiment folder",
+    "best.yaml": "run the search again (`tuner search --resume` rewrites it), or remove the experiment folder",
+    "trials.csv": "run the search again (`tuner search --resume` rewrites it), or remove the experiment folder",
+    "metrics.json": "remove the best/ folder and run `tuner best --export` to retrain and test again",
+    "ensemble.yaml": "run the suite again to rebuild the ensemble, or remove its folder",
+}
+
+
+def _corrupt(path: Path, why: str) -> CorruptResult:
+    why = " ".join(str(why).split())[:200]  # one line, whatever the parser said
+    return CorruptResult(f"{path}: cannot be read ({why}); {_REDO.get(path.name, 'remove or restore it')}")
+
+
+def read_result(path: Path, need: tuple[str, ...] = ()) -> dict:
+    """A results YAML or JSON file that must be a mapping holding the keys in `need`, or a CorruptResult."""
+    from tuner.spaces import safe_yaml
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            raise _corrupt(path, f"{path.stat().st_size} bytes, larger than any file tuner writes")
+        text = path.read_bytes().decode("utf-8")
+        data = json.loads(text) if path.suffix == ".json" else safe_yaml(text)
+    except CorruptResult:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, UserError) as exc:
+        raise _corrupt(path, exc) from None
+    if not isinstance(data, dict):
+        raise _corrupt(path, f"expected a mapping, found {type(data).__name__}")
+    missing = [k for k in need if k not in data]
+    if missing:
+        raise _corrupt(path, f"no {', '.join(missing)}")
+    return data
+
+
+def read_best(exp_dir: Path) -> dict:
+    """best.yaml: the best trial's `config` and validation `metrics`, both mappings."""
+    path = Path(exp_dir) / "best.yaml"
+    best = read_result(path, ("config", "metrics"))
+    for key in ("config", "metrics"):
+        if not isinstance(best[key], dict):
+            raise _corrupt(path, f"{key} is not a mapping")
+    return best
+
+
+def read_trials(path: Path) -> pd.DataFrame:
+    """trials.csv with its trial_id column, or a CorruptResult."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"trial_id": str})
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise _corrupt(path, exc) from None
+    if "trial_id" not in df:
+        raise _corrupt(path, "no trial_id column")
+    return df
+
+
+def warn(msg: str) -> None:
+    """One `warning:` line on stderr: something was skipped, the command goes on."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def _save(fig, path: Path) -> None:
@@ -151,7 +227,7 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> None:
 
 # --------------------------------------------------------------------------- the search
 def _space(exp_dir: Path) -> dict:
-    return yaml.safe_load((exp_dir / "space.yaml").read_text()) or {}
+    return read_result(Path(exp_dir) / "space.yaml")
 
 
 def searched_params(space: dict) -> dict[str, dict]:
@@ -411,12 +487,15 @@ def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = ""
 def _family(d: Path) -> str:
     for f in ("space.yaml", "ensemble.yaml"):
         if (d / f).is_file():
-            return str((yaml.safe_load((d / f).read_text()) or {}).get("family", ""))
+            return str(read_result(d / f).get("family", ""))
     return ""
 
 
-def comparison_rows(results: Path, names: list[str] | None = None) -> pd.DataFrame:
-    """One row an experiment with a retrained model (best/metrics.json), best test accuracy first."""
+def comparison_rows(results: Path, names: list[str] | None = None,
+                    skip: Callable[[str], None] = warn) -> pd.DataFrame:
+    """One row an experiment with a retrained model (best/metrics.json), best test accuracy first.
+    A folder whose files cannot be read is left out and `skip` is told why, so one bad folder does not
+    take the table away for all the others."""
     results = Path(results)
     rows = []
     dirs = [results / n for n in names] if names else sorted(p for p in results.iterdir() if p.is_dir())
@@ -424,14 +503,26 @@ def comparison_rows(results: Path, names: list[str] | None = None) -> pd.DataFra
         m = d / "best" / "metrics.json"
         if not m.is_file():
             continue
-        metrics = json.loads(m.read_text())
-        rows.append({"experiment": d.name, "family": _family(d), **{k: metrics.get(k) for k in METRIC_COLUMNS}})
+        try:
+            metrics = read_result(m)
+            row = {"experiment": d.name, "family": _family(d), **{k: _number(metrics.get(k)) for k in METRIC_COLUMNS}}
+        except CorruptResult as exc:
+            skip(f"{exc}; {d.name} left out of the table")
+            continue
+        rows.append(row)
     df = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     for c in METRIC_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     # ties on accuracy go to the lower test loss
     return df.sort_values(["accuracy", "loss"], ascending=[False, True], na_position="last",
                           kind="stable").reset_index(drop=True)
+
+
+def _number(v: Any) -> float | None:
+    """A metric as a float, or None for anything a hand-edited file may hold instead (text, lists, ...)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
 
 
 def rounded(df: pd.DataFrame) -> pd.DataFrame:
@@ -454,7 +545,14 @@ def write_comparison(results: Path, names: list[str] | None = None, fmt: str | N
     if df.empty:  # nothing retrained: keep whatever table is there rather than write an empty one
         return df
     for f in {"md", "csv", fmt or "md"}:
-        (results / f"comparison.{f}").write_text(render(df, f) + "\n")
+        path = results / f"comparison.{f}"
+        try:
+            path.write_text(render(df, f) + "\n")
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # the CLI says "disk full" for every write in one place
+                raise
+            raise UserError(f"{path}: cannot write the comparison table ({exc.strerror}); "
+                            f"make {results} writable") from None
     return df
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import yaml
 
 from tuner import spaces
 from tuner.engine import classification_metrics, pick_device
@@ -28,8 +27,8 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     exp_dir = Path(exp_dir)
     if not (exp_dir / "best.yaml").is_file():
         raise UserError(f"{exp_dir}: no best.yaml; run `tuner search` for this experiment first")
-    best = yaml.safe_load((exp_dir / "best.yaml").read_text())
-    exp = spaces.parse_experiment(yaml.safe_load((exp_dir / "space.yaml").read_text()), exp_dir / "space.yaml")
+    best = report.read_best(exp_dir)
+    exp = spaces.parse_experiment(report.read_result(exp_dir / "space.yaml"), exp_dir / "space.yaml")
     if data is None:
         data = prepare(exp.dataset, cache_dir=cache_dir())
     family = get_family(exp.family)

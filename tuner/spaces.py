@@ -67,6 +67,14 @@ class Distribution:
         return {self.kind: list(self.args)}
 
 
+def _finite(x: int | float) -> bool:
+    """A number that is neither NaN nor infinite and fits a float (YAML ints have no size limit)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def parse_distribution(value: Any, where: str) -> Union[Distribution, Any]:
     """`{kind: [args]}` -> Distribution; anything else is a constant."""
     if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
@@ -82,6 +90,8 @@ def parse_distribution(value: Any, where: str) -> Union[Distribution, Any]:
     if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
         raise UserError(f"{where}: {kind} needs two numbers [lo, hi], got {args!r}")
     lo, hi = args
+    if not (_finite(lo) and _finite(hi)):
+        raise UserError(f"{where}: {kind} bounds must be finite numbers, got {args!r}")
     if lo > hi:
         raise UserError(f"{where}: {kind} bounds are reversed ({lo} > {hi}); write [{hi}, {lo}]")
     if kind in ("loguniform", "logint") and lo <= 0:
@@ -89,6 +99,8 @@ def parse_distribution(value: Any, where: str) -> Union[Distribution, Any]:
     if kind in ("int", "logint"):
         if int(lo) != lo or int(hi) != hi:
             raise UserError(f"{where}: {kind} bounds must be whole numbers, got {args!r}")
+        if max(abs(lo), abs(hi)) > 2**53:  # past this floats skip integers and Ray's sampler overflows
+            raise UserError(f"{where}: {kind} bounds must lie within +-2**53, got {args!r}")
         lo, hi = int(lo), int(hi)
     else:
         lo, hi = float(lo), float(hi)
@@ -207,6 +219,8 @@ def _check_type(value: Any, typ: Any, where: str) -> Any:
     if "bool" in text and isinstance(value, bool):
         return value
     if "float" in text and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not _finite(value):  # .nan / .inf pass every < and > check below, then break the run
+            raise UserError(f"{where}: must be a finite number, got {value!r}")
         return float(value) if not ("int" in text and isinstance(value, int)) else value
     if "int" in text and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -224,7 +238,7 @@ def _build(cls, data: Any, where: str, file: str):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise UserError(f"{file}: unknown key {where}.{key}; known keys: {', '.join(sorted(fields))}")
+            raise UserError(f"{file}: unknown key {where}.{shown(key)}; known keys: {', '.join(sorted(fields))}")
         f = fields[key]
         typ = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307 - our own annotations
         if dataclasses.is_dataclass(typ):
@@ -232,6 +246,12 @@ def _build(cls, data: Any, where: str, file: str):
         else:
             kwargs[key] = _check_type(value, f.type, f"{file}: {where}.{key}")
     return cls(**kwargs)
+
+
+def shown(key: Any) -> str:
+    """A user's key as it goes into a one-line message: as typed, or quoted when it holds a line break
+    or another unprintable character (which would split the `error:` line)."""
+    return key if isinstance(key, str) and key.isprintable() else repr(key)
 
 
 def apply_overrides(raw: dict, overrides: list[str], file: str) -> dict:
@@ -242,9 +262,11 @@ def apply_overrides(raw: dict, overrides: list[str], file: str) -> dict:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set search.num_samples=8")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text != "" else None
+            value = safe_yaml(text) if text != "" else None
         except yaml.YAMLError as exc:
-            raise UserError(f"--set {key}: value {text!r} is not valid YAML ({exc.problem})") from None
+            raise UserError(f"--set {shown(key)}: value {text!r} is not valid YAML ({yaml_problem(exc)})") from None
+        except UserError as exc:
+            raise UserError(f"--set {shown(key)}: {exc}") from None
         node = raw
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -255,15 +277,79 @@ def apply_overrides(raw: dict, overrides: list[str], file: str) -> dict:
     return raw
 
 
+MAX_SPACE_BYTES = 1 << 20  # a space file is a page of YAML; a megabyte is already a mistake
+MAX_YAML_NODES = 100_000   # after alias expansion; a real space file has a few hundred
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], open_: set[int]) -> int:
+    """How many nodes the document has once every alias is expanded, without expanding it:
+    an alias is a second reference to the same node, so each node is sized once."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise UserError("an alias refers to the mapping or list that contains it (a recursive document)")
+    open_.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_nodes(c, memo, open_) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_nodes(k, memo, open_) + _expanded_nodes(v, memo, open_) for k, v in node.value)
+    else:
+        n = 1
+    open_.discard(key)
+    memo[key] = n
+    return n
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's complaint on one line (its str() spans several, with a caret under the spot)."""
+    text = getattr(exc, "problem", None) or str(exc)
+    return " ".join(text.split())
+
+
+def safe_yaml(text: str) -> Any:
+    """yaml.safe_load that refuses a document that expands past MAX_YAML_NODES (an alias bomb: nine
+    lines that PyYAML would turn into billions of list entries) or that nests past Python's stack.
+    Raises yaml.YAMLError for bad syntax and UserError for the rest, each without the file name."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_nodes(node, {}, set())
+        if n > MAX_YAML_NODES:
+            raise UserError(f"the document expands to {n} values through its aliases (&/*), more than "
+                            f"{MAX_YAML_NODES}; write the values out instead of nesting aliases")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError("nested too deeply to read; a space file needs a few levels of nesting") from None
+    except (ValueError, OverflowError) as exc:  # a timestamp like 2024-13-45, an int of 5000 digits
+        why = "a number has too many digits" if "digits" in str(exc) else str(exc)
+        raise UserError(f"a value cannot be read: {why}") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such space file; see search_spaces/ for examples")
+    size = path.stat().st_size
+    if size > MAX_SPACE_BYTES:
+        raise UserError(f"{path}: {size} bytes is too large for a space file (at most {MAX_SPACE_BYTES}); "
+                        f"is this the right file?")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file (byte {exc.start} is not UTF-8); "
+                        f"a space file is YAML text, see search_spaces/ for examples") from None
+    try:
+        raw = safe_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+        raise UserError(f"{path}: not valid YAML{line}: {yaml_problem(exc)}") from None
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a space file is a YAML mapping (name:, family:, space:, ...), got {type(raw).__name__}")
     return raw
@@ -273,6 +359,7 @@ TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler"
             "max_failures", "storage"}
 SUITE_KEYS = {"name", "suite", "ensemble"}
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+MAX_IMAGE_SIZE = 2048
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experiment, Suite]:
@@ -294,12 +381,16 @@ def _load_suite(path: Path, raw: dict) -> Suite:
             raise UserError(f"{path}: unknown key {key!r} in a suite; a suite takes {', '.join(sorted(SUITE_KEYS))}")
     members = raw["suite"]
     if not isinstance(members, list) or not members:
-        raise UserError(f"{path}: suite must be a non-empty list of space files")
+        raise UserError(f"{path}: suite must be a non-empty list of space files, got {members!r}")
     paths = []
     for m in members:
-        p = (path.parent / str(m)).resolve()
+        if not isinstance(m, str) or not m.strip() or any(ord(c) < 32 for c in m):
+            raise UserError(f"{path}: suite member {m!r} is not a file name; list space files, e.g. suite: [a.yaml]")
+        p = (path.parent / m).resolve()
         if not p.is_file():
             raise UserError(f"{path}: suite member {m!r} not found (looked for {p})")
+        if "suite" in read_yaml(p):  # one level only: a suite of suites would run its members twice over
+            raise UserError(f"{path}: suite member {m!r} is itself a suite; list its space files here instead")
         paths.append(p)
     ensemble = raw.get("ensemble") or []
     if not isinstance(ensemble, list) or not all(isinstance(e, str) for e in ensemble):
@@ -326,6 +417,8 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     search = _build(SearchConfig, raw.get("search"), "search", file)
     scheduler = _build(SchedulerConfig, raw.get("scheduler"), "scheduler", file)
     res_raw = raw.get("resources")
+    if res_raw is not None and not isinstance(res_raw, dict) and res_raw != "auto":
+        raise UserError(f"{file}: resources must be auto or a mapping such as {{cpu: 1, gpu: 0}}, got {res_raw!r}")
     resources = ResourcesConfig(auto=True) if res_raw == "auto" else _build(ResourcesConfig, res_raw, "resources", file)
 
     _one_of(file, "dataset.name", dataset.name, DATASETS)
@@ -349,6 +442,17 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
         raise UserError(f"{file}: dataset.split: val + test = {sp.val + sp.test} leaves nothing to train on")
     if dataset.image_size is not None and dataset.image_size < 4:
         raise UserError(f"{file}: dataset.image_size must be at least 4 pixels, got {dataset.image_size}")
+    if dataset.image_size is not None and dataset.image_size > MAX_IMAGE_SIZE:
+        # every image is decoded once at this size and kept in memory and in the cache: 2048 px RGB is
+        # 12 MB an image already, and 100000 px would ask for terabytes
+        raise UserError(f"{file}: dataset.image_size must be at most {MAX_IMAGE_SIZE} pixels, got "
+                        f"{dataset.image_size}; the data set is decoded and cached at this size "
+                        f"(3 x size x size bytes an image)")
+    if dataset.limit is not None and dataset.limit < 1:
+        raise UserError(f"{file}: dataset.limit must be >= 1 (images per split), got {dataset.limit}")
+    for key, seed in (("search.seed", search.seed), ("dataset.split.seed", dataset.split.seed)):
+        if not 0 <= seed < 2**32:  # numpy and Optuna take seeds in [0, 2**32)
+            raise UserError(f"{file}: {key} must be a whole number from 0 to 4294967295, got {seed}")
     if dataset.name not in ("digits",) and not dataset.root and not dataset.download:
         raise UserError(f"{file}: dataset.root is not set for {dataset.name}; "
                         f"set dataset.root to the data folder (or dataset.download: true where allowed)")
@@ -366,11 +470,21 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     if resources.gpu > 1 and resources.gpu != int(resources.gpu):
         raise UserError(f"{file}: resources.gpu above 1 must be whole, got {resources.gpu}")
 
-    fixed = raw.get("fixed") or {}
-    space_raw = raw.get("space") or {}
+    fixed = {} if raw.get("fixed") is None else raw["fixed"]
+    space_raw = {} if raw.get("space") is None else raw["space"]
     for key, block in (("fixed", fixed), ("space", space_raw)):
         if not isinstance(block, dict):
-            raise UserError(f"{file}: {key} must be a mapping of parameter: value")
+            raise UserError(f"{file}: {key} must be a mapping of parameter: value, got {block!r}")
+        for k in block:
+            if not isinstance(k, str):
+                raise UserError(f"{file}: {key}: parameter names are words, got {k!r}")
+    max_failures = raw.get("max_failures", 0)
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
+        raise UserError(f"{file}: max_failures must be a whole number >= 0 (retries of a crashed trial), "
+                        f"or -1 to retry crashed trials forever; got {max_failures!r}")
+    storage = raw.get("storage")
+    if storage is not None and not (isinstance(storage, str) and storage.strip()):
+        raise UserError(f"{file}: storage must be a folder or a URI such as s3://bucket/path, got {storage!r}")
     space = {k: parse_distribution(v, f"{file}: space.{k}") for k, v in space_raw.items()}
     for k, v in fixed.items():
         if isinstance(parse_distribution(v, f"{file}: fixed.{k}"), Distribution):
@@ -378,7 +492,10 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
 
     exp = Experiment(name=name, family=raw["family"], dataset=dataset, metric=metric, mode=mode, search=search,
                      scheduler=scheduler, resources=resources, fixed=dict(fixed), space=space,
-                     max_failures=int(raw.get("max_failures", 0)), storage=raw.get("storage"), path=path, raw=raw)
+                     max_failures=max_failures, storage=storage, path=path, raw=raw)
+    for k, v in list(exp.constants.items()) + [(k, a) for k, d in exp.searched.items() for a in d.args]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{file}: {k} is {v}; give a finite number")
     if search.algorithm == "optuna" and any(d.kind == "grid" for d in exp.searched.values()):
         bad = next(k for k, d in exp.searched.items() if d.kind == "grid")
         raise UserError(f"{file}: space.{bad} is a grid, which Optuna cannot enumerate; "
