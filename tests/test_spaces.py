@@ -83,7 +83,7 @@ def test_grid_values_cover_continuous_ranges_for_grid_search():
     (["space.optimizer={choice: [sgd, lion]}"], "lion"),
     (["family=resnet"], "unknown family 'resnet'"),
     (["dataset.name=mnist"], "dataset.name"),
-    (["scheduler.name=hyperband"], "scheduler.name"),
+    (["scheduler.name=bohb"], "scheduler.name"),
     (["search.algorithm=bayes"], "search.algorithm"),
     (["dataset.split.val=1.5"], "dataset.split.val"),
     (["scheduler.grace_period=9"], "grace_period"),
