@@ -264,9 +264,12 @@ def build(exp: Experiment):
     if exp.search.algorithm == "grid" and exp.conditional:
         # Ray's grid_search cannot branch: every config of the tree is handed over as a point to evaluate
         points = warm_start_points(exp) + grid_configs(exp.searched, exp.search.grid_points)
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=exp.search.seed), True
-    return BasicVariantGenerator(points_to_evaluate=warm_start_points(exp) or None,
-                                 random_state=exp.search.seed), False
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=exp.search.seed,
+                                     max_concurrent=exp.search.max_concurrent), True
+    # max_concurrent here too: with no num_samples (a time budget) the generator would otherwise queue
+    # trials without end, and the budget runs out before one of them starts
+    return BasicVariantGenerator(points_to_evaluate=warm_start_points(exp) or None, random_state=exp.search.seed,
+                                 max_concurrent=exp.search.max_concurrent), False
 
 
 def num_samples(exp: Experiment) -> int:
