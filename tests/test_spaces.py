@@ -83,7 +83,7 @@ def test_grid_values_cover_continuous_ranges_for_grid_search():
     (["space.optimizer={choice: [sgd, lion]}"], "lion"),
     (["family=resnet"], "unknown family 'resnet'"),
     (["dataset.name=mnist"], "dataset.name"),
-    (["scheduler.name=hyperband"], "scheduler.name"),
+    (["scheduler.name=bohb"], "scheduler.name"),
     (["search.algorithm=bayes"], "search.algorithm"),
     (["dataset.split.val=1.5"], "dataset.split.val"),
     (["scheduler.grace_period=9"], "grace_period"),
@@ -184,7 +184,7 @@ def test_recursive_and_deeply_nested_documents_are_user_errors(tmp_path):
     (["max_failures=-2"], "max_failures must be a whole number"),
     (["max_failures=1.5"], "max_failures"),
     (["storage=[1, 2]"], "storage must be a folder or a URI"),
-    (["metric=[val_loss]"], "metric"),
+    (["metric={val_loss: 1}"], "metric"),
     (["mode={max: 1}"], "mode"),
     (["fixed=[1, 2]"], "fixed must be a mapping"),
     (["space=3"], "space must be a mapping"),
@@ -340,3 +340,94 @@ def test_fuzz_random_set_overrides_exit_0_or_2_never_a_traceback(tmp_path_factor
         _assert_0_or_one_error_line(*_run_validate(argv))
 
     check()
+
+
+# --------------------------------------------------------------------------- search power (issue 15)
+COND = """
+name: c
+dataset: {name: digits}
+family: features
+scheduler: {name: fifo, max_epochs: 1}
+fixed: {backbone: pixels}
+space:
+  classifier:
+    choice:
+      logreg: {C: {loguniform: [1.0e-3, 1.0e+2]}}
+      svm: {C: {loguniform: [1.0e-2, 1.0e+3]}, kernel: {choice: [rbf, linear]}}
+      random_forest: {n_estimators: {int: [50, 500]}, max_depth: {int: [2, 32]}}
+"""
+
+
+def test_conditional_choice_parses_to_a_tree_and_prints_back(tmp_path):
+    exp = spaces.load(write(tmp_path, COND))
+    node = exp.searched["classifier"]
+    assert isinstance(node, spaces.Conditional)
+    assert node.args == ("logreg", "svm", "random_forest")
+    assert exp.param_names == ["classifier", "C", "kernel", "n_estimators", "max_depth"]
+    again = spaces.parse_experiment(__import__("yaml").safe_load(spaces.resolved_yaml(exp)))
+    assert again.searched["classifier"] == node
+
+
+def test_a_conditional_grid_expands_each_option_with_its_own_subspace(tmp_path):
+    exp = spaces.load(write(tmp_path, COND), ["search.algorithm=grid", "search.grid_points=2"])
+    configs = spaces.grid_configs(exp.searched, 2)
+    assert len(configs) == 2 + 2 * 2 + 2 * 2
+    assert {"classifier": "logreg", "C": 0.001} in configs
+    assert all("kernel" not in c for c in configs if c["classifier"] != "svm")
+
+
+@pytest.mark.parametrize("override,key", [
+    (["space.classifier.choice.svm.kernel={choice: [rbf, nope]}"], "space.classifier.choice.svm"),
+    (["space.classifier.choice.svm.C={loguniform: [0, 1]}"], "space.classifier.choice.svm.C"),
+    (["space.C=1.0"], "space.classifier.choice.logreg.C"),
+    (["space.classifier.choice.svm=3"], "space.classifier.choice.svm"),
+    (["metric=[val_accuracy, latency_ms]", "mode=[max]"], "mode"),
+    (["metric=[val_accuracy, speed]", "mode=[max, min]"], "metric[1]"),
+    (["constraints={latency_ms: {below: 3}}"], "constraints.latency_ms"),
+    (["constraints={nonsense: {max: 3}}"], "constraints.nonsense"),
+    (["search.sampler=annealing"], "search.sampler"),
+    (["search.sampler=nsga2"], "search.sampler nsga2"),
+    (["search.sampler=gp"], "search.sampler gp"),
+    (["search.algorithm=random", "search.sampler=gp"], "search.sampler"),
+    (["search.time_budget=10 minutes"], "search.time_budget"),
+    (["search.time_budget=0"], "search.time_budget"),
+    (["search.warm_start=[{nope: 1}]"], "search.warm_start[0].nope"),
+    (["search.warm_start=/no/such/folder"], "search.warm_start"),
+    (["metric=[val_accuracy, num_params]", "mode=[max, min]", "scheduler.name=median"], "scheduler.name"),
+    (["scheduler.name=pbt"], "scheduler pbt"),
+])
+def test_bad_search_power_keys_are_user_errors_naming_the_key(tmp_path, override, key):
+    with pytest.raises(UserError) as e:
+        spaces.load(write(tmp_path, COND), override)
+    assert "s.yaml" in str(e.value) and key in str(e.value)
+
+
+def test_cmaes_on_a_categorical_only_space_is_rejected(tmp_path):
+    text = BASE.replace("  lr: {loguniform: [1.0e-4, 1.0e-1]}\n", "").replace(
+        "  dropout: {uniform: [0.0, 0.5]}\n  blocks: {int: [1, 3]}\n  channels: {logint: [8, 64]}\n", "")
+    with pytest.raises(UserError, match="cmaes"):
+        spaces.load(write(tmp_path, text), ["search.sampler=cmaes"])
+    spaces.load(write(tmp_path, BASE), ["search.sampler=cmaes"])  # with numbers it is fine
+
+
+@pytest.mark.parametrize("text,seconds", [(90, 90.0), ("30s", 30.0), ("10m", 600.0), ("2h", 7200.0), ("1.5m", 90.0)])
+def test_time_budget_takes_seconds_or_a_duration_and_lifts_num_samples(tmp_path, text, seconds):
+    exp = spaces.load(write(tmp_path, BASE.replace("num_samples: 4", "seed: 0")), [f"search.time_budget={text}"])
+    assert exp.search.time_budget == seconds and exp.num_samples == -1
+
+
+def test_multi_objective_with_constraints_parses(tmp_path):
+    exp = spaces.load(write(tmp_path, COND), ["metric=[val_accuracy, latency_ms]", "mode=[max, min]",
+                                              "constraints={num_params: {max: 5.0e+6}, latency_ms: {max: 10}}"])
+    assert exp.multi and exp.metrics == ["val_accuracy", "latency_ms"] and exp.modes == ["max", "min"]
+    assert exp.constraints == {"num_params": {"max": 5.0e6}, "latency_ms": {"max": 10.0}}
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated_rows():
+    import pandas as pd
+
+    from tuner.searchers import pareto_front
+
+    df = pd.DataFrame({"acc": [0.9, 0.8, 0.95, 0.7, 0.95], "lat": [2.0, 1.0, 3.0, 1.5, 4.0]})
+    front = pareto_front(df, ["acc", "lat"], ["max", "min"])
+    assert list(front.index) == [0, 1, 2]

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help="where trials keep checkpoints: a folder every node reaches, or a URI "
                    "such as s3://bucket/path (default <results>/<name>/ray)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted experiment of the same name")
+    s.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed trials again")
     s.add_argument("--smoke", action="store_true", help="2 trials, 1 epoch, a small subset: check a file end to end")
     s.add_argument("--no-retrain", action="store_true", help="stop after the search")
     s.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
     b.add_argument("--export", nargs="?", const="", default=None, metavar="DIR",
                    help="write the bundle (default <results>/<name>/export/)")
+    b.add_argument("--pareto", action="store_true", help="list the Pareto front of a multi-objective search")
+    b.add_argument("--trial", metavar="ID", help="take this trial instead of the best (retrained on --export)")
     b.add_argument("--results", default="results")
 
     c = sub.add_parser("compare", help="one table over experiments' retrained best models")

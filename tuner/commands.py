@@ -38,6 +38,8 @@ def search(args) -> int:
     from tuner import report
     from tuner import driver
 
+    if getattr(args, "retry_failed", False) and not args.resume:
+        raise UserError("--retry-failed reruns the failed trials of an earlier search: give --resume too")
     loaded = spaces.load(args.space, args.set)
     results = Path(args.results)
     members = loaded.members if isinstance(loaded, spaces.Suite) else [None]
@@ -57,7 +59,8 @@ def search(args) -> int:
             exp = spaces.smoke(exp)
         _say(f"== {exp.name} ({exp.family}, {exp.num_samples} trials, up to {exp.scheduler.max_epochs} epochs)")
         driver.run(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
-                   dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say)
+                   dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
+                   retry_failed=getattr(args, "retry_failed", False))
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:
@@ -99,6 +102,16 @@ def best(args) -> int:
     d = _experiment_dir(Path(args.results), args.experiment)
     if not (d / "best.yaml").is_file():
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
+    if args.pareto:
+        if not (d / "pareto.csv").is_file():
+            raise UserError(f"{d}: no pareto.csv; --pareto is for a search with several objectives "
+                            f"(metric: [val_accuracy, latency_ms])")
+        import pandas as pd
+
+        _say(pd.read_csv(d / "pareto.csv", dtype={"trial_id": str}).to_string(index=False))
+        return 0
+    if args.trial:
+        _choose_trial(d, args.trial)
     info = read_best(d)
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
     if (d / "best" / "metrics.json").is_file():
@@ -107,12 +120,36 @@ def best(args) -> int:
     if args.export is not None:
         dest = Path(args.export) if args.export else d / "export"
         export.check_destination(d, dest)  # before a retrain, which can take hours
-        if not (d / "best" / "model.pt").is_file():
-            _say("no retrained model yet: retraining the best config first")
+        if args.trial or not (d / "best" / "model.pt").is_file():
+            _say(f"retraining trial {args.trial}'s config first" if args.trial else
+                 "no retrained model yet: retraining the best config first")
             retrain_best(d, say=_say)
         export.export(d, dest)
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
     return 0
+
+
+def _choose_trial(d: Path, trial_id: str) -> None:
+    """`--trial ID`: best.yaml becomes that trial (its config rebuilt from trials.csv), so the retrain and the
+    export take it instead of the search's own pick."""
+    import pandas as pd
+
+    from tuner.driver import best_entry
+    from tuner.searchers import _from_csv
+
+    exp = spaces.parse_experiment(yaml.safe_load((d / "space.yaml").read_text()), d / "space.yaml")
+    trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+    rows = trials[trials["trial_id"] == trial_id]
+    if rows.empty:
+        raise UserError(f"--trial {trial_id}: no such trial in {d / 'trials.csv'}; it has "
+                        f"{', '.join(trials['trial_id'].head(10))}{', ...' if len(trials) > 10 else ''}")
+    row = rows.iloc[0]
+    if row.get("status") == "ERROR" or pd.isna(row.get("val_accuracy")):
+        raise UserError(f"--trial {trial_id}: that trial did not finish; pick one with metrics in trials.csv")
+    names = exp.param_names + [k for k in exp.constants if k not in exp.param_names]
+    config = {k: _from_csv(row[k]) for k in names if k in row and not pd.isna(row[k])}
+    entry = best_entry(exp, row, config) | {"chosen": f"--trial {trial_id}"}
+    (d / "best.yaml").write_text(yaml.safe_dump(entry, sort_keys=False))
 
 
 def compare(args) -> int:

@@ -77,27 +77,21 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
             f"it is stored in ~/.ray/auth_token)")
 
 
-def _searcher(exp: Experiment):
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    if exp.search.algorithm == "optuna" and exp.searched and exp.scheduler.name != "pbt":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        sampler = optuna.samplers.TPESampler(seed=exp.search.seed, n_startup_trials=min(10, max(2, exp.num_samples // 3)))
-        return OptunaSearch(sampler=sampler)
-    return BasicVariantGenerator(random_state=exp.search.seed)
-
-
 def _scheduler(exp: Experiment):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
+    from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
+                                     PopulationBasedTraining)
 
     s = exp.scheduler
     if not get_family(exp.family).iterative or s.name == "fifo":
         return FIFOScheduler()
+    # several objectives: the Tuner gets no single metric, so ASHA is told to stop trials by the first one
+    by_first = {"metric": exp.metrics[0], "mode": exp.modes[0]} if exp.multi else {}
     if s.name == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor)
+                             reduction_factor=s.reduction_factor, **by_first)
+    if s.name == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=s.max_epochs,
+                                  reduction_factor=s.reduction_factor)
     if s.name == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
                                   min_samples_required=3)
@@ -172,7 +166,9 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def param_space(exp: Experiment) -> dict:
+def param_space(exp: Experiment, constants_only: bool = False) -> dict:
+    if constants_only:  # the searcher draws every searched value itself (Optuna define-by-run, a branching grid)
+        return dict(exp.constants)
     grid = exp.search.grid_points if exp.search.algorithm == "grid" else 0
     space = {k: d.to_tune(grid) for k, d in exp.searched.items()}
     space.update(exp.constants)
@@ -182,7 +178,7 @@ def param_space(exp: Experiment) -> dict:
 # --------------------------------------------------------------------------- the run
 def run(exp: Experiment, results: Path, *, address: str | None = None, resume: bool = False,
         retrain: bool = True, dashboard: bool = True, storage: str | None = None,
-        say: Callable[[str], None] = print) -> Path:
+        say: Callable[[str], None] = print, retry_failed: bool = False) -> Path:
     from ray import tune
 
     from tuner.data import prepare
@@ -226,16 +222,23 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     # between two snapshots loses what happened since. The snapshot is small, so take it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if resume:
-        # errored trials stay failed (a NaN comes back the same); unfinished ones go on from their checkpoints
-        tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        # errored trials stay failed (a NaN comes back the same) unless --retry-failed, which reruns them
+        # from their last checkpoint; unfinished ones go on from their checkpoints
+        tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=retry_failed)
     else:
+        from tuner import searchers
+
+        search_alg, constants_only = searchers.build(exp)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(exp),
+            param_space=param_space(exp, constants_only),
             tune_config=tune.TuneConfig(
-                metric=exp.metric, mode=exp.mode, search_alg=_searcher(exp), scheduler=_scheduler(exp),
-                num_samples=exp.num_samples, max_concurrent_trials=exp.search.max_concurrent, reuse_actors=True,
-                trial_dirname_creator=_trial_dirname),
+                # several objectives: no single metric for Ray (the searcher and ASHA carry their own)
+                metric=None if exp.multi else exp.metric, mode=None if exp.multi else exp.mode,
+                search_alg=search_alg, scheduler=_scheduler(exp),
+                num_samples=searchers.num_samples(exp), max_concurrent_trials=exp.search.max_concurrent,
+                reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
             run_config=tune.RunConfig(
                 name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir), verbose=1,
                 # a bounded number per trial; PBT keeps more, since other trials copy from them
@@ -262,9 +265,12 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     if best is None:
         # nothing to retrain: say so with the exit status too, not only in the log
         why = f" (first error: {failed['error'].iloc[0]})" if len(failed) else ""
-        raise UserError(f"{exp_dir / 'trials.csv'}: no trial finished with {exp.metric}{why}; "
+        raise UserError(f"{exp_dir / 'trials.csv'}: no {'feasible ' if exp.constraints else ''}trial finished "
+                        f"with {exp.metrics[0]}{why}; "
                         f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
-    say(f"best trial {best['trial_id']}: {exp.metric} = {best['metrics'][exp.metric]:.4f}")
+    say(f"best trial {best['trial_id']}: " + ", ".join(f"{m} = {best['metrics'][m]:.4g}" for m in exp.metrics))
+    if exp.multi:
+        say(f"Pareto front: {len(pd.read_csv(exp_dir / 'pareto.csv'))} trials -> {exp_dir / 'pareto.csv'}")
     if retrain:
         from tuner.retrain import retrain_best
 
@@ -275,11 +281,22 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     return exp_dir
 
 
+MEASURED = ["num_params", "latency_ms", "latency_ms_b64", "train_time_s"]  # once per trial, not per epoch
+
+
 def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
-    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid."""
+    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid (and pareto.csv for several objectives).
+
+    A trial's objectives are read at its best epoch by the first metric. A trial outside `constraints` is
+    marked infeasible and is never the best; a conditional branch's parameters a trial did not draw stay empty.
+    """
+    from tuner.searchers import constraint_values, pareto_front
+
     trials, epochs = [], []
-    searched = list(exp.searched)
+    searched = exp.param_names
     constants = exp.constants
+    primary, mode = exp.metrics[0], exp.modes[0]
+    extra = [m for m in exp.metrics + list(exp.constraints) if m not in ("val_accuracy", "val_loss") + tuple(MEASURED)]
     for result in grid:
         df = result.metrics_dataframe
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
@@ -289,7 +306,7 @@ def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
         for k in searched + [k for k in constants if k not in searched]:
             v = cfg.get(k, constants.get(k))
             row[k] = v if not isinstance(v, (list, dict)) else yaml.safe_dump(v, default_flow_style=True).strip()
-        if df is not None and len(df) and exp.metric in df:
+        if df is not None and len(df) and primary in df:
             df = df.copy()
             df["trial_id"] = trial_id
             if "epoch" not in df:
@@ -299,15 +316,23 @@ def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
                 if col not in df:
                     df[col] = np.nan
             epochs.append(df[EPOCH_COLUMNS])
-            i = df[exp.metric].idxmax() if exp.mode == "max" else df[exp.metric].idxmin()
+            i = df[primary].idxmax() if mode == "max" else df[primary].idxmin()
             row.update(epochs=int(df["epoch"].max()), val_accuracy=float(df.loc[i, "val_accuracy"]),
                        val_loss=float(df.loc[i, "val_loss"]), best_epoch=int(df.loc[i, "epoch"]),
                        time_s=float(df["time_total_s"].max()) if "time_total_s" in df else np.nan)
-            if not result.error:  # a failed trial is never the best: its retrain would fail the same way
-                row["_metric"] = float(df.loc[i, exp.metric])
+            for m in MEASURED + extra:
+                row[m] = float(df.loc[i, m]) if m in df and pd.notna(df.loc[i, m]) else np.nan
+            if exp.constraints:
+                row["feasible"] = all(c <= 0 for c in constraint_values(row, exp.constraints))
+            # a failed trial is never the best: its retrain would fail the same way; nor is an infeasible one
+            if not result.error and row.get("feasible", True):
+                row["_metric"] = float(df.loc[i, primary])
                 row["_config"] = cfg
         else:
             row.update(epochs=0, val_accuracy=np.nan, val_loss=np.nan, best_epoch=np.nan, time_s=np.nan)
+            row.update({m: np.nan for m in MEASURED + extra})
+            if exp.constraints:
+                row["feasible"] = False
         trials.append(row)
     table = pd.DataFrame(trials)
     public = table.drop(columns=[c for c in table.columns if c.startswith("_")])
@@ -315,17 +340,28 @@ def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
     (pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(columns=EPOCH_COLUMNS)).to_csv(
         exp_dir / "epochs.csv", index=False)
     ok = table[table["_metric"].notna()] if "_metric" in table else table.iloc[0:0]
+    if exp.multi:
+        # the non-dominated feasible trials; the retrain takes the one best on the first objective
+        ok = pareto_front(ok, exp.metrics, exp.modes)
+        public.loc[ok.index].to_csv(exp_dir / "pareto.csv", index=False)
     if ok.empty:
         return None
-    best_row = ok.loc[ok["_metric"].idxmax() if exp.mode == "max" else ok["_metric"].idxmin()]
-    config = {k: _plain(v) for k, v in best_row["_config"].items()}
-    best = {"experiment": exp.name, "family": exp.family, "trial_id": str(best_row["trial_id"]),
-            "metric": exp.metric, "mode": exp.mode, "config": config,
-            "metrics": {"epoch": int(best_row["best_epoch"]), "val_accuracy": float(best_row["val_accuracy"]),
-                        "val_loss": float(best_row["val_loss"]), exp.metric: float(best_row["_metric"])},
-            "epochs_run": int(best_row["epochs"])}
+    best_row = ok.loc[ok["_metric"].idxmax() if mode == "max" else ok["_metric"].idxmin()]
+    best = best_entry(exp, best_row, {k: _plain(v) for k, v in best_row["_config"].items()})
     (exp_dir / "best.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
     return best
+
+
+def best_entry(exp: Experiment, row, config: dict) -> dict:
+    """best.yaml's content for one trials.csv row and its config."""
+    metrics = {"epoch": int(row["best_epoch"]), "val_accuracy": float(row["val_accuracy"]),
+               "val_loss": float(row["val_loss"])}
+    for m in exp.metrics + MEASURED:
+        if m in row and pd.notna(row[m]):
+            metrics[m] = _plain(float(row[m]))
+    return {"experiment": exp.name, "family": exp.family, "trial_id": str(row["trial_id"]),
+            "metric": exp.metric, "mode": exp.mode, "config": config, "metrics": metrics,
+            "epochs_run": int(row["epochs"])}
 
 
 def _plain(v):

@@ -233,7 +233,31 @@ def _space(exp_dir: Path) -> dict:
 def searched_params(space: dict) -> dict[str, dict]:
     """The parameters that were searched (a distribution in space: and not pinned by fixed:)."""
     fixed = space.get("fixed") or {}
-    return {k: v for k, v in (space.get("space") or {}).items() if isinstance(v, dict) and k not in fixed}
+    out: dict[str, dict] = {}
+    _flatten(space.get("space") or {}, out)
+    return {k: v for k, v in out.items() if k not in fixed}
+
+
+def _flatten(space: dict, out: dict) -> None:
+    """A conditional choice ({choice: {option: {sub-space}}}) becomes a choice of its options, and each branch's
+    parameters join the list; a name in several branches gets the union of their ranges (for the axes)."""
+    for k, v in space.items():
+        if not isinstance(v, dict) or len(v) != 1:
+            continue
+        kind, args = next(iter(v.items()))
+        if kind == "choice" and isinstance(args, dict):
+            out.setdefault(k, {"choice": list(args)})
+            for sub in args.values():
+                _flatten(sub or {}, out)
+            continue
+        if k not in out:
+            out[k] = {kind: list(args)}
+            continue
+        old_kind, old = next(iter(out[k].items()))
+        if old_kind in ("choice", "grid") or kind in ("choice", "grid"):
+            out[k] = {"choice": list(dict.fromkeys(list(old) + list(args)))}
+        else:
+            out[k] = {old_kind: [min(old[0], args[0]), max(old[1], args[1])]}
 
 
 def ranked_trials(trials: pd.DataFrame, metric: str, mode: str) -> tuple[pd.DataFrame, str]:
@@ -254,6 +278,8 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     epochs = pd.read_csv(exp_dir / "epochs.csv", dtype={"trial_id": str})
     space = _space(exp_dir)
     metric, mode = space.get("metric", "val_accuracy"), space.get("mode", "max")
+    if isinstance(metric, list):  # several objectives: the plots rank by the first
+        metric, mode = metric[0], (mode[0] if isinstance(mode, list) else mode)
     ranked, col = ranked_trials(trials, metric, mode)
     searched = searched_params(space)
     name = space.get("name", exp_dir.name)
@@ -326,7 +352,10 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
     for ax, (k, dist) in zip(axes.flat, searched.items()):
         kind = next(iter(dist))
         vals = ranked[k] if k in ranked else pd.Series([np.nan] * len(ranked), index=ranked.index)
-        y = ranked[col]
+        # a conditional branch's parameter is empty in the trials that drew another option: not plotted there
+        has = vals.notna()
+        best_has = bool(len(has)) and bool(has.iloc[0])
+        vals, y, ep_k = vals[has], ranked[col][has], ep[has]
         if kind in ("choice", "grid"):
             order = [str(v) for v in next(iter(dist.values()))]
             cats = [str(v) for v in vals]
@@ -347,10 +376,10 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
                 lo, hi = next(iter(dist.values()))[:2]
                 if hi - lo <= 10:  # few values: jitter so trials with the same value do not hide each other
                     x = x + rng.uniform(-0.06, 0.06, len(x))
-        sc = ax.scatter(x, y, c=ep if vmax > 1 else "tab:blue", cmap="viridis" if vmax > 1 else None,
+        sc = ax.scatter(x, y, c=ep_k if vmax > 1 else "tab:blue", cmap="viridis" if vmax > 1 else None,
                         vmin=0 if vmax > 1 else None, vmax=vmax if vmax > 1 else None, s=28, alpha=0.85,
                         edgecolors="none")
-        if len(x):
+        if len(x) and best_has:
             ax.scatter(x[:1], y.iloc[:1], marker="*", s=220, c="red", edgecolors="black", lw=0.6, zorder=3,
                        label="best")
         ax.set_xlabel(f"{k}  ({kind}{', log axis' if kind in ('loguniform', 'logint') else ''})", fontsize=9)
@@ -386,7 +415,7 @@ def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> 
         kind, args = next(iter(d.items()))
         if kind in ("choice", "grid"):
             # the values as trials.csv spells them (lists come back as YAML text)
-            dists[k] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in ok[k]}))
+            dists[k] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in ok[k].dropna()}))
         elif kind in ("int", "logint"):
             dists[k] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]), log=kind == "logint")
         else:
@@ -398,12 +427,15 @@ def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> 
         params = {}
         for k, dist in dists.items():
             v = row[k]
+            if pd.isna(v):  # not drawn in this trial (a conditional branch): Optuna ranks what all trials share
+                continue
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
                 params[k] = str(v)
             else:  # clip into the bounds: a float may print one ulp outside them
                 v = min(max(float(v), dist.low), dist.high)
                 params[k] = int(round(v)) if isinstance(dist, optuna.distributions.IntDistribution) else v
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[metric])))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                  value=float(row[metric])))
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))

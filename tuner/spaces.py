@@ -75,8 +75,73 @@ def _finite(x: int | float) -> bool:
         return False
 
 
-def parse_distribution(value: Any, where: str) -> Union[Distribution, Any]:
-    """`{kind: [args]}` -> Distribution; anything else is a constant."""
+@dataclass(frozen=True)
+class Conditional:
+    """A `choice` written as a mapping: each option brings its own sub-space, searched only when drawn.
+
+    `options` maps an option's value to its sub-space (name -> Distribution, Conditional or constant).
+    """
+
+    options: tuple  # ((value, {name: node}), ...) in file order
+
+    kind = "conditional"
+
+    @property
+    def args(self) -> tuple:
+        return tuple(v for v, _ in self.options)
+
+    def names(self) -> list[str]:
+        """Every parameter name a branch may set, nested ones included, in file order."""
+        out: list[str] = []
+        for _, sub in self.options:
+            for k, node in sub.items():
+                for n in [k] + (node.names() if isinstance(node, Conditional) else []):
+                    if n not in out:
+                        out.append(n)
+        return out
+
+    def grid(self, key: str, grid_points: int) -> list[dict]:
+        """Every config of the tree for a grid search: each option, times the grid of its sub-space."""
+        out = []
+        for value, sub in self.options:
+            out += [{key: value, **cfg} for cfg in grid_configs(sub, grid_points)]
+        return out
+
+    def to_yaml(self) -> dict:
+        return {"choice": {v: {k: node_yaml(n) for k, n in sub.items()} for v, sub in self.options}}
+
+
+def node_yaml(node: Any) -> Any:
+    return node.to_yaml() if isinstance(node, (Distribution, Conditional)) else node
+
+
+def grid_configs(space: dict, grid_points: int) -> list[dict]:
+    """The cartesian product of a (sub-)space's values: what a grid search over a conditional tree runs."""
+    configs: list[dict] = [{}]
+    for k, node in space.items():
+        if isinstance(node, Conditional):
+            values = node.grid(k, grid_points)
+        elif isinstance(node, Distribution):
+            values = [{k: v} for v in node.grid_values(grid_points)]
+        else:
+            values = [{k: node}]
+        configs = [{**c, **v} for c in configs for v in values]
+    return configs
+
+
+def parse_distribution(value: Any, where: str) -> Union[Distribution, Conditional, Any]:
+    """`{kind: [args]}` -> Distribution; `{choice: {option: {sub-space}}}` -> Conditional; else a constant."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("choice"), dict):
+        if not value["choice"]:
+            raise UserError(f"{where}.choice: a conditional choice needs at least one option")
+        options = []
+        for opt, sub in value["choice"].items():
+            sub = {} if sub is None else sub
+            if not isinstance(sub, dict):
+                raise UserError(f"{where}.choice.{opt}: an option's sub-space is a mapping of parameter: "
+                                f"distribution (or {{}} for none), got {sub!r}")
+            options.append((opt, {k: parse_distribution(v, f"{where}.choice.{opt}.{k}") for k, v in sub.items()}))
+        return Conditional(tuple(options))
     if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
         if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
             kind = next(iter(value))
@@ -147,11 +212,16 @@ class SearchConfig:
     max_concurrent: int = 2
     seed: int = 0
     grid_points: int = 3           # values per continuous parameter when algorithm is grid
+    sampler: str = "tpe"           # tpe | gp | cmaes | nsga2 | qmc | random (algorithm: optuna)
+    time_budget: float | None = None  # seconds; the file may say 30s / 10m / 2h
+    warm_start: Any = None         # a list of configs evaluated first, or an earlier results folder
+
+SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "qmc", "random")
 
 
 @dataclass
 class SchedulerConfig:
-    name: str = "asha"             # asha | median | pbt | fifo
+    name: str = "asha"             # asha | median | pbt | fifo | hyperband
     max_epochs: int = 10
     grace_period: int = 1
     reduction_factor: float = 3
@@ -170,8 +240,9 @@ class Experiment:
     name: str
     family: str
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    metric: str = "val_accuracy"
-    mode: str = "max"
+    metric: str | list = "val_accuracy"   # one metric, or a list for a multi-objective search
+    mode: str | list = "max"              # one mode per metric
+    constraints: dict[str, dict] = field(default_factory=dict)  # metric -> {max: x} / {min: x}
     search: SearchConfig = field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -183,14 +254,41 @@ class Experiment:
     raw: dict = field(default_factory=dict)  # the resolved YAML exactly as run
 
     @property
-    def searched(self) -> dict[str, Distribution]:
+    def searched(self) -> dict[str, Union[Distribution, Conditional]]:
         """Parameters that vary between trials (a `fixed` key wins over the same `space` key)."""
-        return {k: v for k, v in self.space.items() if isinstance(v, Distribution) and k not in self.fixed}
+        return {k: v for k, v in self.space.items() if isinstance(v, (Distribution, Conditional))
+                and k not in self.fixed}
+
+    @property
+    def conditional(self) -> bool:
+        return any(isinstance(v, Conditional) for v in self.searched.values())
+
+    @property
+    def param_names(self) -> list[str]:
+        """Every searched name, branch parameters of conditional choices included (trials.csv's columns)."""
+        out: list[str] = []
+        for k, v in self.searched.items():
+            for n in [k] + (v.names() if isinstance(v, Conditional) else []):
+                if n not in out:
+                    out.append(n)
+        return out
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.mode) if isinstance(self.mode, list) else [self.mode]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
 
     @property
     def constants(self) -> dict[str, Any]:
         """Every parameter with one value: constants in `space`, then `fixed` on top."""
-        out = {k: v for k, v in self.space.items() if not isinstance(v, Distribution)}
+        out = {k: v for k, v in self.space.items() if not isinstance(v, (Distribution, Conditional))}
         out.update(self.fixed)
         return out
 
@@ -198,6 +296,8 @@ class Experiment:
     def num_samples(self) -> int:
         if self.search.num_samples is not None:
             return self.search.num_samples
+        if self.search.time_budget and self.search.algorithm != "grid":
+            return -1  # Ray's "until told to stop": the time budget ends the search
         return 1 if self.search.algorithm == "grid" else 16
 
 
@@ -356,10 +456,27 @@ def read_yaml(path: Path) -> dict:
 
 
 TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler", "resources", "fixed", "space",
-            "max_failures", "storage"}
+            "max_failures", "storage", "constraints"}
 SUITE_KEYS = {"name", "suite", "ensemble"}
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 MAX_IMAGE_SIZE = 2048
+
+# what an objective or a constraint may name: the per-epoch metrics and what the trial measures once
+OBJECTIVES = METRICS + ("num_params", "latency_ms", "latency_ms_b64", "train_time_s")
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """`30m` / `2h` / `45s` / a number of seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip()[:-1].replace(".", "", 1).isdigit() and value.strip()[-1] in units:
+        seconds = float(value.strip()[:-1]) * units[value.strip()[-1]]
+    else:
+        raise UserError(f"{where}: expected seconds or a duration such as 30s, 10m or 2h, got {value!r}")
+    if seconds <= 0:
+        raise UserError(f"{where}: must be more than 0 seconds, got {value!r}")
+    return seconds
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experiment, Suite]:
@@ -414,7 +531,14 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
         raise UserError(f"{file}: name {name!r} must be a plain folder name")
 
     dataset = _build(DatasetConfig, raw.get("dataset"), "dataset", file)
-    search = _build(SearchConfig, raw.get("search"), "search", file)
+    search_raw = dict(raw.get("search") or {}) if isinstance(raw.get("search") or {}, dict) else raw.get("search")
+    budget = warm = None
+    if isinstance(search_raw, dict):  # the two keys _build's scalar types cannot say
+        budget, warm = search_raw.pop("time_budget", None), search_raw.pop("warm_start", None)
+    search = _build(SearchConfig, search_raw, "search", file)
+    if budget is not None:
+        search.time_budget = parse_duration(budget, f"{file}: search.time_budget")
+    search.warm_start = warm
     scheduler = _build(SchedulerConfig, raw.get("scheduler"), "scheduler", file)
     res_raw = raw.get("resources")
     if res_raw is not None and not isinstance(res_raw, dict) and res_raw != "auto":
@@ -424,11 +548,10 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     _one_of(file, "dataset.name", dataset.name, DATASETS)
     _one_of(file, "dataset.normalize", dataset.normalize, ("imagenet", "dataset", "half", "none"))
     _one_of(file, "search.algorithm", search.algorithm, ("optuna", "random", "grid"))
-    _one_of(file, "scheduler.name", scheduler.name, ("asha", "median", "pbt", "fifo"))
-    mode = raw.get("mode", "max")
-    _one_of(file, "mode", mode, ("max", "min"))
-    metric = raw.get("metric", "val_accuracy")
-    _one_of(file, "metric", metric, METRICS)
+    _one_of(file, "scheduler.name", scheduler.name, ("asha", "median", "pbt", "fifo", "hyperband"))
+    _one_of(file, "search.sampler", search.sampler, SAMPLERS)
+    metric, mode = _objectives(raw, file)
+    constraints = _constraints(raw.get("constraints"), file)
     sp = dataset.split
     for key in ("val", "test"):
         v = getattr(sp, key)
@@ -486,11 +609,13 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     if storage is not None and not (isinstance(storage, str) and storage.strip()):
         raise UserError(f"{file}: storage must be a folder or a URI such as s3://bucket/path, got {storage!r}")
     space = {k: parse_distribution(v, f"{file}: space.{k}") for k, v in space_raw.items()}
+    _check_branch_names(space, file)
     for k, v in fixed.items():
         if isinstance(parse_distribution(v, f"{file}: fixed.{k}"), Distribution):
             raise UserError(f"{file}: fixed.{k} is a distribution; move it to space: or give one value")
 
-    exp = Experiment(name=name, family=raw["family"], dataset=dataset, metric=metric, mode=mode, search=search,
+    exp = Experiment(name=name, family=raw["family"], dataset=dataset, metric=metric, mode=mode,
+                     constraints=constraints, search=search,
                      scheduler=scheduler, resources=resources, fixed=dict(fixed), space=space,
                      max_failures=max_failures, storage=storage, path=path, raw=raw)
     for k, v in list(exp.constants.items()) + [(k, a) for k, d in exp.searched.items() for a in d.args]:
@@ -500,8 +625,145 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
         bad = next(k for k, d in exp.searched.items() if d.kind == "grid")
         raise UserError(f"{file}: space.{bad} is a grid, which Optuna cannot enumerate; "
                         f"use choice, or set search.algorithm to grid or random")
-    family.validate(exp.constants, exp.searched, file)
+    _validate_tree(family, exp.constants, exp.searched, file, "space")
+    _check_search_power(exp, file)
     return exp
+
+
+def _objectives(raw: dict, file: str) -> tuple:
+    """`metric`/`mode`: one each, or equal-length lists for a multi-objective search."""
+    metric, mode = raw.get("metric", "val_accuracy"), raw.get("mode", "max")
+    if isinstance(metric, list) or isinstance(mode, list):
+        metrics = metric if isinstance(metric, list) else [metric]
+        modes = mode if isinstance(mode, list) else [mode] * len(metrics)
+        if len(metrics) < 1 or len(modes) != len(metrics):
+            raise UserError(f"{file}: mode needs one entry per metric ({len(metrics)} metrics, {len(modes)} modes)")
+        if len(set(map(str, metrics))) != len(metrics):
+            raise UserError(f"{file}: metric lists {metrics!r}: each objective once")
+        for i, (m, d) in enumerate(zip(metrics, modes)):
+            _one_of(file, f"metric[{i}]", m, OBJECTIVES)
+            _one_of(file, f"mode[{i}]", d, ("max", "min"))
+        return (metrics, modes) if len(metrics) > 1 else (metrics[0], modes[0])
+    _one_of(file, "mode", mode, ("max", "min"))
+    _one_of(file, "metric", metric, OBJECTIVES)
+    return metric, mode
+
+
+def _constraints(raw: Any, file: str) -> dict[str, dict]:
+    """`constraints: {num_params: {max: 5.0e+6}}`: a trial outside any bound is infeasible."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: constraints must be a mapping such as {{latency_ms: {{max: 10}}}}, got {raw!r}")
+    out = {}
+    for name, bound in raw.items():
+        _one_of(file, f"constraints.{name}: metric", name, OBJECTIVES)
+        if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
+            raise UserError(f"{file}: constraints.{name} takes {{max: X}} and/or {{min: X}}, got {bound!r}")
+        for side, v in bound.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise UserError(f"{file}: constraints.{name}.{side} must be a number, got {v!r}")
+        if "min" in bound and "max" in bound and bound["min"] > bound["max"]:
+            raise UserError(f"{file}: constraints.{name}: min {bound['min']} > max {bound['max']}")
+        out[name] = {k: float(v) for k, v in bound.items()}
+    return out
+
+
+def _check_branch_names(space: dict, file: str, where: str = "space", taken: frozenset = frozenset()) -> None:
+    """A branch may not set a name its parents already set (the trial's config holds one value per name)."""
+    outer = taken | set(space)
+    for k, node in space.items():
+        if isinstance(node, Conditional):
+            for opt, sub in node.options:
+                for name in sub:
+                    if name in outer:
+                        raise UserError(f"{file}: {where}.{k}.choice.{opt}.{name}: {name!r} is also set outside "
+                                        f"this option; give it in one place only")
+                _check_branch_names(sub, file, f"{where}.{k}.choice.{opt}", frozenset(outer))
+
+
+def _validate_tree(family, constants: dict, searched: dict, file: str, where: str) -> None:
+    """The family checks each level: a conditional's option values as a choice, then every option's
+    sub-space on top of the constants (a key in several branches is checked in each with its own range)."""
+    flat = {k: (Distribution("choice", v.args) if isinstance(v, Conditional) else v) for k, v in searched.items()}
+    family.validate(constants, flat, file)
+    for k, node in searched.items():
+        if not isinstance(node, Conditional):
+            continue
+        for opt, sub in node.options:
+            here = f"{file}: {where}.{k}.choice.{opt}"
+            consts = {**constants, k: opt, **{n: v for n, v in sub.items() if not isinstance(v, (Distribution, Conditional))}}
+            _validate_tree(family, consts, {n: v for n, v in sub.items() if isinstance(v, (Distribution, Conditional))},
+                           here, where)
+
+
+def _has_categorical_only(exp: Experiment) -> bool:
+    return all(isinstance(d, Conditional) or d.kind in ("choice", "grid") for d in exp.searched.values())
+
+
+def _check_search_power(exp: Experiment, file: str) -> None:
+    """Samplers, schedulers, objectives, budgets and warm starts that cannot work together: said before Ray."""
+    s, sched = exp.search, exp.scheduler.name
+    if s.sampler != "tpe" and s.algorithm != "optuna":
+        raise UserError(f"{file}: search.sampler {s.sampler} is for algorithm: optuna (algorithm is {s.algorithm})")
+    if s.algorithm == "optuna":
+        if s.sampler == "nsga2" and not exp.multi:
+            raise UserError(f"{file}: search.sampler nsga2 is a multi-objective sampler; give metric a list "
+                            f"(e.g. [val_accuracy, latency_ms]) or use tpe")
+        if s.sampler == "cmaes" and exp.searched and _has_categorical_only(exp):
+            raise UserError(f"{file}: search.sampler cmaes searches numbers only and every parameter in space: is "
+                            f"a choice; use tpe, or make a parameter uniform/loguniform/int")
+        if s.sampler in ("gp", "cmaes", "qmc") and exp.conditional:
+            raise UserError(f"{file}: search.sampler {s.sampler} needs one fixed set of parameters, and space: "
+                            f"has a conditional choice; use tpe or random")
+        if s.sampler == "cmaes" and exp.multi:
+            raise UserError(f"{file}: search.sampler cmaes has one objective; use nsga2 or tpe for "
+                            f"metric {exp.metric!r}")
+    if exp.multi and sched not in ("fifo", "asha"):
+        raise UserError(f"{file}: scheduler.name {sched} stops or copies trials by one metric, and metric is a "
+                        f"list; use fifo, or asha (which stops trials by the first objective, {exp.metrics[0]})")
+    if exp.scheduler.name == "pbt" and exp.conditional:
+        raise UserError(f"{file}: scheduler pbt mutates one fixed set of parameters; a conditional choice in "
+                        f"space: cannot go with it")
+    if exp.constraints and s.algorithm != "optuna":
+        raise UserError(f"{file}: constraints need search.algorithm optuna (its sampler steers away from "
+                        f"infeasible trials); algorithm is {s.algorithm}")
+    if s.warm_start is not None:
+        _check_warm_start(exp, file)
+
+
+def _check_warm_start(exp: Experiment, file: str) -> None:
+    ws = exp.search.warm_start
+    if exp.scheduler.name == "pbt":
+        raise UserError(f"{file}: search.warm_start does not go with scheduler pbt (its population starts at random)")
+    if isinstance(ws, list):
+        names = set(exp.param_names) | set(exp.constants)
+        for i, cfg in enumerate(ws):
+            if not isinstance(cfg, dict) or not cfg:
+                raise UserError(f"{file}: search.warm_start[{i}] must be a config mapping such as "
+                                f"{{lr: 1.0e-3, batch_size: 32}}, got {cfg!r}")
+            for k in cfg:
+                if k not in names:
+                    raise UserError(f"{file}: search.warm_start[{i}].{k}: not a parameter of this space; "
+                                    f"it has {', '.join(sorted(names))}")
+        return
+    if not isinstance(ws, str) or not ws:
+        raise UserError(f"{file}: search.warm_start must be a list of configs or the path of an earlier "
+                        f"experiment's results folder, got {ws!r}")
+    folder = Path(ws).expanduser()
+    if not folder.is_absolute() and exp.path is not None and not folder.exists():
+        folder = Path(exp.path).parent / folder
+    if not (folder / "trials.csv").is_file() or not (folder / "space.yaml").is_file():
+        raise UserError(f"{file}: search.warm_start: {ws} is not a results folder (no trials.csv and space.yaml "
+                        f"there); give results/<name> of a finished search")
+    if exp.search.algorithm != "optuna":
+        raise UserError(f"{file}: search.warm_start from a results folder seeds Optuna's study; set "
+                        f"search.algorithm: optuna")
+    exp.search.warm_start = str(folder.resolve())  # space.yaml keeps a path that works from anywhere
+    old = yaml.safe_load((folder / "space.yaml").read_text()) or {}
+    if old.get("family") != exp.family:
+        raise UserError(f"{file}: search.warm_start: {ws} searched family {old.get('family')!r}, this space "
+                        f"family {exp.family!r}; their trials cannot seed this search")
 
 
 def _one_of(file: str, key: str, value: Any, choices) -> None:
@@ -527,11 +789,14 @@ def smoke(exp: Experiment) -> Experiment:
 def resolved_yaml(exp: Experiment) -> str:
     """The space as run (file + --set), for space.yaml and `validate`."""
     out = {"name": exp.name, "family": exp.family, "dataset": dataclasses.asdict(exp.dataset),
-           "metric": exp.metric, "mode": exp.mode, "search": dataclasses.asdict(exp.search) | {"num_samples": exp.num_samples},
+           "metric": exp.metric, "mode": exp.mode,
+           "search": dataclasses.asdict(exp.search) | {"num_samples": exp.num_samples if exp.num_samples > 0 else None},
            "scheduler": dataclasses.asdict(exp.scheduler), "resources": "auto" if exp.resources.auto else
            {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu},
            "max_failures": exp.max_failures, "fixed": exp.fixed,
-           "space": {k: (v.to_yaml() if isinstance(v, Distribution) else v) for k, v in exp.space.items()}}
+           "space": {k: node_yaml(v) for k, v in exp.space.items()}}
+    if exp.constraints:
+        out["constraints"] = exp.constraints
     if exp.storage:
         out["storage"] = exp.storage
     return yaml.safe_dump(out, sort_keys=False)

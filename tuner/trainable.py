@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,27 @@ def _hparams(learner) -> dict:
     return {k: float(cfg[k]) for k in MUTABLE if isinstance(cfg.get(k), (int, float))}
 
 
+def measure_latency(learner, images, batch: int, repeats: int = 3) -> float:
+    """Inference time per image in milliseconds at a batch size, on the learner's device: one warm-up call,
+    then the fastest of a few timed ones (the least disturbed by other trials sharing the machine)."""
+    import numpy as np
+
+    x = images[:batch]
+    if len(x) < batch:  # a small validation split: repeat images up to the batch size
+        x = np.concatenate([x] * (batch // max(len(x), 1) + 1))[:batch]
+    learner.predict_proba(x)
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        learner.predict_proba(x)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000 / batch
+
+
 def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     import ray
     from ray import tune
@@ -82,8 +104,14 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
                 # weights_only: a checkpoint on shared storage must not be able to run code when loaded
                 saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
             learner.load_state_dict(adopt_config(saved["learner"], saved.get("hparams"), _hparams(learner)))
+        t_start = time.perf_counter()
+        measured: dict = {}  # the model's size and speed do not change between epochs: measured once
         for metrics in learner.fit(data, spec.max_epochs):
-            metrics = {**metrics, "node_id": node}
+            if not measured:
+                measured = {"num_params": int(learner.num_params),
+                            "latency_ms": measure_latency(learner, data.x_val, 1),
+                            "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
+            metrics = {**metrics, **measured, "train_time_s": time.perf_counter() - t_start, "node_id": node}
             if not family.iterative:
                 tune.report(metrics)
                 continue

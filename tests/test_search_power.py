@@ -1,0 +1,112 @@
+"""Real searches (in-process, small digits subsets) for conditional spaces, several objectives, constraints,
+samplers, time budgets and warm starts (issue 15)."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from tuner import driver, spaces
+from tuner.searchers import pareto_front
+
+COND = """
+name: cond
+dataset: {name: digits, limit: 300}
+family: features
+search: {num_samples: 6, max_concurrent: 2, seed: 0}
+scheduler: {name: fifo, max_epochs: 1}
+fixed: {backbone: pixels}
+space:
+  classifier:
+    choice:
+      logreg: {C: {loguniform: [1.0e-3, 1.0e+2]}}
+      svm: {C: {loguniform: [1.0e-2, 1.0e+3]}, kernel: {choice: [rbf, linear]}}
+      random_forest: {n_estimators: {int: [10, 40]}, max_depth: {int: [2, 8]}}
+"""
+
+
+def _exp(tmp_path, text, overrides=()):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return spaces.load(p, list(overrides))
+
+
+def _search(exp, results):
+    return driver.run(exp, results, retrain=False, dashboard=False, say=lambda _: None)
+
+
+@pytest.mark.slow
+def test_conditional_two_objective_search_with_a_constraint_and_warm_start(tmp_path, results):
+    # logreg on 64 pixels has 650 parameters, an SVM or forest more: the constraint leaves logreg only
+    exp = _exp(tmp_path, COND, ["metric=[val_accuracy, latency_ms]", "mode=[max, min]",
+                                "constraints={num_params: {max: 700}}",
+                                "search.warm_start=[{classifier: svm, C: 1.0, kernel: linear}]"])
+    d = _search(exp, results)
+    trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) == 6
+    first = trials.iloc[0]  # the warm-start config ran first, exactly as given
+    assert (first["classifier"], float(first["C"]), first["kernel"]) == ("svm", 1.0, "linear")
+    # a branch's parameters are empty where another option was drawn
+    assert trials.loc[trials["classifier"] != "svm", "kernel"].isna().all()
+    assert trials.loc[trials["classifier"] == "logreg", "n_estimators"].isna().all()
+    assert (trials["feasible"] == (trials["num_params"] <= 700)).all() and not trials["feasible"].all()
+    front = pd.read_csv(d / "pareto.csv", dtype={"trial_id": str})
+    assert len(front) and front["feasible"].all()
+    feasible = trials[trials["feasible"]]
+    assert set(front["trial_id"]) == set(feasible.loc[pareto_front(feasible, ["val_accuracy", "latency_ms"],
+                                                                   ["max", "min"]).index, "trial_id"])
+    best = yaml.safe_load((d / "best.yaml").read_text())
+    assert best["trial_id"] in set(front["trial_id"])
+    assert best["metrics"]["val_accuracy"] == front["val_accuracy"].max()
+    assert (d / "plots" / "parameters.png").is_file()
+
+    # a later search seeded with this folder: its finished trials are in the study before the first trial
+    exp2 = _exp(tmp_path, COND.replace("name: cond", "name: cond2"),
+                ["search.num_samples=2", f"search.warm_start={d}"])
+    from tuner.searchers import folder_trials
+
+    seeded = folder_trials(exp2)
+    assert len(seeded) == len(trials)
+    assert all(p["classifier"] in ("logreg", "svm", "random_forest") for p, _, _, _ in seeded)
+    d2 = _search(exp2, results)
+    assert len(pd.read_csv(d2 / "trials.csv")) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "cmaes", "qmc", "random", "nsga2"])
+def test_every_sampler_runs_a_small_search(tmp_path, results, sampler):
+    text = COND.split("space:")[0].replace("family: features", "family: features") + """space:
+  C: {loguniform: [1.0e-3, 1.0e+2]}
+  max_iter: {int: [50, 200]}
+"""
+    over = [f"search.sampler={sampler}", "search.num_samples=3"]
+    if sampler == "nsga2":
+        over += ["metric=[val_accuracy, train_time_s]", "mode=[max, min]"]
+    d = _search(_exp(tmp_path, text, over), results)
+    trials = pd.read_csv(d / "trials.csv")
+    assert len(trials) == 3 and trials["val_accuracy"].notna().all()
+    assert trials["C"].between(1e-3, 1e2).all() and trials["max_iter"].between(50, 200).all()
+
+
+@pytest.mark.slow
+def test_time_budget_stops_a_long_search_within_budget_plus_one_epoch(tmp_path, results):
+    text = """
+name: budget
+dataset: {name: digits, limit: 300}
+family: mlp
+search: {algorithm: random, max_concurrent: 1, time_budget: 20s}
+scheduler: {name: fifo, max_epochs: 3}
+space:
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  hidden: {choice: [[64]]}
+"""
+    t0 = time.perf_counter()
+    d = _search(_exp(tmp_path, text), results)
+    run = __import__("json").loads((d / "run.json").read_text())
+    epochs = pd.read_csv(d / "epochs.csv")
+    one_epoch = float(epochs["time_s"].max())
+    assert run["search_s"] <= 20 + one_epoch + 5  # Ray checks the budget between its steps
+    assert run["trials"] >= 2  # num_samples left out: it kept launching until the budget ran out
+    assert time.perf_counter() - t0 < 120

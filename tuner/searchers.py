@@ -1,0 +1,296 @@
+"""Searchers for an `Experiment`: Optuna's samplers over a define-by-run space (conditional choices, several
+objectives, constraints, warm starts), or Ray's random / grid generator; and the Pareto front of the results.
+
+Optuna always gets a define-by-run function, built here from the space tree: a conditional choice's branch
+parameters are only suggested when that option is drawn, under names unique per branch (`classifier.svm.C`),
+while the trial's config gets the plain name (`C`). The Tuner's param_space then holds only constants.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tuner.spaces import Conditional, Distribution, Experiment, grid_configs
+
+PRIMITIVE = (type(None), bool, int, float, str)
+
+
+# --------------------------------------------------------------------------- the space as Optuna sees it
+def _distribution(d: Distribution):
+    import optuna.distributions as od
+
+    lo, hi = (d.args + (None, None))[:2]
+    if d.kind in ("uniform", "loguniform"):
+        return od.FloatDistribution(lo, hi, log=d.kind == "loguniform")
+    if d.kind in ("int", "logint"):
+        return od.IntDistribution(lo, hi, log=d.kind == "logint")
+    return od.CategoricalDistribution(_choices(d.args))
+
+
+def _choices(values: tuple) -> list:
+    # Optuna stores only plain scalars; a choice of lists (mlp hidden widths) is searched by its index
+    return list(values) if all(isinstance(v, PRIMITIVE) for v in values) else list(range(len(values)))
+
+
+def _decode(values: tuple, x: Any) -> Any:
+    return x if all(isinstance(v, PRIMITIVE) for v in values) else values[x]
+
+
+def _encode(values: tuple, v: Any) -> Any:
+    if all(isinstance(c, PRIMITIVE) for c in values):
+        return v if v in values else None
+    return values.index(v) if v in values else None
+
+
+class DefineByRun:
+    """What OptunaSearch calls once per trial: suggests the drawn branches only, returns the config.
+    A class, not a closure: Ray pickles the searcher (and so this) with every experiment snapshot."""
+
+    def __init__(self, space: dict):
+        self.space = space
+
+    def __call__(self, captor) -> dict:
+        # the raw trial, not Ray's captor: the captor would copy Optuna's branch names into the config
+        return self._walk(getattr(captor, "ot_trial", captor), self.space, "")
+
+    def _walk(self, trial, sub: dict, prefix: str) -> dict:
+        cfg: dict = {}
+        for k, node in sub.items():
+            name = prefix + k
+            if isinstance(node, Conditional):
+                opts = node.args
+                opt = _decode(opts, trial.suggest_categorical(name, _choices(opts)))
+                branch = dict(node.options)[opt]
+                cfg[k] = opt
+                cfg.update({n: v for n, v in branch.items() if not isinstance(v, (Distribution, Conditional))})
+                cfg.update(self._walk(trial, {n: v for n, v in branch.items()
+                                              if isinstance(v, (Distribution, Conditional))}, f"{name}.{opt}."))
+            else:
+                cfg[k] = _suggest(trial, name, node)
+        return cfg
+
+
+def _suggest(trial, name: str, d: Distribution) -> Any:
+    lo, hi = (d.args + (None, None))[:2]
+    if d.kind in ("uniform", "loguniform"):
+        return trial.suggest_float(name, lo, hi, log=d.kind == "loguniform")
+    if d.kind in ("int", "logint"):
+        return trial.suggest_int(name, lo, hi, log=d.kind == "logint")
+    return _decode(d.args, trial.suggest_categorical(name, _choices(d.args)))
+
+
+def optuna_params(space: dict, config: dict, prefix: str = "") -> tuple[dict, dict] | None:
+    """A config -> (Optuna params, their distributions) under this space; None if it does not fit
+    (a value outside a range, an option this space lacks). Missing parameters are left to the sampler."""
+    params, dists = {}, {}
+    for k, node in space.items():
+        if k not in config:
+            continue
+        name = prefix + k
+        if isinstance(node, Conditional):
+            opts = node.args
+            enc = _encode(opts, config[k])
+            if enc is None:
+                return None
+            params[name], dists[name] = enc, _distribution(Distribution("choice", opts))
+            branch = {n: v for n, v in dict(node.options)[config[k]].items() if isinstance(v, (Distribution, Conditional))}
+            sub = optuna_params(branch, config, f"{name}.{config[k]}.")
+            if sub is None:
+                return None
+            params.update(sub[0])
+            dists.update(sub[1])
+            continue
+        dist = _distribution(node)
+        v = config[k]
+        if node.kind in ("choice", "grid"):
+            v = _encode(node.args, v)
+            if v is None:
+                return None
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = int(round(v)) if node.kind in ("int", "logint") else float(v)
+            if not dist._contains(dist.to_internal_repr(v)):
+                return None
+        else:
+            return None
+        params[name], dists[name] = v, dist
+    return params, dists
+
+
+# --------------------------------------------------------------------------- samplers
+def constraint_values(result: dict, constraints: dict[str, dict]) -> list[float]:
+    """Optuna's convention: each value <= 0 means satisfied. A missing measurement counts as violated."""
+    out = []
+    for name, bound in constraints.items():
+        v = result.get(name)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out += [1.0] * len(bound)
+            continue
+        if "max" in bound:
+            out.append(float(v) - bound["max"])
+        if "min" in bound:
+            out.append(bound["min"] - float(v))
+    return out
+
+
+def _constraints_func(frozen) -> list[float]:
+    return frozen.user_attrs.get("constraints", [0.0])
+
+
+def make_sampler(exp: Experiment):
+    import optuna
+
+    s = exp.search
+    startup = min(10, max(2, exp.num_samples // 3)) if exp.num_samples > 0 else 10
+    cons = _constraints_func if exp.constraints else None
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup, constraints_func=cons)
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup, constraints_func=cons)
+    if s.sampler == "cmaes":
+        # categorical parameters go to the independent (random) sampler, as Optuna's CMA-ES does itself
+        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=startup, warn_independent_sampling=False)
+    if s.sampler == "nsga2":
+        pop = max(2, min(50, exp.num_samples // 2 if exp.num_samples > 0 else 20))
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=pop, constraints_func=cons)
+    if s.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=s.seed, qmc_type="sobol", scramble=True,
+                                          warn_independent_sampling=False, warn_asynchronous_seeding=False)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def _make_optuna_search_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class TunerOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells the sampler each trial's constraint values (Optuna reads them from the
+        trial's user attrs, which Ray's OptunaSearch never sets) and seeds the study with an earlier
+        experiment's finished trials."""
+
+        def __init__(self, *args, constraints: dict | None = None, seed_trials: list | None = None, **kwargs):
+            self._tuner_constraints = constraints or {}
+            self._tuner_seed_trials = seed_trials or []
+            super().__init__(*args, **kwargs)
+
+        def _setup_study(self, mode):
+            super()._setup_study(mode)
+            import optuna
+
+            for params, dists, values, cons in self._tuner_seed_trials:
+                attrs = {"constraints": cons, "warm_start": True} if cons is not None else {"warm_start": True}
+                self._ot_study.add_trial(optuna.trial.create_trial(
+                    params=params, distributions=dists, values=values, user_attrs=attrs))
+            self._tuner_seed_trials = []  # added once; the study (and so they) is pickled with the searcher
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            if self._tuner_constraints and result and trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr(
+                    "constraints", constraint_values(result, self._tuner_constraints))
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    return TunerOptunaSearch
+
+
+# --------------------------------------------------------------------------- warm starts
+def warm_start_points(exp: Experiment) -> list[dict]:
+    """`search.warm_start` as a list of configs, completed with the space's constants."""
+    ws = exp.search.warm_start
+    return [dict(c) for c in ws] if isinstance(ws, list) else []
+
+
+def folder_trials(exp: Experiment) -> list[tuple]:
+    """An earlier experiment's finished trials, as (params, distributions, values, constraints) under this
+    space; trials whose config this space cannot express are left out."""
+    ws = exp.search.warm_start
+    if not isinstance(ws, str):
+        return []
+    folder = Path(ws)
+    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
+    trials = trials[trials.get("status", "TERMINATED") != "ERROR"] if "status" in trials else trials
+    names = exp.param_names + list(exp.constants)
+    out = []
+    for _, row in trials.iterrows():
+        if any(m not in row or pd.isna(row[m]) for m in exp.metrics):
+            continue
+        config = {k: _from_csv(row[k]) for k in names if k in row and not pd.isna(row[k])}
+        fit = optuna_params(exp.searched, config)
+        if fit is None or not fit[0]:
+            continue
+        values = [float(row[m]) for m in exp.metrics]
+        cons = constraint_values(row.to_dict(), exp.constraints) if exp.constraints else None
+        out.append((fit[0], fit[1], values, cons))
+    return out
+
+
+def _from_csv(v: Any) -> Any:
+    # trials.csv writes a list as YAML flow text ("[256, 128]")
+    if isinstance(v, str) and v.startswith("["):
+        return yaml.safe_load(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v) if abs(v) < 2**53 else v
+    return v
+
+
+# --------------------------------------------------------------------------- the searcher
+def build(exp: Experiment):
+    """The Ray searcher for an experiment, and whether the Tuner's param_space must hold only constants."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    use_optuna = exp.searched and exp.scheduler.name != "pbt" and (
+        exp.search.algorithm == "optuna" or (exp.search.algorithm == "random" and exp.conditional))
+    if use_optuna:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        cls = _make_optuna_search_class()
+        points = []
+        for cfg in warm_start_points(exp):
+            fit = optuna_params(exp.searched, cfg)
+            if fit is not None:
+                points.append(fit[0])
+        metric = exp.metrics if exp.multi else exp.metric
+        mode = exp.modes if exp.multi else exp.mode
+        sampler = make_sampler(exp) if exp.search.algorithm == "optuna" else \
+            optuna.samplers.RandomSampler(seed=exp.search.seed)
+        return cls(space=DefineByRun(exp.searched), metric=metric, mode=mode, sampler=sampler,
+                   points_to_evaluate=points or None, constraints=exp.constraints,
+                   seed_trials=folder_trials(exp)), True
+    if exp.search.algorithm == "grid" and exp.conditional:
+        # Ray's grid_search cannot branch: every config of the tree is handed over as a point to evaluate
+        points = warm_start_points(exp) + grid_configs(exp.searched, exp.search.grid_points)
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=exp.search.seed,
+                                     max_concurrent=exp.search.max_concurrent), True
+    # max_concurrent here too: with no num_samples (a time budget) the generator would otherwise queue
+    # trials without end, and the budget runs out before one of them starts
+    return BasicVariantGenerator(points_to_evaluate=warm_start_points(exp) or None, random_state=exp.search.seed,
+                                 max_concurrent=exp.search.max_concurrent), False
+
+
+def num_samples(exp: Experiment) -> int:
+    """Ray's num_samples: a conditional grid runs each of its points once (plus the warm-start configs)."""
+    if exp.search.algorithm == "grid" and exp.conditional:
+        return len(warm_start_points(exp)) + len(grid_configs(exp.searched, exp.search.grid_points))
+    return exp.num_samples
+
+
+# --------------------------------------------------------------------------- Pareto front
+def pareto_front(df: pd.DataFrame, cols: list[str], modes: list[str]) -> pd.DataFrame:
+    """The rows no other row dominates (at least as good on every column, better on one); rows with a
+    missing value are left out. Kept with their original index, in the frame's order."""
+    ok = df.dropna(subset=cols)
+    if ok.empty:
+        return ok
+    # flip maximised columns so that smaller is better everywhere
+    x = np.column_stack([ok[c].to_numpy(float) * (-1.0 if m == "max" else 1.0) for c, m in zip(cols, modes)])
+    keep = np.ones(len(x), dtype=bool)
+    for i in range(len(x)):
+        others = np.delete(x, i, axis=0)
+        dominated = np.any(np.all(others <= x[i], axis=1) & np.any(others < x[i], axis=1))
+        keep[i] = not dominated
+    return ok[keep]
