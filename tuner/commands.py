@@ -18,6 +18,8 @@ def search(args) -> int:
     from tuner import report
     from tuner import driver
 
+    if args.name is not None:
+        spaces.check_name(args.name, "--name")
     loaded = spaces.load(args.space, args.set)
     results = Path(args.results)
     members = loaded.members if isinstance(loaded, spaces.Suite) else [None]

@@ -1,11 +1,14 @@
 """The search driver: an `Experiment` -> a Ray Tune run -> the results folder -> retrain, test, compare."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,7 +19,7 @@ import yaml
 
 from tuner.errors import UserError
 from tuner.families import get_family
-from tuner.spaces import Experiment, resolved_yaml
+from tuner.spaces import Experiment, check_name, resolved_yaml
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]
 
@@ -157,14 +160,112 @@ def check_storage(storage: str) -> str:
     return str(path)
 
 
+def _is_tune_experiment(names: list[str]) -> bool:
+    """Ray writes tuner.pkl and experiment_state-*.json at the top of every experiment it runs."""
+    return any(n == "tuner.pkl" or (n.startswith("experiment_state-") and n.endswith(".json")) for n in names)
+
+
 def _remove_experiment(storage: str, name: str) -> None:
-    """A new search of the same name replaces the old one on the storage too (else Ray mixes their trials)."""
+    """A new search of the same name replaces the old one on the storage too (else Ray mixes their trials).
+
+    Only `<storage>/<name>` itself, and only when it is a Tune experiment: never a link, a file or a folder
+    that is something else (the storage may be shared with other people's data).
+    """
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
+    check_name(name, "experiment name")
+    local = storage[len("file://"):] if storage.startswith("file://") else None if "://" in storage else storage
+    if local is not None:
+        root = Path(local).resolve()
+        target = root / name
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise UserError(f"storage {target}: not an experiment folder (a link or a file); pick another name "
+                            f"or remove it by hand")
+        if not target.exists():
+            return
+        if target.resolve().parent != root or not (_is_tune_experiment(os.listdir(target)) or
+                                                   not os.listdir(target)):
+            raise UserError(f"storage {target}: exists but is not a Ray Tune experiment (no tuner.pkl or "
+                            f"experiment_state-*.json); pick another name or remove it by hand")
+        shutil.rmtree(target)
+        return
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
     target = f"{root.rstrip('/')}/{name}"
-    if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
-        fs.delete_dir(target)
+    info = fs.get_file_info(target)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        return
+    names = [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(target))] \
+        if info.type == pyarrow.fs.FileType.Directory else None
+    if names is None or (names and not _is_tune_experiment(names)):
+        raise UserError(f"storage {storage}/{name}: exists but is not a Ray Tune experiment; pick another name "
+                        f"or remove it by hand")
+    fs.delete_dir(target)
+
+
+# --------------------------------------------------------------------------- the experiment folder
+LOCK_FILE = "search.lock"
+
+
+def experiment_dir(results: Path, name: str) -> Path:
+    """`<results>/<name>`, resolved, refused when it is anything but a real folder directly under results."""
+    check_name(name, "experiment name")  # also when run() is called from Python, not the CLI
+    try:
+        root = results.expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--results {results}: cannot create the folder ({exc.strerror}); give a writable "
+                        f"folder") from None
+    if not root.is_dir():
+        raise UserError(f"--results {results}: not a folder")
+    exp_dir = root / name
+    if exp_dir.is_symlink() or (exp_dir.exists() and not exp_dir.is_dir()):
+        raise UserError(f"{exp_dir}: is a link or a file, not an experiment folder; pick another name or remove "
+                        f"it by hand")
+    if exp_dir.resolve().parent != root:  # cannot happen for a checked name; never rely on that alone
+        raise UserError(f"{exp_dir}: not directly under {root}; pick another name")
+    return exp_dir
+
+
+def _check_replaceable(exp_dir: Path) -> None:
+    """A new search replaces an old experiment, never a folder that only happens to have the same name."""
+    if exp_dir.is_dir() and not (exp_dir / "space.yaml").is_file() and set(os.listdir(exp_dir)) - {LOCK_FILE}:
+        raise UserError(f"{exp_dir}: exists but is not a tuner experiment (no space.yaml); pick another name "
+                        f"or remove it by hand")
+
+
+@contextlib.contextmanager
+def search_lock(exp_dir: Path):
+    """One search per experiment folder at a time. An OS lock: it dies with the process, so a killed search
+    never leaves a stale lock behind and --resume works after it."""
+    exp_dir.mkdir(exist_ok=True)
+    f = open(exp_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{exp_dir}: another search of this experiment is running ({who}); wait for it, stop it, "
+                        f"or pick another --name") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock; the file stays, empty of meaning
+
+
+def _clear(exp_dir: Path) -> None:
+    """Empty an old experiment's folder, keeping our lock file (removing it would let a second search in)."""
+    for p in exp_dir.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)  # rmtree never follows links inside
+        else:
+            p.unlink()
 
 
 def _trial_dirname(trial) -> str:
@@ -183,14 +284,27 @@ def param_space(exp: Experiment) -> dict:
 def run(exp: Experiment, results: Path, *, address: str | None = None, resume: bool = False,
         retrain: bool = True, dashboard: bool = True, storage: str | None = None,
         say: Callable[[str], None] = print) -> Path:
+    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
+    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
+    exp_dir = experiment_dir(results, exp.name)
+    if resume and not (exp_dir / "space.yaml").is_file():
+        raise UserError(f"--resume: nothing to resume in {exp_dir}; run without --resume to start "
+                        f"experiment {exp.name!r}")
+    if not resume:
+        _check_replaceable(exp_dir)
+    # the lock is taken before anything is removed: a second search of the same name must not delete the first's
+    with search_lock(exp_dir):
+        return _run_locked(exp, results, exp_dir, address=address, resume=resume, retrain=retrain,
+                           dashboard=dashboard, storage=storage, say=say)
+
+
+def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None, resume: bool,
+                retrain: bool, dashboard: bool, storage: str | None, say: Callable[[str], None]) -> Path:
     from ray import tune
 
     from tuner.data import prepare
     from tuner.trainable import TrialSpec, run_trial
 
-    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
-    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
-    exp_dir = (results / exp.name).resolve()
     if address:
         check_address(address)
     # Ray's folder (trial checkpoints, experiment state) is <results>/<name>/ray, or <storage>/<name> when
@@ -202,10 +316,10 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     if resume and not ((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)):
         raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
                         f"experiment {exp.name!r}")
-    if not resume and exp_dir.exists():
-        shutil.rmtree(exp_dir)  # a new search of the same name replaces the old one
-    if not resume and exp.storage:
+    if not resume and exp.storage:  # first: it may refuse, and then nothing is removed
         _remove_experiment(exp.storage, exp.name)
+    if not resume:
+        _clear(exp_dir)  # a new search of the same name replaces the old one
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
 
