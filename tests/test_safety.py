@@ -1,6 +1,7 @@
 """A search never removes or writes anything outside its own experiment folder, whatever name it is given."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -119,3 +120,113 @@ def test_storage_side_removes_only_a_tune_experiment_of_that_name(tmp_path, caps
         assert (target / "data" / "x.bin").read_text() == "someone's data"
     # and nothing was written in the results folder's experiment beyond the lock file
     assert set(os.listdir(results / "digits_linear")) <= {"search.lock"}
+
+
+# --------------------------------------------------------------------------- interruption, change, a second search
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _wait_for(cond, proc, log: Path, timeout: float = 150) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not cond():
+        time.sleep(0.2)
+    assert proc.poll() is None and cond(), log.read_text()[-3000:]
+
+
+def _started_epochs(ray_dir: Path) -> int:
+    return sum(len(list(d.glob("checkpoint_*"))) for d in ray_dir.glob("trial_*")) if ray_dir.is_dir() else 0
+
+
+@pytest.mark.slow
+def test_sigint_stops_with_130_retrains_nothing_and_a_second_search_is_refused_while_one_runs(tmp_path, capsys):
+    _shutdown_ray()
+    results = tmp_path / "results"
+    results.mkdir()
+    args = [sys.executable, "-m", "tuner", "search", "--space", str(ROOT / "search_spaces" / "digits_cnn.yaml"),
+            "--results", str(results), "--no-dashboard", "--set", "search.num_samples=3",
+            "--set", "search.max_concurrent=1", "--set", "scheduler.name=fifo", "--set", "scheduler.max_epochs=6",
+            "--set", "fixed.channels=16", "--set", "fixed.batch_size=4", "--set", "fixed.optimizer=adam"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    exp = results / "digits_cnn"
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: _started_epochs(exp / "ray") >= 1, proc, log)
+        # a second search of the same experiment: refused, naming the running one; nothing of it removed
+        line = _refused(capsys, ["search", "--space", str(ROOT / "search_spaces" / "digits_cnn.yaml"),
+                                 "--results", str(results), "--no-dashboard"])
+        assert "another search" in line and f"pid {proc.pid}" in line
+        assert (exp / "ray").is_dir()
+        os.kill(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert "--resume" in text.strip().splitlines()[-1]
+    assert not (exp / "best").exists() and not (exp / "best.yaml").exists() and "retrained" not in text
+
+    # --resume with a changed space: refused, naming the keys, and the saved space left as it was
+    saved = (exp / "space.yaml").read_text()
+    line = _refused(capsys, ["search", "--space", str(ROOT / "search_spaces" / "digits_cnn.yaml"),
+                             "--results", str(results), "--no-dashboard", "--resume"] + args[args.index("--set"):]
+                    + ["--set", "scheduler.max_epochs=2", "--set", "fixed.channels=8"])
+    assert "scheduler.max_epochs" in line and "fixed.channels" in line
+    assert (exp / "space.yaml").read_text() == saved
+
+    # a SIGKILLed resume leaves no stale lock: the next --resume runs to the end
+    proc = subprocess.Popen(args + ["--resume", "--no-retrain"], cwd=ROOT, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        before = _started_epochs(exp / "ray")
+        _wait_for(lambda: _started_epochs(exp / "ray") > before, proc, log)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the Ray processes the killed driver started
+        except ProcessLookupError:
+            pass
+    r = subprocess.run(args + ["--resume", "--no-retrain", "--set", "scheduler.max_epochs=6"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 3 and set(trials["status"]) == {"TERMINATED"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["random", "grid"])
+def test_max_concurrent_one_runs_one_trial_at_a_time_for_every_algorithm(tmp_path, algorithm):
+    results = tmp_path / "results"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "serial", "family": "mlp", "dataset": {"name": "digits", "limit": 600},
+        "search": {"algorithm": algorithm, "num_samples": 3 if algorithm == "random" else 1, "max_concurrent": 1},
+        "scheduler": {"name": "fifo", "max_epochs": 3}, "resources": {"cpu": 1, "gpu": 0},
+        "fixed": {"optimizer": "sgd", "momentum": 0.9, "hidden": [64], "batch_size": 8},
+        "space": {"lr": {"grid": [0.01, 0.02, 0.05]} if algorithm == "grid" else {"loguniform": [0.01, 0.1]}}}))
+    assert cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard",
+                     "--no-retrain"]) == 0
+    spans = []
+    for f in (results / "serial" / "ray").glob("trial_*/result.json"):
+        last = [json.loads(line) for line in f.read_text().splitlines() if line.strip()][-1]
+        # Ray stamps results in whole seconds: a trial ran from about its end minus its running time
+        spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
+    spans.sort()
+    assert len(spans) == 3
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end - 1.5, f"two trials overlapped: {spans}"

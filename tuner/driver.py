@@ -80,6 +80,67 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
             f"it is stored in ~/.ray/auth_token)")
 
 
+def _flatten(d: object, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _check_same_space(exp: Experiment, exp_dir: Path) -> None:
+    """--resume continues the search it saved: a changed space would retrain something that was never searched."""
+    try:
+        saved = _flatten(yaml.safe_load((exp_dir / "space.yaml").read_text()) or {})
+    except yaml.YAMLError:
+        raise UserError(f"{exp_dir / 'space.yaml'}: not valid YAML; cannot check what --resume continues, "
+                        f"start the search again without --resume") from None
+    now = _flatten(yaml.safe_load(resolved_yaml(exp)))
+    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if differ:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise UserError(f"--resume: the space differs from the one {exp_dir} was searched with: {shown}{more}; "
+                        f"resume with the same file and --set options, or search under another --name")
+
+
+@contextlib.contextmanager
+def _sigint_stops_tune():
+    """Ctrl-C during fit(): let Tune stop and save its state, and tell us it happened.
+
+    Tune's own SIGINT handler ends fit() as if the search were over; the result looks finished. So we take
+    SIGINT ourselves (TUNE_DISABLE_SIGINT_HANDLER) and pass it on as SIGUSR1, which Tune always handles the
+    same way. A second Ctrl-C stops at once.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    seen: list[int] = []
+
+    def on_sigint(sig, frame):
+        if seen or not callable(signal.getsignal(signal.SIGUSR1)):  # before Tune listens, or a second time
+            raise KeyboardInterrupt
+        seen.append(sig)
+        signal.raise_signal(signal.SIGUSR1)
+
+    old_int, old_usr1 = signal.signal(signal.SIGINT, on_sigint), signal.getsignal(signal.SIGUSR1)
+    old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGUSR1, old_usr1)
+        if old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
+
+
 def _searcher(exp: Experiment):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -89,7 +150,8 @@ def _searcher(exp: Experiment):
 
         sampler = optuna.samplers.TPESampler(seed=exp.search.seed, n_startup_trials=min(10, max(2, exp.num_samples // 3)))
         return OptunaSearch(sampler=sampler)
-    return BasicVariantGenerator(random_state=exp.search.seed)
+    # Tune ignores TuneConfig(max_concurrent_trials) when given a BasicVariantGenerator: it takes its own
+    return BasicVariantGenerator(random_state=exp.search.seed, max_concurrent=exp.search.max_concurrent or 0)
 
 
 def _scheduler(exp: Experiment):
@@ -320,8 +382,10 @@ def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str |
         _remove_experiment(exp.storage, exp.name)
     if not resume:
         _clear(exp_dir)  # a new search of the same name replaces the old one
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
+    if resume:
+        _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
+    else:
+        (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
 
     t0 = time.perf_counter()
     data = prepare(exp.dataset, cache_dir=cache_dir())
@@ -357,7 +421,11 @@ def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str |
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
         )
     t_fit = time.perf_counter()
-    grid = tuner.fit()
+    with _sigint_stops_tune() as interrupted:
+        grid = tuner.fit()
+    if interrupted():
+        # Tune saved its state and ended fit() as if done: nothing here is a finished search to retrain
+        raise KeyboardInterrupt
     fit_s = time.perf_counter() - t_fit
     # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/)
     (exp_dir / "run.json").write_text(json.dumps({"trials": len(grid), "search_s": round(fit_s, 3),
