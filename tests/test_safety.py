@@ -230,3 +230,38 @@ def test_max_concurrent_one_runs_one_trial_at_a_time_for_every_algorithm(tmp_pat
     assert len(spans) == 3
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end - 1.5, f"two trials overlapped: {spans}"
+
+
+# --------------------------------------------------------------------------- no hangs, no endless retries
+def _nan_space(tmp_path: Path, **extra) -> Path:
+    space = tmp_path / "nan.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "nan", "family": "mlp", "dataset": {"name": "digits", "limit": 200},
+        "search": {"algorithm": "grid", "max_concurrent": 2}, "scheduler": {"name": "fifo", "max_epochs": 2},
+        "fixed": {"optimizer": "sgd", "momentum": 0.9, "hidden": [32]},
+        "space": {"lr": {"grid": [0.05, 1.0e8]}}, **extra}))  # 1e8 diverges to NaN in the first epoch
+    return space
+
+
+@pytest.mark.slow
+def test_retry_forever_does_not_retry_a_nan_trial_forever(tmp_path):
+    results = tmp_path / "results"
+    space = _nan_space(tmp_path, max_failures=-1)
+    t0 = time.time()
+    assert cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard",
+                     "--no-retrain"]) == 0
+    assert time.time() - t0 < 300
+    trials = pd.read_csv(results / "nan" / "trials.csv").set_index("lr")
+    assert trials.loc[1.0e8, "status"] == "ERROR" and "nan" in trials.loc[1.0e8, "error"]
+    errors = next((results / "nan" / "ray").glob("trial_*/error.txt")).read_text()
+    assert errors.count("Failure #") <= 2  # the one retry Tune had queued before it could be told
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,value", [("gpu", 1), ("cpu", 64)])
+def test_resources_the_cluster_cannot_give_are_refused_before_any_trial(tmp_path, capsys, key, value):
+    results = tmp_path / "results"
+    res = {"cpu": 1, "gpu": 0, key: value}
+    line = _refused(capsys, _search(results, "--set", f"resources={{cpu: {res['cpu']}, gpu: {res['gpu']}}}"))
+    assert f"resources.{key}: {value}" in line and "the cluster has" in line
+    assert not list((results / "digits_linear").glob("ray/trial_*"))

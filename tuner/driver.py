@@ -183,6 +183,21 @@ def _resources(exp: Experiment) -> dict:
     return fit_resources(ray.cluster_resources(), exp.search.max_concurrent)
 
 
+def check_cluster_fits(resources: dict) -> None:
+    """A trial runs on one node: asking for more than the largest node has leaves every trial PENDING forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    have = f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs in {len(nodes)} node(s)"
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        largest = max((n.get(ray_key, 0) for n in nodes), default=0)
+        if resources[key] > largest:
+            raise UserError(f"resources.{key}: {resources[key]:g} per trial, but no node has that many "
+                            f"({have}, at most {largest:g} on one node); lower resources.{key} or use "
+                            f"resources: auto")
+
+
 def fit_resources(total: dict, concurrent: int) -> dict:
     """`resources: auto`: share the cluster's CPUs and GPUs evenly between the concurrent trials."""
     n = max(1, concurrent)
@@ -365,7 +380,7 @@ def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str |
     from ray import tune
 
     from tuner.data import prepare
-    from tuner.trainable import TrialSpec, run_trial
+    from tuner.trainable import TrialSpec, final_failures_callback, run_trial
 
     if address:
         check_address(address)
@@ -396,6 +411,7 @@ def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str |
 
     init_ray(address, dashboard, say)
     resources = _resources(exp)
+    check_cluster_fits(resources)
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()))
     # the arrays go to the object store once; every trial on a node maps the same copy
@@ -418,7 +434,8 @@ def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str |
                 name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir), verbose=1,
                 # a bounded number per trial; PBT keeps more, since other trials copy from them
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if exp.scheduler.name == "pbt" else 2),
-                failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
+                failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+                callbacks=[final_failures_callback()] if exp.max_failures < 0 else None),
         )
     t_fit = time.perf_counter()
     with _sigint_stops_tune() as interrupted:
