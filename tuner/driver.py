@@ -74,6 +74,10 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     except ConnectionError as exc:
         raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
                         f"`ray start --head` or drop --address to run locally") from None
+    # Ray writes its dashboard token readable by everyone on the machine (0644); keep it ours
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_uid == os.getuid():
+        token.chmod(0o600)
     url = getattr(ctx, "dashboard_url", None)
     if url:
         say(f"Ray dashboard: http://{url}  (log in with the token printed by `ray get-auth-token`; "
