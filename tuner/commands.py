@@ -40,6 +40,8 @@ def search(args) -> int:
 
     if getattr(args, "retry_failed", False) and not args.resume:
         raise UserError("--retry-failed reruns the failed trials of an earlier search: give --resume too")
+    if args.name is not None:
+        spaces.check_name(args.name, "--name")
     loaded = spaces.load(args.space, args.set)
     results = Path(args.results)
     members = loaded.members if isinstance(loaded, spaces.Suite) else [None]

@@ -1,11 +1,14 @@
 """The search driver: an `Experiment` -> a Ray Tune run -> the results folder -> retrain, test, compare."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,7 +19,7 @@ import yaml
 
 from tuner.errors import UserError
 from tuner.families import get_family
-from tuner.spaces import Experiment, resolved_yaml
+from tuner.spaces import Experiment, check_name, resolved_yaml
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]
 
@@ -71,10 +74,75 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     except ConnectionError as exc:
         raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
                         f"`ray start --head` or drop --address to run locally") from None
+    # Ray writes its dashboard token readable by everyone on the machine (0644); keep it ours
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_uid == os.getuid():
+        token.chmod(0o600)
     url = getattr(ctx, "dashboard_url", None)
     if url:
         say(f"Ray dashboard: http://{url}  (log in with the token printed by `ray get-auth-token`; "
             f"it is stored in ~/.ray/auth_token)")
+
+
+def _flatten(d: object, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _check_same_space(exp: Experiment, exp_dir: Path) -> None:
+    """--resume continues the search it saved: a changed space would retrain something that was never searched."""
+    try:
+        saved = _flatten(yaml.safe_load((exp_dir / "space.yaml").read_text()) or {})
+    except yaml.YAMLError:
+        raise UserError(f"{exp_dir / 'space.yaml'}: not valid YAML; cannot check what --resume continues, "
+                        f"start the search again without --resume") from None
+    now = _flatten(yaml.safe_load(resolved_yaml(exp)))
+    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if differ:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise UserError(f"--resume: the space differs from the one {exp_dir} was searched with: {shown}{more}; "
+                        f"resume with the same file and --set options, or search under another --name")
+
+
+@contextlib.contextmanager
+def _sigint_stops_tune():
+    """Ctrl-C during fit(): let Tune stop and save its state, and tell us it happened.
+
+    Tune's own SIGINT handler ends fit() as if the search were over; the result looks finished. So we take
+    SIGINT ourselves (TUNE_DISABLE_SIGINT_HANDLER) and pass it on as SIGUSR1, which Tune always handles the
+    same way. A second Ctrl-C stops at once.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    seen: list[int] = []
+
+    def on_sigint(sig, frame):
+        if seen or not callable(signal.getsignal(signal.SIGUSR1)):  # before Tune listens, or a second time
+            raise KeyboardInterrupt
+        seen.append(sig)
+        signal.raise_signal(signal.SIGUSR1)
+
+    old_int, old_usr1 = signal.signal(signal.SIGINT, on_sigint), signal.getsignal(signal.SIGUSR1)
+    old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGUSR1, old_usr1)
+        if old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
 
 
 def _scheduler(exp: Experiment):
@@ -110,6 +178,21 @@ def _resources(exp: Experiment) -> dict:
     if not exp.resources.auto:
         return {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu}
     return fit_resources(ray.cluster_resources(), exp.search.max_concurrent)
+
+
+def check_cluster_fits(resources: dict) -> None:
+    """A trial runs on one node: asking for more than the largest node has leaves every trial PENDING forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    have = f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs in {len(nodes)} node(s)"
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        largest = max((n.get(ray_key, 0) for n in nodes), default=0)
+        if resources[key] > largest:
+            raise UserError(f"resources.{key}: {resources[key]:g} per trial, but no node has that many "
+                            f"({have}, at most {largest:g} on one node); lower resources.{key} or use "
+                            f"resources: auto")
 
 
 def fit_resources(total: dict, concurrent: int) -> dict:
@@ -151,14 +234,112 @@ def check_storage(storage: str) -> str:
     return str(path)
 
 
+def _is_tune_experiment(names: list[str]) -> bool:
+    """Ray writes tuner.pkl and experiment_state-*.json at the top of every experiment it runs."""
+    return any(n == "tuner.pkl" or (n.startswith("experiment_state-") and n.endswith(".json")) for n in names)
+
+
 def _remove_experiment(storage: str, name: str) -> None:
-    """A new search of the same name replaces the old one on the storage too (else Ray mixes their trials)."""
+    """A new search of the same name replaces the old one on the storage too (else Ray mixes their trials).
+
+    Only `<storage>/<name>` itself, and only when it is a Tune experiment: never a link, a file or a folder
+    that is something else (the storage may be shared with other people's data).
+    """
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
+    check_name(name, "experiment name")
+    local = storage[len("file://"):] if storage.startswith("file://") else None if "://" in storage else storage
+    if local is not None:
+        root = Path(local).resolve()
+        target = root / name
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise UserError(f"storage {target}: not an experiment folder (a link or a file); pick another name "
+                            f"or remove it by hand")
+        if not target.exists():
+            return
+        if target.resolve().parent != root or not (_is_tune_experiment(os.listdir(target)) or
+                                                   not os.listdir(target)):
+            raise UserError(f"storage {target}: exists but is not a Ray Tune experiment (no tuner.pkl or "
+                            f"experiment_state-*.json); pick another name or remove it by hand")
+        shutil.rmtree(target)
+        return
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
     target = f"{root.rstrip('/')}/{name}"
-    if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
-        fs.delete_dir(target)
+    info = fs.get_file_info(target)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        return
+    names = [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(target))] \
+        if info.type == pyarrow.fs.FileType.Directory else None
+    if names is None or (names and not _is_tune_experiment(names)):
+        raise UserError(f"storage {storage}/{name}: exists but is not a Ray Tune experiment; pick another name "
+                        f"or remove it by hand")
+    fs.delete_dir(target)
+
+
+# --------------------------------------------------------------------------- the experiment folder
+LOCK_FILE = "search.lock"
+
+
+def experiment_dir(results: Path, name: str) -> Path:
+    """`<results>/<name>`, resolved, refused when it is anything but a real folder directly under results."""
+    check_name(name, "experiment name")  # also when run() is called from Python, not the CLI
+    try:
+        root = results.expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--results {results}: cannot create the folder ({exc.strerror}); give a writable "
+                        f"folder") from None
+    if not root.is_dir():
+        raise UserError(f"--results {results}: not a folder")
+    exp_dir = root / name
+    if exp_dir.is_symlink() or (exp_dir.exists() and not exp_dir.is_dir()):
+        raise UserError(f"{exp_dir}: is a link or a file, not an experiment folder; pick another name or remove "
+                        f"it by hand")
+    if exp_dir.resolve().parent != root:  # cannot happen for a checked name; never rely on that alone
+        raise UserError(f"{exp_dir}: not directly under {root}; pick another name")
+    return exp_dir
+
+
+def _check_replaceable(exp_dir: Path) -> None:
+    """A new search replaces an old experiment, never a folder that only happens to have the same name."""
+    if exp_dir.is_dir() and not (exp_dir / "space.yaml").is_file() and set(os.listdir(exp_dir)) - {LOCK_FILE}:
+        raise UserError(f"{exp_dir}: exists but is not a tuner experiment (no space.yaml); pick another name "
+                        f"or remove it by hand")
+
+
+@contextlib.contextmanager
+def search_lock(exp_dir: Path):
+    """One search per experiment folder at a time. An OS lock: it dies with the process, so a killed search
+    never leaves a stale lock behind and --resume works after it."""
+    exp_dir.mkdir(exist_ok=True)
+    f = open(exp_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{exp_dir}: another search of this experiment is running ({who}); wait for it, stop it, "
+                        f"or pick another --name") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock; the file stays, empty of meaning
+
+
+def _clear(exp_dir: Path) -> None:
+    """Empty an old experiment's folder, keeping our lock file (removing it would let a second search in)."""
+    for p in exp_dir.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)  # rmtree never follows links inside
+        else:
+            p.unlink()
 
 
 def _trial_dirname(trial) -> str:
@@ -179,14 +360,28 @@ def param_space(exp: Experiment, constants_only: bool = False) -> dict:
 def run(exp: Experiment, results: Path, *, address: str | None = None, resume: bool = False,
         retrain: bool = True, dashboard: bool = True, storage: str | None = None,
         say: Callable[[str], None] = print, retry_failed: bool = False) -> Path:
+    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
+    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
+    exp_dir = experiment_dir(results, exp.name)
+    if resume and not (exp_dir / "space.yaml").is_file():
+        raise UserError(f"--resume: nothing to resume in {exp_dir}; run without --resume to start "
+                        f"experiment {exp.name!r}")
+    if not resume:
+        _check_replaceable(exp_dir)
+    # the lock is taken before anything is removed: a second search of the same name must not delete the first's
+    with search_lock(exp_dir):
+        return _run_locked(exp, results, exp_dir, address=address, resume=resume, retrain=retrain,
+                           dashboard=dashboard, storage=storage, say=say, retry_failed=retry_failed)
+
+
+def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None, resume: bool,
+                retrain: bool, dashboard: bool, storage: str | None, say: Callable[[str], None],
+                retry_failed: bool = False) -> Path:
     from ray import tune
 
     from tuner.data import prepare
-    from tuner.trainable import TrialSpec, run_trial
+    from tuner.trainable import TrialSpec, final_failures_callback, run_trial
 
-    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
-    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
-    exp_dir = (results / exp.name).resolve()
     if address:
         check_address(address)
     # Ray's folder (trial checkpoints, experiment state) is <results>/<name>/ray, or <storage>/<name> when
@@ -198,12 +393,14 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     if resume and not ((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)):
         raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
                         f"experiment {exp.name!r}")
-    if not resume and exp_dir.exists():
-        shutil.rmtree(exp_dir)  # a new search of the same name replaces the old one
-    if not resume and exp.storage:
+    if not resume and exp.storage:  # first: it may refuse, and then nothing is removed
         _remove_experiment(exp.storage, exp.name)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
+    if not resume:
+        _clear(exp_dir)  # a new search of the same name replaces the old one
+    if resume:
+        _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
+    else:
+        (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
 
     t0 = time.perf_counter()
     data = prepare(exp.dataset, cache_dir=cache_dir())
@@ -214,6 +411,7 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
 
     init_ray(address, dashboard, say)
     resources = _resources(exp)
+    check_cluster_fits(resources)
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()))
     # the arrays go to the object store once; every trial on a node maps the same copy
@@ -243,10 +441,15 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
                 name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir), verbose=1,
                 # a bounded number per trial; PBT keeps more, since other trials copy from them
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if exp.scheduler.name == "pbt" else 2),
-                failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
+                failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+                callbacks=[final_failures_callback()] if exp.max_failures < 0 else None),
         )
     t_fit = time.perf_counter()
-    grid = tuner.fit()
+    with _sigint_stops_tune() as interrupted:
+        grid = tuner.fit()
+    if interrupted():
+        # Tune saved its state and ended fit() as if done: nothing here is a finished search to retrain
+        raise KeyboardInterrupt
     fit_s = time.perf_counter() - t_fit
     # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/)
     (exp_dir / "run.json").write_text(json.dumps({"trials": len(grid), "search_s": round(fit_s, 3),

@@ -479,6 +479,27 @@ def parse_duration(value: Any, where: str) -> float:
     return seconds
 
 
+NAME_MAX = 100
+
+
+def check_name(name: object, where: str) -> str:
+    """An experiment name becomes `<results>/<name>`, which a new search removes first: so it must be one
+    plain file-name component, never a path that leads elsewhere. Every way a name arrives comes through here."""
+    if not isinstance(name, str):
+        raise UserError(f"{where}: {repr(name)[:60]} is a {type(name).__name__}, not a name; write it as a quoted "
+                        f"string such as 'my_search'")
+    bad = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
+    shown = repr(name if len(name) <= 40 else name[:40] + "...")
+    why = ("is empty" if not name
+           else f"has the control character {bad!r}" if bad is not None
+           else f"is {len(name)} characters long (at most {NAME_MAX})" if len(name) > NAME_MAX
+           else "contains a path separator" if "/" in name or "\\" in name
+           else "starts with '.'" if name.startswith(".") else None)
+    if why:
+        raise UserError(f"{where}: {shown} {why}; a name is one plain folder name (letters, digits, '-', '_', '.')")
+    return name
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experiment, Suite]:
     """Read, override and validate a space or suite file."""
     path = Path(path)
@@ -512,7 +533,11 @@ def _load_suite(path: Path, raw: dict) -> Suite:
     ensemble = raw.get("ensemble") or []
     if not isinstance(ensemble, list) or not all(isinstance(e, str) for e in ensemble):
         raise UserError(f"{path}: ensemble must be a list of experiment names")
-    return Suite(name=str(raw.get("name") or path.stem), members=paths, ensemble=ensemble, path=path, raw=raw)
+    for e in ensemble:
+        check_name(e, f"{path}: ensemble entry")
+    name = raw["name"] if raw.get("name") is not None else path.stem
+    check_name(name, f"{path}: name")
+    return Suite(name=name, members=paths, ensemble=ensemble, path=path, raw=raw)
 
 
 def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
@@ -526,9 +551,8 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     if "family" not in raw:
         raise UserError(f"{file}: missing key 'family'; set one of linear, mlp, cnn, transfer, knn, features")
     family = get_family(raw["family"], where=f"{file}: family")
-    name = str(raw.get("name") or (path.stem if path else "experiment"))
-    if not name or "/" in name or name.startswith("."):
-        raise UserError(f"{file}: name {name!r} must be a plain folder name")
+    name = raw["name"] if raw.get("name") is not None else (path.stem if path else "experiment")
+    check_name(name, f"{file}: name")
 
     dataset = _build(DatasetConfig, raw.get("dataset"), "dataset", file)
     search_raw = dict(raw.get("search") or {}) if isinstance(raw.get("search") or {}, dict) else raw.get("search")

@@ -22,6 +22,25 @@ STATE_FILE = "state.pt"
 MUTABLE = ("lr", "momentum", "weight_decay")
 
 
+def final_failures_callback():
+    """With `max_failures: -1` Tune retries every failure forever, a NaN loss too, which fails the same way
+    each time. After a failure that tuner itself raised (TrialFailed: NaN, out of memory), allow no further
+    one: Tune has already queued the one retry when its callback runs, so such a trial runs at most twice."""
+    from ray.tune import Callback
+
+    class FinalFailures(Callback):
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            try:
+                with open(trial.error_file) as f:
+                    last = f.read().rsplit("Failure #", 1)[-1]
+            except (OSError, TypeError):
+                return
+            if "TrialFailed" in last:
+                trial.max_failures = 0
+
+    return FinalFailures()
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """What every trial of an experiment shares besides its config (sent once, with the data)."""
