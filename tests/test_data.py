@@ -7,6 +7,7 @@ images (scikit-learn's digits), and reads them through `prepare`, as a search do
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -301,3 +302,65 @@ def test_download_is_refused_for_data_sets_that_cannot_be_downloaded(tmp_path):
     for name in ("stanford_cars", "flowers104"):
         with pytest.raises(UserError, match="dataset.download: false"):
             prepare(cfg(name, tmp_path, download=True))
+
+
+# --------------------------------------------------------------------------- caches that notice change
+def _noise_like(path: Path, seed: int) -> None:
+    """Overwrite an image with noise of the same size and format, keeping its name."""
+    with Image.open(path) as im:
+        size, fmt = im.size, im.format
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+
+
+def test_changed_added_and_removed_images_reach_the_next_prepare_and_an_unchanged_folder_is_not_decoded_again(tmp_path):
+    x, y = digit_images()
+    root = write_class_folders(tmp_path / "f", x, y)
+    conf = cfg("imagefolder", root, image_size=16, normalize="half")
+    entries = lambda: sorted(p.name for p in (tmp_path / "c" / "images").iterdir() if p.is_dir())  # noqa: E731
+    a = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    first = entries()
+    built = (tmp_path / "c" / "images" / first[0] / "images.npy").stat().st_mtime_ns
+    again = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert entries() == first and again.key == a.key  # reused, not decoded again
+    assert (tmp_path / "c" / "images" / first[0] / "images.npy").stat().st_mtime_ns == built
+
+    for i, f in enumerate(sorted(root.rglob("*.*"))):  # every image replaced by noise, same names
+        _noise_like(f, i)
+    b = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    fresh = prepare(conf, cache_dir=tmp_path / "fresh", progress=False)
+    assert b.key != a.key and b.key == fresh.key
+    assert np.array_equal(b.x_val, fresh.x_val) and not np.array_equal(b.x_val, a.x_val)
+
+    Image.fromarray(x[0]).save(root / "zero" / "added.png")
+    (root / "three").mkdir()
+    for i in range(4):
+        Image.fromarray(x[i]).save(root / "three" / f"{i}.png")
+    c = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert len(c.class_names) == 4 and len(c.y_train) + len(c.y_val) + len(c.y_test) == len(x) + 5
+    assert c.key not in (a.key, b.key)
+
+    for f in (root / "three").iterdir():
+        f.unlink()
+    (root / "three").rmdir()
+    (root / "zero" / "added.png").unlink()
+    d = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert d.key == b.key and np.array_equal(d.x_test, b.x_test)
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_decoded_again(tmp_path):
+    # BMP files of one size all have the same length; restoring the mtime leaves only the inode / ctime changed
+    x, y = digit_images(n_per_class=4)
+    root = tmp_path / "f"
+    for i, (a, c) in enumerate(zip(x, y)):
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(root / str(c) / f"{i}.bmp")
+    conf = cfg("imagefolder", root, image_size=32, normalize="none", split=SplitConfig(val=0.25, test=0.25))
+    a = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    for i, f in enumerate(sorted(root.rglob("*.bmp"))):
+        st = f.stat()
+        _noise_like(f, i)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    b = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert b.key != a.key and not np.array_equal(b.x_train, a.x_train)
+    assert np.array_equal(b.x_train, prepare(conf, cache_dir=None, progress=False).x_train)
