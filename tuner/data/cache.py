@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +47,31 @@ def _open(item):
         return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item)
     if isinstance(item, (bytes, bytearray, memoryview)):
         return Image.open(io.BytesIO(bytes(item)))
+    if not stat.S_ISREG(os.stat(item).st_mode):  # a named pipe would block open() forever
+        raise ValueError(f"{item} is not a regular file")
     return Image.open(item)
+
+
+def convert(img, mode: str):
+    """A PIL image of any mode -> 8-bit `mode` (L or RGB). PIL's own convert clips 16- and 32-bit grey to
+    255 (a 16-bit PNG became all white), so those are scaled here: I;16* by 1/257, I the same when its
+    values fit 16 bits (0..255 taken as 8-bit already); floats and other I ranges are ambiguous and
+    refused (the caller skips and counts the file). Alpha is dropped, as torchvision's loader does."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.int64)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"{img.mode} image with values {lo}..{hi}: not 8- or 16-bit")
+        if img.mode.startswith("I;16") or hi > 255:
+            a = (a * 255 + 32767) // 65535  # round(a / 257): 65535 -> 255, 0 -> 0
+        img = Image.fromarray(a.astype(np.uint8))
+    elif img.mode == "F":
+        raise ValueError("floating-point image: its range is unknown")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when a palette image with transparency goes straight to RGB
+    return img if img.mode == mode else img.convert(mode)
 
 
 def _to_array(item, size: int, channels: int) -> np.ndarray:
@@ -56,7 +81,7 @@ def _to_array(item, size: int, channels: int) -> np.ndarray:
     img = _open(item)
     if getattr(img, "format", None) == "JPEG":  # let libjpeg decode at 1/2, 1/4, 1/8 scale when that suffices
         img.draft("L" if channels == 1 else "RGB", (size, size))
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = convert(img, "L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
