@@ -7,7 +7,9 @@ images (scikit-learn's digits), and reads them through `prepare`, as a search do
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +313,318 @@ def test_stanford_cars_errors_say_where_to_get_the_files_and_which_layout(tmp_pa
         msg = str(e.value)
         assert "Kaggle" in msg and "pytorch/vision/issues/7545" in msg and "devkit/cars_meta.mat" in msg
         assert "class folders under train/ and test/" in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------------------- caches that notice change
+def _noise_like(path: Path, seed: int) -> None:
+    """Overwrite an image with noise of the same size and format, keeping its name."""
+    with Image.open(path) as im:
+        size, fmt = im.size, im.format
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+
+
+def test_changed_added_and_removed_images_reach_the_next_prepare_and_an_unchanged_folder_is_not_decoded_again(tmp_path):
+    x, y = digit_images()
+    root = write_class_folders(tmp_path / "f", x, y)
+    conf = cfg("imagefolder", root, image_size=16, normalize="half")
+    entries = lambda: sorted(p.name for p in (tmp_path / "c" / "images").iterdir() if p.is_dir())  # noqa: E731
+    a = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    first = entries()
+    built = (tmp_path / "c" / "images" / first[0] / "images.npy").stat().st_mtime_ns
+    again = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert entries() == first and again.key == a.key  # reused, not decoded again
+    assert (tmp_path / "c" / "images" / first[0] / "images.npy").stat().st_mtime_ns == built
+
+    for i, f in enumerate(sorted(root.rglob("*.*"))):  # every image replaced by noise, same names
+        _noise_like(f, i)
+    b = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    fresh = prepare(conf, cache_dir=tmp_path / "fresh", progress=False)
+    assert b.key != a.key and b.key == fresh.key
+    assert np.array_equal(b.x_val, fresh.x_val) and not np.array_equal(b.x_val, a.x_val)
+
+    Image.fromarray(x[0]).save(root / "zero" / "added.png")
+    (root / "three").mkdir()
+    for i in range(4):
+        Image.fromarray(x[i]).save(root / "three" / f"{i}.png")
+    c = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert len(c.class_names) == 4 and len(c.y_train) + len(c.y_val) + len(c.y_test) == len(x) + 5
+    assert c.key not in (a.key, b.key)
+
+    for f in (root / "three").iterdir():
+        f.unlink()
+    (root / "three").rmdir()
+    (root / "zero" / "added.png").unlink()
+    d = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert d.key == b.key and np.array_equal(d.x_test, b.x_test)
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_decoded_again(tmp_path):
+    # BMP files of one size all have the same length; restoring the mtime leaves only the inode / ctime changed
+    x, y = digit_images(n_per_class=4)
+    root = tmp_path / "f"
+    for i, (a, c) in enumerate(zip(x, y)):
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(root / str(c) / f"{i}.bmp")
+    conf = cfg("imagefolder", root, image_size=32, normalize="none", split=SplitConfig(val=0.25, test=0.25))
+    a = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    for i, f in enumerate(sorted(root.rglob("*.bmp"))):
+        st = f.stat()
+        _noise_like(f, i)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    b = prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    assert b.key != a.key and not np.array_equal(b.x_train, a.x_train)
+    assert np.array_equal(b.x_train, prepare(conf, cache_dir=None, progress=False).x_train)
+
+
+# --------------------------------------------------------------------------- odd files: each image once, no hangs
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if what is tested blocks, e.g. on opening a named pipe."""
+    import signal
+
+    def stop(*_):
+        raise TimeoutError("blocked for 60 s")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_symlink_loops_links_out_of_the_root_duplicates_and_pipes_are_skipped_and_counted(tmp_path, capsys, no_hang):
+    x, y = digit_images()
+    root = write_class_folders(tmp_path / "f", x, y)
+    outside = tmp_path / "outside.png"
+    Image.fromarray(x[0]).save(outside)
+    (root / "zero" / "self").symlink_to(".")                     # a link to `.`: each image 41 times before
+    (root / "one" / "up").symlink_to("..")                       # a link to the root: a loop too
+    (root / "one" / "a.png").symlink_to("b.png")                 # a symlink loop
+    (root / "one" / "b.png").symlink_to("a.png")
+    (root / "two" / "away.png").symlink_to(outside)              # leads out of the root
+    (root / "two" / "again.jpg").symlink_to(root / "zero" / "0000.jpg")  # the same file twice
+    os.link(root / "zero" / "0002.jpg", root / "zero" / "hard.jpg")      # a hard link: the same file too
+    os.mkfifo(root / "two" / "pipe.png")                         # opening it would wait forever
+    data = prepare(cfg("imagefolder", root, image_size=16), cache_dir=tmp_path / "c")
+    everything = np.concatenate([data.x_train, data.x_val, data.x_test])
+    assert len(everything) == len(x) and data.skipped == 8
+    # each image exactly once (no decoded image equals another), in the class where it lives
+    assert len({a.tobytes() for a in everything}) == len(x)
+    assert np.bincount(np.concatenate([data.y_train, data.y_val, data.y_test])).tolist() == [12, 12, 12]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert err == [f"warning: dataset.root {root}: skipped 8 files: 5 symlinks that loop or lead out of the "
+                   f"folder, 2 duplicates (the same file twice), 1 pipes, sockets or devices"]
+
+
+def test_a_file_linked_into_another_split_stays_where_it_lives_only(tmp_path):
+    x, y = digit_images(n_per_class=4)
+    write_class_folders(tmp_path / "f" / "train", x[::2], y[::2])
+    write_class_folders(tmp_path / "f" / "test", x[1::2], y[1::2])
+    leaked = next((tmp_path / "f" / "train" / "one").iterdir())
+    (tmp_path / "f" / "test" / "one" / "leak.png").symlink_to(leaked)
+    data = prepare(cfg("imagefolder", tmp_path / "f", image_size=16, split=SplitConfig(test="official")))
+    assert len(data.y_train) + len(data.y_val) == len(x[::2]) and len(data.y_test) == len(x[1::2])
+    assert data.skipped == 1
+
+
+def test_a_pipe_a_reader_lists_by_name_is_skipped_without_opening_it(tmp_path, no_hang):
+    from tuner.data.cache import _decode_chunk
+
+    os.mkfifo(tmp_path / "image_00001.jpg")  # e.g. a Flowers-102 file named in its .mat, replaced by a pipe
+    Image.fromarray(digit_images()[0][0]).save(tmp_path / "ok.png")
+    _, ok = _decode_chunk([str(tmp_path / "image_00001.jpg"), str(tmp_path / "ok.png")], 8, 3)
+    assert ok.tolist() == [False, True]
+
+
+# --------------------------------------------------------------------------- unusual image modes
+def _grey16() -> np.ndarray:
+    return (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040)  # 0..65520: most of the 16-bit range
+
+
+def _rgb(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+
+def _palette_with_transparency(path: Path) -> np.ndarray:
+    im = Image.fromarray(_rgb()[..., 0] // 64).convert("P")  # indices 0..3
+    im.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9] + [0] * 756)
+    im.save(path, transparency=0)
+    return np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], dtype=np.uint8)[_rgb()[..., 0] // 64]
+
+
+def _write(path: Path, mode: str) -> np.ndarray:
+    """Write an 8x8 image in `mode`; return the 8-bit RGB it should decode to."""
+    g16 = _grey16()
+    g8 = ((g16.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "I;16":
+        Image.fromarray(g16).save(path)                                # a 16-bit greyscale PNG
+    elif mode == "I;16B":
+        Image.fromarray(g16).convert("I").save(path.with_suffix(".tif"))
+        Image.open(path.with_suffix(".tif")).convert("I;16B").save(path)
+    elif mode == "I":
+        Image.fromarray(g16.astype(np.int32)).save(path)               # 32-bit integer TIFF
+    elif mode == "LA":
+        Image.fromarray(np.dstack([g8, 255 - g8])).save(path)
+    elif mode == "RGBA":
+        Image.fromarray(np.dstack([_rgb(), g8])).save(path)
+        return _rgb()
+    elif mode == "P":
+        return _palette_with_transparency(path)
+    elif mode == "1":
+        Image.fromarray(g8 > 127).save(path)
+        g8 = np.where(g8 > 127, 255, 0).astype(np.uint8)
+    elif mode == "CMYK":
+        Image.fromarray(_rgb()).convert("CMYK").save(path, quality=100)
+        return np.asarray(Image.fromarray(_rgb()).convert("CMYK").convert("RGB"))
+    return np.repeat(g8[..., None], 3, axis=2)
+
+
+@pytest.mark.parametrize("mode,name", [("I;16", "a.png"), ("I;16B", "a.tiff"), ("I", "a.tif"), ("LA", "a.png"),
+                                       ("RGBA", "a.png"), ("P", "a.png"), ("1", "a.png"), ("CMYK", "a.jpg")])
+def test_unusual_image_modes_decode_to_the_right_8_bit_values(tmp_path, mode, name):
+    from tuner.data.cache import _to_array
+
+    expected = _write(tmp_path / name, mode)
+    with Image.open(tmp_path / name) as im:
+        assert im.mode == mode or (mode == "I;16B" and im.mode.startswith("I;16"))
+    got = _to_array(str(tmp_path / name), 8, 3)
+    if mode == "CMYK":  # JPEG is lossy even at quality 100
+        assert np.abs(got.astype(int) - expected.astype(int)).mean() < 4
+    else:
+        assert np.array_equal(got, expected)
+
+
+def test_a_16_bit_png_is_not_white_and_a_float_image_is_skipped_and_counted(tmp_path):
+    x, y = digit_images(n_per_class=4)
+    root = write_class_folders(tmp_path / "f", x, y)
+    Image.fromarray(_grey16()).save(root / "zero" / "grey16.png")
+    Image.fromarray(_grey16().astype(np.float32) / 65535).save(root / "zero" / "float.tif")
+    data = prepare(cfg("imagefolder", root, image_size=8, split=SplitConfig(val=0.25, test=0.25)), cache_dir=None)
+    assert data.skipped == 1 and len(data.y_train) + len(data.y_val) + len(data.y_test) == len(x) + 1
+    everything = np.concatenate([data.x_train, data.x_val, data.x_test])
+    g8 = ((_grey16().astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    assert any(np.array_equal(a[..., 0], g8) for a in everything)
+
+
+# --------------------------------------------------------------------------- no code from data
+class _MakesAFile:
+    """What a hostile batch would hold: unpickling it calls pathlib.Path.touch on a file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def test_cifar10_batches_pickled_as_the_real_ones_load_with_the_restricted_unpickler(tmp_path):
+    # as the real files: protocol-2 pickles of a dict with a uint8 N x 3072 array, labels, a batch label
+    # and file names, and batches.meta with the label names
+    x, y = digit_images()
+    base = tmp_path / "cifar" / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    flat = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+    for name, part in (("data_batch_1", slice(0, 30)), ("test_batch", slice(30, None))):
+        (base / name).write_bytes(pickle.dumps(
+            {"batch_label": name, "labels": y[part].tolist(), "data": np.ascontiguousarray(flat[part]),
+             "filenames": [f"{i}.png" for i in range(len(y[part]))]}, protocol=2))
+    (base / "batches.meta").write_bytes(pickle.dumps(
+        {"label_names": ["airplane", "automobile", "bird"], "num_vis": 3072}, protocol=2))
+    data = prepare(cfg("cifar10", tmp_path / "cifar", normalize="none", split=SplitConfig(val=0.2, test="official")))
+    assert data.class_names == ["airplane", "automobile", "bird"]
+    assert np.array_equal(data.x_test, x[30:]) and np.array_equal(data.y_test, y[30:])
+    assert len(data.y_train) + len(data.y_val) == 30
+
+
+@pytest.mark.parametrize("name", ["data_batch_1", "test_batch", "batches.meta"])
+def test_a_hostile_cifar10_file_is_refused_and_runs_nothing(tmp_path, name):
+    x, y = digit_images()
+    root = write_cifar10(tmp_path / "cifar", x, y)
+    made = tmp_path / "pwned"
+    (root / "cifar-10-batches-py" / name).write_bytes(pickle.dumps({"data": _MakesAFile(made), "labels": []},
+                                                                    protocol=2))
+    with pytest.raises(UserError, match=rf"{name} is not a CIFAR-10 file: it asks to run \S+ when read.*nothing was run"):
+        prepare(cfg("cifar10", root))
+    assert not made.exists()
+
+
+def test_a_truncated_cifar10_batch_names_the_file_and_says_to_download_again(tmp_path):
+    x, y = digit_images()
+    root = write_cifar10(tmp_path / "cifar", x, y)
+    f = root / "cifar-10-batches-py" / "data_batch_2"
+    f.write_bytes(f.read_bytes()[:300])
+    with pytest.raises(UserError, match=r"data_batch_2 is truncated or corrupt .*download it again"):
+        prepare(cfg("cifar10", root))
+
+
+@pytest.mark.slow
+def test_a_truncated_cifar10_batch_is_exit_2_and_one_line_from_the_cli(tmp_path, capsys, monkeypatch):
+    from tuner.cli import main
+
+    x, y = digit_images()
+    root = write_cifar10(tmp_path / "cifar", x, y)
+    f = root / "cifar-10-batches-py" / "test_batch"
+    f.write_bytes(f.read_bytes()[:-50])
+    monkeypatch.setenv("TUNER_CACHE", str(tmp_path / "cache"))
+    space = tmp_path / "s.yaml"
+    space.write_text(f"name: c\ndataset: {{name: cifar10, root: {root}}}\nfamily: linear\n"
+                     f"space: {{lr: {{loguniform: [0.001, 0.1]}}}}\n")
+    assert main(["search", "--space", str(space), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "test_batch is truncated or corrupt" in err[0]
+
+
+# --------------------------------------------------------------------------- image size and the cache's size
+def test_an_image_size_beyond_the_bound_is_refused_before_anything_is_read_or_written(tmp_path):
+    from tuner.data.cache import MAX_IMAGE_SIZE
+
+    x, y = digit_images(n_per_class=2)
+    root = write_class_folders(tmp_path / "f", x, y)
+    with pytest.raises(UserError, match=f"dataset.image_size: 100000 is out of range; give 1 to {MAX_IMAGE_SIZE}"):
+        prepare(cfg("imagefolder", root, image_size=100000), cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_needed_space_is_compared_with_the_real_free_disk_and_memory(tmp_path):
+    from tuner.data.cache import available_memory, check_space
+
+    free = shutil.disk_usage(tmp_path).free
+    check_space(free // 2, tmp_path / "not" / "yet")  # measured on the nearest folder that exists
+    with pytest.raises(UserError, match=rf"needs \d+\.\d GB, \d+\.\d GB free in {tmp_path}: set TUNER_CACHE"):
+        check_space(free + 10**10, tmp_path)
+    with pytest.raises(UserError, match=r"need \d+\.\d GB of memory, \d+\.\d GB available"):
+        check_space(available_memory() + 10**10, None)
+
+
+def test_a_cache_larger_than_the_free_disk_is_refused_before_a_byte_is_written(tmp_path):
+    # CIFAR-sized arrays resized to 2048 px take 12.6 MB each in the cache: enough of them (3 KB each to
+    # write here) need more than this disk has free, measured for real
+    per_image = 2048 * 2048 * 3
+    n = shutil.disk_usage(tmp_path).free // per_image + 64
+    if n > 200_000:
+        pytest.skip(f"{n} images needed to fill this disk")
+    base = tmp_path / "cifar" / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    flat = np.random.default_rng(0).integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = (np.arange(n) % 3).tolist()
+    (base / "data_batch_1").write_bytes(pickle.dumps({"data": flat, "labels": labels}, protocol=2))
+    (base / "test_batch").write_bytes(pickle.dumps({"data": flat[:30], "labels": labels[:30]}, protocol=2))
+    with pytest.raises(UserError, match=r"the image cache needs \d+\.\d GB, \d+\.\d GB free in .*: set TUNER_CACHE "
+                                        r"to a folder on a larger disk or lower dataset.image_size"):
+        prepare(cfg("cifar10", tmp_path / "cifar", image_size=2048), cache_dir=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "images").exists() or not any((tmp_path / "c" / "images").iterdir())
+
+
+def test_the_space_estimate_is_what_the_cache_then_holds(tmp_path):
+    from tuner.data import _plan, get_reader
+    from tuner.data.cache import plan
+
+    x, y = digit_images()
+    root = write_class_folders(tmp_path / "f", x, y)
+    conf = cfg("imagefolder", root, image_size=24)
+    shipped, _ = _plan(get_reader("imagefolder")(conf), conf)
+    e = plan(conf, "train", shipped["train"], np.arange(len(x)), tmp_path / "c", 24)
+    prepare(conf, cache_dir=tmp_path / "c", progress=False)
+    written = np.load(e.folder / "images.npy", mmap_mode="r")
+    assert e.built and e.nbytes == written.nbytes == len(x) * 24 * 24 * 3

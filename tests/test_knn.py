@@ -210,3 +210,33 @@ def test_search_digits_knn_then_export_and_load(tmp_path, capsys):
     assert got["accuracy"] == pytest.approx(metrics["accuracy"])
     assert predictor.predict(data.x_test[:3]) == [data.class_names[i] for i in
                                                   predictor.predict_proba(data.x_test[:3]).argmax(1)]
+
+
+def test_knn_on_a_changed_image_folder_scores_the_new_images_not_the_cached_ones(tmp_path):
+    # what a second search on the same root does: the same cache folder, trials in the same process
+    from PIL import Image
+
+    from tests.test_data import digit_images, write_class_folders
+
+    x, y = digit_images(n_per_class=20, size=16)
+    root = write_class_folders(tmp_path / "f", x, y)
+    conf = spaces.DatasetConfig(name="imagefolder", root=str(root), image_size=16, normalize="half",
+                                split=spaces.SplitConfig(0.25, 0.25, 0))
+
+    def search(cache: Path) -> tuple[float, float]:
+        data = prepare(conf, cache_dir=cache, progress=False)
+        learner = get_family("knn").learner({"k": 1, "validation": "holdout"}, data.info, cache_dir=str(cache))
+        val = list(learner.fit(data))[-1]["val_accuracy"]
+        return val, float((learner.predict_proba(data.x_test).argmax(1) == data.y_test).mean())
+
+    assert search(tmp_path / "c") == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+    for f in sorted(root.rglob("*.*")):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(f)
+    noise = search(tmp_path / "c")
+    assert noise == search(tmp_path / "fresh1") and noise[0] < 0.7
+    (root / "three").mkdir()
+    for i in range(20):
+        Image.fromarray(x[i]).save(root / "three" / f"{i}.png")
+    grown = search(tmp_path / "c")  # no IndexError from a table of the smaller set
+    assert grown == search(tmp_path / "fresh2")

@@ -98,6 +98,25 @@ def test_imagenet_weights_load_from_the_torch_hub_cache(hub):
         assert torch.equal(v, reference.state_dict()[k]), k
 
 
+def test_frozen_features_are_keyed_by_the_imagenet_file_not_the_word_imagenet(hub, data, tmp_path):
+    # a replaced ImageNet file (another download, a fine-tuned copy put in its place) is other features
+    import torchvision.models as tvm
+
+    arch = "squeezenet1_1"
+    f, _ = backbones.imagenet_file(arch)
+    f.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    torch.save(tvm.get_model(arch).state_dict(), f)
+    learner = get_family("transfer").learner({"arch": arch, "weights": "imagenet"}, data.info,
+                                             cache_dir=str(tmp_path / "c"))
+    before = learner.feature_key()
+    assert before == learner.feature_key() and str(f) in before
+    torch.manual_seed(2)
+    torch.save(tvm.get_model(arch).state_dict(), f.with_suffix(".new"))
+    f.with_suffix(".new").replace(f)
+    assert learner.feature_key() != before
+
+
 def test_a_state_dict_for_another_arch_is_refused_by_name(tmp_path):
     import torchvision.models as tvm
 

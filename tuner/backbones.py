@@ -317,16 +317,20 @@ def load_weights(body: Body, weights: str, where: str = "weights") -> None:
     _load_into(body, _read_state_dict(p, where), str(p), where)
 
 
-def weights_key(weights: str, seed: int = 0) -> str:
-    """Changes whenever the weights would: the file's name, size and mtime; the seed of a random init."""
+def weights_key(weights: str, seed: int = 0, arch: str | None = None) -> str:
+    """Changes whenever the weights would: the file's path, size, ns mtime, inode and ctime (the ImageNet
+    file of `arch` too: one replaced in the torch hub cache is another file); the seed of a random init."""
     if weights == "none":
         return f"none:seed{seed}"
     if weights == "imagenet":
-        return "imagenet"
-    p = resolve_path(weights)
-    f = p / "model.pt" if p.is_dir() else p
+        if arch is None:
+            raise ValueError("weights_key: imagenet weights need the arch to find their file")
+        f, _ = imagenet_file(arch)
+    else:
+        p = resolve_path(weights)
+        f = p / "model.pt" if p.is_dir() else p
     st = f.stat()
-    return f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}"
 
 
 # --------------------------------------------------------------------------- feature extractors
@@ -365,7 +369,7 @@ def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, i
         body = make_body(backbone)
         load_weights(body, weights, "backbone weights")
         module = nn.Sequential(body.module, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        key = f"tv:{backbone}:{weights_key(weights)}:gap:{norm}"
+        key = f"tv:{backbone}:{weights_key(weights, arch=backbone)}:gap:{norm}"
         return _frozen(module), 3, key
 
     p = resolve_path(str(backbone))

@@ -44,19 +44,24 @@ def cached(data, extractor_key: str, extractor: Callable, pre: Callable, device=
            batch_size: int = 256) -> dict[str, np.ndarray]:
     """Features of each split of `data`, computed at most once per (data.key, extractor_key) on this machine.
 
-    `extractor_key` must change whenever the features would (arch, weights file and its mtime, ...).
-    Without a cache_dir the features are computed and kept in memory only.
+    `extractor_key` must change whenever the features would (arch, weights file and its mtime, ...);
+    `data.key` is a hash of the decoded images and splits (see `tuner.data.prepare`), and the device type
+    is part of the key too (a GPU embeds in bfloat16). Without a cache_dir the features are computed and
+    kept in memory only.
     """
     if cache_dir is None:
         return {s: compute(extractor, pre, data.split(s)[0], device, batch_size) for s in splits}
     from filelock import FileLock
 
-    folder = cache_path(cache_dir, data.key, extractor_key)
+    folder = cache_path(cache_dir, data.key, f"{extractor_key}|{torch.device(device).type}")
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     with FileLock(str(folder / ".lock")):
         for s in splits:
             f = folder / f"{s}.npy"
+            n = len(data.split(s)[1])
+            if f.is_file() and len(np.load(f, mmap_mode="r")) != n:
+                f.unlink()  # written for other images under the same key (a hand-edited cache): never reuse it
             if not f.is_file():
                 feats = compute(extractor, pre, data.split(s)[0], device, batch_size)
                 tmp = folder / f".{s}.{os.getpid()}.npy"

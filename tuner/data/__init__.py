@@ -7,6 +7,7 @@ the cache decode what the splits need, drops files that would not decode, and no
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 from pathlib import Path
 
@@ -93,8 +94,9 @@ def _check_classes(cfg, labels: np.ndarray, class_names: list[str], where: str) 
 
 def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     """Read, split, decode once and normalise the data set a `DatasetConfig` describes."""
-    from tuner.data.cache import decode_split
+    from tuner.data.cache import check_image_size, check_space, decode_split, plan
 
+    check_image_size(cfg.image_size)
     if not cfg.root and cfg.download and cfg.name != "digits":  # torchvision needs a folder to download into
         base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "tuner"
         cfg = dataclasses.replace(cfg, root=str(base / "datasets" / cfg.name))
@@ -107,15 +109,25 @@ def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     offsets = np.cumsum([0] + [len(s.labels) for s in shipped.values()])
     decoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     used = np.unique(np.concatenate(list(parts.values())))
-    for j, (k, s) in enumerate(shipped.items()):
-        local = used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j]
+    locals_ = {k: used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j] for j, k in enumerate(shipped)}
+    # everything that will be written, against the free space, before the first byte is
+    entries = [plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size) for k, local in locals_.items() if len(local)]
+    check_space(sum(e.nbytes for e in entries if e is not None and not e.built), cache_dir)
+    content = hashlib.sha256(f"{cfg.name}|{cfg.image_size}".encode())
+    for k, local in locals_.items():
         if len(local):
-            arr, ok = decode_split(cfg, k, s, local, cache_dir=cache_dir, progress=progress, size=cfg.image_size)
+            arr, ok, digest = decode_split(cfg, k, shipped[k], local, cache_dir=cache_dir, progress=progress,
+                                           size=cfg.image_size)
             decoded[k] = (local, arr, ok)
+            content.update(f"|{k}:{digest}".encode())
     skipped = source.skipped + sum(int((~ok).sum()) for _, _, ok in decoded.values())
     if skipped:
-        print(f"warning: dataset.root {cfg.root}: skipped {skipped} unreadable or non-image "
-              f"file{'s' if skipped != 1 else ''}", file=sys.stderr)
+        plural = "s" if skipped != 1 else ""
+        unreadable = skipped - sum(source.skipped_why.values())
+        why = ([f"{unreadable} unreadable or non-image"] if unreadable else []) + \
+              [f"{n} {reason}" for reason, n in source.skipped_why.items() if n]
+        what = f"file{plural}: {', '.join(why)}" if source.skipped_why else f"unreadable or non-image file{plural}"
+        print(f"warning: dataset.root {cfg.root}: skipped {skipped} {what}", file=sys.stderr)
 
     arrays, labels, indices = {}, {}, {}
     for part in PARTS:
@@ -143,9 +155,14 @@ def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     if len(arrays["val"]) == 0:
         raise UserError("dataset.split.val is 0: the search needs a validation split; set it to e.g. 0.2")
     mean, std = normalization(cfg.normalize, arrays["train"])
-    sp = cfg.split
+    # the feature caches downstream are keyed by this: the decoded pixels, which of them each part holds,
+    # and the labels, so a changed, grown or shrunk folder never meets a stale embedding or neighbour table
+    for part in PARTS:
+        content.update(f"|{part}|".encode())
+        content.update(indices[part].astype(np.int64).tobytes())
+        content.update(labels[part].tobytes())
     return ImageData(
         x_train=arrays["train"], y_train=labels["train"], x_val=arrays["val"], y_val=labels["val"],
         x_test=arrays["test"], y_test=labels["test"], class_names=list(source.class_names), mean=mean, std=std,
-        name=cfg.name, key=f"{cfg.name}:{cfg.root}:{cfg.image_size}:{sp.val}:{sp.test}:{sp.seed}:{cfg.limit}",
+        name=cfg.name, key=f"{cfg.name}:{content.hexdigest()[:32]}",
         indices=indices, skipped=skipped)

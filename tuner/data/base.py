@@ -36,7 +36,8 @@ class Source:
     train: SplitSource
     test: SplitSource | None = None   # the data set's official test split, if it has one
     val: SplitSource | None = None    # an official validation split (image folders with val/)
-    skipped: int = 0                  # unreadable files the reader passed over
+    skipped: int = 0                  # files the reader passed over (non-image ones and those below)
+    skipped_why: dict[str, int] = field(default_factory=dict)  # e.g. {"duplicate": 2}: part of `skipped`
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str = ""
-    key: str = ""                     # identifies the decoded images (for feature caches)
+    key: str = ""                     # a hash of the decoded images, splits and labels (for feature caches)
     indices: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: int = 0                  # unreadable or non-image files left out
 

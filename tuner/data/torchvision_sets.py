@@ -31,11 +31,65 @@ def _download(cfg, fetch) -> None:
 CIFAR_LAYOUT = "the python version (cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.meta) in it"
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold: dicts, lists, strings, numbers and uint8 numpy arrays. A
+    pickle may name any callable to run while loading; these are the only ones a batch names (numpy's array
+    reconstruction, and _codecs.encode for bytes in a protocol-2 pickle written by Python 3)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own, wherever this numpy keeps it
+        if module == "_codecs":
+            import _codecs
+
+            return _codecs.encode
+        return getattr(np, name)
+
+
+def _unpickle(path: Path, keys: tuple[str, ...]) -> dict:
+    """A CIFAR-10 python file, read without running code from it; anything else is the user's to replace."""
+    try:
+        with open(path, "rb") as f:
+            entry = _BatchUnpickler(f, encoding="latin1").load()
+        if not isinstance(entry, dict):
+            raise ValueError(f"a {type(entry).__name__}, not a dict")
+        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        missing_keys = [k for k in keys if k not in entry]
+        if missing_keys:
+            raise ValueError(f"no {', '.join(missing_keys)} in it")
+        return entry
+    except _Refused as exc:
+        raise UserError(f"dataset.root: {path} is not a CIFAR-10 file: it asks to run {exc} when read, which "
+                        f"a data file never needs (nothing was run); replace it with the original "
+                        f"(delete cifar-10-batches-py/ and set dataset.download: true)") from None
+    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, ValueError...: a damaged file
+        raise UserError(f"dataset.root: {path} is truncated or corrupt ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else 'cannot be read'}); delete "
+                        f"cifar-10-batches-py/ and download it again (dataset.download: true)") from None
+
+
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
-    x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(x), np.asarray(entry["labels"], dtype=np.int64)
+    entry = _unpickle(path, ("data", "labels"))
+    data = entry["data"]
+    try:
+        labels = np.asarray(entry["labels"], dtype=np.int64)
+    except (TypeError, ValueError):
+        labels = None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
+            or labels is None or labels.shape != (len(data),):
+        raise UserError(f"dataset.root: {path} is truncated or corrupt (data is not N x 3072 bytes with a label "
+                        f"each); delete cifar-10-batches-py/ and download it again (dataset.download: true)")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), labels
 
 
 @register_reader("cifar10")
@@ -52,8 +106,7 @@ def read_cifar10(cfg) -> Source:
     test = _cifar_batch(base / "test_batch")
     names = [str(i) for i in range(10)]
     if (base / "batches.meta").is_file():
-        with open(base / "batches.meta", "rb") as f:
-            names = list(pickle.load(f, encoding="latin1")["label_names"])
+        names = [str(n) for n in _unpickle(base / "batches.meta", ("label_names",))["label_names"]]
     return Source(class_names=names,
                   train=SplitSource(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
                   test=SplitSource(*test))

@@ -200,11 +200,19 @@ _MEMO: OrderedDict[str, Table] = OrderedDict()   # this process's tables; Ray re
 _MEMO_SIZE = 16
 
 
+def _fits(table: Table, train, query, k: int) -> bool:
+    """A table can serve these vectors: one row per query, enough columns, rows of this training set."""
+    return (table.idx.shape[0] == len(query) and table.k >= min(k, len(train))
+            and (table.idx.size == 0 or int(table.idx.max()) < len(train)))
+
+
 def cached_table(key: str, train, query, kind: str, k: int, device="cpu", cache_dir: str | None = None) -> Table:
-    """A neighbour table with at least k columns, from memory, from disk, or computed once (file-locked)."""
-    full = f"{key}|{kind}"
+    """A neighbour table with at least k columns, from memory, from disk, or computed once (file-locked).
+    `key` names the vectors (EmbeddingLearner.data_key: a hash of the data and the backbone); a table that
+    does not fit them anyway (a hand-edited cache) is computed again, never indexed out of range."""
+    full = f"{key}|{kind}|{len(train)}x{len(query)}"
     hit = _MEMO.get(full)
-    if hit is not None and hit.k >= min(k, len(train)):
+    if hit is not None and _fits(hit, train, query, k):
         _MEMO.move_to_end(full)
         return hit
     want = max(k, K_TABLE)
@@ -221,7 +229,7 @@ def cached_table(key: str, train, query, kind: str, k: int, device="cpu", cache_
             if f.is_file():
                 z = np.load(f)
                 table = Table(z["idx"], {m[5:]: z[m] for m in z.files if m.startswith("dist_")})
-                if table.k < min(k, len(train)):
+                if not _fits(table, train, query, k):
                     table = None
             if table is None:
                 table = neighbours(train, query, kind, want, device)

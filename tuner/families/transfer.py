@@ -122,7 +122,7 @@ class FrozenLearner(TransferLearner):
         """Changes whenever the cached features would: arch, weights, pooling, normalisation, size."""
         i, h = self.info, head_config(self.cfg)
         norm = ",".join(f"{v:.4f}" for v in (*i.mean, *i.std))
-        weights = backbones.weights_key(self.cfg["weights"], int(self.cfg["seed"]))
+        weights = backbones.weights_key(self.cfg["weights"], int(self.cfg["seed"]), self.model.arch)
         return (f"transfer:{self.model.arch}:drop{self.cfg['drop_stages']}:{weights}:{h['pool']}:"
                 f"{i.channels}x{i.height}x{i.width}:{norm}")
 
