@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
     b.add_argument("--export", nargs="?", const="", default=None, metavar="DIR",
                    help="write the bundle (default <results>/<name>/export/)")
+    b.add_argument("--format", default="bundle", choices=["bundle", "onnx"],
+                   help="onnx: also model.onnx + preprocessing.json beside the bundle (implies --export)")
     b.add_argument("--results", default="results")
 
     c = sub.add_parser("compare", help="one table over experiments' retrained best models")

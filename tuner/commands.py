@@ -74,6 +74,13 @@ def best(args) -> int:
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
     if (d / "best" / "metrics.json").is_file():
         _say(f"test metrics: {d / 'best' / 'metrics.json'}")
+    onnx = getattr(args, "format", "bundle") == "onnx"
+    if onnx:
+        from tuner import onnx_export
+
+        onnx_export.check_family(info.get("family", ""))  # before any retrain
+        onnx_export.require_onnx()
+        args.export = "" if args.export is None else args.export
     if args.export is not None:
         if not (d / "best" / "model.pt").is_file():
             _say("no retrained model yet: retraining the best config first")
@@ -81,6 +88,8 @@ def best(args) -> int:
         dest = Path(args.export) if args.export else d / "export"
         export.export(d, dest)
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
+        if onnx:
+            _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
     return 0
 
 
