@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="the experiments in a results folder")
     ls.add_argument("--results", default="results")
+
+    sub.add_parser("schema", help="print a JSON Schema of the space-file grammar (for editors)")
     return p
 
 

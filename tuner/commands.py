@@ -144,3 +144,12 @@ def list(args) -> int:  # noqa: A001 - the sub-command's name
             test = f", test {json.loads((d / 'best' / 'metrics.json').read_text())['accuracy']:.4f}"
         _say(f"{d.name:30s} {space.get('family', ''):9s} {n:4d} trials  {acc}{test}")
     return 0
+
+
+def schema(args) -> int:
+    import json
+
+    from tuner.schema import schema as build
+
+    sys.stdout.write(json.dumps(build(), indent=2) + "\n")
+    return 0
