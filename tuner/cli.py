@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the bundle (default <results>/<name>/export/)")
     b.add_argument("--pareto", action="store_true", help="list the Pareto front of a multi-objective search")
     b.add_argument("--trial", metavar="ID", help="take this trial instead of the best (retrained on --export)")
+    b.add_argument("--format", default="bundle", choices=["bundle", "onnx"],
+                   help="onnx: also model.onnx + preprocessing.json beside the bundle (implies --export)")
     b.add_argument("--results", default="results")
 
     c = sub.add_parser("compare", help="one table over experiments' retrained best models")
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="the experiments in a results folder")
     ls.add_argument("--results", default="results")
+
+    sub.add_parser("schema", help="print a JSON Schema of the space-file grammar (for editors)")
     return p
 
 

@@ -119,6 +119,13 @@ def best(args) -> int:
     if (d / "best" / "metrics.json").is_file():
         read_result(d / "best" / "metrics.json")
         _say(f"test metrics: {d / 'best' / 'metrics.json'}")
+    onnx = getattr(args, "format", "bundle") == "onnx"
+    if onnx:
+        from tuner import onnx_export
+
+        onnx_export.check_family(info.get("family", ""))  # before any retrain
+        onnx_export.require_onnx()
+        args.export = "" if args.export is None else args.export
     if args.export is not None:
         dest = Path(args.export) if args.export else d / "export"
         export.check_destination(d, dest)  # before a retrain, which can take hours
@@ -128,6 +135,8 @@ def best(args) -> int:
             retrain_best(d, say=_say)
         export.export(d, dest)
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
+        if onnx:
+            _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
     return 0
 
 
@@ -221,3 +230,12 @@ def _list_line(d: Path) -> str:
     if (d / "best" / "metrics.json").is_file():
         test = f", test {score(report.read_result(d / 'best' / 'metrics.json').get('accuracy'))}"
     return f"{d.name:30s} {str(space.get('family', '')):9s} {n:4d} trials  {acc}{test}"
+
+
+def schema(args) -> int:
+    import json
+
+    from tuner.schema import schema as build
+
+    sys.stdout.write(json.dumps(build(), indent=2) + "\n")
+    return 0

@@ -285,8 +285,13 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     name = space.get("name", exp_dir.name)
     plot_learning_curves(ranked, epochs, col, plots / "learning_curves.png", top=top, name=name)
     plot_parameters(ranked, searched, col, mode, plots / "parameters.png", name=name)
-    plot_importance(importance(ranked, searched, col, mode), len(ranked), col, plots / "importance.png", name=name)
+    imp = importance(ranked, searched, col, mode)
+    plot_importance(imp, len(ranked), col, plots / "importance.png", name=name)
     plot_rungs(trials, space.get("scheduler") or {}, plots / "rungs.png", name=name)
+    from tuner import search_plots  # parallel coordinates, contour, history, intermediate values, Pareto front
+
+    search_plots.plot_search(trials, epochs, searched, metric, mode, plots, name=name, importance=imp,
+                             max_epochs=(space.get("scheduler") or {}).get("max_epochs"))
 
 
 def plot_learning_curves(ranked: pd.DataFrame, epochs: pd.DataFrame, col: str, path: Path, top: int = 8,
