@@ -1,0 +1,38 @@
+"""The documentation in docs/ says what the code does: the families reference is generated from the
+`Param` definitions, and the hand-written pages name every key, file and search space there is."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuner import docs
+from tuner.families import FAMILIES
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def test_families_doc_is_generated_from_the_current_params():
+    checked_in = (DOCS / "families.md").read_text()
+    assert checked_in == docs.render(), "docs/families.md is out of date: run `python -m tuner.docs`"
+
+
+def test_families_doc_names_every_parameter_of_every_family():
+    text = docs.render()
+    for name, family in FAMILIES.items():
+        assert f"## {name}\n" in text
+        for param in family.params:
+            assert f"| `{param}` |" in text, f"{name}.{param} missing from docs/families.md"
+
+
+def test_common_params_are_those_every_trained_family_shares():
+    common = docs.common_params()
+    assert {"optimizer", "lr", "batch_size", "seed"} <= set(common)
+    for family in FAMILIES.values():
+        if "optimizer" in family.params:
+            assert all(family.params[k] == p for k, p in common.items())
+
+
+def test_main_writes_the_rendered_text(tmp_path):
+    out = tmp_path / "families.md"
+    assert docs.main([str(out)]) == 0
+    assert out.read_text() == docs.render()
