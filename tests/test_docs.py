@@ -36,3 +36,19 @@ def test_main_writes_the_rendered_text(tmp_path):
     out = tmp_path / "families.md"
     assert docs.main([str(out)]) == 0
     assert out.read_text() == docs.render()
+
+
+def test_space_file_doc_names_every_key_of_the_grammar():
+    import dataclasses
+
+    from tuner import spaces
+
+    text = (DOCS / "space-file.md").read_text()
+    keys = set(spaces.TOP_KEYS) | set(spaces.SUITE_KEYS)
+    for block in (spaces.DatasetConfig, spaces.SplitConfig, spaces.AugmentConfig, spaces.SearchConfig,
+                  spaces.SchedulerConfig, spaces.ResourcesConfig):
+        keys |= {f.name for f in dataclasses.fields(block)}
+    missing = sorted(k for k in keys if f"| `{k}` |" not in text)
+    assert not missing, f"docs/space-file.md has no table row for {missing}"
+    for kind in spaces.DISTRIBUTIONS:
+        assert f"{{{kind}: [" in text, f"docs/space-file.md does not show the {kind} distribution"
