@@ -52,3 +52,17 @@ def test_space_file_doc_names_every_key_of_the_grammar():
     assert not missing, f"docs/space-file.md has no table row for {missing}"
     for kind in spaces.DISTRIBUTIONS:
         assert f"{{{kind}: [" in text, f"docs/space-file.md does not show the {kind} distribution"
+
+
+def test_results_doc_lists_the_columns_the_code_writes():
+    from tuner.driver import EPOCH_COLUMNS
+    from tuner.report import COMPARISON_COLUMNS, METRIC_COLUMNS
+
+    text = (DOCS / "results.md").read_text()
+    for col in EPOCH_COLUMNS + COMPARISON_COLUMNS:
+        assert f"`{col}`" in text, f"docs/results.md does not name the column {col}"
+    # every metrics.json key is explained in a row of the metrics table, not only listed
+    section = text.split("## metrics.json", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    unexplained = [c for c in METRIC_COLUMNS if not any(f"`{c}`" in r for r in rows)]
+    assert not unexplained, f"docs/results.md: no row in the metrics.json table for {unexplained}"
