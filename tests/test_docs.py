@@ -66,3 +66,22 @@ def test_results_doc_lists_the_columns_the_code_writes():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     unexplained = [c for c in METRIC_COLUMNS if not any(f"`{c}`" in r for r in rows)]
     assert not unexplained, f"docs/results.md: no row in the metrics.json table for {unexplained}"
+
+
+def test_every_search_space_file_is_linked_from_the_seeds_doc():
+    text = (DOCS / "seeds.md").read_text()
+    unlinked = [p.name for p in sorted((ROOT / "search_spaces").glob("*.yaml"))
+                if f"](../search_spaces/{p.name})" not in text]
+    assert not unlinked, f"docs/seeds.md links no report experiment or demo to {unlinked}"
+
+
+def test_relative_links_in_readme_and_docs_resolve():
+    import re
+
+    pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, f"links to files that do not exist: {broken}"
