@@ -85,3 +85,9 @@ def test_relative_links_in_readme_and_docs_resolve():
             if "://" not in target and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, f"links to files that do not exist: {broken}"
+
+
+def test_readme_and_docs_point_nowhere_outside_the_repository():
+    # shared/ (the contract, the seed reports) is not in the repository a user clones
+    for page in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        assert "shared/" not in page.read_text(), f"{page.relative_to(ROOT)} points into shared/"
