@@ -22,23 +22,26 @@ from tuner.errors import TrialFailed
 from tuner.families.base import Param
 
 COMMON_PARAMS: dict[str, Param] = {
-    "optimizer": Param("adam", "str", ("sgd", "adam", "adamw", "rmsprop")),
-    "lr": Param(1e-3, "float", low=0.0),
+    "optimizer": Param("adam", "str", ("sgd", "adam", "adamw", "rmsprop"),
+                       help="adamw decouples weight decay from the lr"),
+    "lr": Param(1e-3, "float", low=0.0, help="learning rate (of the head, for transfer)"),
     "momentum": Param(0.9, "float", low=0.0, high=1.0, help="sgd and rmsprop"),
-    "weight_decay": Param(0.0, "float", low=0.0),
+    "weight_decay": Param(0.0, "float", low=0.0, help="L2 penalty (decoupled for adamw)"),
     "eps": Param(1e-8, "float", low=0.0, help="adam/adamw/rmsprop epsilon (the Flowers seed used 0.1)"),
-    "nesterov": Param(False, "bool"),
-    "batch_size": Param(64, "int", low=1),
-    "lr_schedule": Param("none", "str", ("none", "step", "plateau", "cosine")),
+    "nesterov": Param(False, "bool", help="sgd: Nesterov momentum (needs momentum > 0)"),
+    "batch_size": Param(64, "int", low=1, help="training images per step"),
+    "lr_schedule": Param("none", "str", ("none", "step", "plateau", "cosine"),
+                         help="step: times lr_gamma every lr_step epochs; plateau: when val_loss stalls; "
+                              "cosine: down to 0 at max_epochs"),
     "lr_step": Param(0, "int", low=0, help="step: epochs between drops (0 = a third of max_epochs)"),
     "lr_gamma": Param(0.1, "float", low=0.0, high=1.0, help="step and plateau: factor the lr is multiplied by"),
     "lr_patience": Param(2, "int", low=0, help="plateau: epochs without improvement before a drop"),
     "lr_threshold": Param(1e-4, "float", low=0.0, help="plateau: relative improvement that counts"),
-    "label_smoothing": Param(0.0, "float", low=0.0, high=1.0),
-    "loss": Param("ce", "str", ("ce", "focal")),
-    "focal_gamma": Param(2.0, "float", low=0.0),
+    "label_smoothing": Param(0.0, "float", low=0.0, high=1.0, help="weight moved from the true class to all classes"),
+    "loss": Param("ce", "str", ("ce", "focal"), help="ce: cross-entropy; focal: down-weights easy examples"),
+    "focal_gamma": Param(2.0, "float", low=0.0, help="focal: how strongly easy examples are down-weighted"),
     "early_stopping": Param(0, "int", low=0, help="patience in epochs on val_accuracy; 0 = off"),
-    "seed": Param(0, "int"),
+    "seed": Param(0, "int", help="initial weights and batch order"),
 }
 
 

@@ -10,18 +10,27 @@ from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
 
 @register_family
 class CNN(TorchFamily):
+    """A VGG-style CNN trained from scratch: `blocks` of convolutions (3x3 by default), each block
+    doubling the channels and halving the image, then global average pooling or flatten, optional fc
+    layers and the output layer.
+
+    Use it when there are no pretrained weights to lean on, or to measure what transfer learning
+    adds (the custom CNNs of the Cars, CIFAR-10, Flowers and STL-10 seeds).
+    """
     name = "cnn"
     own_params = {
-        "blocks": Param(3, "int", low=1, high=8),
+        "blocks": Param(3, "int", low=1, high=8, help="each ends in 2x2 max pooling"),
         "channels": Param(32, "int", low=1, help="first block; doubles per block"),
-        "convs_per_block": Param(2, "int", low=1, high=6),
-        "kernel_size": Param(3, "int", low=1, high=11),
-        "batchnorm": Param(True, "bool"),
-        "spatial_dropout": Param(0.0, "float", low=0.0, high=0.9),
-        "dropout": Param(0.0, "float", low=0.0, high=0.95),
-        "pool": Param("gap", "str", ("gap", "flatten")),
+        "convs_per_block": Param(2, "int", low=1, high=6, help="convolutions before each pooling"),
+        "kernel_size": Param(3, "int", low=1, high=11, help="square kernels, 'same' padding"),
+        "batchnorm": Param(True, "bool", help="after every convolution and fc layer"),
+        "spatial_dropout": Param(0.0, "float", low=0.0, high=0.9, help="channel dropout after each block"),
+        "dropout": Param(0.0, "float", low=0.0, high=0.95,
+                         help="after each fc layer (before the output layer when fc is empty)"),
+        "pool": Param("gap", "str", ("gap", "flatten"),
+                      help="gap: global average pooling; flatten: the whole last feature map"),
         "fc": Param([], "list", help="hidden widths of the classifier"),
-        "activation": Param("relu", "str", tuple(ACTIVATIONS)),
+        "activation": Param("relu", "str", tuple(ACTIVATIONS), help="leaky_relu has slope 0.1"),
     }
 
     def build(self, cfg: dict, info: DataInfo) -> nn.Module:

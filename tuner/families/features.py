@@ -125,12 +125,21 @@ class FeaturesLearner(EmbeddingLearner):
 
 @register_family
 class Features(Family):
+    """A scikit-learn classifier (logistic regression, random forest, SVM or KNN) on a backbone's
+    embeddings, computed once and shared by every trial.
+
+    Use it to ask whether a pretrained network's features plus a classic classifier are enough (the
+    CIFAR-10 seed's VGG19 features); `classifier` can itself be searched, and parameters that belong
+    to a classifier not chosen are ignored. No training loop, one report per trial.
+    """
     name = "features"
     iterative = False
     params = {
         **backbone_params(),
-        "normalize": Param("none", "str", ("none", "l2", "standard"), help="standard: per-feature z-score"),
-        "classifier": Param("logreg", "str", CLASSIFIERS),
+        "normalize": Param("none", "str", ("none", "l2", "standard"),
+                           help="l2: each embedding to length 1; standard: per-feature z-score"),
+        "classifier": Param("logreg", "str", CLASSIFIERS,
+                            help="a scikit-learn classifier; parameters of the others are ignored"),
         "C": Param(1.0, "float", low=1e-12, help="logreg and svm: inverse regularisation strength"),
         "max_iter": Param(1000, "int", low=1, help="logreg"),
         "n_estimators": Param(100, "int", low=1, help="random_forest"),
@@ -141,7 +150,7 @@ class Features(Family):
         "gamma": Param("scale", "any", help="svm: scale | auto | a number > 0"),
         "degree": Param(3, "int", low=1, help="svm with kernel poly"),
         "k": Param(5, "int", low=1, help="knn"),
-        "seed": Param(0, "int"),
+        "seed": Param(0, "int", help="the classifier's random_state"),
     }
 
     def validate(self, constants: dict, searched: dict, file: str) -> None:

@@ -43,7 +43,7 @@ def backbone_params() -> dict[str, Param]:
         "backbone": Param(PIXELS, "str", help="pixels | a torchvision arch (resnet50, vgg19, ...) | "
                                               "path to a bundle exported by `tuner best --export`"),
         "backbone_weights": Param("imagenet", "str", help="the arch's weights: imagenet | none | a .pt bundle path"),
-        "normalize": Param("none", "str", ("none", "l2")),
+        "normalize": Param("none", "str", ("none", "l2"), help="l2: scale each embedding to length 1"),
     }
 
 
@@ -390,12 +390,19 @@ VOTE_WEIGHTS = ("uniform", "distance")
 
 @register_family
 class Knn(Family):
+    """K nearest neighbours over embeddings: image retrieval, with a majority or distance-weighted vote.
+
+    The `backbone` turns each image into a vector once (`pixels`, a pretrained torchvision arch, or a
+    bundle exported by `tuner best --export`, e.g. a fine-tuned transfer model with its head cut off);
+    a search over k, metric, normalisation and vote weighting then costs one neighbour search per
+    (metric, normalize), and every other trial is a table look-up. No training, one report per trial.
+    """
     name = "knn"
     iterative = False
     params = {
         **backbone_params(),
-        "k": Param(5, "int", low=1),
-        "metric": Param("euclidean", "str", METRICS),
+        "k": Param(5, "int", low=1, help="neighbours that vote"),
+        "metric": Param("euclidean", "str", METRICS, help="distance between embeddings"),
         "weights": Param("uniform", "str", VOTE_WEIGHTS, help="vote weighting; the backbone's are backbone_weights"),
         "validation": Param("loo", "str", ("loo", "holdout"),
                             help="loo: leave-one-out over train+val, which then all serve as reference images; "

@@ -9,6 +9,11 @@ from tuner.families.trained import TorchFamily
 
 @register_family
 class Linear(TorchFamily):
+    """Logistic regression on the flattened pixels: one linear layer from every pixel to every class.
+
+    The baseline every other family has to beat (the STL-10 seed's first model). Cheap enough to search
+    lr, batch size and optimizer widely; it takes only the common training parameters.
+    """
     name = "linear"
     own_params: dict = {}
 

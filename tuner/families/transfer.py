@@ -203,6 +203,16 @@ class FrozenLearner(TransferLearner):
 # --------------------------------------------------------------------------- the family
 @register_family
 class Transfer(TorchFamily):
+    """A torchvision network (`arch`: resnet18/50, vgg16/19, mobilenet_v2, efficientnet_b0,
+    convnext_tiny, ...) with its classifier replaced by a new head: pool, `hidden` layers, output.
+
+    `trainable_layers` picks what trains: 0 freezes the body (its features are computed once and
+    cached, so a frozen search is cheap), n trains its last n stages, `all` fine-tunes everything;
+    `backbone_lr_mult` gives the body a smaller lr. With `weights: imagenet` this is the usual best
+    choice for real photographs; with `weights: none` it trains the same architecture from scratch.
+    The head can be written as a `head:` block or as top-level keys (`pool`, `hidden`, `dropout`,
+    `batchnorm`, `activation`); a top-level key wins, and is what a search varies.
+    """
     name = "transfer"
     own_params = {
         "arch": Param("resnet50", "str", help="a torchvision classification model"),
@@ -211,11 +221,14 @@ class Transfer(TorchFamily):
         "backbone_lr_mult": Param(1.0, "float", low=0.0, help="the body's lr is lr times this"),
         "drop_stages": Param(0, "int", low=0, help="cut the last n stages off the body (e.g. VGG19 after block 4)"),
         "head": Param({}, "dict", help="pool, hidden, dropout, batchnorm, activation"),
-        "pool": Param(None, "str", ("gap", "flatten")),
-        "hidden": Param(None, "list", help="hidden widths of the head"),
-        "dropout": Param(None, "float", low=0.0, high=0.95),
-        "batchnorm": Param(None, "bool"),
-        "activation": Param(None, "str", tuple(ACTIVATIONS)),
+        "pool": Param(None, "str", ("gap", "flatten"),
+                      help="head: gap or flatten the body's output (unset: head.pool, else gap)"),
+        "hidden": Param(None, "list", help="head: hidden widths (unset: head.hidden, else none)"),
+        "dropout": Param(None, "float", low=0.0, high=0.95,
+                         help="head: after each hidden layer (unset: head.dropout, else 0)"),
+        "batchnorm": Param(None, "bool", help="head: batch norm in hidden layers (unset: head.batchnorm, else false)"),
+        "activation": Param(None, "str", tuple(ACTIVATIONS),
+                            help="head: activation (unset: head.activation, else relu)"),
         "cached_views": Param(0, "int", low=0, high=64,
                               help="frozen: augmented views of each training image cached besides the plain one"),
     }
