@@ -70,10 +70,15 @@ def param_table(params: dict[str, Param]) -> str:
     return "\n".join(rows)
 
 
+def shipped() -> dict[str, Family]:
+    """The families tuner ships (a user's or a test's family registered at run time is not documented here)."""
+    return {n: f for n, f in FAMILIES.items() if type(f).__module__.startswith("tuner.families.")}
+
+
 def common_params() -> dict[str, Param]:
     """The parameters every gradient-trained family takes with the same definition (a family trains by
     gradient when it takes `optimizer`), in the order the first of them declares them."""
-    trained = [f for f in FAMILIES.values() if "optimizer" in f.params]
+    trained = [f for f in shipped().values() if "optimizer" in f.params]
     if not trained:
         return {}
     first = trained[0].params
@@ -90,14 +95,15 @@ def _intro(family: Family) -> str:
 
 def render() -> str:
     common = common_params()
-    takers = [n for n, f in FAMILIES.items() if common and all(f.params.get(k) == p for k, p in common.items())]
+    families = shipped()
+    takers = [n for n, f in families.items() if common and all(f.params.get(k) == p for k, p in common.items())]
     out = [HEADER]
-    out.append("Families: " + ", ".join(f"[`{n}`](#{n})" for n in FAMILIES) + ".\n")
+    out.append("Families: " + ", ".join(f"[`{n}`](#{n})" for n in families) + ".\n")
     if common:
         out.append("## Common training parameters\n")
         out.append("Taken by " + ", ".join(f"`{n}`" for n in takers) + ".\n")
         out.append(param_table(common) + "\n")
-    for name, family in FAMILIES.items():
+    for name, family in families.items():
         out.append(f"## {name}\n")
         out.append(_intro(family) + "\n")
         own = {k: p for k, p in family.params.items() if not (name in takers and k in common)}
