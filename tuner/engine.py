@@ -40,6 +40,8 @@ COMMON_PARAMS: dict[str, Param] = {
     "focal_gamma": Param(2.0, "float", low=0.0),
     "early_stopping": Param(0, "int", low=0, help="patience in epochs on val_accuracy; 0 = off"),
     "seed": Param(0, "int"),
+    "compile": Param(False, "bool", help="torch.compile the model for training (opt-in: its compile time does not "
+                                          "pay back on short trials)"),
 }
 
 
