@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tuner.data import prepare  # noqa: E402
-from tuner.engine import batches  # noqa: E402
+from tuner.engine import train_batches  # noqa: E402
 from tuner.families import get_family  # noqa: E402
 from tuner.spaces import DatasetConfig, SplitConfig  # noqa: E402
 
@@ -71,8 +71,8 @@ def cached_epochs(root: Path, cache: Path, size: int, epochs: int, device: str) 
     # the data side alone: shuffled batches -> normalised float tensors on the device, no model
     t0 = time.perf_counter()
     for _ in range(epochs):
-        for idx in batches(len(data.y_train), MODEL["batch_size"], learner.gen):
-            learner._inputs(data.x_train[idx], train=True)
+        for idx in train_batches(len(data.y_train), MODEL["batch_size"], learner.gen):
+            learner._inputs(data.x_train[idx.numpy()], train=True)
     data_rate = epochs * len(data.y_train) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for _ in range(epochs):

@@ -4,6 +4,15 @@ Frozen backbones (transfer with trainable_layers: 0) and KNN / classic classifie
 heads or neighbour settings while the expensive part, running the backbone, stays the same. So the
 features are computed once, written to disk as float32 .npy, and memory-mapped by every trial. A file
 lock makes concurrent trials that need the same features wait for the first instead of recomputing.
+
+One precision for every cached embedding: float32 with TF32 off, on the CPU and on a GPU alike. The
+alternative, bfloat16 on a GPU with the precision and device type in the cache key, would keep two
+caches of one data set apart but not the answers: a bundle tested on bf16 features and reloaded on a
+CPU (or the other way round) would see other features and flip near-tie neighbours and predictions
+(issue 13: 6 of 3,600 KNN probabilities moved by 0.2). The price is paid once per (data set,
+extractor) on a machine, on the GPU only (a CPU was always float32): extraction runs at float32 rather
+than bfloat16 speed, a few times slower on an H100's tensor cores, seconds for tens of thousands of
+images (not measured here: no GPU), against search trials that each read the cache many times.
 """
 from __future__ import annotations
 
@@ -21,22 +30,36 @@ def cache_path(cache_dir: str | os.PathLike, data_key: str, extractor_key: str) 
     return Path(cache_dir) / "embeddings" / digest
 
 
-@torch.no_grad()
 def compute(extractor: Callable[[torch.Tensor], torch.Tensor], pre: Callable[[torch.Tensor], torch.Tensor],
             images: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 256) -> np.ndarray:
-    """uint8 NHWC images -> float32 (N, D) features. `pre` turns a uint8 batch on the device into model input."""
+    """uint8 NHWC images -> float32 (N, D) features. `pre` turns a uint8 batch on the device into model input.
+
+    Always in float32 with TF32 off (`engine.precision(exact=True)`), on every device: see the module notes.
+    On CUDA the input is channels-last, batches cross through pinned memory and the features come back
+    into a pinned buffer without blocking, so the GPU is waited for once, at the end.
+    """
+    from tuner.engine import precision, to_device
+
     device = torch.device(device)
     cuda = device.type == "cuda"
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.array(images[start:start + batch_size]))
-        x = x.pin_memory().to(device, non_blocking=True) if cuda else x
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            f = extractor(pre(x))
-        out.append(f.float().flatten(1).cpu().numpy())
-    if not out:
+    n = len(images)
+    out: torch.Tensor | None = None
+    if cuda and isinstance(extractor, torch.nn.Module):
+        extractor.to(memory_format=torch.channels_last)  # in place; the weights' layout only
+    with torch.inference_mode(), precision(device, exact=True):
+        for start in range(0, n, batch_size):
+            x = pre(to_device(np.asarray(images[start:start + batch_size]), device))
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            f = extractor(x).float().flatten(1)
+            if out is None:
+                out = torch.empty((n, f.shape[1]), dtype=torch.float32, pin_memory=cuda)
+            out[start:start + len(f)].copy_(f, non_blocking=cuda)
+        if cuda:
+            torch.cuda.synchronize(device)
+    if out is None:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out).astype(np.float32, copy=False)
+    return out.numpy()
 
 
 def cached(data, extractor_key: str, extractor: Callable, pre: Callable, device="cpu",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
@@ -42,7 +43,12 @@ COMMON_PARAMS: dict[str, Param] = {
     "focal_gamma": Param(2.0, "float", low=0.0, help="focal: how strongly easy examples are down-weighted"),
     "early_stopping": Param(0, "int", low=0, help="patience in epochs on val_accuracy; 0 = off"),
     "seed": Param(0, "int", help="initial weights and batch order"),
+    "compile": Param(False, "bool", help="torch.compile the model for training (opt-in: its compile time does not "
+                                          "pay back on short trials)"),
 }
+
+
+_GPU_SHARE = 1.0  # the share of its GPU this process was given, as last told to pick_device
 
 
 def pick_device(gpus: float | None = None) -> torch.device:
@@ -50,9 +56,75 @@ def pick_device(gpus: float | None = None) -> torch.device:
 
     Inside a trial Ray hides every GPU but the trial's own (CUDA_VISIBLE_DEVICES), so "cuda" is that GPU.
     A trial given no GPU stays on the CPU even where one is visible: it would take a share nobody gave it.
+    The share is remembered (a trial runs alone in its worker process) so that `resident_budget` keeps a
+    trial's data within its part of a GPU that other trials share.
     """
+    global _GPU_SHARE
     wants = gpus is None or gpus > 0
+    _GPU_SHARE = 1.0 if gpus is None else min(1.0, max(float(gpus), 0.0))
     return torch.device("cuda" if wants and torch.cuda.is_available() else "cpu")
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The training precision: bfloat16 on a GPU that has it, else float16 (with a loss scaler); float32
+    (None: no autocast) on the CPU, where autocast is slower than float32 for these models."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextmanager
+def precision(device: torch.device | str, exact: bool):
+    """The one mixed-precision policy, used by every learner and by `tuner.embeddings`.
+
+    exact=False (training steps, and the validation pass that steers the search): autocast in `amp_dtype`.
+    exact=True (test predictions, loaded bundles, cached embeddings: numbers that outlive the trial):
+    float32 with TF32 off, so the same model gives the same answers on a CPU and on a GPU (within float
+    rounding, about 1e-5 on probabilities) and a cache written on one device is right on the other.
+    """
+    device = torch.device(device)
+    if not exact:
+        dtype = amp_dtype(device)
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            yield
+        return
+    if device.type != "cuda":
+        yield
+        return
+    # the new fp32_precision API only: reading the legacy allow_tf32 flags after mixing the two raises
+    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+
+
+def resident_budget(device: torch.device) -> int:
+    """Bytes of a trial's images (or features) that may live on its GPU: a third of its share of the
+    GPU's memory (the model, activations and optimiser state need the rest), and at most a third of what
+    is free right now (other trials may have taken theirs)."""
+    free, total = torch.cuda.mem_get_info(device)
+    return int(min(total * _GPU_SHARE, free) / 3)
+
+
+def place(arrays: list, device: torch.device) -> list:
+    """A trial's splits on its GPU when all of them fit `resident_budget`: batches are then gathered on
+    the GPU and nothing crosses PCIe per batch. Else (and on the CPU) they stay host arrays, and each
+    batch is copied through pinned memory without blocking."""
+    if device.type != "cuda" or sum(a.nbytes for a in arrays) > resident_budget(device):
+        return list(arrays)
+    return [_upload(a, device) for a in arrays]
+
+
+def _upload(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    out = torch.empty(x.shape, dtype=torch.from_numpy(np.empty(0, x.dtype)).dtype, device=device)
+    step = max(1, (64 << 20) // max(1, x[:1].nbytes))  # 64 MB at a time: a memory-mapped set is never all in RAM
+    for s in range(0, len(x), step):
+        out[s:s + step].copy_(torch.from_numpy(np.array(x[s:s + step])))
+    return out
 
 
 # --------------------------------------------------------------------------- batches
@@ -79,16 +151,19 @@ def augment(x: torch.Tensor, aug, gen: torch.Generator) -> torch.Tensor:
     """Random flips, rotation, translation, resized crops and colour jitter on a float NCHW batch.
 
     All geometric changes go through one affine grid per batch, so cost does not grow with the number
-    of augmentations. Random numbers come from `gen` (CPU), so a trial's augmentations are seeded and
-    its generator state can be checkpointed.
+    of augmentations. Random numbers come from `gen` (CPU), so a trial's augmentations are seeded, are
+    the same on a CPU and a GPU, and its generator state can be checkpointed; they are drawn at once and
+    cross to the GPU in one non-blocking copy, so augmenting never waits for the GPU.
     """
     if aug is None or not aug.any:
         return x
     n = x.shape[0]
     dev = x.device
+    r = to_device(torch.rand(10, n, 1, 1, 1, generator=gen), dev)
+    cols = iter(r)
 
     def rand(*shape):
-        return torch.rand(*shape, generator=gen).to(dev)
+        return next(cols).reshape(n, *shape[1:])
 
     if aug.rotation or aug.translate or aug.random_resized_crop or aug.hflip:
         angle = (rand(n) * 2 - 1) * math.radians(aug.rotation)
@@ -118,18 +193,51 @@ def augment(x: torch.Tensor, aug, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def batches(n: int, batch_size: int, gen: torch.Generator | None) -> Iterator[np.ndarray]:
-    """Index batches: shuffled when a generator is given; each batch sorted (memory-mapped reads in order)."""
-    order = torch.randperm(n, generator=gen).numpy() if gen is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        yield np.sort(order[start:start + batch_size])
+def train_batches(n: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """One epoch's shuffled index batches, an (n_batches, batch_size) tensor: every batch has one shape.
+
+    The ragged remainder is dropped, not padded: padding repeats images (counting them twice in the
+    gradient and in batch-norm statistics), while a fresh shuffle each epoch still shows every image,
+    just not in every epoch (DataLoader's drop_last). A set smaller than a batch is one batch of all of
+    it. One shape per trial means cuDNN picks its kernels once. Rows are sorted, so memory-mapped
+    images are read in order.
+    """
+    bs = max(1, min(batch_size, n))
+    order = torch.randperm(n, generator=gen)
+    nb = n // bs
+    return order[:nb * bs].view(nb, bs).sort(dim=1).values
 
 
-def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
-    if device.type == "cuda":
+def eval_batch_size(batch_size: int) -> int:
+    """Evaluation batch: 4x the training batch, at most 1024. Inference keeps a layer or two of
+    activations alive where training keeps all of them, so this fits wherever training did."""
+    return max(batch_size, min(1024, 4 * batch_size))
+
+
+def eval_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor, int]]:
+    """(start, index, real rows) for evaluation, every index of one length: the last batch is padded by
+    repeating the last image and the caller drops those rows, so no new batch shape appears."""
+    bs = max(1, min(batch_size, n))
+    for start in range(0, n, bs):
+        idx = torch.arange(start, start + bs, device=device).clamp_(max=n - 1)
+        yield start, idx, min(bs, n - start)
+
+
+def to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array -> a tensor on `device`; on CUDA through pinned memory, without waiting for the copy."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(
+        np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
-    return t
+    return t.to(device)
+
+
+def take(x: np.ndarray | torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows `idx` of a split on `device`: gathered there when the split is resident (idx on its device),
+    else read on the host and copied."""
+    if isinstance(x, torch.Tensor):
+        return x[idx]
+    return to_device(x[idx.numpy()], device)
 
 
 # --------------------------------------------------------------------------- losses, optimisers, schedules
@@ -189,10 +297,18 @@ class TorchLearner:
         self.augment_cfg = augment_cfg
         self.cuda = self.device.type == "cuda"
         if self.cuda:
-            torch.backends.cudnn.benchmark = True
+            # cudnn.benchmark stays off. Measured on an H100 (issue 13): with it on, a trial's first training
+            # step took 9.2 s (ResNet18, 64 px) / 13.4 s (ResNet50, 224 px) and each new batch shape another
+            # 3.3 s / 10.8 s (0.6 s / 1.3 s in evaluation); off, 0.7 s / 0.9 s and 0.13 s / 0.36 s, and the
+            # steady step time was the same either way (0.065 s, ResNet50 at batch 256). A trial never runs
+            # long enough to win that back, so there is no switch for it.
+            torch.backends.cudnn.benchmark = False
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp_dtype = (torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.amp_dtype == torch.float16)
+        self.amp_dtype = amp_dtype(self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # opt-in: compiling takes longer than a short trial saves; used for training and validation steps
+        # only (exact predictions run the plain module, so their float32 graph is never compiled too)
+        self.train_model = torch.compile(self.model, dynamic=False) if cfg.get("compile") else self.model
         self.loss_fn = make_loss(cfg)
         self.optimizer = make_optimizer(self.param_groups(), cfg)
         self.schedule = None
@@ -203,6 +319,7 @@ class TorchLearner:
         self.keep_best = keep_best
         self.best_state: dict | None = None
         self.num_params = sum(p.numel() for p in self.model.parameters())
+        self._resident: tuple | None = None  # (data, its splits as `place` left them)
 
     # hooks a family may override --------------------------------------------------------------
     def param_groups(self):
@@ -212,7 +329,8 @@ class TorchLearner:
         self.model.train()
 
     # -------------------------------------------------------------------------------------------
-    def _inputs(self, x: np.ndarray, train: bool) -> torch.Tensor:
+    def _inputs(self, x: np.ndarray | torch.Tensor, train: bool) -> torch.Tensor:
+        """A raw uint8 NHWC batch (host array or on the device) -> the model's input on the device."""
         t = self.pre(to_device(x, self.device))
         if train:
             t = augment(t, self.augment_cfg, self.gen)
@@ -220,49 +338,68 @@ class TorchLearner:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cuda):
-            return self.model(x)
+    def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        with precision(self.device, exact):
+            return (self.model if exact else self.train_model)(x)
 
-    def train_epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    def train_epoch(self, x, y, batch_size: int) -> tuple[float, float]:
+        """One pass over (x, y), host arrays or resident tensors. Loss and hits add up on the device and are
+        read once at the end: a `.item()` per batch would make the CPU wait for the GPU at every step."""
         self.train_mode()
-        total_loss, correct, seen = 0.0, 0, 0
-        batch_size = min(batch_size, len(x))
-        for idx in batches(len(x), batch_size, self.gen):
-            if len(idx) < 2 and seen:  # a batch of one breaks batch norm; drop the remainder
-                continue
-            xb = self._inputs(x[idx], train=True)
-            yb = to_device(y[idx], self.device)
+        order = train_batches(len(x), batch_size, self.gen)
+        if isinstance(x, torch.Tensor):
+            order = to_device(order, x.device)  # one copy per epoch; batches are then gathered on the device
+        total = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for idx in order:
+            xb = self._inputs(take(x, idx, self.device), train=True)
+            yb = take(y, idx, self.device).long()
             logits = self._forward(xb)
             loss = self.loss_fn(logits, yb)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total_loss += loss.detach().float().item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
-            seen += len(idx)
-        return total_loss / max(seen, 1), correct / max(seen, 1)
+            total += loss.detach().float() * len(idx)
+            correct += (logits.argmax(1) == yb).sum()
+        seen = max(order.numel(), 1)
+        return total.item() / seen, correct.item() / seen
 
     @torch.no_grad()
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
-        proba = self.predict_proba(x)
-        p = torch.from_numpy(proba).clamp_min(1e-12)
-        yt = torch.from_numpy(np.array(y, dtype=np.int64))
-        loss = F.nll_loss(p.log(), yt).item() if len(y) else float("nan")
-        acc = float((proba.argmax(1) == y).mean()) if len(y) else float("nan")
-        return loss, acc, proba
-
-    @torch.no_grad()
-    def predict_proba(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def _proba(self, x, exact: bool, batch_size: int | None = None) -> torch.Tensor:
+        """Class probabilities on the device, in fixed-shape batches (the padding rows dropped)."""
         self.model.eval()
-        out = []
-        for idx in batches(len(images), batch_size, None):
-            logits = self._forward(self._inputs(images[idx], train=False))
-            out.append(torch.softmax(logits.float(), 1).cpu())
-        if not out:
-            return np.zeros((0, self.info.num_classes), dtype=np.float32)
-        return torch.cat(out).numpy()
+        n = len(x)
+        bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)))
+        out = torch.empty((n, self.info.num_classes), device=self.device)
+        where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+        for start, idx, real in eval_batches(n, bs, where):
+            logits = self._forward(self._inputs(take(x, idx, self.device), train=False), exact=exact)
+            out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, x, y) -> tuple[float, float, np.ndarray]:
+        """The validation pass of a trial: in the training precision (it steers the search, and is timed)."""
+        if not len(y):
+            return float("nan"), float("nan"), np.zeros((0, self.info.num_classes), dtype=np.float32)
+        proba = self._proba(x, exact=False)
+        yt = y.long() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y, dtype=np.int64))
+        yt = yt.to(self.device)
+        loss = F.nll_loss(proba.clamp_min(1e-12).log(), yt)
+        acc = (proba.argmax(1) == yt).float().mean()
+        return loss.item(), acc.item(), proba.cpu().numpy()
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Probabilities in float32 on any device (`precision(exact=True)`): test metrics and loaded bundles
+        agree between a CPU and a GPU."""
+        return self._proba(images, exact=True, batch_size=batch_size).cpu().numpy()
+
+    def _placed(self, data) -> list:
+        if self._resident is None or self._resident[0] is not data:
+            self._resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
+        return self._resident[1]
 
     def fit(self, data, max_epochs: int) -> Iterator[dict]:
         if self.schedule is None:
@@ -271,14 +408,15 @@ class TorchLearner:
                 self.schedule.load_state_dict(self._pending_schedule)
         patience = int(self.cfg.get("early_stopping", 0))
         batch_size = int(self.cfg.get("batch_size", 64))
+        x_train, y_train, x_val, y_val = self._placed(data)
         while self.epoch < max_epochs:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = self.train_epoch(data.x_train, data.y_train, batch_size)
+            train_loss, train_acc = self.train_epoch(x_train, y_train, batch_size)
             if not math.isfinite(train_loss):
                 raise TrialFailed(f"train_loss is {train_loss} at epoch {self.epoch + 1}: the lr "
                                   f"({lr:.3g}) is probably too high for this config")
-            val_loss, val_acc, _ = self.evaluate(data.x_val, data.y_val)
+            val_loss, val_acc, _ = self.evaluate(x_val, y_val)
             if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.schedule.step(val_loss)
             elif self.schedule is not None:
@@ -305,7 +443,9 @@ class TorchLearner:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "best": self.best,
-                "bad_epochs": self.bad_epochs, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+                "bad_epochs": self.bad_epochs, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                # dropout on a GPU draws from the GPU's generator
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -318,6 +458,8 @@ class TorchLearner:
         self.bad_epochs = int(state["bad_epochs"])
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        if self.cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def weights(self) -> dict:
         """What an exported bundle needs to rebuild the model."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from tuner import backbones
-from tuner.engine import TorchLearner, augment, to_device
+from tuner.engine import TorchLearner, augment, precision, to_device
 from tuner.errors import UserError
 from tuner.families.base import DataInfo, Param, register_family
 from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
@@ -159,6 +159,7 @@ class FrozenLearner(TransferLearner):
         if self._feats is None:
             self.model.eval()
             self._feats = self._features(data)
+        # TorchLearner.fit places the features (small: N x D floats) on the GPU once for the whole trial
         yield from TorchLearner.fit(self, self._feats, max_epochs)
 
     # TorchLearner's loop, on features: the body is skipped, and so is image augmentation
@@ -176,16 +177,16 @@ class FrozenLearner(TransferLearner):
         finally:
             self._on_features = False
 
-    def _inputs(self, x: np.ndarray, train: bool) -> torch.Tensor:
+    def _inputs(self, x, train: bool) -> torch.Tensor:
         if self._on_features:
-            return to_device(np.asarray(x, dtype=np.float32), self.device)
+            return to_device(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x, self.device).float()
         return super()._inputs(x, train)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         if self._on_features:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cuda):
+            with precision(self.device, exact):
                 return self.model.head(x)
-        return super()._forward(x)
+        return super()._forward(x, exact)
 
     def state_dict(self) -> dict:
         # the body is frozen and comes from `weights`: checkpoints hold the head only

@@ -1,0 +1,102 @@
+"""engine: fixed batch shapes, padded evaluation, one precision policy, host arrays kept on the CPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tuner import embeddings, spaces
+from tuner.data import prepare
+from tuner.driver import cache_dir
+from tuner.engine import amp_dtype, eval_batches, place, precision, train_batches
+from tuner.families import get_family
+
+
+@pytest.fixture(scope="module")
+def digits():
+    exp = spaces.parse_experiment({"family": "mlp", "dataset": {"name": "digits", "limit": 200}})
+    return prepare(exp.dataset, cache_dir=cache_dir())
+
+
+def _batch_sizes(learner) -> tuple[list[int], list[int]]:
+    """Rows of every batch the model saw, in training and in evaluation."""
+    train, evaluation = [], []
+    learner.model.register_forward_hook(
+        lambda m, i, o: (train if m.training else evaluation).append(len(i[0])))
+    return train, evaluation
+
+
+def test_training_never_sees_a_ragged_batch_and_evaluation_sees_one_shape(digits):
+    n = len(digits.y_train)
+    assert n % 32, "the test needs a remainder"
+    learner = get_family("mlp").learner({"hidden": [16], "batch_size": 32}, digits.info)
+    train, evaluation = _batch_sizes(learner)
+    list(learner.fit(digits, 2))
+    assert train == [32] * (2 * (n // 32))  # the remainder is dropped, every epoch
+    assert len(set(evaluation)) == 1
+
+
+def test_a_set_smaller_than_a_batch_is_one_batch_of_all_of_it(digits):
+    learner = get_family("mlp").learner({"hidden": [16], "batch_size": 4096}, digits.info)
+    train, _ = _batch_sizes(learner)
+    list(learner.fit(digits, 1))
+    assert train == [len(digits.y_train)]
+
+
+def test_shuffled_batches_use_each_image_at_most_once_and_every_image_over_epochs():
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(10):
+        order = train_batches(103, 16, gen)
+        assert order.shape == (6, 16)
+        flat = order.flatten().tolist()
+        assert len(set(flat)) == len(flat)
+        assert all(row.tolist() == sorted(row.tolist()) for row in order)  # memory-mapped reads in order
+        seen.update(flat)
+    assert seen == set(range(103))
+
+
+def test_padded_evaluation_returns_exactly_n_rows_equal_to_an_unpadded_one(digits):
+    learner = get_family("cnn").learner({"channels": 8, "blocks": 2}, digits.info)
+    list(learner.fit(digits, 1))
+    x = digits.x_test[:50]
+    _, evaluation = _batch_sizes(learner)
+    padded = learner.predict_proba(x, batch_size=16)  # 16, 16, 16, 2 padded to 16
+    assert evaluation == [16] * 4
+    whole = learner.predict_proba(x, batch_size=50)
+    assert padded.shape == (50, digits.info.num_classes)
+    np.testing.assert_allclose(padded, whole, atol=1e-6)
+    assert [(s, len(i), r) for s, i, r in eval_batches(50, 16)][-1] == (48, 16, 2)
+
+
+def test_validation_metrics_match_the_float32_predictions_on_the_cpu(digits):
+    learner = get_family("mlp").learner({"hidden": [16]}, digits.info)
+    list(learner.fit(digits, 1))
+    loss, acc, proba = learner.evaluate(digits.x_val, digits.y_val)
+    exact = learner.predict_proba(digits.x_val)
+    np.testing.assert_array_equal(proba, exact)  # no autocast on the CPU: one precision there
+    assert acc == pytest.approx(float((exact.argmax(1) == digits.y_val).mean()))
+    assert loss == pytest.approx(float(-np.log(exact[np.arange(len(exact)), digits.y_val]).mean()), rel=1e-5)
+
+
+def test_the_cpu_trains_in_float32_and_keeps_host_arrays_where_they_are(digits):
+    assert amp_dtype("cpu") is None
+    with precision("cpu", exact=False):
+        assert not torch.is_autocast_enabled("cpu")
+    arrays = [digits.x_train, digits.y_train]
+    assert all(a is b for a, b in zip(place(arrays, torch.device("cpu")), arrays))
+
+
+def test_extraction_is_float32_and_equals_running_the_extractor_in_one_batch(digits):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.ReLU()).eval()
+
+    def pre(x):
+        return x.float().div(255.0)
+
+    feats = embeddings.compute(net, pre, digits.x_train[:70], batch_size=32)
+    assert feats.dtype == np.float32 and feats.shape == (70, 12)
+    with torch.no_grad():
+        direct = net(pre(torch.from_numpy(np.array(digits.x_train[:70])))).numpy()
+    np.testing.assert_allclose(feats, direct, atol=1e-6)
+    assert embeddings.compute(net, pre, digits.x_train[:0]).shape == (0, 0)
