@@ -37,7 +37,8 @@ def search(args) -> int:
             exp = spaces.smoke(exp)
         _say(f"== {exp.name} ({exp.family}, {exp.num_samples} trials, up to {exp.scheduler.max_epochs} epochs)")
         driver.run(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
-                   dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say)
+                   dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
+                   verbose=getattr(args, "verbose", False))
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:
@@ -68,9 +69,15 @@ def best(args) -> int:
     from tuner.retrain import retrain_best
 
     d = _experiment_dir(Path(args.results), args.experiment)
+    from tuner.search.live import running_note
+
     if not (d / "best.yaml").is_file():
+        if running_note(d):
+            raise UserError(f"{d}: {running_note(d).split(':')[0]}, no trial has finished yet; try again shortly")
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
     info = yaml.safe_load((d / "best.yaml").read_text())
+    if running_note(d):  # the search is still going: best.yaml is the best of the trials finished so far
+        _say(running_note(d))
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
     if (d / "best" / "metrics.json").is_file():
         _say(f"test metrics: {d / 'best' / 'metrics.json'}")
@@ -81,6 +88,35 @@ def best(args) -> int:
         dest = Path(args.export) if args.export else d / "export"
         export.export(d, dest)
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
+    return 0
+
+
+def dashboard(args) -> int:
+    """optuna-dashboard over <results>/<name>/optuna.journal, during the search and after it."""
+    from tuner.search.study import open_journal, storage
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise UserError("tuner dashboard needs optuna-dashboard: pip install -e '.[monitor]'") from None
+    results = Path(args.results)
+    if args.experiment:
+        d = _experiment_dir(results, args.experiment)
+    else:  # the latest experiment that has a study, finished or not
+        runs = [p.parent for p in results.glob("*/optuna.journal")] if results.is_dir() else []
+        if not runs:
+            raise UserError(f"--results {results}: no experiment with a study (optuna.journal); "
+                            f"run `tuner search --space FILE` first")
+        d = max(runs, key=lambda p: (p / "optuna.journal").stat().st_mtime)
+    open_journal(d)
+    import socket
+
+    try:  # a busy port is the user's to change, not a traceback
+        socket.create_server(("127.0.0.1", args.port)).close()
+    except OSError as exc:
+        raise UserError(f"--port {args.port}: cannot listen there ({exc.strerror}); pass another --port") from None
+    _say(f"optuna-dashboard for {d.name}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
+    optuna_dashboard.run_server(storage(d), host="127.0.0.1", port=args.port)
     return 0
 
 
@@ -119,6 +155,8 @@ def validate(args) -> int:
 def list(args) -> int:  # noqa: A001 - the sub-command's name
     import pandas as pd
 
+    from tuner.search.live import running_note
+
     results = Path(args.results)
     dirs = sorted(p for p in results.glob("*") if (p / "space.yaml").is_file()) if results.is_dir() else []
     if not dirs:
@@ -133,5 +171,6 @@ def list(args) -> int:  # noqa: A001 - the sub-command's name
         if (d / "best" / "metrics.json").is_file():
             import json
             test = f", test {json.loads((d / 'best' / 'metrics.json').read_text())['accuracy']:.4f}"
-        _say(f"{d.name:30s} {space.get('family', ''):9s} {n:4d} trials  {acc}{test}")
+        live = "  (search running)" if running_note(d) else ""
+        _say(f"{d.name:30s} {space.get('family', ''):9s} {n:4d} trials  {acc}{test}{live}")
     return 0
