@@ -1,5 +1,8 @@
 """The console of a search for people: a header, a live progress line, one line per finished trial.
 
+On a terminal the progress line is rewritten in place (a carriage return; tqdm's bar did not show
+under Ray's controller loop), in a file or pipe it is printed every 10 s.
+
 Ray's own status tables and INFO logs come back with `--verbose`.
 """
 from __future__ import annotations
@@ -106,11 +109,10 @@ class Console(Callback):
         self.best_epoch: dict[str, tuple[float, int, float]] = {}  # metric, epoch, val_loss at that epoch
         self.t0 = time.monotonic()
         self.last_plain = self.t0
-        self.bar = None
 
     def __getstate__(self) -> dict:
-        # Ray pickles the run's callbacks into tuner.pkl; the terminal and the bar stay behind
-        return {**self.__dict__, "stream": None, "bar": None}
+        # Ray pickles the run's callbacks into tuner.pkl; the terminal stays behind
+        return {**self.__dict__, "stream": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -120,11 +122,6 @@ class Console(Callback):
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         if total_num_samples:
             self.total = total_num_samples  # a grid multiplies num_samples by its points
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, file=self.stream, unit="trial", dynamic_ncols=False, ncols=WIDTH,
-                            bar_format="{n_fmt}/{total_fmt} trials {bar:12} {postfix}", leave=False)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = trial.trial_id
@@ -160,16 +157,18 @@ class Console(Callback):
                                int((trial.last_result or {}).get("training_iteration", 0)), "failed", error), trials)
 
     def on_step_end(self, iteration, trials, **info):
-        if self.bar is not None:
-            self._refresh(trials)
+        if self.tty:
+            if time.monotonic() - self.last_plain >= 0.5:  # the controller steps many times a second
+                self.last_plain = time.monotonic()
+                self._draw(self.progress(trials))
         elif time.monotonic() - self.last_plain >= PLAIN_EVERY_S:
             self.last_plain = time.monotonic()
             self.say(self.progress(trials))
 
     def on_experiment_end(self, trials, **info):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.tty:
+            self._draw("")
+            self.stream.write("\r")
         self.say(self.progress(trials))
 
     # ---------------------------------------------------------------- the lines
@@ -182,18 +181,19 @@ class Console(Callback):
         eta = ""
         if 0 < self.finished < self.total:
             eta = f" eta {_clock(elapsed / self.finished * (self.total - self.finished))}"
-        done = "" if self.bar is not None else f"{self.finished}/{self.total} done, "
+        done = f"{self.finished}/{self.total} done, "
         return (f"{done}{running} running, {self.stopped} stopped early, {self.failed} failed | "
                 f"{self.exp.metric} {best} | {_clock(elapsed)}{eta}")
 
-    def _refresh(self, trials) -> None:
-        self.bar.n = self.finished
-        self.bar.set_postfix_str(self.progress(trials)[:WIDTH - 36], refresh=False)
-        self.bar.refresh()
+    def _draw(self, line: str) -> None:
+        # one line rewritten in place: back to its start, the new text, blanks over the rest of the old one
+        self.stream.write("\r" + line[:WIDTH].ljust(WIDTH))
+        self.stream.flush()
 
     def _print(self, line: str, trials) -> None:
-        if self.bar is not None:
-            self.bar.write(line, file=self.stream)
-            self._refresh(trials)
+        if self.tty:
+            self._draw(line)
+            self.stream.write("\n")
+            self._draw(self.progress(trials))
         else:
             self.say(line)
