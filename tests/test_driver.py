@@ -209,7 +209,9 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
         assert (rows["epoch"] == 1).sum() == 1, f"trial {trial_id} started over from epoch 0"
         assert set(rows["epoch"]) == set(range(1, max_epochs + 1))
     # the searcher kept what it learned: every trial from before the kill is in the study, finished
-    study = _optuna_trials(ray_dir)
+    # (the study lives in optuna.journal: a trial asked for after the searcher's last snapshot, which Ray
+    # never ran, is in it too, marked FAIL on resume)
+    study = [t for t in _optuna_trials(ray_dir) if t.state.name != "FAIL"]
     assert len(study) == samples and {t.state.name for t in study} == {"COMPLETE"}
     lrs = {round(t.params["lr"], 12) for t in study}
     for name, params in params_before.items():

@@ -41,13 +41,22 @@ class StudySearch(OptunaSearch):
         step = int(result.get("training_iteration", 0))
         self._seen[trial_id] = step
         value = result.get(self._epoch_metric)
-        if trial_id in self._ot_trials and value is not None and value == value:
+        if trial_id in self._ot_trials and value is not None and value == value and not self._told(trial_id):
             self._ot_trials[trial_id].report(float(value), step)
+
+    def _told(self, trial_id: str) -> bool:
+        # after --resume of a killed driver the journal may already hold the end of a trial that the
+        # searcher's older snapshot still counts as running; the journal refuses a second ending
+        ot_trial = self._ot_trials[trial_id]
+        return ot_trial.study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if self._told(trial_id):
+            self._completed_trials.add(trial_id)
             return
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("ray_trial_id", trial_id)  # the id in trials.csv and on the console
