@@ -35,7 +35,8 @@ def rank_key(mode: str, score: float, val_loss: float, trial_id: str) -> tuple:
 def trial_row(exp, trial_id: str, config: dict, df: pd.DataFrame | None, error) -> tuple[dict, pd.DataFrame | None]:
     """A trial's trials.csv row (plus the private `_metric`, `_config` used to pick the best) and its epochs."""
     searched, constants = list(exp.searched), exp.constants
-    row = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED", "error": _one_line(error) if error else ""}
+    row = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED",
+           "error": _one_line(error) if error else ""}
     for k in searched + [k for k in constants if k not in searched]:
         v = config.get(k, constants.get(k))
         row[k] = v if not isinstance(v, (list, dict)) else yaml.safe_dump(v, default_flow_style=True).strip()

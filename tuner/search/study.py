@@ -21,7 +21,8 @@ def storage(exp_dir: Path):
     import optuna
 
     # the absolute path travels inside the pickled searcher, so --resume reopens the same file
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(exp_dir).resolve() / JOURNAL)))
+    path = str(Path(exp_dir).resolve() / JOURNAL)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
 
 
 class StudySearch(OptunaSearch):
@@ -114,7 +115,8 @@ def searcher(exp, exp_dir: Path):
     if exp.search.algorithm == "optuna" and exp.searched and exp.scheduler.name != "pbt":
         import optuna
 
-        sampler = optuna.samplers.TPESampler(seed=exp.search.seed, n_startup_trials=min(10, max(2, exp.num_samples // 3)))
+        sampler = optuna.samplers.TPESampler(seed=exp.search.seed,
+                                             n_startup_trials=min(10, max(2, exp.num_samples // 3)))
         return StudySearch(sampler=sampler, metric=best_key(exp.metric), mode=exp.mode, storage=storage(exp_dir),
                            study_name=exp.name, epoch_metric=exp.metric, max_epochs=exp.scheduler.max_epochs)
     return BasicVariantGenerator(random_state=exp.search.seed)
