@@ -55,7 +55,7 @@ def test_space_file_doc_names_every_key_of_the_grammar():
 
 
 def test_results_doc_lists_the_columns_the_code_writes():
-    from tuner.driver import EPOCH_COLUMNS
+    from tuner.search.live import EPOCH_COLUMNS
     from tuner.report import COMPARISON_COLUMNS, METRIC_COLUMNS
 
     text = (DOCS / "results.md").read_text()

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--smoke", action="store_true", help="2 trials, 1 epoch, a small subset: check a file end to end")
     s.add_argument("--no-retrain", action="store_true", help="stop after the search")
     s.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    s.add_argument("--verbose", action="store_true", help="Ray's own status tables and logs instead of tuner's lines")
 
     b = sub.add_parser("best", help="print the best trial; --export writes the deployable bundle")
     b.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="parse and check a space file without running anything")
     v.add_argument("--space", required=True)
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    d = sub.add_parser("dashboard", help="serve an experiment's study with optuna-dashboard on 127.0.0.1")
+    d.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
+    d.add_argument("--results", default="results")
+    d.add_argument("--port", type=int, default=8080)
 
     ls = sub.add_parser("list", help="the experiments in a results folder")
     ls.add_argument("--results", default="results")

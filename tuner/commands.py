@@ -62,7 +62,8 @@ def search(args) -> int:
         _say(f"== {exp.name} ({exp.family}, {exp.num_samples} trials, up to {exp.scheduler.max_epochs} epochs)")
         driver.run(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
                    dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
-                   retry_failed=getattr(args, "retry_failed", False))
+                   retry_failed=getattr(args, "retry_failed", False),
+                   verbose=getattr(args, "verbose", False))
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:
@@ -102,7 +103,11 @@ def best(args) -> int:
     from tuner.report import read_best, read_result
 
     d = _experiment_dir(Path(args.results), args.experiment)
+    from tuner.search.live import running_note
+
     if not (d / "best.yaml").is_file():
+        if running_note(d):
+            raise UserError(f"{d}: {running_note(d).split(':')[0]}, no trial has finished yet; try again shortly")
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
     if args.pareto:
         if not (d / "pareto.csv").is_file():
@@ -115,6 +120,8 @@ def best(args) -> int:
     if args.trial:
         _choose_trial(d, args.trial)
     info = read_best(d)
+    if running_note(d):  # the search is still going: best.yaml is the best of the trials finished so far
+        _say(running_note(d))
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
     if (d / "best" / "metrics.json").is_file():
         read_result(d / "best" / "metrics.json")
@@ -145,7 +152,7 @@ def _choose_trial(d: Path, trial_id: str) -> None:
     export take it instead of the search's own pick."""
     import pandas as pd
 
-    from tuner.driver import best_entry
+    from tuner.search.live import best_entry
     from tuner.searchers import _from_csv
 
     exp = spaces.parse_experiment(yaml.safe_load((d / "space.yaml").read_text()), d / "space.yaml")
@@ -161,6 +168,35 @@ def _choose_trial(d: Path, trial_id: str) -> None:
     config = {k: _from_csv(row[k]) for k in names if k in row and not pd.isna(row[k])}
     entry = best_entry(exp, row, config) | {"chosen": f"--trial {trial_id}"}
     (d / "best.yaml").write_text(yaml.safe_dump(entry, sort_keys=False))
+
+
+def dashboard(args) -> int:
+    """optuna-dashboard over <results>/<name>/optuna.journal, during the search and after it."""
+    from tuner.search.study import open_journal, storage
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise UserError("tuner dashboard needs optuna-dashboard: pip install -e '.[monitor]'") from None
+    results = Path(args.results)
+    if args.experiment:
+        d = _experiment_dir(results, args.experiment)
+    else:  # the latest experiment that has a study, finished or not
+        runs = [p.parent for p in results.glob("*/optuna.journal")] if results.is_dir() else []
+        if not runs:
+            raise UserError(f"--results {results}: no experiment with a study (optuna.journal); "
+                            f"run `tuner search --space FILE` first")
+        d = max(runs, key=lambda p: (p / "optuna.journal").stat().st_mtime)
+    open_journal(d)
+    import socket
+
+    try:  # a busy port is the user's to change, not a traceback
+        socket.create_server(("127.0.0.1", args.port)).close()
+    except OSError as exc:
+        raise UserError(f"--port {args.port}: cannot listen there ({exc.strerror}); pass another --port") from None
+    _say(f"optuna-dashboard for {d.name}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
+    optuna_dashboard.run_server(storage(d), host="127.0.0.1", port=args.port)
+    return 0
 
 
 def compare(args) -> int:
@@ -217,6 +253,7 @@ def list(args) -> int:  # noqa: A001 - the sub-command's name
 
 def _list_line(d: Path) -> str:
     from tuner import report
+    from tuner.search.live import running_note
 
     def score(value) -> str:
         return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
@@ -229,7 +266,8 @@ def _list_line(d: Path) -> str:
     test = ""
     if (d / "best" / "metrics.json").is_file():
         test = f", test {score(report.read_result(d / 'best' / 'metrics.json').get('accuracy'))}"
-    return f"{d.name:30s} {str(space.get('family', '')):9s} {n:4d} trials  {acc}{test}"
+    live = "  (search running)" if running_note(d) else ""
+    return f"{d.name:30s} {str(space.get('family', '')):9s} {n:4d} trials  {acc}{test}{live}"
 
 
 def schema(args) -> int:

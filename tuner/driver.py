@@ -21,9 +21,6 @@ from tuner.errors import UserError
 from tuner.families import get_family
 from tuner.spaces import Experiment, check_name, resolved_yaml
 
-EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]
-
-
 def cache_dir() -> Path:
     """Decoded images and embeddings are cached here, shared by every experiment on this machine."""
     return Path(os.environ.get("TUNER_CACHE", Path.home() / ".cache" / "tuner")).expanduser()
@@ -57,12 +54,14 @@ def check_address(address: str) -> None:
                         f"with `ray start --head` or drop --address to run locally") from None
 
 
-def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print) -> None:
+def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print, verbose: bool = True) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING, "log_to_driver": True}
+    # without --verbose the console is tuner's (tuner.search.console): Ray's warnings stay in its log files
+    kwargs: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING if verbose else logging.ERROR,
+                    "log_to_driver": verbose}
     if address:
         kwargs["address"] = address
     else:
@@ -80,8 +79,7 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
         token.chmod(0o600)
     url = getattr(ctx, "dashboard_url", None)
     if url:
-        say(f"Ray dashboard: http://{url}  (log in with the token printed by `ray get-auth-token`; "
-            f"it is stored in ~/.ray/auth_token)")
+        say(f"Ray dashboard: http://{url}  (login token: `ray get-auth-token`, also in ~/.ray/auth_token)")
 
 
 def _flatten(d: object, prefix: str = "") -> dict:
@@ -149,27 +147,33 @@ def _scheduler(exp: Experiment):
     from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
                                      PopulationBasedTraining)
 
+    from tuner.search.live import best_key
+
     s = exp.scheduler
     if not get_family(exp.family).iterative or s.name == "fifo":
         return FIFOScheduler()
-    # several objectives: the Tuner gets no single metric, so ASHA is told to stop trials by the first one
-    by_first = {"metric": exp.metrics[0], "mode": exp.modes[0]} if exp.multi else {}
+    # ASHA, HyperBand and the median rule compare trials by their best epoch so far, the score a trial is
+    # ranked by at the end (its checkpoint at that epoch is what it would give if stopped now): a trial whose
+    # accuracy wobbles down for one epoch at a rung is not cut for it, nor one that peaked early kept for a
+    # lucky last epoch alone. With several objectives they stop trials by the first. PBT below uses the
+    # current epoch: it copies a trial's weights as they are now, not as they were at its best epoch.
+    ranked = {"metric": best_key(exp.metrics[0]), "mode": exp.modes[0]}
     if s.name == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor, **by_first)
+                             reduction_factor=s.reduction_factor, **ranked)
     if s.name == "hyperband":
         return HyperBandScheduler(time_attr="training_iteration", max_t=s.max_epochs,
-                                  reduction_factor=s.reduction_factor)
+                                  reduction_factor=s.reduction_factor, **ranked)
     if s.name == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
-                                  min_samples_required=3)
+                                  min_samples_required=3, **ranked)
     mutations = {k: d.to_tune() for k, d in exp.searched.items()
                  if k in ("lr", "momentum", "dropout", "weight_decay", "label_smoothing")}
     if not mutations:
         raise UserError(f"{exp.path}: scheduler pbt needs at least one of lr, momentum, dropout, weight_decay "
                         f"or label_smoothing in space:")
     return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
-                                   hyperparam_mutations=mutations, synch=False)
+                                   hyperparam_mutations=mutations, synch=False, metric=exp.metric, mode=exp.mode)
 
 
 def _resources(exp: Experiment) -> dict:
@@ -359,7 +363,7 @@ def param_space(exp: Experiment, constants_only: bool = False) -> dict:
 # --------------------------------------------------------------------------- the run
 def run(exp: Experiment, results: Path, *, address: str | None = None, resume: bool = False,
         retrain: bool = True, dashboard: bool = True, storage: str | None = None,
-        say: Callable[[str], None] = print, retry_failed: bool = False) -> Path:
+        say: Callable[[str], None] = print, retry_failed: bool = False, verbose: bool = False) -> Path:
     # what `validate` leaves to the machine that runs: are the weights files and bundles here?
     get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     exp_dir = experiment_dir(results, exp.name)
@@ -371,12 +375,13 @@ def run(exp: Experiment, results: Path, *, address: str | None = None, resume: b
     # the lock is taken before anything is removed: a second search of the same name must not delete the first's
     with search_lock(exp_dir):
         return _run_locked(exp, results, exp_dir, address=address, resume=resume, retrain=retrain,
-                           dashboard=dashboard, storage=storage, say=say, retry_failed=retry_failed)
+                           dashboard=dashboard, storage=storage, say=say, retry_failed=retry_failed,
+                           verbose=verbose)
 
 
 def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None, resume: bool,
                 retrain: bool, dashboard: bool, storage: str | None, say: Callable[[str], None],
-                retry_failed: bool = False) -> Path:
+                retry_failed: bool = False, verbose: bool = False) -> Path:
     from ray import tune
 
     from tuner.data import prepare
@@ -409,40 +414,50 @@ def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str |
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
         f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s)")
 
-    init_ray(address, dashboard, say)
+    init_ray(address, dashboard, say, verbose)
     resources = _resources(exp)
     check_cluster_fits(resources)
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
-                     cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()))
+                     cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()),
+                     metric=exp.metrics[0], mode=exp.modes[0], objectives=tuple(exp.metrics[1:]))
     # the arrays go to the object store once; every trial on a node maps the same copy
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
     # Ray snapshots the experiment (trial states, the searcher) every 10 s by default; a driver killed
     # between two snapshots loses what happened since. The snapshot is small, so take it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # --- watching the search (tuner.search): console, live tables, the study; Ray's own output with --verbose
+    from tuner import searchers
+    from tuner.search import console, live, study
+
+    console.quiet_ray(verbose)
+    search_alg, constants_only = searchers.build(exp, exp_dir)
+    callbacks = [live.LiveResults(exp, exp_dir)] + ([] if isinstance(search_alg, study.StudySearch) else
+                                                    [study.StudyRecorder(exp, exp_dir)])
+    callbacks += [] if verbose else [console.Console(exp, say)]
+    callbacks += [final_failures_callback()] if exp.max_failures < 0 else []
+    console.header(exp, exp_dir, results, say)
+    # ---
     if resume:
         # errored trials stay failed (a NaN comes back the same) unless --retry-failed, which reruns them
         # from their last checkpoint; unfinished ones go on from their checkpoints
         tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=retry_failed)
+        console.restored(tuner, callbacks, verbose)
     else:
-        from tuner import searchers
-
-        search_alg, constants_only = searchers.build(exp)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(exp, constants_only),
             tune_config=tune.TuneConfig(
-                # several objectives: no single metric for Ray (the searcher and ASHA carry their own)
-                metric=None if exp.multi else exp.metric, mode=None if exp.multi else exp.mode,
+                # the searcher and scheduler each name their metric (tuner.searchers, _scheduler)
                 search_alg=search_alg, scheduler=_scheduler(exp),
                 num_samples=searchers.num_samples(exp), max_concurrent_trials=exp.search.max_concurrent,
                 reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
             run_config=tune.RunConfig(
-                name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir), verbose=1,
+                name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
+                verbose=1 if verbose else 0, callbacks=callbacks,
                 # a bounded number per trial; PBT keeps more, since other trials copy from them
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if exp.scheduler.name == "pbt" else 2),
-                failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-                callbacks=[final_failures_callback()] if exp.max_failures < 0 else None),
+                failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
         )
     t_fit = time.perf_counter()
     with _sigint_stops_tune() as interrupted:
@@ -484,105 +499,12 @@ def _run_locked(exp: Experiment, results: Path, exp_dir: Path, *, address: str |
     return exp_dir
 
 
-MEASURED = ["num_params", "latency_ms", "latency_ms_b64", "train_time_s"]  # once per trial, not per epoch
-
-
 def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
-    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid (and pareto.csv for several objectives).
+    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid (the same rows the live tables had)."""
+    from tuner.search.live import trial_row, write_tables
 
-    A trial's objectives are read at its best epoch by the first metric. A trial outside `constraints` is
-    marked infeasible and is never the best; a conditional branch's parameters a trial did not draw stay empty.
-    """
-    from tuner.searchers import constraint_values, pareto_front
-
-    trials, epochs = [], []
-    searched = exp.param_names
-    constants = exp.constants
-    primary, mode = exp.metrics[0], exp.modes[0]
-    extra = [m for m in exp.metrics + list(exp.constraints) if m not in ("val_accuracy", "val_loss") + tuple(MEASURED)]
+    rows = []
     for result in grid:
-        df = result.metrics_dataframe
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
-        cfg = result.config or {}
-        row = {"trial_id": trial_id, "status": "ERROR" if result.error else "TERMINATED",
-               "error": _one_line(result.error) if result.error else ""}
-        for k in searched + [k for k in constants if k not in searched]:
-            v = cfg.get(k, constants.get(k))
-            row[k] = v if not isinstance(v, (list, dict)) else yaml.safe_dump(v, default_flow_style=True).strip()
-        if df is not None and len(df) and primary in df:
-            df = df.copy()
-            df["trial_id"] = trial_id
-            if "epoch" not in df:
-                df["epoch"] = df["training_iteration"]
-            df["time_s"] = df.get("time_this_iter_s", np.nan)
-            for col in EPOCH_COLUMNS:
-                if col not in df:
-                    df[col] = np.nan
-            epochs.append(df[EPOCH_COLUMNS])
-            i = df[primary].idxmax() if mode == "max" else df[primary].idxmin()
-            row.update(epochs=int(df["epoch"].max()), val_accuracy=float(df.loc[i, "val_accuracy"]),
-                       val_loss=float(df.loc[i, "val_loss"]), best_epoch=int(df.loc[i, "epoch"]),
-                       time_s=float(df["time_total_s"].max()) if "time_total_s" in df else np.nan)
-            for m in MEASURED + extra:
-                row[m] = float(df.loc[i, m]) if m in df and pd.notna(df.loc[i, m]) else np.nan
-            if exp.constraints:
-                row["feasible"] = all(c <= 0 for c in constraint_values(row, exp.constraints))
-            # a failed trial is never the best: its retrain would fail the same way; nor is an infeasible one
-            if not result.error and row.get("feasible", True):
-                row["_metric"] = float(df.loc[i, primary])
-                row["_config"] = cfg
-        else:
-            row.update(epochs=0, val_accuracy=np.nan, val_loss=np.nan, best_epoch=np.nan, time_s=np.nan)
-            row.update({m: np.nan for m in MEASURED + extra})
-            if exp.constraints:
-                row["feasible"] = False
-        trials.append(row)
-    table = pd.DataFrame(trials)
-    public = table.drop(columns=[c for c in table.columns if c.startswith("_")])
-    public.to_csv(exp_dir / "trials.csv", index=False)
-    (pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(columns=EPOCH_COLUMNS)).to_csv(
-        exp_dir / "epochs.csv", index=False)
-    ok = table[table["_metric"].notna()] if "_metric" in table else table.iloc[0:0]
-    if exp.multi:
-        # the non-dominated feasible trials; the retrain takes the one best on the first objective
-        ok = pareto_front(ok, exp.metrics, exp.modes)
-        public.loc[ok.index].to_csv(exp_dir / "pareto.csv", index=False)
-    if ok.empty:
-        return None
-    best_row = ok.loc[ok["_metric"].idxmax() if mode == "max" else ok["_metric"].idxmin()]
-    best = best_entry(exp, best_row, {k: _plain(v) for k, v in best_row["_config"].items()})
-    (exp_dir / "best.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
-    return best
-
-
-def best_entry(exp: Experiment, row, config: dict) -> dict:
-    """best.yaml's content for one trials.csv row and its config."""
-    metrics = {"epoch": int(row["best_epoch"]), "val_accuracy": float(row["val_accuracy"]),
-               "val_loss": float(row["val_loss"])}
-    for m in exp.metrics + MEASURED:
-        if m in row and pd.notna(row[m]):
-            metrics[m] = _plain(float(row[m]))
-    return {"experiment": exp.name, "family": exp.family, "trial_id": str(row["trial_id"]),
-            "metric": exp.metric, "mode": exp.mode, "config": config, "metrics": metrics,
-            "epochs_run": int(row["epochs"])}
-
-
-def _plain(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
-def _one_line(error) -> str:
-    text = str(error).strip().splitlines()
-    # Ray wraps the trial's exception in its own traceback: keep the line that says what went wrong
-    line = next((l.strip() for l in reversed(text) if l.strip() and not l.startswith((" ", "Traceback"))),
-                text[-1].strip() if text else repr(error))
-    # "tuner.errors.TrialFailed: why" -> "why"; "torch.OutOfMemoryError: ..." -> "OutOfMemoryError: ..."
-    kind, sep, why = line.partition(": ")
-    if sep and " " not in kind:
-        kind = kind.rsplit(".", 1)[-1]
-        line = why if kind == "TrialFailed" else f"{kind}: {why}"
-    return line[:500]
+        rows.append(trial_row(exp, trial_id, result.config or {}, result.metrics_dataframe, result.error))
+    return write_tables(exp, rows, exp_dir)

@@ -164,12 +164,12 @@ def make_sampler(exp: Experiment):
 
 
 def _make_optuna_search_class():
-    from ray.tune.search.optuna import OptunaSearch
+    from tuner.search.study import StudySearch
 
-    class TunerOptunaSearch(OptunaSearch):
-        """OptunaSearch that tells the sampler each trial's constraint values (Optuna reads them from the
-        trial's user attrs, which Ray's OptunaSearch never sets) and seeds the study with an earlier
-        experiment's finished trials."""
+    class TunerOptunaSearch(StudySearch):
+        """The study searcher (journal storage, best-epoch scores, pruned and failed trials) that also tells
+        the sampler each trial's constraint values (Optuna reads them from the trial's user attrs, which
+        Ray's OptunaSearch never sets) and seeds the study with an earlier experiment's finished trials."""
 
         def __init__(self, *args, constraints: dict | None = None, seed_trials: list | None = None, **kwargs):
             self._tuner_constraints = constraints or {}
@@ -238,9 +238,16 @@ def _from_csv(v: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- the searcher
-def build(exp: Experiment):
-    """The Ray searcher for an experiment, and whether the Tuner's param_space must hold only constants."""
+def build(exp: Experiment, exp_dir: Path):
+    """The Ray searcher for an experiment, and whether the Tuner's param_space must hold only constants.
+
+    The Optuna searcher keeps its study in `exp_dir`'s journal (what `tuner dashboard` serves) and is told
+    each trial's best-epoch score (`best_<metric>`), the one score the tables and the retrain use too.
+    """
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuner.search.live import best_key
+    from tuner.search.study import storage
 
     use_optuna = exp.searched and exp.scheduler.name != "pbt" and (
         exp.search.algorithm == "optuna" or (exp.search.algorithm == "random" and exp.conditional))
@@ -254,13 +261,14 @@ def build(exp: Experiment):
             fit = optuna_params(exp.searched, cfg)
             if fit is not None:
                 points.append(fit[0])
-        metric = exp.metrics if exp.multi else exp.metric
+        metric = [best_key(m) for m in exp.metrics] if exp.multi else best_key(exp.metric)
         mode = exp.modes if exp.multi else exp.mode
         sampler = make_sampler(exp) if exp.search.algorithm == "optuna" else \
             optuna.samplers.RandomSampler(seed=exp.search.seed)
         return cls(space=DefineByRun(exp.searched), metric=metric, mode=mode, sampler=sampler,
                    points_to_evaluate=points or None, constraints=exp.constraints,
-                   seed_trials=folder_trials(exp)), True
+                   seed_trials=folder_trials(exp), storage=storage(exp_dir), study_name=exp.name,
+                   epoch_metric=exp.metrics[0], max_epochs=exp.scheduler.max_epochs), True
     if exp.search.algorithm == "grid" and exp.conditional:
         # Ray's grid_search cannot branch: every config of the tree is handed over as a point to evaluate
         points = warm_start_points(exp) + grid_configs(exp.searched, exp.search.grid_points)

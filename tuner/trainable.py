@@ -51,6 +51,9 @@ class TrialSpec:
     cpus: float
     gpus: float
     cache_dir: str | None = None
+    metric: str = "val_accuracy"  # the running best of this one is reported too, as best_<metric>
+    mode: str = "max"
+    objectives: tuple = ()        # further objectives: reported as best_<m>, their value at metric's best epoch
 
 
 def adopt_config(state: dict, old: dict, new: dict) -> dict:
@@ -108,6 +111,8 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     import ray
     from ray import tune
 
+    from tuner.search.live import best_key
+
     # Ray's worker logs every saved checkpoint at INFO: one line per trial and epoch buries the progress table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     set_threads(spec.cpus)
@@ -117,12 +122,17 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
     try:
         learner = family.learner(config, data.info, device=device, **kwargs)
+        best = None  # the best epoch's metric so far: the trial's score for the searcher, ASHA and the tables
+        at_best: dict = {}  # the other objectives at that epoch
         checkpoint = tune.get_checkpoint()  # after a failure, on --resume, or a PBT exploit
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 # weights_only: a checkpoint on shared storage must not be able to run code when loaded
                 saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
             learner.load_state_dict(adopt_config(saved["learner"], saved.get("hparams"), _hparams(learner)))
+            if saved.get("hparams") == _hparams(learner):  # this trial's own history, not a PBT donor's
+                best, at_best = saved.get("best"), saved.get("at_best") or {}
+        pick = max if spec.mode == "max" else min
         t_start = time.perf_counter()
         measured: dict = {}  # the model's size and speed do not change between epochs: measured once
         for metrics in learner.fit(data, spec.max_epochs):
@@ -131,11 +141,19 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
                             "latency_ms": measure_latency(learner, data.x_val, 1),
                             "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
             metrics = {**metrics, **measured, "train_time_s": time.perf_counter() - t_start, "node_id": node}
+            value = metrics.get(spec.metric)
+            if value is not None and value == value and (best is None or pick(best, value) != best):
+                best = value  # a NaN epoch never becomes the best; the others are read at this epoch
+                at_best = {m: metrics.get(m) for m in spec.objectives}
+            metrics[best_key(spec.metric)] = best if best is not None else value
+            metrics.update({best_key(m): at_best.get(m, metrics.get(m)) for m in spec.objectives})
             if not family.iterative:
                 tune.report(metrics)
                 continue
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"learner": learner.state_dict(), "hparams": _hparams(learner)}, os.path.join(d, STATE_FILE))
+                torch.save({"learner": learner.state_dict(), "hparams": _hparams(learner), "best": best,
+                            "at_best": at_best},
+                           os.path.join(d, STATE_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     except torch.cuda.OutOfMemoryError:
         # give the memory back at once: other trials may share this GPU (fractional resources.gpu)

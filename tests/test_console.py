@@ -1,0 +1,68 @@
+"""The console of `tuner search` as a person reads it: bounded, narrow, no Ray noise, one best trial."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tuner.search.console import trial_line
+from tuner.spaces import load
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "digits_cnn.yaml"
+SMALL = ["--set", "scheduler.max_epochs=3", "--set", "scheduler.grace_period=1", "--set", "fixed.channels=8"]
+
+
+def _search(results: Path, *extra: str) -> subprocess.CompletedProcess:
+    # the CLI as a user runs it, output to a pipe (not a terminal): plain progress lines every ~10 s
+    # run from the folder above --results, as `tuner search ... --results results` would be
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    results.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "tuner", "search", "--space", str(SPACE), "--results", results.name,
+                           "--no-retrain", "--no-dashboard", *SMALL, *extra],
+                          cwd=results.parent, env=env, capture_output=True, text=True, timeout=590)
+
+
+def test_trial_line_stays_under_120_characters_with_many_parameters():
+    exp = load(SPACE)
+    config = {k: 1.234567e-05 for k in exp.searched}
+    line = trial_line(exp, "abcd1234", config, {"best_val_accuracy": 0.98765, "_best_epoch": 7}, 9, "stopped early")
+    assert len(line) < 120 and line.startswith("abcd1234 val_accuracy 0.9877 (epoch 7), 9 epochs, stopped early")
+
+
+@pytest.mark.slow
+def test_a_20_trial_search_prints_a_short_readable_console_naming_best_yaml_trial(results):
+    r = _search(results, "--set", "search.num_samples=20")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    lines = out.splitlines()
+    # a header (6 lines), one line per trial (20), a progress line every 10 s (a 20-trial search here takes
+    # under 4 minutes: 24), the summary (3): about 55. Before this console, about 900.
+    assert len(lines) <= 80, out
+    assert max(len(l) for l in lines) < 120, max(lines, key=len)
+    assert "WARNING" not in out and "snapshotting" not in out and "Trial status" not in out, out
+    assert "tensorboard --logdir results/digits_cnn/ray" in out
+    assert "tuner dashboard --experiment digits_cnn" in out
+    trial_lines = [l for l in lines if " val_accuracy " in l and " epochs, " in l]
+    assert len(trial_lines) == 20, out
+    best = yaml.safe_load((results / "digits_cnn" / "best.yaml").read_text())
+    assert f"best trial {best['trial_id']}: val_accuracy = {best['metrics']['val_accuracy']:.4f}" in out
+    last_progress = [l for l in lines if "stopped early" in l and " done, " in l][-1]
+    assert f"best {best['metrics']['val_accuracy']:.4f} ({best['trial_id']})" in last_progress, last_progress
+    # one ranking: best.yaml's trial is the one with the highest best-epoch score in trials.csv
+    trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})
+    top = trials[trials["val_accuracy"] == trials["val_accuracy"].max()]
+    assert best["trial_id"] in set(top["trial_id"])
+    assert best["metrics"]["val_accuracy"] == pytest.approx(trials["val_accuracy"].max())
+
+
+@pytest.mark.slow
+def test_verbose_restores_rays_own_tables(results):
+    r = _search(results, "--set", "search.num_samples=2", "--verbose")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Trial status" in r.stdout + r.stderr

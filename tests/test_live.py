@@ -1,0 +1,76 @@
+"""Results while the search runs: trials.csv / epochs.csv grow, `tuner list` / `tuner best` say it is running."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tuner.search.live import RUNNING_FILE, clear_running, mark_running, running
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "digits_cnn.yaml"
+
+
+def test_running_marker_of_a_live_process_counts_and_of_a_dead_one_does_not(tmp_path):
+    mark_running(tmp_path)
+    assert running(tmp_path)["pid"] == os.getpid()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    info = json.loads((tmp_path / RUNNING_FILE).read_text())
+    (tmp_path / RUNNING_FILE).write_text(json.dumps({**info, "pid": int(dead.stdout)}))
+    assert running(tmp_path) is None
+    clear_running(tmp_path)
+    assert running(tmp_path) is None and not (tmp_path / RUNNING_FILE).exists()
+
+
+def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.slow
+def test_tables_grow_during_the_search_and_list_and_best_say_it_is_running(results):
+    results.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = results.parent / "search.log"
+    # fifo, 8 trials of 4 epochs, 2 at a time: trials finish one by one over a minute or more
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "search", "--space", str(SPACE), "--results", "results",
+                             "--no-retrain", "--no-dashboard", "--set", "search.num_samples=8",
+                             "--set", "scheduler.name=fifo", "--set", "scheduler.max_epochs=4",
+                             "--set", "fixed.batch_size=32"],
+                            cwd=results.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    d = results / "digits_cnn"
+    try:
+        deadline = time.time() + 400
+        seen = None
+        while time.time() < deadline and proc.poll() is None:
+            if (d / "trials.csv").is_file():
+                rows = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+                if 1 <= len(rows) < 8:
+                    seen = rows
+                    break
+            time.sleep(0.5)
+        assert seen is not None, log.read_text()[-3000:]
+        assert proc.poll() is None, "the search ended before the mid-search checks"
+        assert list(seen.columns[:3]) == ["trial_id", "status", "error"] and "val_accuracy" in seen
+        epochs = pd.read_csv(d / "epochs.csv", dtype={"trial_id": str})
+        assert set(seen["trial_id"]) <= set(epochs["trial_id"])
+        listed = _tuner("list", cwd=results.parent)
+        assert listed.returncode == 0 and "(search running)" in listed.stdout, listed.stdout + listed.stderr
+        best = _tuner("best", "--experiment", "digits_cnn", cwd=results.parent)
+        assert best.returncode == 0, best.stderr
+        assert "search running (pid " in best.stdout and "trial_id:" in best.stdout
+        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert running(d) is None and not (d / RUNNING_FILE).exists()
+    assert len(pd.read_csv(d / "trials.csv")) == 8
+    assert "(search running)" not in _tuner("list", cwd=results.parent).stdout

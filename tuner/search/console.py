@@ -1,0 +1,199 @@
+"""The console of a search for people: a header, a live progress line, one line per finished trial.
+
+On a terminal the progress line is rewritten in place (a carriage return; tqdm's bar did not show
+under Ray's controller loop), in a file or pipe it is printed every 10 s.
+
+Ray's own status tables and INFO logs come back with `--verbose`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from ray.tune import Callback
+
+from tuner.search.live import _one_line, best_key, rank_key
+from tuner.search.study import stopped_early
+
+WIDTH = 119  # every line stays under 120 characters
+PLAIN_EVERY_S = 10.0  # the progress line when the output is a file or a pipe, not a terminal
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Before the Tuner starts: what Ray and Optuna print, by tuner's choice rather than theirs."""
+    # tuner snapshots the experiment every 2 s (TUNE_GLOBAL_CHECKPOINT_S) and keeps 2 checkpoints a trial;
+    # Ray then also forces a snapshot every 2 checkpoints of a trial (so the snapshot never names a
+    # deleted checkpoint) and warns whenever two snapshots come within 5 s. With sub-second epochs that
+    # is every snapshot, by design here: resume needs exactly that, so the advice does not apply.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's new output engine prints its configuration table and result paths even at verbose=0; the
+    # legacy one prints nothing there. Read by Ray when the run starts.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    import optuna
+
+    # "A new study created ..." and a line a trial
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.NOTSET if verbose else logging.ERROR)
+
+
+def restored(tuner, callbacks: list, verbose: bool) -> None:
+    """A restored Tuner runs with the callbacks and verbosity pickled by the first run; use this run's.
+
+    Ray's Tuner.restore takes no RunConfig, so this sets the restored one (local runs; through a
+    ray:// client the first run's stay).
+    """
+    internal = getattr(tuner, "_local_tuner", None)
+    config = getattr(internal, "_run_config", None)
+    if config is not None:
+        config.callbacks = callbacks
+        config.verbose = 1 if verbose else 0
+
+
+def header(exp, exp_dir: Path, results: Path, say: Callable[[str], None]) -> None:
+    """Where the results go and the ways to watch the search (the Ray dashboard line comes from init_ray)."""
+    res = "" if Path(results) == Path("results") else f" --results {_short(results)}"
+    say(f"results: {_short(exp_dir)}  (trials.csv and epochs.csv grow as trials finish)")
+    say(f"watch:   tuner dashboard --experiment {exp.name}{res}")
+    say(f"         tensorboard --logdir {_short(Path(exp_dir) / 'ray')}")
+    say("         (both: pip install -e '.[monitor]'; the dashboard shows trials, curves and importance)")
+
+
+def _short(path: Path) -> str:
+    rel = os.path.relpath(Path(path).resolve(), Path.cwd())
+    return rel if not rel.startswith("..") else str(Path(path).resolve())
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.4g}"
+    return str(v)
+
+
+def trial_line(exp, trial_id: str, config: dict, result: dict | None, epochs: int, status: str,
+               error: str = "") -> str:
+    """One finished trial: id, outcome, best metric and its epoch, epochs run, then the searched values."""
+    metric = exp.metrics[0]
+    if status == "failed":
+        head = f"{trial_id} failed after {epochs} epochs: {error}"
+    else:
+        best = (result or {}).get(best_key(metric))
+        at = (result or {}).get("_best_epoch", "?")
+        head = f"{trial_id} {metric} {best:.4f} (epoch {at}), {epochs} epochs, {status}" if best is not None \
+            else f"{trial_id} no {metric}, {status}"
+    params = " ".join(f"{k}={_fmt(config[k])}" for k in exp.param_names if k in config)  # a branch not drawn: left out
+    line = f"{head} | {params}" if params else head
+    return line if len(line) <= WIDTH else line[:WIDTH - 3] + "..."
+
+
+def _clock(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Console(Callback):
+    """Prints the progress line and a line per finished trial, from Ray's trial events."""
+
+    def __init__(self, exp, say: Callable[[str], None] = print, stream=None):
+        self.exp, self.say = exp, say
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.total = exp.num_samples
+        self.finished = self.stopped = self.failed = 0
+        self.best: tuple | None = None  # rank_key of the best finished trial
+        self.seen: dict[str, int] = {}  # last epoch each trial was let go on from
+        self.best_epoch: dict[str, tuple[float, int, float]] = {}  # metric, epoch, val_loss at that epoch
+        self.t0 = time.monotonic()
+        self.last_plain = self.t0
+
+    def __getstate__(self) -> dict:
+        # Ray pickles the run's callbacks into tuner.pkl; the terminal stays behind
+        return {**self.__dict__, "stream": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stdout
+
+    # ---------------------------------------------------------------- Ray's events
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        if total_num_samples:
+            self.total = total_num_samples  # a grid multiplies num_samples by its points
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.trial_id
+        step = int(result.get("training_iteration", 0))
+        value = result.get(self.exp.metrics[0])
+        if value is not None and value == value:
+            old = self.best_epoch.get(tid)
+            better = old is None or (value > old[0] if self.exp.modes[0] == "max" else value < old[0])
+            if better:
+                self.best_epoch[tid] = (value, int(result.get("epoch", step)), result.get("val_loss", math.nan))
+        if not result.get("done"):  # Ray marks the result it stops a trial on as done
+            self.seen[tid] = step
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = dict(trial.last_result or {})
+        epochs = int(result.get("training_iteration", 0))
+        early = stopped_early(result, self.seen.get(trial.trial_id, 0), self.exp.scheduler.max_epochs)
+        self.finished += 1
+        self.stopped += early
+        _, result["_best_epoch"], loss = self.best_epoch.get(trial.trial_id, (None, "?", math.nan))
+        score = result.get(best_key(self.exp.metrics[0]))
+        if score is not None and score == score:
+            key = rank_key(self.exp.modes[0], score, loss, trial.trial_id)
+            self.best = key if self.best is None else min(self.best, key)
+        self._print(trial_line(self.exp, trial.trial_id, trial.config, result, epochs,
+                               "stopped early" if early else "completed"), trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finished += 1
+        self.failed += 1
+        error = _one_line(trial.get_error() or "see the trial's error.txt")
+        self._print(trial_line(self.exp, trial.trial_id, trial.config, None,
+                               int((trial.last_result or {}).get("training_iteration", 0)), "failed", error), trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.tty:
+            if time.monotonic() - self.last_plain >= 0.5:  # the controller steps many times a second
+                self.last_plain = time.monotonic()
+                self._draw(self.progress(trials))
+        elif time.monotonic() - self.last_plain >= PLAIN_EVERY_S:
+            self.last_plain = time.monotonic()
+            self.say(self.progress(trials))
+
+    def on_experiment_end(self, trials, **info):
+        if self.tty:
+            self._draw("")
+            self.stream.write("\r")
+        self.say(self.progress(trials))
+
+    # ---------------------------------------------------------------- the lines
+    def progress(self, trials) -> str:
+        running = sum(t.status == "RUNNING" for t in trials)
+        elapsed = time.monotonic() - self.t0
+        best = "best -"
+        if self.best:
+            best = f"best {-self.best[0] if self.exp.modes[0] == 'max' else self.best[0]:.4f} ({self.best[2]})"
+        eta = ""
+        if 0 < self.finished < self.total:
+            eta = f" eta {_clock(elapsed / self.finished * (self.total - self.finished))}"
+        done = f"{self.finished}/{self.total} done, "
+        return (f"{done}{running} running, {self.stopped} stopped early, {self.failed} failed | "
+                f"{self.exp.metrics[0]} {best} | {_clock(elapsed)}{eta}")
+
+    def _draw(self, line: str) -> None:
+        # one line rewritten in place: back to its start, the new text, blanks over the rest of the old one
+        self.stream.write("\r" + line[:WIDTH].ljust(WIDTH))
+        self.stream.flush()
+
+    def _print(self, line: str, trials) -> None:
+        if self.tty:
+            self._draw(line)
+            self.stream.write("\n")
+            self._draw(self.progress(trials))
+        else:
+            self.say(line)
