@@ -291,6 +291,8 @@ def num_samples(exp: Experiment) -> int:
 def pareto_front(df: pd.DataFrame, cols: list[str], modes: list[str]) -> pd.DataFrame:
     """The rows no other row dominates (at least as good on every column, better on one); rows with a
     missing value are left out. Kept with their original index, in the frame's order."""
+    if df.empty or any(c not in df for c in cols):
+        return df.iloc[0:0]
     ok = df.dropna(subset=cols)
     if ok.empty:
         return ok
