@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tuner.data import prepare  # noqa: E402
 from tuner.engine import train_batches  # noqa: E402
-from tuner.families import get_family  # noqa: E402
+from tuner.families import RunContext, get_family  # noqa: E402
 from tuner.spaces import DatasetConfig, SplitConfig  # noqa: E402
 
 # the model both sides train; on a CPU a CNN's own compute bounds the ratio, `--family linear` shows the
@@ -67,7 +67,7 @@ def cached_epochs(root: Path, cache: Path, size: int, epochs: int, device: str) 
     t0 = time.perf_counter()
     data = prepare(cfg, cache_dir=cache, progress=False)  # what every later experiment pays
     reuse = time.perf_counter() - t0
-    learner = get_family(FAMILY).learner(MODEL, data.info, device=device)
+    learner = get_family(FAMILY).learner(MODEL, data.info, RunContext(device=device))
     # the data side alone: shuffled batches -> normalised float tensors on the device, no model
     t0 = time.perf_counter()
     for _ in range(epochs):
@@ -97,7 +97,7 @@ def loader_epochs(root: Path, data, size: int, epochs: int, workers: int, device
         for xb, yb in loader:
             xb.to(device)
     data_rate = epochs * len(train) / (time.perf_counter() - t0)
-    learner = get_family(FAMILY).learner(MODEL, data.info, device=device)  # same weights, same optimiser
+    learner = get_family(FAMILY).learner(MODEL, data.info, RunContext(device=device))  # same weights, same optimiser
     model, opt = learner.model, learner.optimizer
     model.train()
     t0 = time.perf_counter()

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tuner.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageData  # noqa: E402
+from tuner.types import RunContext  # noqa: E402
 from tuner.families import get_family  # noqa: E402
 from tuner.families.transfer import FrozenLearner, TransferLearner  # noqa: E402
 
@@ -82,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as cache:
         torch.manual_seed(0)
-        cached = FrozenLearner(fam.build(cfg, data.info), cfg, data.info, device=args.device, cache_dir=cache)
+        cached = FrozenLearner(fam.build(cfg, data.info), cfg, data.info, RunContext(device=args.device, cache_dir=cache))
         t = time.perf_counter()
         cached._feats = cached._features(data)  # the one-off extraction, timed on its own
         extract = time.perf_counter() - t
         cached_times = epoch_times(cached, data, args.epochs)
         torch.manual_seed(0)
-        again = FrozenLearner(fam.build(cfg, data.info), cfg, data.info, device=args.device, cache_dir=cache)
+        again = FrozenLearner(fam.build(cfg, data.info), cfg, data.info, RunContext(device=args.device, cache_dir=cache))
         t = time.perf_counter()
         again._feats = again._features(data)  # a second trial: reads the cache
         reread = time.perf_counter() - t

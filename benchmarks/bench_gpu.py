@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from tuner import embeddings  # noqa: E402
 from tuner.engine import amp_dtype, pick_device  # noqa: E402
-from tuner.families import get_family  # noqa: E402
+from tuner.families import RunContext, get_family  # noqa: E402
 from tuner.families.base import DataInfo  # noqa: E402
 from tuner.families.transfer import TransferLearner  # noqa: E402
 
@@ -178,7 +178,7 @@ def main(argv=None) -> None:
                                split=splits.__getitem__)
         cfg = {"arch": arch, "weights": "none", "trainable_layers": "all", "batch_size": bs, "optimizer": "sgd",
                "lr": 0.01}
-        learner = get_family("transfer").learner(cfg, info, device=device)
+        learner = get_family("transfer").learner(cfg, info, RunContext(device=device))
         ours = [m["epoch_time_s"] for m in learner.fit(data, epochs)]
 
         def rate(times):
@@ -195,7 +195,7 @@ def main(argv=None) -> None:
         # extraction at the model's inference speed (float32, TF32 off: see tuner/embeddings.py)
         frozen_cfg = {**cfg, "trainable_layers": 0}
         fam = get_family("transfer")
-        frozen = fam.learner(frozen_cfg, info, device=device, cache_dir=str(tmp / "cache"))
+        frozen = fam.learner(frozen_cfg, info, RunContext(device=device, cache_dir=str(tmp / "cache")))
         embeddings.compute(frozen.model.features, frozen.pre, x[:bs], device)  # first-call start-up
         sync(device)
         t0 = time.perf_counter()

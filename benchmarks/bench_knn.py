@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import normalize
 
-    from tuner.families import knn
+    from tuner import neighbours
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)  # both sides get every core (sklearn's brute search uses OpenMP)
@@ -60,20 +60,20 @@ def main(argv=None) -> dict:
           f"on {n:,} x {d} train embeddings, {q:,} queries, {threads} threads")
 
     # the knn family's way: tables cached on disk and in memory, a vote per config
-    knn._MEMO.clear()
+    neighbours.TABLES.tables.clear()
     ours: dict = {}
     with tempfile.TemporaryDirectory() as cache:
         t_ours_m: dict[str, float] = {}
         for k, metric, norm in configs:
             t0 = time.perf_counter()
-            table = knn.cached_table("bench", x, xq, knn.table_kind(metric, norm), k, "cpu", cache)
-            ours[(k, metric, norm)] = knn.vote(table, y, k, metric, "uniform", classes).argmax(1)
-            kind = knn.table_kind(metric, norm)
+            table = neighbours.TABLES.get("bench", x, xq, neighbours.table_kind(metric, norm), k, "cpu", cache)
+            ours[(k, metric, norm)] = neighbours.vote(table, y, k, metric, "uniform", classes).argmax(1)
+            kind = neighbours.table_kind(metric, norm)
             t_ours_m[kind] = t_ours_m.get(kind, 0.0) + time.perf_counter() - t0
         t_ours = sum(t_ours_m.values())
         t1 = time.perf_counter()
         for k, metric, norm in configs:  # what later trials (other processes read the disk cache) cost
-            knn.vote(knn.cached_table("bench", x, xq, knn.table_kind(metric, norm), k, "cpu", cache),
+            neighbours.vote(neighbours.TABLES.get("bench", x, xq, neighbours.table_kind(metric, norm), k, "cpu", cache),
                      y, k, metric, "uniform", classes)
         t_lookup = (time.perf_counter() - t1) / len(configs)
 
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         a, b = (normalize(x), normalize(xq)) if norm == "l2" else (x, xq)
         pred = KNeighborsClassifier(n_neighbors=k, metric=metric).fit(a, y).predict(b)
-        kind = knn.table_kind(metric, norm)
+        kind = neighbours.table_kind(metric, norm)
         t_sk_m[kind] = t_sk_m.get(kind, 0.0) + time.perf_counter() - t0
         agree.append(float((pred == ours[(k, metric, norm)]).mean()))
         acc = float((pred == yq).mean())
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     # per neighbour table: `cosine` serves cosine with and without L2 and Euclidean with L2 (30 configs),
     # the others 10 each; a Manhattan search costs the same on both sides, so the ratio is ~ configs/table
     for kind in t_ours_m:
-        n_cfg = sum(knn.table_kind(m, nm) == kind for _, m, nm in configs)
+        n_cfg = sum(neighbours.table_kind(m, nm) == kind for _, m, nm in configs)
         print(f"  table {kind:15s} ({n_cfg:2d} configs): family {t_ours_m[kind]:7.2f} s, sklearn {t_sk_m[kind]:7.2f} s, "
               f"{t_sk_m[kind] / t_ours_m[kind]:6.1f}x")
     print(f"speed-up: {ratio:.1f}x (goal >= 20x); predictions identical to sklearn on "

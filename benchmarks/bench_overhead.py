@@ -61,13 +61,15 @@ def plain_loop(exp, data) -> list[float]:
 
 
 def measure(trials: int, epochs: int, concurrent: int, tmp: Path) -> dict:
-    from tuner import driver, spaces
+    from tuner import spaces
+    from tuner.commands import run_search
+    from tuner.search import cluster
     from tuner.data import prepare
 
     exp = spaces.parse_experiment(space(trials, epochs, concurrent))
     data = prepare(exp.dataset, progress=False)
     plain = plain_loop(exp, data)
-    exp_dir = driver.run(exp, tmp, retrain=False, dashboard=False, say=lambda m: None)
+    exp_dir = run_search(exp, tmp, retrain=False, dashboard=False, say=lambda m: None)
     search_s = json.loads((exp_dir / "run.json").read_text())["search_s"]
     ray_sum = float(pd.read_csv(exp_dir / "trials.csv")["time_s"].sum())
     return {"trials": len(plain), "plain_sum_s": sum(plain), "search_s": search_s, "ray_trial_sum_s": ray_sum}
@@ -83,10 +85,10 @@ def main(argv=None) -> dict:
     if args.quick:
         args.sizes, args.epochs = [4, 8], 2
 
-    from tuner import driver
+    from tuner.search import cluster
 
     t0 = time.perf_counter()
-    driver.init_ray(None, dashboard=False, say=lambda m: None)
+    cluster.init_ray(None, dashboard=False, say=lambda m: None)
     ray_start = time.perf_counter() - t0
     c = args.concurrent
     with tempfile.TemporaryDirectory() as tmp:

@@ -229,8 +229,7 @@ def same_model_as_tuner() -> None:
     from tuner.families import get_family
 
     cnn = get_family("cnn")
-    info = DataInfo(num_classes=10, channels=1, height=8, width=8, mean=(0.0,), std=(1.0,),
-                    class_names=tuple(map(str, range(10))), name="digits")
+    info = DataInfo(num_classes=10, channels=1, height=8, width=8, mean=(0.0,), std=(1.0,))
     for channels, convs, dropout in ((16, 1, 0.0), (64, 2, 0.3)):
         cfg = {"blocks": 2, "pool": "gap", "channels": channels, "convs_per_block": convs, "dropout": dropout}
         theirs = cnn.build(cnn.resolve(cfg), info)

@@ -33,15 +33,17 @@ def main(argv=None) -> pd.DataFrame:
     args = p.parse_args(argv)
     sizes, epochs = ([2, 4], 1) if args.quick else ([8, 16, 32], args.epochs)
 
-    from tuner import driver, spaces
+    from tuner import spaces
+    from tuner.commands import run_search
+    from tuner.search import cluster
 
-    driver.init_ray(None, dashboard=False, say=lambda m: None)
+    cluster.init_ray(None, dashboard=False, say=lambda m: None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for concurrent in (1, 2):
             for n in sizes:
                 exp = spaces.parse_experiment(raw_space(n, concurrent, epochs))
-                exp_dir = driver.run(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None)
+                exp_dir = run_search(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None)
                 run = json.loads((exp_dir / "run.json").read_text())
                 trials = pd.read_csv(exp_dir / "trials.csv")
                 compute = float(trials["time_s"].sum())

@@ -69,9 +69,11 @@ def main(argv=None) -> pd.DataFrame:
     if args.quick:
         args.seeds, args.trials, args.epochs = 1, 6, 4
 
-    from tuner import driver, spaces
+    from tuner import spaces
+    from tuner.commands import run_search
+    from tuner.search import cluster
 
-    driver.init_ray(None, dashboard=False, say=lambda m: None)
+    cluster.init_ray(None, dashboard=False, say=lambda m: None)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
@@ -80,7 +82,7 @@ def main(argv=None) -> pd.DataFrame:
                        "search": {**raw["search"], "seed": seed}, "fixed": {**raw.get("fixed", {}), "seed": seed}}
                 exp = spaces.parse_experiment(raw)
                 t0 = time.perf_counter()
-                exp_dir = driver.run(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None)
+                exp_dir = run_search(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None)
                 wall = time.perf_counter() - t0
                 runs.append((name, seed, epochs_in_order(exp_dir), wall))
     target = max(float(r[2]["val_accuracy"].max()) for r in runs) - 0.005

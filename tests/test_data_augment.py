@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tuner.types import RunContext
 from tuner.engine import TorchLearner, augment
 from tuner.families.base import DataInfo
 from tuner.spaces import AugmentConfig
@@ -51,10 +52,9 @@ def test_hflip_mirrors_some_images_and_leaves_the_others():
 
 
 def test_learner_augments_training_batches_only():
-    info = DataInfo(num_classes=2, channels=3, height=8, width=8, mean=(0.5,) * 3, std=(0.5,) * 3,
-                    class_names=("a", "b"), name="t")
+    info = DataInfo(num_classes=2, channels=3, height=8, width=8, mean=(0.5,) * 3, std=(0.5,) * 3)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
-    learner = TorchLearner(model, {"optimizer": "sgd", "lr": 0.1}, info, augment_cfg=ALL)
+    learner = TorchLearner(model, {"optimizer": "sgd", "lr": 0.1}, info, RunContext(augment=ALL))
     x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     plain = learner.pre(torch.from_numpy(x))
     assert torch.equal(learner._inputs(x, train=False), plain)  # evaluation and prediction see the image as is

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tuner import cli
-from tuner.driver import check_storage, fit_resources
+from tuner.search.cluster import check_storage, fit_resources
 from tuner.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

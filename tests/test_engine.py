@@ -7,7 +7,7 @@ import torch
 
 from tuner import embeddings, spaces
 from tuner.data import prepare
-from tuner.driver import cache_dir
+from tuner.settings import cache_dir
 from tuner.engine import amp_dtype, eval_batches, place, precision, train_batches
 from tuner.families import get_family
 

@@ -9,7 +9,7 @@ import torch
 
 from tuner.data import prepare
 from tuner.errors import TrialFailed
-from tuner.families import FAMILIES, get_family
+from tuner.families import RunContext, FAMILIES, get_family
 from tuner.spaces import AugmentConfig, DatasetConfig
 
 
@@ -89,7 +89,7 @@ def test_nan_loss_fails_the_trial_with_a_reason(digits):
 
 def test_augmentation_runs_on_training_batches_only(digits):
     aug = AugmentConfig(rotation=10, translate=0.05, color_jitter=0.1)
-    learner = get_family("cnn").learner({"channels": 16, "lr": 3e-3}, digits.info, augment=aug)
+    learner = get_family("cnn").learner({"channels": 16, "lr": 3e-3}, digits.info, RunContext(augment=aug))
     a = learner.predict_proba(digits.x_val[:16])
     b = learner.predict_proba(digits.x_val[:16])
     assert np.array_equal(a, b)  # evaluation is never augmented

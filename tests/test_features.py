@@ -19,8 +19,8 @@ from tuner.cli import main
 from tuner.data import prepare
 from tuner.engine import Preprocess
 from tuner.errors import UserError
-from tuner.export import save_bundle
-from tuner.families import get_family
+from tuner.bundle import save_bundle
+from tuner.families import RunContext, get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -48,8 +48,7 @@ def pixels(data, x):
 @pytest.mark.parametrize("classifier", list(CASES))
 def test_each_classifier_predicts_what_sklearn_fitted_directly_predicts(digits, classifier, tmp_path):
     params, reference = CASES[classifier]
-    learner = get_family("features").learner({"classifier": classifier, **params}, digits.info,
-                                             cache_dir=str(tmp_path))
+    learner = get_family("features").learner({"classifier": classifier, **params}, digits.info, RunContext(cache_dir=str(tmp_path)))
     (m,) = list(learner.fit(digits, 1))
     assert m["epoch"] == 1 and {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(m)
     reference.fit(pixels(digits, digits.x_train), digits.y_train)

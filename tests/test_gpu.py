@@ -11,12 +11,14 @@ import pytest
 import torch
 import yaml
 
+from tuner import neighbours
 from tuner import cli, embeddings, engine, spaces
 from tuner.data import prepare
-from tuner.driver import cache_dir
+from tuner.settings import cache_dir
 from tuner.engine import Preprocess, amp_dtype, pick_device, resident_budget
-from tuner.export import load, save_bundle
-from tuner.families import get_family, knn
+from tuner.bundle import save_bundle
+from tuner.predict import load
+from tuner.families import RunContext, get_family, knn
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -38,12 +40,12 @@ def _whole_gpu():
 
 def test_amp_and_channels_last_training_reaches_the_cpu_accuracy_band(digits):
     fam = get_family("cnn")
-    gpu = fam.learner(CNN, digits.info, device="cuda")
+    gpu = fam.learner(CNN, digits.info, RunContext(device="cuda"))
     assert gpu.amp_dtype in (torch.bfloat16, torch.float16)
     conv = next(m for m in gpu.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     on_gpu = list(gpu.fit(digits, 6))[-1]["val_accuracy"]
-    on_cpu = list(fam.learner(CNN, digits.info, device="cpu").fit(digits, 6))[-1]["val_accuracy"]
+    on_cpu = list(fam.learner(CNN, digits.info, RunContext(device="cpu")).fit(digits, 6))[-1]["val_accuracy"]
     assert on_gpu > 0.9 and abs(on_gpu - on_cpu) <= 0.03
     assert isinstance(gpu._resident[1][0], torch.Tensor) and gpu._resident[1][0].is_cuda  # digits fit: resident
 
@@ -53,8 +55,8 @@ def test_two_learners_share_one_gpu_each_within_its_share(digits):
     assert device.type == "cuda" and engine._GPU_SHARE == 0.5
     assert resident_budget(device) <= torch.cuda.mem_get_info(device)[1] * 0.5 / 3
     fam = get_family("cnn")
-    a = fam.learner(CNN, digits.info, device=device)
-    b = fam.learner({**CNN, "seed": 1}, digits.info, device=device)
+    a = fam.learner(CNN, digits.info, RunContext(device=device))
+    b = fam.learner({**CNN, "seed": 1}, digits.info, RunContext(device=device))
     last = list(zip(a.fit(digits, 4), b.fit(digits, 4)))[-1]  # interleaved epochs, one GPU
     assert all(m["val_accuracy"] > 0.8 for m in last)
 
@@ -82,8 +84,8 @@ def test_gpu_knn_finds_the_neighbours_scikit_learn_finds(kind):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 64)).astype(np.float32)  # continuous: no distance ties
     q = rng.standard_normal((500, 64)).astype(np.float32)
-    ours = knn.neighbours(x, q, kind, 10, device="cuda")
-    ref = knn.neighbours(x, q, kind, 10, backend="sklearn")
+    ours = neighbours.neighbours(x, q, kind, 10, device="cuda")
+    ref = neighbours.neighbours(x, q, kind, 10, backend="sklearn")
     np.testing.assert_array_equal(ours.idx, ref.idx)
     for metric, d in ref.dist.items():
         np.testing.assert_allclose(ours.dist[metric], d, rtol=1e-4, atol=1e-5)
@@ -105,7 +107,7 @@ def test_embeddings_are_the_same_on_the_gpu_and_the_cpu(digits):
 
 def test_a_bundle_reloaded_on_either_device_predicts_within_the_stated_tolerance(digits, tmp_path):
     exp = spaces.load(SPACES / "digits_cnn.yaml")
-    learner = get_family("cnn").learner(CNN, digits.info, device="cuda")
+    learner = get_family("cnn").learner(CNN, digits.info, RunContext(device="cuda"))
     list(learner.fit(digits, 2))
     tested = learner.predict_proba(digits.x_test)  # what retrain's metrics.json is computed from
     save_bundle(tmp_path / "model.pt", exp, CNN, learner, digits)
@@ -119,8 +121,7 @@ def test_a_trials_first_epoch_is_within_1_5x_a_steady_epoch_plus_2_s():
     data = prepare(exp.dataset, cache_dir=cache_dir())
     torch.zeros(1, device="cuda")  # the CUDA start is not the trial's
     learner = get_family("transfer").learner({"arch": "resnet18", "weights": "none", "trainable_layers": "all",
-                                              "batch_size": 96, "lr": 0.01, "optimizer": "sgd"}, data.info,
-                                             device="cuda")
+                                              "batch_size": 96, "lr": 0.01, "optimizer": "sgd"}, data.info, RunContext(device="cuda"))
     times = [m["epoch_time_s"] for m in learner.fit(data, 4)]
     assert times[0] <= 1.5 * statistics.median(times[1:]) + 2.0, times
     assert amp_dtype("cuda") is not None

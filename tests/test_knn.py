@@ -13,13 +13,16 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import normalize as sk_normalize
 
 import tuner
+from tuner.families import embedding
+from tuner import neighbours
 from tuner import backbones, spaces
 from tuner.cli import main
 from tuner.data import prepare
-from tuner.engine import Preprocess, classification_metrics
+from tuner.engine import Preprocess
+from tuner.metrics import classification_metrics
 from tuner.errors import UserError
-from tuner.export import save_bundle
-from tuner.families import get_family
+from tuner.bundle import save_bundle
+from tuner.families import RunContext, get_family
 from tuner.families import knn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +61,9 @@ def test_vectorised_knn_predicts_what_sklearn_predicts(metric, normalize, backen
     x = (rng.standard_normal((400, 24)) + 0.3).astype(np.float32)  # continuous: no distance ties
     y = rng.integers(0, 4, 400)
     q = (rng.standard_normal((150, 24)) + 0.3).astype(np.float32)
-    table = knn.neighbours(x, q, knn.table_kind(metric, normalize), 40, backend=backend)
+    table = neighbours.neighbours(x, q, neighbours.table_kind(metric, normalize), 40, backend=backend)
     for k, weights in itertools.product((1, 2, 5, 17, 40), ("uniform", "distance")):
-        proba = knn.vote(table, y, k, metric, weights, 4)
+        proba = neighbours.vote(table, y, k, metric, weights, 4)
         pred, sk_proba = sklearn_predict(x, y, q, k, metric, normalize, weights)
         np.testing.assert_array_equal(proba.argmax(1), pred, err_msg=f"k={k} {weights}")
         np.testing.assert_allclose(proba, sk_proba, atol=1e-5)
@@ -70,35 +73,35 @@ def test_distance_vote_lets_an_exact_match_win_as_sklearn_does():
     x = np.array([[0.0, 0.0], [1.0, 0.0], [1.1, 0.0], [0.9, 0.0]], dtype=np.float32)
     y = np.array([0, 1, 1, 1])
     q = np.array([[0.0, 0.0]], dtype=np.float32)  # sits on a class-0 point; three class-1 points are near
-    table = knn.neighbours(x, q, "euclidean-none", 4, backend="torch")
-    proba = knn.vote(table, y, 4, "euclidean", "distance", 2)
+    table = neighbours.neighbours(x, q, "euclidean-none", 4, backend="torch")
+    proba = neighbours.vote(table, y, 4, "euclidean", "distance", 2)
     assert proba.tolist() == [[1.0, 0.0]]
-    assert knn.vote(table, y, 4, "euclidean", "uniform", 2).argmax(1).tolist() == [1]
+    assert neighbours.vote(table, y, 4, "euclidean", "uniform", 2).argmax(1).tolist() == [1]
     np.testing.assert_array_equal(proba, sklearn_predict(x, y, q, 4, "euclidean", "none", "distance")[1])
 
 
 def test_six_metric_normalisation_settings_need_four_searches():
-    kinds = {knn.table_kind(m, n) for m, n in SETTINGS}
+    kinds = {neighbours.table_kind(m, n) for m, n in SETTINGS}
     assert kinds == {"cosine", "euclidean-none", "manhattan-none", "manhattan-l2"}
 
 
 def test_one_search_serves_every_k_from_memory_and_from_disk(tmp_path):
     rng = np.random.default_rng(1)
     x, q = rng.random((300, 16), dtype=np.float32), rng.random((50, 16), dtype=np.float32)
-    knn._MEMO.clear()
-    first = knn.cached_table("t", x, q, "manhattan-none", 3, cache_dir=str(tmp_path))
-    assert first.k == knn.K_TABLE
-    assert knn.cached_table("t", x, q, "manhattan-none", 50, cache_dir=str(tmp_path)) is first  # a look-up
+    neighbours.TABLES.tables.clear()
+    first = neighbours.TABLES.get("t", x, q, "manhattan-none", 3, cache_dir=str(tmp_path))
+    assert first.k == neighbours.K_TABLE
+    assert neighbours.TABLES.get("t", x, q, "manhattan-none", 50, cache_dir=str(tmp_path)) is first  # a look-up
     files = list((tmp_path / "knn").glob("*.npz"))
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
-    knn._MEMO.clear()  # as another trial process would start
-    again = knn.cached_table("t", x, q, "manhattan-none", 7, cache_dir=str(tmp_path))
+    neighbours.TABLES.tables.clear()  # as another trial process would start
+    again = neighbours.TABLES.get("t", x, q, "manhattan-none", 7, cache_dir=str(tmp_path))
     assert files[0].stat().st_mtime_ns == mtime  # read, not searched again
     np.testing.assert_array_equal(again.idx, first.idx)
-    bigger = knn.cached_table("t", x, q, "manhattan-none", 100, cache_dir=str(tmp_path))
+    bigger = neighbours.TABLES.get("t", x, q, "manhattan-none", 100, cache_dir=str(tmp_path))
     assert bigger.k == 100  # beyond the table: searched once more, deeper
-    np.testing.assert_array_equal(bigger.idx[:, :knn.K_TABLE], first.idx)
+    np.testing.assert_array_equal(bigger.idx[:, :neighbours.K_TABLE], first.idx)
 
 
 def test_knn_on_digits_pixels_matches_sklearn_on_the_same_embeddings(digits):
@@ -122,9 +125,9 @@ def test_knn_on_digits_pixels_matches_sklearn_on_the_same_embeddings(digits):
 def test_knn_on_an_exported_bundles_embeddings(digits, cnn_bundle, metric, normalize, tmp_path):
     cfg = {"backbone": str(cnn_bundle), "k": 3, "metric": metric, "normalize": normalize, "weights": "distance",
            "validation": "holdout"}
-    learner = get_family("knn").learner(cfg, digits.info, cache_dir=str(tmp_path))
+    learner = get_family("knn").learner(cfg, digits.info, RunContext(cache_dir=str(tmp_path)))
     (m,) = list(learner.fit(digits, 1))
-    module, channels, _ = backbones.extractor(str(cnn_bundle), "none", digits.info)
+    module, channels, _ = embedding.extractor(str(cnn_bundle), "none", digits.info)
     pre = Preprocess(digits.info.mean, digits.info.std, digits.info.channels, channels)
     with torch.no_grad():
         xtr, xva = (module(pre(torch.from_numpy(a))).numpy() for a in (digits.x_train, digits.x_val))
@@ -137,7 +140,7 @@ def test_knn_on_an_exported_bundles_embeddings(digits, cnn_bundle, metric, norma
 def test_bundle_of_a_knn_on_a_bundle_backbone_loads_and_predicts_the_same(digits, cnn_bundle, tmp_path):
     exp = spaces.load(SPACES / "digits_knn.yaml", [f"fixed.backbone={cnn_bundle}"])
     cfg = {"backbone": str(cnn_bundle), "k": 5, "metric": "cosine", "normalize": "l2", "weights": "uniform"}
-    learner = get_family("knn").learner(cfg, digits.info, cache_dir=str(tmp_path))
+    learner = get_family("knn").learner(cfg, digits.info, RunContext(cache_dir=str(tmp_path)))
     list(learner.fit(digits, 1))
     proba = learner.predict_proba(digits.x_test)
     save_bundle(tmp_path / "model.pt", exp, cfg, learner, digits)
@@ -225,7 +228,7 @@ def test_knn_on_a_changed_image_folder_scores_the_new_images_not_the_cached_ones
 
     def search(cache: Path) -> tuple[float, float]:
         data = prepare(conf, cache_dir=cache, progress=False)
-        learner = get_family("knn").learner({"k": 1, "validation": "holdout"}, data.info, cache_dir=str(cache))
+        learner = get_family("knn").learner({"k": 1, "validation": "holdout"}, data.info, RunContext(cache_dir=str(cache)))
         val = list(learner.fit(data))[-1]["val_accuracy"]
         return val, float((learner.predict_proba(data.x_test).argmax(1) == data.y_test).mean())
 

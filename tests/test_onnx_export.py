@@ -14,8 +14,8 @@ import yaml
 from tuner import load
 from tuner.cli import main
 from tuner.data import prepare
-from tuner.export import save_bundle
-from tuner.families import get_family
+from tuner.bundle import save_bundle
+from tuner.families import RunContext, get_family
 from tuner.onnx_export import export_onnx, onnx_proba
 from tuner.spaces import DatasetConfig
 
@@ -24,7 +24,7 @@ pytest.importorskip("onnxruntime")
 
 def trained_bundle(folder: Path, family: str, config: dict, data, epochs: int = 1) -> Path:
     """A few epochs of the family's learner on the data, saved as the retrain saves it."""
-    learner = get_family(family).learner(config, data.info, device="cpu")
+    learner = get_family(family).learner(config, data.info, RunContext(device="cpu"))
     for _ in learner.fit(data, epochs):
         pass
     folder.mkdir(parents=True, exist_ok=True)

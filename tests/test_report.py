@@ -260,8 +260,8 @@ def test_suite_writes_one_comparison_with_an_ensemble_row(suite_results):
 def test_ensemble_is_the_mean_of_the_members_probabilities(suite_results):
     import tuner
     from tuner.data import prepare
-    from tuner.driver import cache_dir
-    from tuner.engine import classification_metrics
+    from tuner.settings import cache_dir
+    from tuner.metrics import classification_metrics
     from tuner.spaces import parse_experiment
 
     exp = parse_experiment(yaml.safe_load((suite_results / "digits_linear" / "space.yaml").read_text()))

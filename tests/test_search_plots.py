@@ -10,7 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tuner import report, search_plots
+from tuner import report
+from tuner.report import search as search_plots
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]
 SEARCH_PNGS = ("parallel_coordinates.png", "contour.png", "history.png", "intermediate.png")

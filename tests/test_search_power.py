@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuner import driver, spaces
-from tuner.searchers import pareto_front
+from tuner import spaces
+from tuner.commands import run_search
+from tuner.search.searchers import pareto_front
 
 COND = """
 name: cond
@@ -34,7 +35,7 @@ def _exp(tmp_path, text, overrides=()):
 
 
 def _search(exp, results):
-    return driver.run(exp, results, retrain=False, dashboard=False, say=lambda _: None)
+    return run_search(exp, results, retrain=False, dashboard=False, say=lambda _: None)
 
 
 @pytest.mark.slow
@@ -65,7 +66,7 @@ def test_conditional_two_objective_search_with_a_constraint_and_warm_start(tmp_p
     # a later search seeded with this folder: its finished trials are in the study before the first trial
     exp2 = _exp(tmp_path, COND.replace("name: cond", "name: cond2"),
                 ["search.num_samples=2", f"search.warm_start={d}"])
-    from tuner.searchers import folder_trials
+    from tuner.search.searchers import folder_trials
 
     seeded = folder_trials(exp2)
     assert len(seeded) == len(trials)

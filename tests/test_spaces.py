@@ -37,7 +37,9 @@ def test_every_distribution_parses_to_its_kind(tmp_path):
 
 
 def test_int_bounds_are_inclusive_in_ray_domain(tmp_path):
-    d = spaces.load(write(tmp_path, BASE)).searched["blocks"].to_tune()
+    from tuner.search.domains import to_tune
+
+    d = to_tune(spaces.load(write(tmp_path, BASE)).searched["blocks"])
     values = {d.sample() for _ in range(300)}
     assert values == {1, 2, 3}
 
@@ -426,7 +428,7 @@ def test_multi_objective_with_constraints_parses(tmp_path):
 def test_pareto_front_keeps_exactly_the_non_dominated_rows():
     import pandas as pd
 
-    from tuner.searchers import pareto_front
+    from tuner.search.searchers import pareto_front
 
     df = pd.DataFrame({"acc": [0.9, 0.8, 0.95, 0.7, 0.95], "lat": [2.0, 1.0, 3.0, 1.5, 4.0]})
     front = pareto_front(df, ["acc", "lat"], ["max", "min"])

@@ -12,11 +12,10 @@ import yaml
 
 from tuner import cli, spaces
 from tuner.data import prepare
-from tuner.driver import cache_dir
+from tuner.settings import cache_dir
 from tuner.engine import TorchLearner, pick_device
 from tuner.families import get_family, register_family
 from tuner.families.linear import Linear
-from tuner.trainable import adopt_config
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +52,15 @@ def test_checkpoint_loads_weights_only_and_resumes_bit_for_bit(digits, tmp_path)
         torch.testing.assert_close(a, b)
 
 
-def test_adopt_config_gives_a_pbt_exploit_the_new_lr_momentum_and_keeps_the_schedule(digits):
+def test_adapt_state_gives_a_pbt_exploit_the_new_lr_momentum_and_keeps_the_schedule(digits):
     family = get_family("mlp")
     donor = family.learner({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "lr_schedule": "step", "lr_step": 1,
                             "lr_gamma": 0.5, "hidden": [16]}, digits.info)
     list(donor.fit(digits, 1))  # the step schedule has halved the lr: 0.05
     state = donor.state_dict()
-    new = {"lr": 0.02, "momentum": 0.5, "weight_decay": 0.0}
     receiver = family.learner({"optimizer": "sgd", "lr": 0.02, "momentum": 0.5, "lr_schedule": "step",
                                "lr_step": 1, "lr_gamma": 0.5, "hidden": [16]}, digits.info)
-    receiver.load_state_dict(adopt_config(state, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}, new))
+    receiver.load_state_dict(receiver.adapt_state(state, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}))
     group = receiver.optimizer.param_groups[0]
     assert group["lr"] == pytest.approx(0.01)  # the new lr, halved once like the donor's
     assert group["momentum"] == 0.5
@@ -71,10 +69,10 @@ def test_adopt_config_gives_a_pbt_exploit_the_new_lr_momentum_and_keeps_the_sche
     assert receiver.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)  # the schedule goes on from there
 
 
-def test_adopt_config_leaves_a_plain_resume_alone():
+def test_adapt_state_leaves_a_plain_resume_alone(digits):
+    learner = get_family("mlp").learner({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "hidden": [16]}, digits.info)
     state = {"optimizer": {"param_groups": [{"lr": 0.05, "momentum": 0.9}]}, "schedule": None}
-    hp = {"lr": 0.1, "momentum": 0.9}
-    assert adopt_config(state, hp, dict(hp))["optimizer"]["param_groups"][0]["lr"] == 0.05
+    assert learner.adapt_state(state, learner.hparams())["optimizer"]["param_groups"][0]["lr"] == 0.05
 
 
 def test_a_trial_given_no_gpu_share_stays_on_the_cpu():

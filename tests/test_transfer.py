@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
+from tuner.families import embedding
 from tuner import backbones
 from tuner.cli import main
 from tuner.data import prepare
 from tuner.errors import UserError
-from tuner.families import get_family
+from tuner.families import RunContext, get_family
 from tuner.families.base import DataInfo
 from tuner.spaces import AugmentConfig, DatasetConfig, SplitConfig
 
@@ -107,8 +108,7 @@ def test_frozen_features_are_keyed_by_the_imagenet_file_not_the_word_imagenet(hu
     f.parent.mkdir(parents=True)
     torch.manual_seed(1)
     torch.save(tvm.get_model(arch).state_dict(), f)
-    learner = get_family("transfer").learner({"arch": arch, "weights": "imagenet"}, data.info,
-                                             cache_dir=str(tmp_path / "c"))
+    learner = get_family("transfer").learner({"arch": arch, "weights": "imagenet"}, data.info, RunContext(cache_dir=str(tmp_path / "c")))
     before = learner.feature_key()
     assert before == learner.feature_key() and str(f) in before
     torch.manual_seed(2)
@@ -160,7 +160,7 @@ def test_frozen_head_trains_on_features_computed_once_and_shared(data, tmp_path)
     learners = []
     for cfg in ({"hidden": [16], "lr": 1e-2}, {"hidden": [], "dropout": 0.2, "lr": 3e-3}):
         lr = fam.learner({"arch": "resnet18", "weights": "none", "trainable_layers": 0, "batch_size": 8, **cfg},
-                         data.info, cache_dir=str(tmp_path))
+                         data.info, RunContext(cache_dir=str(tmp_path)))
         lr.model.body.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
         history = list(lr.fit(data, 2))
         assert [h["epoch"] for h in history] == [1, 2]
@@ -177,11 +177,11 @@ def test_frozen_head_trains_on_features_computed_once_and_shared(data, tmp_path)
 def test_frozen_checkpoints_hold_the_head_only_and_resume_exactly(data, tmp_path):
     fam = get_family("transfer")
     cfg = {"arch": "resnet18", "weights": "none", "trainable_layers": 0, "hidden": [8], "batch_size": 8}
-    a = fam.learner(cfg, data.info, cache_dir=str(tmp_path))
+    a = fam.learner(cfg, data.info, RunContext(cache_dir=str(tmp_path)))
     list(a.fit(data, 1))
     state = a.state_dict()
     assert state["model"] and not any(k.startswith("body.") for k in state["model"])
-    b = fam.learner(cfg, data.info, cache_dir=str(tmp_path))
+    b = fam.learner(cfg, data.info, RunContext(cache_dir=str(tmp_path)))
     b.load_state_dict(state)
     assert np.allclose(a.predict_proba(data.x_test), b.predict_proba(data.x_test), atol=1e-6)
     assert [h["epoch"] for h in b.fit(data, 2)] == [2]
@@ -190,8 +190,7 @@ def test_frozen_checkpoints_hold_the_head_only_and_resume_exactly(data, tmp_path
 def test_cached_views_add_fixed_augmented_copies_of_the_training_set(data, tmp_path):
     fam = get_family("transfer")
     aug = AugmentConfig(hflip=True, rotation=10)
-    lr = fam.learner({"arch": "resnet18", "weights": "none", "cached_views": 2, "batch_size": 8}, data.info,
-                     augment=aug, cache_dir=str(tmp_path))
+    lr = fam.learner({"arch": "resnet18", "weights": "none", "cached_views": 2, "batch_size": 8}, data.info, RunContext(augment=aug, cache_dir=str(tmp_path)))
     list(lr.fit(data, 1))
     n = len(data.y_train)
     assert len(lr._feats.x_train) == 3 * n
@@ -266,14 +265,14 @@ def test_export_chain_fine_tune_export_then_transfer_frozen_to_another_folder(fo
 
 
 def test_extractor_takes_a_bundle_minus_its_head(tmp_path, data):
-    from tuner.export import save_bundle
+    from tuner.bundle import save_bundle
     from types import SimpleNamespace
 
     fam = get_family("transfer")
     cfg = {"arch": "resnet18", "weights": "none", "trainable_layers": "all", "hidden": [8]}
     learner = fam.learner(cfg, data.info)
     save_bundle(tmp_path / "model.pt", SimpleNamespace(family="transfer", name="t"), cfg, learner, data)
-    module, channels, key = backbones.extractor(str(tmp_path), "ignored", data.info)
+    module, channels, key = embedding.extractor(str(tmp_path), "ignored", data.info)
     x = torch.randn(2, 3, 32, 32)
     assert channels == 3 and key.startswith("bundle:")
     assert torch.allclose(module(x), learner.model.eval().features(x), atol=1e-5)

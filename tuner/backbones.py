@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from tuner.bundle import read_bundle
 from tuner.errors import UserError
-from tuner.families.base import DataInfo
+from tuner.types import DataInfo
 
 # arch prefix -> how its body is cut. Checked in order, so vgg*_bn and regnet_x/y fall to their family.
 ARCH_FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet", "mobilenet_v2", "mobilenet_v3",
@@ -254,7 +255,6 @@ def check_weights(arch, weights, where: str = "weights", imagenet_file_needed: b
         raise UserError(f"{where}: {p} does not exist; give imagenet, none, a torchvision state-dict file or "
                         f"a folder exported by `tuner best --export`")
     if _is_bundle_path(p):
-        from tuner.export import read_bundle
 
         b = read_bundle(p)
         if b["family"] != "transfer":
@@ -308,7 +308,6 @@ def load_weights(body: Body, weights: str, where: str = "weights") -> None:
         return
     p = resolve_path(weights)
     if _is_bundle_path(p):
-        from tuner.export import read_bundle
 
         model_sd = read_bundle(p)["weights"]["model"]
         sd = {k[len("body."):]: v for k, v in model_sd.items() if k.startswith("body.")}
@@ -346,68 +345,32 @@ class Renormalize(nn.Module):
         return (x * self.std_in + self.mean_in - self.mean_out) / self.std_out
 
 
-def _per_channel(v, channels: int) -> tuple[float, ...]:
+def per_channel(v, channels: int) -> tuple[float, ...]:
     v = tuple(float(a) for a in v)
     return v * channels if len(v) == 1 and channels > 1 else v
 
 
-def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, int, str]:
-    """A frozen feature extractor for the knn / features families.
-
-    backbone: a torchvision arch (with `weights`: imagenet | none | a state-dict path) or the path of a
-    bundle exported by `tuner best --export` (then `weights` is ignored): the bundle's model minus its
-    head (transfer: the body and its pooling; cnn: the convolutional part up to its flatten; mlp /
-    linear: everything before the last layer).
+def extractor(arch: str, weights: str, info: DataInfo) -> tuple[nn.Module, int, str]:
+    """A frozen torchvision feature extractor: `arch` (with `weights`: imagenet | none | a state-dict path)
+    minus its classifier, global-average pooled. (A bundle as backbone is `tuner.families.embedding.extractor`.)
 
     Returns (module, channels_wanted, key): the module maps a batch normalised with info.mean/std, with
     `channels_wanted` channels (grey data repeated to 3 by `engine.Preprocess`), to (N, D) features; it is
     in eval mode with gradients off. `key` identifies the features for `embeddings.cached`.
     """
-    norm = f"mean={','.join(f'{m:.4f}' for m in info.mean)}:std={','.join(f'{s:.4f}' for s in info.std)}"
-    if isinstance(backbone, str) and backbone in supported_archs():
-        torch.manual_seed(0)  # weights: none gives the same random features every time
-        body = make_body(backbone)
-        load_weights(body, weights, "backbone weights")
-        module = nn.Sequential(body.module, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        key = f"tv:{backbone}:{weights_key(weights, arch=backbone)}:gap:{norm}"
-        return _frozen(module), 3, key
-
-    p = resolve_path(str(backbone))
-    if not p.exists():
-        raise UserError(f"backbone: {backbone!r} is neither a supported torchvision arch nor an existing bundle "
-                        f"path; use e.g. resnet50, mobilenet_v2, vgg19 or a folder exported by `tuner best --export`")
-    from tuner.export import read_bundle
-    from tuner.families import get_family
-
-    b = read_bundle(p)
-    pre = b["preprocessing"]
-    binfo = DataInfo(num_classes=len(b["class_names"]), channels=int(pre["channels"]), height=int(pre["height"]),
-                     width=int(pre["width"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                     class_names=tuple(b["class_names"]), name=pre.get("dataset", ""))
-    fam = get_family(b["family"])
-    if not hasattr(fam, "build"):
-        raise UserError(f"backbone: {p} is a {b['family']!r} bundle, which has no network to take features from")
-    model = fam.build(fam.resolve(b["config"]), binfo)
-    model.load_state_dict(b["weights"]["model"])
-    wanted = 3 if b["family"] == "transfer" else binfo.channels
-    if info.channels > wanted:
-        raise UserError(f"backbone: {p} was trained on {wanted}-channel images but the data has {info.channels}; "
-                        f"use a backbone trained on colour images")
-    if b["family"] == "transfer":
-        feats: nn.Module = nn.Sequential(model.body, model.pool)
-    else:
-        mods = list(model.children())
-        flat = [i for i, m in enumerate(mods) if isinstance(m, nn.Flatten)]
-        cut = flat[-1] + 1 if b["family"] == "cnn" and flat else len(mods) - 1
-        feats = nn.Sequential(*mods[:cut]) if cut > 0 else nn.Flatten()
-    module = nn.Sequential(Renormalize(_per_channel(info.mean, wanted), _per_channel(info.std, wanted),
-                                       _per_channel(binfo.mean, wanted), _per_channel(binfo.std, wanted)),
-                           feats, nn.Flatten())
-    key = f"bundle:{weights_key(str(p))}:{norm}"
-    return _frozen(module), wanted, key
+    torch.manual_seed(0)  # weights: none gives the same random features every time
+    body = make_body(arch)
+    load_weights(body, weights, "backbone weights")
+    module = nn.Sequential(body.module, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    key = f"tv:{arch}:{weights_key(weights, arch=arch)}:gap:{norm_key(info)}"
+    return frozen(module), 3, key
 
 
-def _frozen(module: nn.Module) -> nn.Module:
+def norm_key(info: DataInfo) -> str:
+    return f"mean={','.join(f'{m:.4f}' for m in info.mean)}:std={','.join(f'{s:.4f}' for s in info.std)}"
+
+
+def frozen(module: nn.Module) -> nn.Module:
     module.eval()
     module.requires_grad_(False)
     return module

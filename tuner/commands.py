@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -33,10 +34,53 @@ def check_results_dir(results: Path) -> Path:
     return results
 
 
+def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = None, resume: bool = False,
+               retrain: bool = True, dashboard: bool = True, storage: str | None = None,
+               say: Callable[[str], None] = print, retry_failed: bool = False, verbose: bool = False) -> Path:
+    """One experiment end to end: checks -> search (tuner.search.driver) -> plots -> retrain -> comparison.
+    Returns the experiment's results folder."""
+    from tuner import report
+    from tuner.families import get_family
+    from tuner.retrain import retrain_best
+    from tuner.rundir import RunDir, check_replaceable, experiment_dir, search_lock
+    from tuner.search import driver
+
+    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
+    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
+    exp_dir = experiment_dir(results, exp.name)
+    run = RunDir(exp_dir)
+    if resume and not run.space.is_file():
+        raise UserError(f"--resume: nothing to resume in {exp_dir}; run without --resume to start "
+                        f"experiment {exp.name!r}")
+    if not resume:
+        check_replaceable(exp_dir)
+    # the lock is taken before anything is removed: a second search of the same name must not delete the first's
+    with search_lock(exp_dir):
+        data, best, failed = driver.run(exp, results, exp_dir, address=address, resume=resume, dashboard=dashboard,
+                                        storage=storage, say=say, retry_failed=retry_failed, verbose=verbose)
+        report.experiment_plots(exp_dir)
+        if best is None:
+            # nothing to retrain: say so with the exit status too, not only in the log
+            why = f" (first error: {failed['error'].iloc[0]})" if len(failed) else ""
+            raise UserError(f"{run.trials}: no {'feasible ' if exp.constraints else ''}trial finished "
+                            f"with {exp.metrics[0]}{why}; "
+                            f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
+        say(f"best trial {best['trial_id']}: " + ", ".join(f"{m} = {best['metrics'][m]:.4g}" for m in exp.metrics))
+        if exp.multi:
+            import pandas as pd
+
+            say(f"Pareto front: {len(pd.read_csv(run.pareto))} trials -> {run.pareto}")
+        if retrain:
+            metrics = retrain_best(exp_dir, data=data, say=say)
+            say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run.best}")
+            report.write_comparison(results)
+    say(f"results: {exp_dir}")
+    return exp_dir
+
+
 def search(args) -> int:
     check_results_dir(Path(args.results))
     from tuner import report
-    from tuner import driver
 
     if getattr(args, "retry_failed", False) and not args.resume:
         raise UserError("--retry-failed reruns the failed trials of an earlier search: give --resume too")
@@ -60,10 +104,9 @@ def search(args) -> int:
         if args.smoke:
             exp = spaces.smoke(exp)
         _say(f"== {exp.name} ({exp.family}, {exp.num_samples} trials, up to {exp.scheduler.max_epochs} epochs)")
-        driver.run(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
+        run_search(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
                    dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
-                   retry_failed=getattr(args, "retry_failed", False),
-                   verbose=getattr(args, "verbose", False))
+                   retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False))
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:
@@ -97,7 +140,7 @@ def _experiment_dir(results: Path, name: str | None) -> Path:
 
 
 def best(args) -> int:
-    from tuner import export
+    from tuner import predict
     from tuner.retrain import retrain_best
 
     from tuner.report import read_best, read_result
@@ -135,12 +178,12 @@ def best(args) -> int:
         args.export = "" if args.export is None else args.export
     if args.export is not None:
         dest = Path(args.export) if args.export else d / "export"
-        export.check_destination(d, dest)  # before a retrain, which can take hours
+        predict.check_destination(d, dest)  # before a retrain, which can take hours
         if args.trial or not (d / "best" / "model.pt").is_file():
             _say(f"retraining trial {args.trial}'s config first" if args.trial else
                  "no retrained model yet: retraining the best config first")
             retrain_best(d, say=_say)
-        export.export(d, dest)
+        predict.export(d, dest)
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
         if onnx:
             _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
@@ -153,7 +196,7 @@ def _choose_trial(d: Path, trial_id: str) -> None:
     import pandas as pd
 
     from tuner.search.live import best_entry
-    from tuner.searchers import _from_csv
+    from tuner.search.searchers import _from_csv
 
     exp = spaces.parse_experiment(yaml.safe_load((d / "space.yaml").read_text()), d / "space.yaml")
     trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})

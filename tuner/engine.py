@@ -19,15 +19,16 @@ import torch.nn.functional as F
 
 from tuner.errors import TrialFailed
 
+from tuner.types import Learner, Param, RunContext
+
 # --------------------------------------------------------------------------- common parameters
-from tuner.families.base import Param
 
 COMMON_PARAMS: dict[str, Param] = {
     "optimizer": Param("adam", "str", ("sgd", "adam", "adamw", "rmsprop"),
                        help="adamw decouples weight decay from the lr"),
-    "lr": Param(1e-3, "float", low=0.0, help="learning rate (of the head, for transfer)"),
-    "momentum": Param(0.9, "float", low=0.0, high=1.0, help="sgd and rmsprop"),
-    "weight_decay": Param(0.0, "float", low=0.0, help="L2 penalty (decoupled for adamw)"),
+    "lr": Param(1e-3, "float", low=0.0, pbt=True, help="learning rate (of the head, for transfer)"),
+    "momentum": Param(0.9, "float", low=0.0, high=1.0, pbt=True, help="sgd and rmsprop"),
+    "weight_decay": Param(0.0, "float", low=0.0, pbt=True, help="L2 penalty (decoupled for adamw)"),
     "eps": Param(1e-8, "float", low=0.0, help="adam/adamw/rmsprop epsilon (the Flowers seed used 0.1)"),
     "nesterov": Param(False, "bool", help="sgd: Nesterov momentum (needs momentum > 0)"),
     "batch_size": Param(64, "int", low=1, help="training images per step"),
@@ -38,7 +39,7 @@ COMMON_PARAMS: dict[str, Param] = {
     "lr_gamma": Param(0.1, "float", low=0.0, high=1.0, help="step and plateau: factor the lr is multiplied by"),
     "lr_patience": Param(2, "int", low=0, help="plateau: epochs without improvement before a drop"),
     "lr_threshold": Param(1e-4, "float", low=0.0, help="plateau: relative improvement that counts"),
-    "label_smoothing": Param(0.0, "float", low=0.0, high=1.0, help="weight moved from the true class to all classes"),
+    "label_smoothing": Param(0.0, "float", low=0.0, high=1.0, pbt=True, help="weight moved from the true class to all classes"),
     "loss": Param("ce", "str", ("ce", "focal"), help="ce: cross-entropy; focal: down-weights easy examples"),
     "focal_gamma": Param(2.0, "float", low=0.0, help="focal: how strongly easy examples are down-weighted"),
     "early_stopping": Param(0, "int", low=0, help="patience in epochs on val_accuracy; 0 = off"),
@@ -284,13 +285,19 @@ def make_schedule(opt, cfg: dict, max_epochs: int):
 
 
 # --------------------------------------------------------------------------- the learner for torch models
-class TorchLearner:
+# what a running trial's optimiser state carries of the config: scaled on a PBT exploit (`adapt_state`)
+OPTIMIZER_HPARAMS = ("lr", "momentum", "weight_decay")
+
+
+class TorchLearner(Learner):
     """Trains an `nn.Module` on uint8 image arrays, one epoch per `fit` step; checkpointable."""
 
-    def __init__(self, model: nn.Module, cfg: dict, info, device: torch.device | str = "cpu",
-                 in_channels_wanted: int | None = None, augment_cfg=None, keep_best: bool = False):
+    def __init__(self, model: nn.Module, cfg: dict, info, ctx: RunContext | None = None,
+                 in_channels_wanted: int | None = None):
+        ctx = ctx or RunContext()
+        augment_cfg, keep_best = ctx.augment, ctx.keep_best
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = torch.device(ctx.device)
         self.info = info
         self.model = model.to(self.device)
         self.pre = Preprocess(info.mean, info.std, info.channels, in_channels_wanted).to(self.device)
@@ -468,6 +475,39 @@ class TorchLearner:
     def load_weights(self, w: dict) -> None:
         self.model.load_state_dict(w["model"])
 
+    def hparams(self) -> dict[str, float]:
+        return {k: float(self.cfg[k]) for k in OPTIMIZER_HPARAMS if isinstance(self.cfg.get(k), (int, float))}
+
+    def adapt_state(self, state: dict, old: dict[str, float]) -> dict:
+        """A checkpoint made under `old` hyperparameters, continued under `new` ones (PBT's exploit step).
+
+        The optimiser's state dict carries its own lr, momentum and weight decay, which would silently
+        undo the perturbation; scale each group (and a schedule's base lrs) by new/old, so per-group
+        multipliers (backbone_lr_mult) and the schedule's progress are kept.
+        """
+        new = self.hparams()
+        if not old or all(old.get(k) == new.get(k) for k in OPTIMIZER_HPARAMS):
+            return state
+        ratios = {k: (new[k] / old[k]) if old.get(k) else None for k in OPTIMIZER_HPARAMS if k in new and k in old}
+        for group in state["optimizer"]["param_groups"]:
+            for k in OPTIMIZER_HPARAMS:
+                if k not in group or k not in ratios:
+                    continue
+                group[k] = group[k] * ratios[k] if ratios[k] is not None else new[k]
+                if k == "lr" and "initial_lr" in group and ratios[k] is not None:
+                    group["initial_lr"] *= ratios[k]
+        schedule, r = state.get("schedule"), ratios.get("lr")
+        if schedule and r is not None:
+            for key in ("base_lrs", "_last_lr"):
+                if key in schedule:
+                    schedule[key] = [v * r for v in schedule[key]]
+        return state
+
+
+    def _hparams(learner) -> dict:
+        cfg = getattr(learner, "cfg", {}) or {}
+        return {k: float(cfg[k]) for k in OPTIMIZER_HPARAMS if isinstance(cfg.get(k), (int, float))}
+
 
 def set_threads(cpus: float) -> None:
     """Concurrent trials must not fight over cores: one trial's torch uses only the CPUs it was given."""
@@ -477,43 +517,3 @@ def set_threads(cpus: float) -> None:
         torch.set_num_interop_threads(n)
     except RuntimeError:  # can only be set once per process; the reused actor keeps the first value
         pass
-
-
-# --------------------------------------------------------------------------- test metrics
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict:
-    """The contract's metrics.json keys (without num_params / train_time_s, which the caller knows)."""
-    from sklearn import metrics as skm
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    k = proba.shape[1]
-    pred = proba.argmax(1)
-    labels = np.arange(k)
-    p = np.clip(proba, 1e-12, 1)
-    out = {
-        "accuracy": float((pred == y_true).mean()),
-        "loss": float(-np.log(p[np.arange(len(y_true)), y_true]).mean()),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
-    }
-    for avg in ("macro", "weighted"):
-        pr, rc, f1, _ = skm.precision_recall_fscore_support(y_true, pred, average=avg, labels=np.unique(y_true),
-                                                             zero_division=0)
-        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(pr), float(rc), float(f1)
-    aucs = []
-    for c in labels:
-        pos = y_true == c
-        if pos.any() and (~pos).any():
-            aucs.append(skm.roc_auc_score(pos, proba[:, c]))
-    out["auc_ovr"] = float(np.mean(aucs)) if aucs else float("nan")
-    cm = skm.confusion_matrix(y_true, pred, labels=labels)
-    tp = np.diag(cm).astype(float)
-    fn = cm.sum(1) - tp
-    fp = cm.sum(0) - tp
-    tn = cm.sum() - tp - fn - fp
-    present = cm.sum(1) > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["tpr"] = float(np.mean((tp / (tp + fn))[present]))
-        out["fnr"] = float(np.mean((fn / (tp + fn))[present]))
-        out["tnr"] = float(np.mean((tn / (tn + fp))[present]))
-        out["fpr"] = float(np.mean((fp / (tn + fp))[present]))
-    out["num_test"] = int(len(y_true))
-    return out

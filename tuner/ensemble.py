@@ -77,10 +77,10 @@ def _check_same_data(members: list[Member]) -> None:
 
 def build(results: Path, name: str, members: list[str], say: Callable[[str], None] = print) -> dict:
     """Average the members' test probabilities, test the average once, write `<results>/<name>/`."""
-    from tuner import export, report
+    from tuner import predict, report
     from tuner.data import prepare
-    from tuner.driver import cache_dir
-    from tuner.engine import classification_metrics
+    from tuner.settings import cache_dir
+    from tuner.metrics import classification_metrics
 
     results = Path(results)
     ms = _members(results, members)
@@ -90,7 +90,7 @@ def build(results: Path, name: str, members: list[str], say: Callable[[str], Non
     num_params, train_time = 0, 0.0
     decoded: dict[str, object] = {}  # members with the same dataset config share one decode
     for m in ms:
-        predictor = export.load(m.dir / "best", device="cpu")
+        predictor = predict.load(m.dir / "best", device="cpu")
         key = json.dumps(yaml.safe_load((m.dir / "space.yaml").read_text())["dataset"], sort_keys=True, default=str)
         if key not in decoded:
             decoded[key] = prepare(m.exp.dataset, cache_dir=cache_dir(), progress=False)

@@ -9,10 +9,11 @@ from typing import Callable
 import pandas as pd
 
 from tuner import spaces
-from tuner.engine import classification_metrics, pick_device
+from tuner.engine import pick_device
+from tuner.metrics import classification_metrics
 from tuner.errors import UserError
-from tuner.export import save_bundle
-from tuner.families import get_family
+from tuner.bundle import save_bundle
+from tuner.families import RunContext, get_family
 
 
 def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -> dict:
@@ -22,7 +23,7 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     """
     from tuner import report
     from tuner.data import prepare
-    from tuner.driver import cache_dir
+    from tuner.settings import cache_dir
 
     exp_dir = Path(exp_dir)
     if not (exp_dir / "best.yaml").is_file():
@@ -37,17 +38,15 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     # the same learner the trials trained; `resources: auto` retrains on whatever GPU the driver sees
-    kwargs = {"augment": exp.dataset.augment, "keep_best": True} if family.iterative else \
-        {"cache_dir": str(cache_dir())}
     device = pick_device(None if exp.resources.auto else exp.resources.gpu)
-    learner = family.learner(config, data.info, device=device, **kwargs)
+    ctx = RunContext(device=str(device), cache_dir=str(cache_dir()), augment=exp.dataset.augment, keep_best=True)
+    learner = family.learner(config, data.info, ctx)
     history = []
     for m in learner.fit(data, exp.scheduler.max_epochs):
         history.append(m)
-        if family.iterative:
+        if learner.checkpoint_every_epoch:  # an epoch of a trained family, not a one-step fit
             say(f"  retrain epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_accuracy {m['val_accuracy']:.4f}")
-    if hasattr(learner, "restore_best"):
-        learner.restore_best()
+    learner.restore_best()
     train_time = time.perf_counter() - t0
     proba = learner.predict_proba(data.x_test)
     metrics = classification_metrics(data.y_test, proba)

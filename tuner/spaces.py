@@ -32,23 +32,6 @@ class Distribution:
     def is_log(self) -> bool:
         return self.kind in ("loguniform", "logint")
 
-    def to_tune(self, grid_points: int = 0):
-        """The Ray Tune domain. With grid_points > 0 every distribution becomes a grid."""
-        from ray import tune
-
-        if grid_points or self.kind == "grid":
-            return tune.grid_search(self.grid_values(grid_points or 3))
-        lo, hi = (self.args + (None, None))[:2]
-        if self.kind == "uniform":
-            return tune.uniform(lo, hi)
-        if self.kind == "loguniform":
-            return tune.loguniform(lo, hi)
-        if self.kind == "int":  # inclusive bounds, as the contract says; Ray's randint excludes hi
-            return tune.randint(lo, hi + 1)
-        if self.kind == "logint":
-            return tune.lograndint(lo, hi + 1)
-        return tune.choice(list(self.args))
-
     def grid_values(self, points: int) -> list:
         """Finite values for a grid search: the listed ones, or `points` evenly (log-)spaced ones."""
         if self.kind in ("choice", "grid"):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tuner.errors import UserError
-from tuner.families.base import DataInfo
+from tuner.types import DataInfo
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,7 +62,7 @@ class ImageData:
     def info(self) -> DataInfo:
         n, h, w, c = self.x_train.shape
         return DataInfo(num_classes=len(self.class_names), channels=c, height=h, width=w, mean=tuple(self.mean),
-                        std=tuple(self.std), class_names=tuple(self.class_names), name=self.name)
+                        std=tuple(self.std))
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")

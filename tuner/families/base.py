@@ -6,77 +6,21 @@ The Ray trainable, the retrain of the best config and the tests all drive the sa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Protocol
-
-import numpy as np
+from typing import Any, ClassVar
 
 from tuner.errors import UserError
+from tuner.types import DataInfo, Learner, Param, RunContext
+
+__all__ = ["FAMILIES", "DataInfo", "Family", "Learner", "Param", "RunContext", "check_param", "get_family",
+           "register_family"]
 
 
-@dataclass(frozen=True)
-class Param:
-    """A parameter a family takes: its default, its type, and (optionally) its allowed values or bounds."""
+def check_param(param: Param, value: Any, where: str) -> None:
+    """`param.problem` as the UserError a space file's author sees."""
+    problem = param.problem(value, where)
+    if problem:
+        raise UserError(problem)
 
-    default: Any
-    type: str = "float"          # float | int | str | bool | list | dict | any
-    choices: tuple | None = None
-    low: float | None = None
-    high: float | None = None
-    help: str = ""
-
-    def check(self, value: Any, where: str) -> None:
-        ok = {
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "str": isinstance(value, str),
-            "bool": isinstance(value, bool),
-            "list": isinstance(value, list),
-            "dict": isinstance(value, dict),
-            "any": True,
-        }[self.type]
-        if self.choices is not None and value in self.choices:
-            return
-        if not ok:
-            allowed = f"one of {', '.join(map(str, self.choices))}" if self.choices else f"a {self.type}"
-            raise UserError(f"{where}: expected {allowed}, got {value!r}")
-        if self.choices is not None and self.type == "str":
-            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, self.choices))}")
-        if self.low is not None and isinstance(value, (int, float)) and value < self.low:
-            raise UserError(f"{where}: must be >= {self.low}, got {value!r}")
-        if self.high is not None and isinstance(value, (int, float)) and value > self.high:
-            raise UserError(f"{where}: must be <= {self.high}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a family needs to know about the data to build a model."""
-
-    num_classes: int
-    channels: int
-    height: int
-    width: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...] = ()
-    name: str = ""
-
-
-class Learner(Protocol):
-    """One model being trained; the trainable, the retrain and the tests drive it the same way."""
-
-    num_params: int
-
-    def fit(self, data, max_epochs: int) -> Iterator[dict]:
-        """Train, yielding the contract's metrics after each epoch (once for non-iterative families).
-        Continues from the loaded state if `load_state_dict` was called."""
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """uint8 NHWC images (already at the training size) -> class probabilities."""
 
 
 class Family:
@@ -93,18 +37,18 @@ class Family:
                 raise UserError(f"{file}: family {self.name!r} does not take {key!r}; "
                                 f"it takes {', '.join(sorted(self.params))}")
         for key, value in constants.items():
-            self.params[key].check(value, f"{file}: {key}")
+            check_param(self.params[key], value, f"{file}: {key}")
         for key, dist in searched.items():
             param = self.params[key]
             if dist.kind in ("choice", "grid"):
                 for v in dist.args:
-                    param.check(v, f"{file}: space.{key}")
+                    check_param(param, v, f"{file}: space.{key}")
             elif param.type not in ("float", "int", "any"):
                 raise UserError(f"{file}: space.{key} takes {param.type} values; use choice: [...] instead of "
                                 f"{dist.kind}")
             else:
-                param.check(dist.args[0], f"{file}: space.{key} lower bound")
-                param.check(dist.args[1], f"{file}: space.{key} upper bound")
+                check_param(param, dist.args[0], f"{file}: space.{key} lower bound")
+                check_param(param, dist.args[1], f"{file}: space.{key} upper bound")
         self.check_config({k: v for k, v in constants.items()}, file)
 
     def check_config(self, constants: dict, file: str) -> None:
@@ -120,8 +64,30 @@ class Family:
         out.update({k: v for k, v in config.items() if k in self.params})
         return out
 
-    def learner(self, config: dict, info: DataInfo, device: str = "cpu") -> Learner:
+    @property
+    def pbt_params(self) -> list[str]:
+        """The parameters population based training may perturb in a running trial (`Param(pbt=True)`)."""
+        return [k for k, p in self.params.items() if p.pbt]
+
+    def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> Learner:
+        """A fresh, unfitted learner.
+
+        config: the trial's values (missing keys take their `Param` defaults; `resolve` fills them in).
+        info: the data's shape, classes and normalisation.
+        ctx: where and how it runs (device, cache folder, augmentation, keep-best); None: `RunContext()`.
+        Returns a `Learner`; the same config builds the same initial model.
+        """
         raise NotImplementedError
+
+    def features(self, learner: Learner) -> Any:
+        """The fitted learner's network with its classifier cut off: an `nn.Module` from a normalised NCHW
+        float batch (with `input_channels` channels) to features (timm's `forward_features`); what `knn`
+        and `features` embed with when this family's bundle is their backbone. None: no network to cut."""
+        return None
+
+    def input_channels(self, info: DataInfo) -> int:
+        """The channels this family's networks take for data with `info.channels` (grey data is repeated)."""
+        return info.channels
 
 
 FAMILIES: dict[str, Family] = {}

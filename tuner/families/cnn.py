@@ -25,13 +25,19 @@ class CNN(TorchFamily):
         "kernel_size": Param(3, "int", low=1, high=11, help="square kernels, 'same' padding"),
         "batchnorm": Param(True, "bool", help="after every convolution and fc layer"),
         "spatial_dropout": Param(0.0, "float", low=0.0, high=0.9, help="channel dropout after each block"),
-        "dropout": Param(0.0, "float", low=0.0, high=0.95,
+        "dropout": Param(0.0, "float", low=0.0, high=0.95, pbt=True,
                          help="after each fc layer (before the output layer when fc is empty)"),
         "pool": Param("gap", "str", ("gap", "flatten"),
                       help="gap: global average pooling; flatten: the whole last feature map"),
         "fc": Param([], "list", help="hidden widths of the classifier"),
         "activation": Param("relu", "str", tuple(ACTIVATIONS), help="leaky_relu has slope 0.1"),
     }
+
+    def features(self, learner) -> nn.Module:
+        """The convolutional part up to its pooling / flatten (the fc layers belong to the classifier)."""
+        mods = list(learner.model.children())
+        flat = [i for i, m in enumerate(mods) if isinstance(m, nn.Flatten)]
+        return nn.Sequential(*mods[:flat[-1] + 1])
 
     def build(self, cfg: dict, info: DataInfo) -> nn.Module:
         layers: list[nn.Module] = []

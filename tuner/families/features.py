@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from tuner.errors import UserError
-from tuner.families.base import DataInfo, Family, Param, register_family
-from tuner.families.knn import EmbeddingLearner, backbone_params, check_backbone, proba_metrics
+from tuner.families.base import DataInfo, Family, Param, RunContext, register_family
+from tuner.families.embedding import EmbeddingLearner, backbone_params, check_backbone
+from tuner.metrics import proba_metrics
 
 CLASSIFIERS = ("logreg", "random_forest", "svm", "knn")
 TRAIN_METRICS_MAX = 2000   # train_loss / train_accuracy on at most this many training images (SVM predict is slow)
@@ -47,8 +48,8 @@ def make_classifier(cfg: dict):
 class FeaturesLearner(EmbeddingLearner):
     """Embeds once (cached), normalises, fits one scikit-learn classifier, reports validation metrics once."""
 
-    def __init__(self, cfg: dict, info: DataInfo, device="cpu", cache_dir: str | None = None):
-        super().__init__(cfg, info, device, cache_dir)
+    def __init__(self, cfg: dict, info: DataInfo, ctx: RunContext | None = None):
+        super().__init__(cfg, info, ctx)
         self.model = None
         self.mean: np.ndarray | None = None
         self.scale: np.ndarray | None = None
@@ -166,5 +167,5 @@ class Features(Family):
     def preflight(self, constants: dict, searched: dict, file: str) -> None:
         check_backbone(constants, searched, file)
 
-    def learner(self, config: dict, info: DataInfo, device="cpu", cache_dir: str | None = None) -> FeaturesLearner:
-        return FeaturesLearner(self.resolve(config), info, device=device, cache_dir=cache_dir)
+    def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> FeaturesLearner:
+        return FeaturesLearner(self.resolve(config), info, ctx)

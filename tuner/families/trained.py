@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from tuner.engine import COMMON_PARAMS, TorchLearner
-from tuner.families.base import DataInfo, Family
+from tuner.families.base import DataInfo, Family, RunContext
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "gelu": nn.GELU}
 
@@ -23,11 +23,15 @@ class TorchFamily(Family):
     def build(self, cfg: dict, info: DataInfo) -> nn.Module:
         raise NotImplementedError
 
-    def learner(self, config: dict, info: DataInfo, device="cpu", augment=None, keep_best=False) -> TorchLearner:
+    def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> TorchLearner:
         cfg = self.resolve(config)
         torch.manual_seed(int(cfg["seed"]))  # the same config builds the same initial weights
-        return self.learner_class(self.build(cfg, info), cfg, info, device=device, augment_cfg=augment,
-                                  keep_best=keep_best)
+        return self.learner_class(self.build(cfg, info), cfg, info, ctx or RunContext())
+
+    def features(self, learner: TorchLearner) -> nn.Module:
+        """Everything before the output layer (a linear model's features are its flattened input)."""
+        mods = list(learner.model.children())
+        return nn.Sequential(*mods[:-1]) if len(mods) > 1 else nn.Flatten()
 
 
 def mlp_layers(in_features: int, widths: list[int], dropout: float, batchnorm: bool, activation: str) -> list[nn.Module]:

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tuner import backbones
+from tuner import backbones, embeddings, settings
 from tuner.engine import TorchLearner, augment, precision, to_device
 from tuner.errors import UserError
-from tuner.families.base import DataInfo, Param, register_family
+from tuner.families.base import DataInfo, Param, RunContext, register_family
 from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
 
 HEAD_DEFAULTS = {"pool": "gap", "hidden": [], "dropout": 0.0, "batchnorm": False, "activation": "relu"}
@@ -64,13 +64,11 @@ def is_frozen(cfg: dict) -> bool:
 class TransferLearner(TorchLearner):
     """Fine-tunes (part of) the body and the head on images; the shared TorchLearner loop."""
 
-    def __init__(self, model: TransferNet, cfg: dict, info: DataInfo, device="cpu", augment_cfg=None,
-                 keep_best: bool = False, cache_dir: str | None = None):
+    def __init__(self, model: TransferNet, cfg: dict, info: DataInfo, ctx: RunContext):
         body = backbones.Body(arch=model.arch, module=model.body, units=model.units)
         self.frozen_modules = backbones.freeze(body, cfg["trainable_layers"])  # before the optimizer sees params
-        self.cache_dir = cache_dir
-        super().__init__(model, cfg, info, device=device, in_channels_wanted=3, augment_cfg=augment_cfg,
-                         keep_best=keep_best)
+        self.cache_dir = ctx.cache_dir or str(settings.cache_dir())
+        super().__init__(model, cfg, info, ctx, in_channels_wanted=3)
         self._pretrained_pending = cfg["weights"] != "none"
 
     def param_groups(self):
@@ -127,13 +125,7 @@ class FrozenLearner(TransferLearner):
                 f"{i.channels}x{i.height}x{i.width}:{norm}")
 
     def _features(self, data) -> SimpleNamespace:
-        from tuner import embeddings
-
         cache_dir = self.cache_dir
-        if cache_dir is None:
-            from tuner.driver import cache_dir as default_cache_dir
-
-            cache_dir = str(default_cache_dir())
         key = self.feature_key()
         extract = self.model.features
         plain = embeddings.cached(data, key, extract, self.pre, self.device, cache_dir, splits=("train", "val"))
@@ -225,7 +217,7 @@ class Transfer(TorchFamily):
         "pool": Param(None, "str", ("gap", "flatten"),
                       help="head: gap or flatten the body's output (unset: head.pool, else gap)"),
         "hidden": Param(None, "list", help="head: hidden widths (unset: head.hidden, else none)"),
-        "dropout": Param(None, "float", low=0.0, high=0.95,
+        "dropout": Param(None, "float", low=0.0, high=0.95, pbt=True,
                          help="head: after each hidden layer (unset: head.dropout, else 0)"),
         "batchnorm": Param(None, "bool", help="head: batch norm in hidden layers (unset: head.batchnorm, else false)"),
         "activation": Param(None, "str", tuple(ACTIVATIONS),
@@ -288,13 +280,18 @@ class Transfer(TorchFamily):
         layers.append(nn.Linear(hidden[-1] if hidden else features, info.num_classes))
         return TransferNet(cfg["arch"], body.module, body.units, pool, nn.Sequential(*layers))
 
-    def learner(self, config: dict, info: DataInfo, device="cpu", augment=None, keep_best=False,
-                cache_dir: str | None = None) -> TransferLearner:
+    def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> TransferLearner:
         cfg = self.resolve(config)
         torch.manual_seed(int(cfg["seed"]))  # the same config builds the same initial weights
         cls = FrozenLearner if is_frozen(cfg) else TransferLearner
-        return cls(self.build(cfg, info), cfg, info, device=device, augment_cfg=augment, keep_best=keep_best,
-                   cache_dir=cache_dir)
+        return cls(self.build(cfg, info), cfg, info, ctx or RunContext())
+
+    def features(self, learner: TransferLearner) -> nn.Module:
+        """The body and its pooling: the head is the classifier."""
+        return nn.Sequential(learner.model.body, learner.model.pool)
+
+    def input_channels(self, info: DataInfo) -> int:
+        return 3  # torchvision bodies take RGB; grey data is repeated
 
 
 def _check_trainable(v, where: str) -> None:

@@ -17,7 +17,8 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from tuner.search.live import _one_line, best_key, rank_key
+from tuner.metrics import best_key, rank_key
+from tuner.search.live import _one_line
 from tuner.search.study import stopped_early
 
 WIDTH = 119  # every line stays under 120 characters

@@ -16,20 +16,10 @@ import pandas as pd
 import yaml
 from ray.tune import Callback
 
+from tuner.metrics import rank_key
+
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]
 RUNNING_FILE = "running.json"
-
-
-def best_key(metric: str) -> str:
-    """The running best a trial reports beside `metric`: the one score the searcher, scheduler and tables use."""
-    return f"best_{metric}"
-
-
-def rank_key(mode: str, score: float, val_loss: float, trial_id: str) -> tuple:
-    """Smallest is best: the score, then (on a tie) the lower val_loss at that epoch, then the trial id,
-    so the console, best.yaml and the retrain name the same trial."""
-    loss = val_loss if val_loss == val_loss and val_loss is not None else math.inf
-    return (-score if mode == "max" else score, loss, trial_id)
 
 
 MEASURED = ["num_params", "latency_ms", "latency_ms_b64", "train_time_s"]  # once per trial, not per epoch
@@ -41,7 +31,7 @@ def trial_row(exp, trial_id: str, config: dict, df: pd.DataFrame | None, error) 
     A trial's objectives are read at its best epoch by the first metric. A trial outside `constraints` is
     marked infeasible and is never the best; a conditional branch's parameters a trial did not draw stay empty.
     """
-    from tuner.searchers import constraint_values
+    from tuner.search.searchers import constraint_values
 
     primary, mode = exp.metrics[0], exp.modes[0]
     extra = [m for m in exp.metrics + list(exp.constraints) if m not in ("val_accuracy", "val_loss") + tuple(MEASURED)]
@@ -86,7 +76,7 @@ def write_tables(exp, rows: list[tuple[dict, pd.DataFrame | None]], exp_dir: Pat
     """trials.csv, epochs.csv, best.yaml (and pareto.csv for several objectives) from finished trials'
     `trial_row`s and the epochs so far of `running` ones; returns best.yaml's content, None while no trial
     has finished with the metric."""
-    from tuner.searchers import pareto_front
+    from tuner.search.searchers import pareto_front
 
     table = pd.DataFrame([r for r, _ in rows])
     public = table.drop(columns=[c for c in table.columns if c.startswith("_")])

@@ -12,7 +12,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.search.live import best_key
+from tuner.metrics import best_key
 
 JOURNAL = "optuna.journal"
 
@@ -158,7 +158,7 @@ class StudyRecorder(Callback):
     def _record(self, trial, error: bool) -> None:
         import optuna
 
-        from tuner.searchers import optuna_params
+        from tuner.search.domains import optuna_params
 
         last = trial.last_result or {}
         values = [last.get(best_key(m)) for m in self.exp.metrics]

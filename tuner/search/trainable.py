@@ -15,11 +15,9 @@ import torch
 
 from tuner.engine import pick_device, set_threads
 from tuner.errors import TrialFailed
-from tuner.families import Family, get_family
+from tuner.families import Family, RunContext
 
 STATE_FILE = "state.pt"
-# what population based training may change in a running trial's optimiser (the rest is rebuilt from the config)
-MUTABLE = ("lr", "momentum", "weight_decay")
 
 
 def final_failures_callback():
@@ -45,7 +43,7 @@ def final_failures_callback():
 class TrialSpec:
     """What every trial of an experiment shares besides its config (sent once, with the data)."""
 
-    family: str | Family  # the object itself travels too, so a family registered at run time reaches the workers
+    family: Family  # the object itself travels, so a family registered at run time reaches the workers
     max_epochs: int
     augment: object
     cpus: float
@@ -54,36 +52,6 @@ class TrialSpec:
     metric: str = "val_accuracy"  # the running best of this one is reported too, as best_<metric>
     mode: str = "max"
     objectives: tuple = ()        # further objectives: reported as best_<m>, their value at metric's best epoch
-
-
-def adopt_config(state: dict, old: dict, new: dict) -> dict:
-    """A checkpoint made under `old` hyperparameters, continued under `new` ones (PBT's exploit step).
-
-    The optimiser's state dict carries its own lr, momentum and weight decay, which would silently
-    undo the perturbation; scale each group (and a schedule's base lrs) by new/old, so per-group
-    multipliers (backbone_lr_mult) and the schedule's progress are kept.
-    """
-    if not old or all(old.get(k) == new.get(k) for k in MUTABLE):
-        return state
-    ratios = {k: (new[k] / old[k]) if old.get(k) else None for k in MUTABLE if k in new and k in old}
-    for group in state["optimizer"]["param_groups"]:
-        for k in MUTABLE:
-            if k not in group or k not in ratios:
-                continue
-            group[k] = group[k] * ratios[k] if ratios[k] is not None else new[k]
-            if k == "lr" and "initial_lr" in group and ratios[k] is not None:
-                group["initial_lr"] *= ratios[k]
-    schedule, r = state.get("schedule"), ratios.get("lr")
-    if schedule and r is not None:
-        for key in ("base_lrs", "_last_lr"):
-            if key in schedule:
-                schedule[key] = [v * r for v in schedule[key]]
-    return state
-
-
-def _hparams(learner) -> dict:
-    cfg = getattr(learner, "cfg", {}) or {}
-    return {k: float(cfg[k]) for k in MUTABLE if isinstance(cfg.get(k), (int, float))}
 
 
 def measure_latency(learner, images, batch: int, repeats: int = 3) -> float:
@@ -111,17 +79,16 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     import ray
     from ray import tune
 
-    from tuner.search.live import best_key
+    from tuner.metrics import best_key
 
     # Ray's worker logs every saved checkpoint at INFO: one line per trial and epoch buries the progress table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     set_threads(spec.cpus)
-    family = spec.family if isinstance(spec.family, Family) else get_family(spec.family)
-    kwargs = {"augment": spec.augment} if family.iterative else {"cache_dir": spec.cache_dir}
-    device = pick_device(spec.gpus)
+    family = spec.family
+    ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment)
     node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
     try:
-        learner = family.learner(config, data.info, device=device, **kwargs)
+        learner = family.learner(config, data.info, ctx)
         best = None  # the best epoch's metric so far: the trial's score for the searcher, ASHA and the tables
         at_best: dict = {}  # the other objectives at that epoch
         checkpoint = tune.get_checkpoint()  # after a failure, on --resume, or a PBT exploit
@@ -129,8 +96,8 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
             with checkpoint.as_directory() as d:
                 # weights_only: a checkpoint on shared storage must not be able to run code when loaded
                 saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-            learner.load_state_dict(adopt_config(saved["learner"], saved.get("hparams"), _hparams(learner)))
-            if saved.get("hparams") == _hparams(learner):  # this trial's own history, not a PBT donor's
+            learner.load_state_dict(learner.adapt_state(saved["learner"], saved.get("hparams")))
+            if saved.get("hparams") == learner.hparams():  # this trial's own history, not a PBT donor's
                 best, at_best = saved.get("best"), saved.get("at_best") or {}
         pick = max if spec.mode == "max" else min
         t_start = time.perf_counter()
@@ -147,11 +114,11 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
                 at_best = {m: metrics.get(m) for m in spec.objectives}
             metrics[best_key(spec.metric)] = best if best is not None else value
             metrics.update({best_key(m): at_best.get(m, metrics.get(m)) for m in spec.objectives})
-            if not family.iterative:
+            if not learner.checkpoint_every_epoch:
                 tune.report(metrics)
                 continue
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"learner": learner.state_dict(), "hparams": _hparams(learner), "best": best,
+                torch.save({"learner": learner.state_dict(), "hparams": learner.hparams(), "best": best,
                             "at_best": at_best},
                            os.path.join(d, STATE_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

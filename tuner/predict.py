@@ -1,75 +1,18 @@
-"""The deployable bundle: one `model.pt` with weights, config, class names and preprocessing.
-
-It is loaded with `torch.load(weights_only=True)`: nothing in it is unpickled as code, so a bundle from
-someone else cannot run anything on your machine.
-"""
+"""The top of the house: a bundle (`tuner.bundle`) turned back into a working model (`Predictor`, `load`),
+and `tuner best --export`'s copy of the retrained model into a deployable folder."""
 from __future__ import annotations
 
 import errno
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from tuner.bundle import data_info, read_bundle
+from tuner.engine import pick_device
 from tuner.errors import UserError
-from tuner.families import DataInfo, get_family
-
-FORMAT = "tuner-bundle/1"
-
-
-def save_bundle(path: Path, exp, config: dict, learner, data, metrics: dict | None = None) -> None:
-    info = data.info
-    torch.save({
-        "format": FORMAT, "family": exp.family, "experiment": exp.name, "config": dict(config),
-        "class_names": list(data.class_names),
-        "preprocessing": {"height": info.height, "width": info.width, "channels": info.channels,
-                          "mean": list(info.mean), "std": list(info.std), "dataset": data.name},
-        "weights": learner.weights(), "metrics": dict(metrics or {}),
-    }, path)
-
-
-def read_bundle(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise UserError(f"{path}: no model bundle there; make one with `tuner best --export`")
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message is six lines that end by suggesting weights_only=False, i.e. running the
-        # file's code; the one thing to say is that it was refused
-        raise UserError(f"{path}: refused: it holds Python objects that are not weights or plain data, and "
-                        f"tuner does not unpickle code; use a bundle written by `tuner best --export`") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to replace
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{path}: not a readable tuner bundle ({type(exc).__name__}: {first}); "
-                        f"export it again with `tuner best --export`") from None
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
-        raise UserError(f"{path}: not a tuner bundle (no format {FORMAT!r}); export one with `tuner best --export`")
-    _check_bundle(bundle, path)
-    return bundle
-
-
-# what a Predictor reads from a bundle, and the type each must have
-BUNDLE_KEYS = {"family": str, "config": dict, "class_names": list, "preprocessing": dict, "weights": dict}
-PREPROCESSING_KEYS = {"height": int, "width": int, "channels": int, "mean": list, "std": list}
-
-
-def _check_bundle(bundle: dict, path: Path) -> None:
-    """Every key a Predictor reads is there with the right type, or a UserError naming the first that is not."""
-    for where, block, keys in (("", bundle, BUNDLE_KEYS), ("preprocessing.", bundle.get("preprocessing"), PREPROCESSING_KEYS)):
-        for key, typ in keys.items():
-            if key not in block:
-                raise UserError(f"{path}: the bundle has no {where}{key}; it is damaged or from another version, "
-                                f"export it again with `tuner best --export`")
-            if not isinstance(block[key], typ) or isinstance(block[key], bool):
-                raise UserError(f"{path}: the bundle's {where}{key} is not a {typ.__name__}; "
-                                f"export it again with `tuner best --export`")
-    get_family(bundle["family"], where=f"{path}: family")
+from tuner.families import RunContext, get_family
 
 
 class Predictor:
@@ -80,15 +23,12 @@ class Predictor:
         self.family = bundle["family"]
         self.config = bundle["config"]
         self.class_names: list[str] = list(bundle["class_names"])
-        p = bundle["preprocessing"]
-        self.size = (int(p["height"]), int(p["width"]))
-        self.channels = int(p["channels"])
-        self.info = DataInfo(num_classes=len(self.class_names), channels=self.channels, height=self.size[0],
-                             width=self.size[1], mean=tuple(p["mean"]), std=tuple(p["std"]),
-                             class_names=tuple(self.class_names), name=p.get("dataset", ""))
+        self.info = data_info(bundle)
+        self.size = (self.info.height, self.info.width)
+        self.channels = self.info.channels
         fam = get_family(self.family)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.learner = fam.learner(self.config, self.info, device=device)
+        device = device or str(pick_device())
+        self.learner = fam.learner(self.config, self.info, RunContext(device=device))
         self.learner.load_weights(bundle["weights"])
         self.metrics = bundle.get("metrics", {})
 
@@ -130,6 +70,7 @@ class Predictor:
 def load(path: str | Path, device: str | None = None) -> Predictor:
     """A bundle folder (or its model.pt) -> a `Predictor`."""
     bundle = read_bundle(path)
+    get_family(bundle["family"], where=f"{path}: family")
     try:
         return Predictor(bundle, device=device)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # weights that do not fit the model

@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from tuner.errors import UserError  # noqa: E402
+from tuner.errors import UserError
+from tuner.report.importance import importance  # noqa: E402
 
 METRIC_COLUMNS = ["accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
                   "recall_weighted", "f1_weighted", "balanced_accuracy", "auc_ovr", "tpr", "tnr", "fpr", "fnr",
@@ -288,7 +289,7 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     imp = importance(ranked, searched, col, mode)
     plot_importance(imp, len(ranked), col, plots / "importance.png", name=name)
     plot_rungs(trials, space.get("scheduler") or {}, plots / "rungs.png", name=name)
-    from tuner import search_plots  # parallel coordinates, contour, history, intermediate values, Pareto front
+    from tuner.report import search as search_plots  # parallel coordinates, contour, history, intermediate values, Pareto front
 
     search_plots.plot_search(trials, epochs, searched, metric, mode, plots, name=name, importance=imp,
                              max_epochs=(space.get("scheduler") or {}).get("max_epochs"))
@@ -403,49 +404,6 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
         fig.colorbar(sc, cax=cax, label="epochs reached")
     _save(fig, path)
     return scales
-
-
-def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> dict[str, float]:
-    """Optuna's parameter importance (fANOVA) over the finished trials, rebuilt as an in-memory study."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
-    if len(ok) < 3 or not searched:
-        return {}
-    dists = {}
-    for k, d in searched.items():
-        if k not in ok:
-            continue
-        kind, args = next(iter(d.items()))
-        if kind in ("choice", "grid"):
-            # the values as trials.csv spells them (lists come back as YAML text)
-            dists[k] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in ok[k].dropna()}))
-        elif kind in ("int", "logint"):
-            dists[k] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]), log=kind == "logint")
-        else:
-            dists[k] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]), log=kind == "loguniform")
-    if not dists:
-        return {}
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    for _, row in ok.iterrows():
-        params = {}
-        for k, dist in dists.items():
-            v = row[k]
-            if pd.isna(v):  # not drawn in this trial (a conditional branch): Optuna ranks what all trials share
-                continue
-            if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                params[k] = str(v)
-            else:  # clip into the bounds: a float may print one ulp outside them
-                v = min(max(float(v), dist.low), dist.high)
-                params[k] = int(round(v)) if isinstance(dist, optuna.distributions.IntDistribution) else v
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                  value=float(row[metric])))
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return {}
 
 
 def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, name: str = "") -> None:

@@ -462,7 +462,7 @@ def plot_search(trials: pd.DataFrame, epochs: pd.DataFrame, searched: dict, metr
     modes = list(mode) if isinstance(mode, (list, tuple)) else [mode] * len(metrics)
     col, first_mode = metric_column(trials, metrics[0], modes[0]), modes[0]
     if importance is None:
-        from tuner.report import importance as fanova
+        from tuner.report.importance import importance as fanova
 
         importance = fanova(trials[trials["status"] != "ERROR"] if "status" in trials else trials, searched, col,
                             first_mode)

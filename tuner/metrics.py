@@ -1,0 +1,66 @@
+"""Scores computed one way for every family and every caller: loss and accuracy from probabilities, the
+test metrics of metrics.json, a trial's score key and rank, the Pareto front (numpy and pandas only)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def proba_metrics(proba: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(log loss, accuracy) as the engine computes them for the trained families."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    p = np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)
+    return float(-np.log(p).mean()), float((proba.argmax(1) == y).mean())
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict:
+    """The contract's metrics.json keys (without num_params / train_time_s, which the caller knows)."""
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    k = proba.shape[1]
+    pred = proba.argmax(1)
+    labels = np.arange(k)
+    loss, accuracy = proba_metrics(proba, y_true)
+    out = {
+        "accuracy": accuracy,
+        "loss": loss,
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
+    }
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y_true, pred, average=avg, labels=np.unique(y_true),
+                                                             zero_division=0)
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(pr), float(rc), float(f1)
+    aucs = []
+    for c in labels:
+        pos = y_true == c
+        if pos.any() and (~pos).any():
+            aucs.append(skm.roc_auc_score(pos, proba[:, c]))
+    out["auc_ovr"] = float(np.mean(aucs)) if aucs else float("nan")
+    cm = skm.confusion_matrix(y_true, pred, labels=labels)
+    tp = np.diag(cm).astype(float)
+    fn = cm.sum(1) - tp
+    fp = cm.sum(0) - tp
+    tn = cm.sum() - tp - fn - fp
+    present = cm.sum(1) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["tpr"] = float(np.mean((tp / (tp + fn))[present]))
+        out["fnr"] = float(np.mean((fn / (tp + fn))[present]))
+        out["tnr"] = float(np.mean((tn / (tn + fp))[present]))
+        out["fpr"] = float(np.mean((fp / (tn + fp))[present]))
+    out["num_test"] = int(len(y_true))
+    return out
+
+
+def best_key(metric: str) -> str:
+    """The running best a trial reports beside `metric`: the one score the searcher, scheduler and tables use."""
+    return f"best_{metric}"
+
+
+def rank_key(mode: str, score: float, val_loss: float, trial_id: str) -> tuple:
+    """Smallest is best: the score, then (on a tie) the lower val_loss at that epoch, then the trial id,
+    so the console, best.yaml and the retrain name the same trial."""
+    loss = val_loss if val_loss == val_loss and val_loss is not None else math.inf
+    return (-score if mode == "max" else score, loss, trial_id)

@@ -1,0 +1,166 @@
+"""Ray's side of a search: starting or joining Ray (address, token file), whether the cluster can hold a
+trial's resources, and the shared storage trials checkpoint to when they run on other machines."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from tuner.errors import UserError
+from tuner.spaces import check_name
+
+
+def has_dashboard() -> bool:
+    try:
+        import ray.dashboard  # noqa: F401
+        import aiohttp  # noqa: F401  (ray[default] brings it; plain `ray` has no dashboard)
+        return True
+    except ImportError:
+        return False
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds on an address where nothing listens: ray.init would retry for minutes."""
+    import socket
+
+    if address == "auto":
+        return  # Ray finds the local cluster itself, or says at once that there is none
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected auto, HOST:PORT (ray start's GCS port, 6379) "
+                        f"or ray://HOST:10001")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                        f"with `ray start --head` or drop --address to run locally") from None
+
+
+def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print, verbose: bool = True) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # without --verbose the console is tuner's (tuner.search.console): Ray's warnings stay in its log files
+    kwargs: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING if verbose else logging.ERROR,
+                    "log_to_driver": verbose}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["include_dashboard"] = bool(dashboard and has_dashboard())
+        if kwargs["include_dashboard"]:
+            kwargs["dashboard_host"] = "127.0.0.1"  # never on a public interface unless the user says so
+    try:
+        ctx = ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+                        f"`ray start --head` or drop --address to run locally") from None
+    # Ray writes its dashboard token readable by everyone on the machine (0644); keep it ours
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_uid == os.getuid():
+        token.chmod(0o600)
+    url = getattr(ctx, "dashboard_url", None)
+    if url:
+        say(f"Ray dashboard: http://{url}  (login token: `ray get-auth-token`, also in ~/.ray/auth_token)")
+
+
+def check_cluster_fits(resources: dict) -> None:
+    """A trial runs on one node: asking for more than the largest node has leaves every trial PENDING forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    have = f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs in {len(nodes)} node(s)"
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        largest = max((n.get(ray_key, 0) for n in nodes), default=0)
+        if resources[key] > largest:
+            raise UserError(f"resources.{key}: {resources[key]:g} per trial, but no node has that many "
+                            f"({have}, at most {largest:g} on one node); lower resources.{key} or use "
+                            f"resources: auto")
+
+
+def fit_resources(total: dict, concurrent: int) -> dict:
+    """`resources: auto`: share the cluster's CPUs and GPUs evenly between the concurrent trials."""
+    n = max(1, concurrent)
+    cpu = max(1, int(total.get("CPU", 1) // n))
+    gpus = total.get("GPU", 0)
+    # whole GPUs when there are enough, else a share; rounded down, or 3 shares of 2/3 (0.667) would
+    # ask for more than the 2 GPUs there are
+    gpu = 0.0 if not gpus else (float(int(gpus // n)) if gpus >= n else math.floor(gpus / n * 1000) / 1000)
+    return {"cpu": cpu, "gpu": gpu}
+
+
+CLOUD_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
+
+
+def check_storage(storage: str) -> str:
+    """`storage`: a folder every node reaches (NFS, ...) or a pyarrow file-system URI (s3://, gs://, ...).
+
+    Checked before Ray starts; a local folder comes back absolute, since Ray's workers do not share our cwd.
+    """
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme == "file":
+            return "file://" + check_storage(storage[len("file://"):])
+        if scheme not in CLOUD_SCHEMES:
+            raise UserError(f"storage {storage!r}: unknown URI scheme {scheme!r}; use a shared folder or one of "
+                            f"{', '.join(s + '://' for s in ('file',) + CLOUD_SCHEMES)}")
+        return storage.rstrip("/")
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"storage {storage}: cannot create the folder ({exc.strerror}); give a writable "
+                        f"folder that every node of the cluster mounts") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"storage {storage}: folder is not writable; give one every node can write to")
+    return str(path)
+
+
+def is_tune_experiment(names: list[str]) -> bool:
+    """Ray writes tuner.pkl and experiment_state-*.json at the top of every experiment it runs."""
+    return any(n == "tuner.pkl" or (n.startswith("experiment_state-") and n.endswith(".json")) for n in names)
+
+
+def remove_experiment(storage: str, name: str) -> None:
+    """A new search of the same name replaces the old one on the storage too (else Ray mixes their trials).
+
+    Only `<storage>/<name>` itself, and only when it is a Tune experiment: never a link, a file or a folder
+    that is something else (the storage may be shared with other people's data).
+    """
+    import pyarrow.fs
+
+    check_name(name, "experiment name")
+    local = storage[len("file://"):] if storage.startswith("file://") else None if "://" in storage else storage
+    if local is not None:
+        root = Path(local).resolve()
+        target = root / name
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise UserError(f"storage {target}: not an experiment folder (a link or a file); pick another name "
+                            f"or remove it by hand")
+        if not target.exists():
+            return
+        if target.resolve().parent != root or not (is_tune_experiment(os.listdir(target)) or
+                                                   not os.listdir(target)):
+            raise UserError(f"storage {target}: exists but is not a Ray Tune experiment (no tuner.pkl or "
+                            f"experiment_state-*.json); pick another name or remove it by hand")
+        shutil.rmtree(target)
+        return
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+    target = f"{root.rstrip('/')}/{name}"
+    info = fs.get_file_info(target)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        return
+    names = [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(target))] \
+        if info.type == pyarrow.fs.FileType.Directory else None
+    if names is None or (names and not is_tune_experiment(names)):
+        raise UserError(f"storage {storage}/{name}: exists but is not a Ray Tune experiment; pick another name "
+                        f"or remove it by hand")
+    fs.delete_dir(target)
+
+
+# --------------------------------------------------------------------------- the experiment folder
