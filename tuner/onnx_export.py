@@ -71,7 +71,8 @@ def preprocessing(predictor) -> dict:
 
 def export_onnx(bundle_dir: Path) -> Path:
     """Write model.onnx and preprocessing.json beside the bundle (model.pt) in `bundle_dir`."""
-    from tuner.export import load, read_bundle
+    from tuner.bundle import read_bundle
+    from tuner.predict import load
 
     bundle_dir = Path(bundle_dir)
     check_family(read_bundle(bundle_dir).get("family", ""))

@@ -212,7 +212,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
             trainable,
             param_space=param_space(exp, constants_only),
             tune_config=tune.TuneConfig(
-                # the searcher and scheduler each name their metric (tuner.searchers, _scheduler)
+                # the searcher and scheduler each name their metric (tuner.search.searchers, _scheduler)
                 search_alg=search_alg, scheduler=_scheduler(exp),
                 num_samples=searchers.num_samples(exp), max_concurrent_trials=exp.search.max_concurrent,
                 reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
