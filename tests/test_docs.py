@@ -55,8 +55,8 @@ def test_space_file_doc_names_every_key_of_the_grammar():
 
 
 def test_results_doc_lists_the_columns_the_code_writes():
-    from tuner.search.live import EPOCH_COLUMNS
-    from tuner.report import COMPARISON_COLUMNS, METRIC_COLUMNS
+    from tuner.tables import EPOCH_COLUMNS
+    from tuner.report.compare import COMPARISON_COLUMNS, METRIC_COLUMNS
 
     text = (DOCS / "results.md").read_text()
     for col in EPOCH_COLUMNS + COMPARISON_COLUMNS:

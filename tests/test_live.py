@@ -1,4 +1,4 @@
-"""Results while the search runs: trials.csv / epochs.csv grow, `tuner list` / `tuner best` say it is running."""
+"""tuner/search/live.py: results while the search runs: trials.csv / epochs.csv grow, `tuner list` / `tuner best` say it is running."""
 from __future__ import annotations
 
 import json
@@ -11,21 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tuner.search.live import RUNNING_FILE, clear_running, mark_running, running
+from tuner.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "digits_cnn.yaml"
-
-
-def test_running_marker_of_a_live_process_counts_and_of_a_dead_one_does_not(tmp_path):
-    mark_running(tmp_path)
-    assert running(tmp_path)["pid"] == os.getpid()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    info = json.loads((tmp_path / RUNNING_FILE).read_text())
-    (tmp_path / RUNNING_FILE).write_text(json.dumps({**info, "pid": int(dead.stdout)}))
-    assert running(tmp_path) is None
-    clear_running(tmp_path)
-    assert running(tmp_path) is None and not (tmp_path / RUNNING_FILE).exists()
 
 
 def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -71,6 +60,6 @@ def test_tables_grow_during_the_search_and_list_and_best_say_it_is_running(resul
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert running(d) is None and not (d / RUNNING_FILE).exists()
+    assert RunDir(d).running_search() is None and not RunDir(d).running.exists()
     assert len(pd.read_csv(d / "trials.csv")) == 8
     assert "(search running)" not in _tuner("list", cwd=results.parent).stdout

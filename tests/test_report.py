@@ -11,7 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tuner import report
+from tuner.report import compare, experiment, model
+from tuner.report.importance import importance
 from tuner.cli import main
 from tuner.errors import UserError
 
@@ -93,7 +94,7 @@ def _png_ok(path: Path, min_w: int = 400, min_h: int = 250, max_side: int = 2500
 
 # --------------------------------------------------------------------------- the comparison table
 def test_comparison_has_every_contract_column_best_accuracy_first_ties_by_loss(folder):
-    df = report.write_comparison(folder)
+    df = compare.write_comparison(folder)
     assert list(df.columns) == CONTRACT_COLUMNS
     assert list(df["experiment"]) == ["cnn", "mlp_b", "mlp_a", "lin"]
     assert list(df["family"]) == ["cnn", "mlp", "mlp", "linear"]
@@ -134,34 +135,34 @@ def test_compare_named_experiments_only_and_unknown_name_exits_2(folder, capsys)
 
 # --------------------------------------------------------------------------- the search's plots
 def test_experiment_plots_open_with_sensible_dimensions(folder):
-    report.experiment_plots(folder / "mlp_a")
+    experiment.experiment_plots(folder / "mlp_a")
     for name in ("learning_curves.png", "parameters.png", "importance.png", "rungs.png"):
         _png_ok(folder / "mlp_a" / "plots" / name)
 
 
 def test_parameter_plot_uses_log_axis_for_log_distributions_only(folder):
     trials = pd.read_csv(folder / "lin" / "trials.csv", dtype={"trial_id": str})
-    ranked, col = report.ranked_trials(trials, "val_accuracy", "max")
-    searched = report.searched_params(SPACE)
+    ranked, col = experiment.ranked_trials(trials, "val_accuracy", "max")
+    searched = experiment.searched_params(SPACE)
     assert "batchnorm" not in searched  # pinned by fixed:
-    scales = report.plot_parameters(ranked, searched, col, "max", folder / "p.png")
+    scales = experiment.plot_parameters(ranked, searched, col, "max", folder / "p.png")
     assert scales == {"lr": "log", "dropout": "linear", "hidden": "linear"}
     assert ranked.iloc[0]["val_accuracy"] == trials["val_accuracy"].max() and "terr" not in set(ranked["trial_id"])
 
 
 def test_importance_ranks_the_parameter_that_drives_the_metric(folder):
     trials = pd.read_csv(folder / "lin" / "trials.csv", dtype={"trial_id": str})
-    ranked, col = report.ranked_trials(trials, "val_accuracy", "max")
-    imp = report.importance(ranked, report.searched_params(SPACE), col, "max")
+    ranked, col = experiment.ranked_trials(trials, "val_accuracy", "max")
+    imp = importance(ranked, experiment.searched_params(SPACE), col, "max")
     assert set(imp) == {"lr", "dropout", "hidden"}
     assert max(imp, key=imp.get) == "lr" and imp["lr"] > 0.5
-    assert report.importance(ranked.head(2), report.searched_params(SPACE), col, "max") == {}  # too few to rank
+    assert importance(ranked.head(2), experiment.searched_params(SPACE), col, "max") == {}  # too few to rank
 
 
 def test_asha_rungs_are_its_milestones_below_max_epochs():
-    assert report.rung_epochs({"name": "asha", "grace_period": 1, "reduction_factor": 3, "max_epochs": 30}) == [1, 3, 9, 27]
-    assert report.rung_epochs({"name": "asha", "grace_period": 2, "reduction_factor": 2, "max_epochs": 8}) == [2, 4]
-    assert report.rung_epochs({"name": "fifo", "max_epochs": 8}) == []
+    assert experiment.rung_epochs({"name": "asha", "grace_period": 1, "reduction_factor": 3, "max_epochs": 30}) == [1, 3, 9, 27]
+    assert experiment.rung_epochs({"name": "asha", "grace_period": 2, "reduction_factor": 2, "max_epochs": 8}) == [2, 4]
+    assert experiment.rung_epochs({"name": "fifo", "max_epochs": 8}) == []
 
 
 def test_plots_survive_an_experiment_whose_trials_all_failed(tmp_path):
@@ -172,7 +173,7 @@ def test_plots_survive_an_experiment_whose_trials_all_failed(tmp_path):
                    "epochs": 0, "val_accuracy": np.nan, "val_loss": np.nan}]).to_csv(d / "trials.csv", index=False)
     pd.DataFrame(columns=["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                           "time_s"]).to_csv(d / "epochs.csv", index=False)
-    report.experiment_plots(d)
+    experiment.experiment_plots(d)
     for name in ("learning_curves.png", "parameters.png", "importance.png", "rungs.png"):
         assert (d / "plots" / name).is_file()
 
@@ -186,7 +187,7 @@ def test_one_evaluation_families_get_score_bars_instead_of_curves(tmp_path):
     trials = pd.read_csv(d / "trials.csv")
     trials.loc[trials["epochs"] > 0, "epochs"] = 1
     trials.to_csv(d / "trials.csv", index=False)
-    report.experiment_plots(d)
+    experiment.experiment_plots(d)
     w, h = _png_ok(d / "plots" / "learning_curves.png")
     assert w > h  # two bar panels side by side, not the 2x2 curve grid
     for name in ("parameters.png", "importance.png", "rungs.png"):
@@ -205,19 +206,19 @@ def test_confusion_matrix_stays_legible_at_196_classes(tmp_path):
     proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 1 - 0.5 / e, "val_loss": 1.1 / e,
                 "val_accuracy": 1 - 0.6 / e, "lr": 0.01} for e in range(1, 6)]
-    report.test_report(tmp_path, y, proba, names, history)
+    model.test_report(tmp_path, y, proba, names, history)
     w, h = _png_ok(tmp_path / "confusion_matrix.png", min_w=1000, min_h=800, max_side=2000)
     _png_ok(tmp_path / "curves.png")
     cm = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
     assert cm.shape == (k, k) and int(cm.values.sum()) == len(y)
     assert len(pd.read_csv(tmp_path / "classification_report.csv", index_col=0)) == k + 3  # + accuracy, averages
-    assert report.top_confusions(cm.values, names, 1)[0][:2] == (names[3], names[5])
+    assert model.top_confusions(cm.values, names, 1)[0][:2] == (names[3], names[5])
 
 
 def test_small_confusion_matrix_gets_names_and_counts(tmp_path):
     y = np.array([0, 0, 1, 1, 2, 2])
     proba = np.eye(3)[[0, 1, 1, 1, 2, 0]]
-    report.test_report(tmp_path, y, proba, ["cat", "dog", "bird"], history=None)
+    model.test_report(tmp_path, y, proba, ["cat", "dog", "bird"], history=None)
     _png_ok(tmp_path / "confusion_matrix.png", min_w=300, min_h=300)
     assert not (tmp_path / "curves.png").exists()  # no training history (an ensemble): no curves
     assert pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0).loc["cat", "dog"] == 1

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tuner import report
+from tuner.report import experiment as report
 from tuner.report import search as search_plots
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]

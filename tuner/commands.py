@@ -10,6 +10,7 @@ import yaml
 
 from tuner import spaces
 from tuner.errors import UserError
+from tuner.rundir import RunDir
 
 
 def _say(msg: str) -> None:
@@ -39,10 +40,11 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
                say: Callable[[str], None] = print, retry_failed: bool = False, verbose: bool = False) -> Path:
     """One experiment end to end: checks -> search (tuner.search.driver) -> plots -> retrain -> comparison.
     Returns the experiment's results folder."""
-    from tuner import report
     from tuner.families import get_family
+    from tuner.report.compare import write_comparison
+    from tuner.report.experiment import experiment_plots
     from tuner.retrain import retrain_best
-    from tuner.rundir import RunDir, check_replaceable, experiment_dir, search_lock
+    from tuner.rundir import check_replaceable, experiment_dir, search_lock
     from tuner.search import driver
 
     # what `validate` leaves to the machine that runs: are the weights files and bundles here?
@@ -58,7 +60,7 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
     with search_lock(exp_dir):
         data, best, failed = driver.run(exp, results, exp_dir, address=address, resume=resume, dashboard=dashboard,
                                         storage=storage, say=say, retry_failed=retry_failed, verbose=verbose)
-        report.experiment_plots(exp_dir)
+        experiment_plots(exp_dir)
         if best is None:
             # nothing to retrain: say so with the exit status too, not only in the log
             why = f" (first error: {failed['error'].iloc[0]})" if len(failed) else ""
@@ -73,14 +75,14 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
         if retrain:
             metrics = retrain_best(exp_dir, data=data, say=say)
             say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run.best}")
-            report.write_comparison(results)
+            write_comparison(results)
     say(f"results: {exp_dir}")
     return exp_dir
 
 
 def search(args) -> int:
     check_results_dir(Path(args.results))
-    from tuner import report
+    from tuner.report.compare import to_markdown, write_comparison
 
     if getattr(args, "retry_failed", False) and not args.resume:
         raise UserError("--retry-failed reruns the failed trials of an earlier search: give --resume too")
@@ -95,7 +97,7 @@ def search(args) -> int:
     if suite and suite.ensemble:
         from tuner import ensemble
 
-        done = {p.parent.parent.name for p in results.glob("*/best/model.pt")} if results.is_dir() else set()
+        done = {p.name for p in results.iterdir() if RunDir(p).model.is_file()} if results.is_dir() else set()
         ensemble.check_names(suite.ensemble, {e.name for e in exps} | done, f"{suite.path}: ensemble")
     names = []
     for exp in exps:
@@ -114,8 +116,8 @@ def search(args) -> int:
             _say(f"== {name}: mean class probabilities of {', '.join(suite.ensemble)}")
             ensemble.build(results, name, suite.ensemble, say=_say)
             names.append(name)
-        df = report.write_comparison(results, names)
-        _say(report.to_markdown(df))
+        df = write_comparison(results, names)
+        _say(to_markdown(df))
     return 0
 
 
@@ -129,11 +131,12 @@ def _results_dir(results: Path) -> Path | None:
 def _experiment_dir(results: Path, name: str | None) -> Path:
     if name:
         p = Path(name)
-        d = p if (p / "space.yaml").is_file() else results / name
-        if not (d / "space.yaml").is_file():
+        d = p if RunDir(p).is_experiment() else results / name
+        if not RunDir(d).is_experiment():
             raise UserError(f"--experiment {name}: no experiment there (looked in {d}); see `tuner list`")
         return d
-    runs = [p for p in results.glob("*/best.yaml")] if _results_dir(results) else []
+    runs = [RunDir(p).best_yaml for p in results.iterdir()] if _results_dir(results) else []
+    runs = [p for p in runs if p.is_file()]
     if not runs:
         raise UserError(f"--results {results}: no finished experiment; run `tuner search --space FILE` first")
     return max(runs, key=lambda p: p.stat().st_mtime).parent
@@ -143,32 +146,29 @@ def best(args) -> int:
     from tuner import predict
     from tuner.retrain import retrain_best
 
-    from tuner.report import read_best, read_result
-
     d = _experiment_dir(Path(args.results), args.experiment)
-    from tuner.search.live import running_note
-
-    if not (d / "best.yaml").is_file():
-        if running_note(d):
-            raise UserError(f"{d}: {running_note(d).split(':')[0]}, no trial has finished yet; try again shortly")
+    run = RunDir(d)
+    if not run.best_yaml.is_file():
+        if run.running_note():
+            raise UserError(f"{d}: {run.running_note().split(':')[0]}, no trial has finished yet; try again shortly")
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
     if args.pareto:
-        if not (d / "pareto.csv").is_file():
+        if not run.pareto.is_file():
             raise UserError(f"{d}: no pareto.csv; --pareto is for a search with several objectives "
                             f"(metric: [val_accuracy, latency_ms])")
         import pandas as pd
 
-        _say(pd.read_csv(d / "pareto.csv", dtype={"trial_id": str}).to_string(index=False))
+        _say(pd.read_csv(run.pareto, dtype={"trial_id": str}).to_string(index=False))
         return 0
     if args.trial:
         _choose_trial(d, args.trial)
-    info = read_best(d)
-    if running_note(d):  # the search is still going: best.yaml is the best of the trials finished so far
-        _say(running_note(d))
+    info = run.read_best()
+    if run.running_note():  # the search is still going: best.yaml is the best of the trials finished so far
+        _say(run.running_note())
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
-    if (d / "best" / "metrics.json").is_file():
-        read_result(d / "best" / "metrics.json")
-        _say(f"test metrics: {d / 'best' / 'metrics.json'}")
+    if run.metrics.is_file():
+        run.read_metrics()
+        _say(f"test metrics: {run.metrics}")
     onnx = getattr(args, "format", "bundle") == "onnx"
     if onnx:
         from tuner import onnx_export
@@ -177,9 +177,9 @@ def best(args) -> int:
         onnx_export.require_onnx()
         args.export = "" if args.export is None else args.export
     if args.export is not None:
-        dest = Path(args.export) if args.export else d / "export"
+        dest = Path(args.export) if args.export else run.export
         predict.check_destination(d, dest)  # before a retrain, which can take hours
-        if args.trial or not (d / "best" / "model.pt").is_file():
+        if args.trial or not run.model.is_file():
             _say(f"retraining trial {args.trial}'s config first" if args.trial else
                  "no retrained model yet: retraining the best config first")
             retrain_best(d, say=_say)
@@ -195,14 +195,15 @@ def _choose_trial(d: Path, trial_id: str) -> None:
     export take it instead of the search's own pick."""
     import pandas as pd
 
-    from tuner.search.live import best_entry
     from tuner.search.searchers import _from_csv
+    from tuner.tables import best_entry
 
-    exp = spaces.parse_experiment(yaml.safe_load((d / "space.yaml").read_text()), d / "space.yaml")
-    trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+    run = RunDir(d)
+    exp = run.experiment()
+    trials = run.read_trials()
     rows = trials[trials["trial_id"] == trial_id]
     if rows.empty:
-        raise UserError(f"--trial {trial_id}: no such trial in {d / 'trials.csv'}; it has "
+        raise UserError(f"--trial {trial_id}: no such trial in {run.trials}; it has "
                         f"{', '.join(trials['trial_id'].head(10))}{', ...' if len(trials) > 10 else ''}")
     row = rows.iloc[0]
     if row.get("status") == "ERROR" or pd.isna(row.get("val_accuracy")):
@@ -210,7 +211,7 @@ def _choose_trial(d: Path, trial_id: str) -> None:
     names = exp.param_names + [k for k in exp.constants if k not in exp.param_names]
     config = {k: _from_csv(row[k]) for k in names if k in row and not pd.isna(row[k])}
     entry = best_entry(exp, row, config) | {"chosen": f"--trial {trial_id}"}
-    (d / "best.yaml").write_text(yaml.safe_dump(entry, sort_keys=False))
+    run.write_best(entry)
 
 
 def dashboard(args) -> int:
@@ -225,11 +226,11 @@ def dashboard(args) -> int:
     if args.experiment:
         d = _experiment_dir(results, args.experiment)
     else:  # the latest experiment that has a study, finished or not
-        runs = [p.parent for p in results.glob("*/optuna.journal")] if results.is_dir() else []
+        runs = [p for p in results.iterdir() if RunDir(p).journal.is_file()] if results.is_dir() else []
         if not runs:
             raise UserError(f"--results {results}: no experiment with a study (optuna.journal); "
                             f"run `tuner search --space FILE` first")
-        d = max(runs, key=lambda p: (p / "optuna.journal").stat().st_mtime)
+        d = max(runs, key=lambda p: RunDir(p).journal.stat().st_mtime)
     open_journal(d)
     import socket
 
@@ -243,7 +244,8 @@ def dashboard(args) -> int:
 
 
 def compare(args) -> int:
-    from tuner import report
+    from tuner.report import compare as report
+    from tuner.rundir import warn
 
     results = Path(args.results)
     if _results_dir(results) is None:
@@ -251,13 +253,13 @@ def compare(args) -> int:
     names = []
     for e in args.experiments:
         p = Path(e)
-        names.append(p.name if (p / "space.yaml").is_file() else e)
-        if not ((results / names[-1] / "best" / "metrics.json").is_file()):
+        names.append(p.name if RunDir(p).is_experiment() else e)
+        if not RunDir(results / names[-1]).metrics.is_file():
             raise UserError(f"{e}: no retrained model (best/metrics.json) in {results / names[-1]}")
     try:
         df = report.write_comparison(results, names or None, fmt=args.format)
     except UserError as exc:  # a read-only results folder: the table is still printed below
-        report.warn(str(exc))
+        warn(str(exc))
         df = report.comparison_rows(results, names or None, skip=lambda msg: None)
     if df.empty:
         raise UserError(f"--results {results}: no experiment with a retrained model to compare")
@@ -279,37 +281,35 @@ def validate(args) -> int:
 
 
 def list(args) -> int:  # noqa: A001 - the sub-command's name
-    from tuner import report
+    from tuner.rundir import CorruptResult, warn
 
     results = Path(args.results)
-    dirs = sorted(p for p in results.glob("*") if (p / "space.yaml").is_file()) if _results_dir(results) else []
+    dirs = sorted(p for p in results.glob("*") if RunDir(p).is_experiment()) if _results_dir(results) else []
     if not dirs:
         _say(f"no experiments in {results}")
         return 0
     for d in dirs:
         try:
             _say(_list_line(d))
-        except report.CorruptResult as exc:  # one bad folder does not hide the others
-            report.warn(f"{exc}; {d.name} not listed")
+        except CorruptResult as exc:  # one bad folder does not hide the others
+            warn(f"{exc}; {d.name} not listed")
     return 0
 
 
 def _list_line(d: Path) -> str:
-    from tuner import report
-    from tuner.search.live import running_note
-
     def score(value) -> str:
         return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
-    space = report.read_result(d / "space.yaml")
-    n = len(report.read_trials(d / "trials.csv")) if (d / "trials.csv").is_file() else 0
+    run = RunDir(d)
+    space = run.read_space()
+    n = len(run.read_trials()) if run.trials.is_file() else 0
     acc = "no finished trial"
-    if (d / "best.yaml").is_file():
-        acc = f"val {score(report.read_best(d)['metrics'].get('val_accuracy'))}"
+    if run.best_yaml.is_file():
+        acc = f"val {score(run.read_best()['metrics'].get('val_accuracy'))}"
     test = ""
-    if (d / "best" / "metrics.json").is_file():
-        test = f", test {score(report.read_result(d / 'best' / 'metrics.json').get('accuracy'))}"
-    live = "  (search running)" if running_note(d) else ""
+    if run.metrics.is_file():
+        test = f", test {score(run.read_metrics().get('accuracy'))}"
+    live = "  (search running)" if run.running_note() else ""
     return f"{d.name:30s} {str(space.get('family', '')):9s} {n:4d} trials  {acc}{test}{live}"
 
 

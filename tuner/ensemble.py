@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from tuner.errors import UserError
+from tuner.rundir import RunDir
 
 # the dataset settings that decide which images form the test split; image_size and normalize may differ
 # between members (each bundle carries its own preprocessing)
@@ -24,7 +25,7 @@ SAME_DATA_KEYS = ("name", "root", "split", "limit")
 @dataclass
 class Member:
     name: str
-    dir: Path
+    dir: RunDir  # its results folder
     exp: object  # spaces.Experiment, as the member's space.yaml describes it
 
 
@@ -41,17 +42,14 @@ def check_names(ensemble: list[str], available: set[str], where: str) -> None:
 
 
 def _members(results: Path, names: list[str]) -> list[Member]:
-    from tuner import spaces
-
     out = []
     for n in names:
-        d = results / n
-        for f in ("space.yaml", "split.npz", "best/model.pt"):
-            if not (d / f).is_file():
-                raise UserError(f"ensemble member {n}: {d / f} is missing; run `tuner search` for it "
+        run = RunDir(results / n)
+        for f in (run.space, run.split, run.model):
+            if not f.is_file():
+                raise UserError(f"ensemble member {n}: {f} is missing; run `tuner search` for it "
                                 f"(without --no-retrain) first")
-        raw = yaml.safe_load((d / "space.yaml").read_text())
-        out.append(Member(n, d, spaces.parse_experiment(raw, d / "space.yaml")))
+        out.append(Member(n, run, run.experiment()))
     return out
 
 
@@ -61,24 +59,25 @@ def _check_same_data(members: list[Member]) -> None:
 
     first = members[0]
     ref = {k: v for k, v in dataclasses.asdict(first.exp.dataset).items() if k in SAME_DATA_KEYS}
-    ref_test = np.load(first.dir / "split.npz")["test"]
+    ref_test = np.load(first.dir.split)["test"]
     for m in members[1:]:
         mine = {k: v for k, v in dataclasses.asdict(m.exp.dataset).items() if k in SAME_DATA_KEYS}
         diff = [k for k in SAME_DATA_KEYS if mine.get(k) != ref.get(k)]
         if diff:
             raise UserError(f"ensemble: {m.name} and {first.name} differ in dataset.{diff[0]} "
                             f"({mine.get(diff[0])!r} vs {ref.get(diff[0])!r}); an ensemble needs one data set and split")
-        test = np.load(m.dir / "split.npz")["test"]
+        test = np.load(m.dir.split)["test"]
         if len(test) != len(ref_test) or not np.array_equal(test, ref_test):
             raise UserError(f"ensemble: {m.name} and {first.name} were tested on different images "
-                            f"({m.dir / 'split.npz'} vs {first.dir / 'split.npz'}); rerun them with the same "
+                            f"({m.dir.split} vs {first.dir.split}); rerun them with the same "
                             f"dataset.split")
 
 
 def build(results: Path, name: str, members: list[str], say: Callable[[str], None] = print) -> dict:
     """Average the members' test probabilities, test the average once, write `<results>/<name>/`."""
-    from tuner import predict, report
+    from tuner import predict
     from tuner.data import prepare
+    from tuner.report.model import test_report
     from tuner.settings import cache_dir
     from tuner.metrics import classification_metrics
 
@@ -90,8 +89,8 @@ def build(results: Path, name: str, members: list[str], say: Callable[[str], Non
     num_params, train_time = 0, 0.0
     decoded: dict[str, object] = {}  # members with the same dataset config share one decode
     for m in ms:
-        predictor = predict.load(m.dir / "best", device="cpu")
-        key = json.dumps(yaml.safe_load((m.dir / "space.yaml").read_text())["dataset"], sort_keys=True, default=str)
+        predictor = predict.load(m.dir.best, device="cpu")
+        key = json.dumps(m.dir.read_space()["dataset"], sort_keys=True, default=str)
         if key not in decoded:
             decoded[key] = prepare(m.exp.dataset, cache_dir=cache_dir(), progress=False)
         data = decoded[key]
@@ -105,22 +104,22 @@ def build(results: Path, name: str, members: list[str], say: Callable[[str], Non
         same = tuple(x.shape[1:]) == (*predictor.size, predictor.channels)
         p = predictor.learner.predict_proba(x) if same else predictor.predict_proba(x)
         probas.append(np.asarray(p, dtype=np.float64))
-        metrics = json.loads((m.dir / "best" / "metrics.json").read_text())
+        metrics = m.dir.read_metrics()
         per_member[m.name] = {"family": m.exp.family, "accuracy": float((p.argmax(1) == y_test).mean())}
         num_params += int(metrics.get("num_params") or 0)
         train_time += float(metrics.get("train_time_s") or 0.0)
     proba = np.mean(probas, axis=0)
 
-    out = results / name
-    (out / "best").mkdir(parents=True, exist_ok=True)
+    out = RunDir(results / name)
+    out.best.mkdir(parents=True, exist_ok=True)
     metrics = classification_metrics(y_test, proba)
     metrics.update(num_params=num_params, train_time_s=round(train_time, 3))
-    (out / "best" / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "ensemble.yaml").write_text(yaml.safe_dump(
+    out.write_json(out.metrics, metrics)
+    out.ensemble.write_text(yaml.safe_dump(
         {"name": name, "family": "ensemble", "combine": "mean of class probabilities", "members": per_member,
-         "dataset": yaml.safe_load((ms[0].dir / "space.yaml").read_text())["dataset"]}, sort_keys=False))
-    report.test_report(out / "best", y_test, proba, class_names, history=None)
+         "dataset": ms[0].dir.read_space()["dataset"]}, sort_keys=False))
+    test_report(out.best, y_test, proba, class_names, history=None)
     best_single = max(v["accuracy"] for v in per_member.values())
     say(f"ensemble {name} of {', '.join(members)}: test accuracy {metrics['accuracy']:.4f} "
-        f"(best member {best_single:.4f}) -> {out}")
+        f"(best member {best_single:.4f}) -> {out.path}")
     return metrics

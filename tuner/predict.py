@@ -13,6 +13,7 @@ from tuner.bundle import data_info, read_bundle
 from tuner.engine import pick_device
 from tuner.errors import UserError
 from tuner.families import RunContext, get_family
+from tuner.rundir import RunDir
 
 
 class Predictor:
@@ -81,13 +82,13 @@ def load(path: str | Path, device: str | None = None) -> Predictor:
 
 def check_destination(exp_dir: Path, dest: Path) -> None:
     """`--export DEST` is a folder we may write, and not the experiment's best/ it copies from."""
-    src = (exp_dir / "best").resolve()
+    src = RunDir(exp_dir).best.resolve()
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--export {dest}: is a file; give a folder (it is created if missing)")
     target = dest.resolve()
     if target == src or src in target.parents:
         raise UserError(f"--export {dest}: is the experiment's own best/ folder (the export is copied from "
-                        f"it); give another folder, or leave DIR out for {exp_dir / 'export'}")
+                        f"it); give another folder, or leave DIR out for {RunDir(exp_dir).export}")
     try:
         dest.mkdir(parents=True, exist_ok=True)
         probe = dest / ".tuner-write-check"
@@ -102,7 +103,7 @@ def check_destination(exp_dir: Path, dest: Path) -> None:
 def export(exp_dir: Path, dest: Path) -> Path:
     """Copy the retrained best model and its reports into a deployable folder."""
     check_destination(exp_dir, dest)
-    src = exp_dir / "best"
+    src = RunDir(exp_dir).best
     try:
         for f in src.iterdir():
             if f.is_file():

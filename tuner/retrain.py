@@ -1,19 +1,18 @@
 """Retrain the best config without Ray, for the full epoch budget, then test it once."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
-from tuner import spaces
 from tuner.engine import pick_device
 from tuner.metrics import classification_metrics
 from tuner.errors import UserError
 from tuner.bundle import save_bundle
 from tuner.families import RunContext, get_family
+from tuner.rundir import RunDir
 
 
 def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -> dict:
@@ -21,21 +20,21 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
 
     Writes `best/`: model.pt, metrics.json, confusion_matrix.csv/.png, classification_report.csv, curves.png.
     """
-    from tuner import report
     from tuner.data import prepare
     from tuner.settings import cache_dir
 
-    exp_dir = Path(exp_dir)
-    if not (exp_dir / "best.yaml").is_file():
-        raise UserError(f"{exp_dir}: no best.yaml; run `tuner search` for this experiment first")
-    best = report.read_best(exp_dir)
-    exp = spaces.parse_experiment(report.read_result(exp_dir / "space.yaml"), exp_dir / "space.yaml")
+    from tuner.report.model import test_report
+
+    run = RunDir(exp_dir)
+    if not run.best_yaml.is_file():
+        raise UserError(f"{run.path}: no best.yaml; run `tuner search` for this experiment first")
+    best = run.read_best()
+    exp = run.experiment()
     if data is None:
         data = prepare(exp.dataset, cache_dir=cache_dir())
     family = get_family(exp.family)
     config = best["config"]
-    out = exp_dir / "best"
-    out.mkdir(exist_ok=True)
+    run.best.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     # the same learner the trials trained; `resources: auto` retrains on whatever GPU the driver sees
     device = pick_device(None if exp.resources.auto else exp.resources.gpu)
@@ -51,8 +50,8 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     proba = learner.predict_proba(data.x_test)
     metrics = classification_metrics(data.y_test, proba)
     metrics.update(num_params=int(learner.num_params), train_time_s=round(train_time, 3))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
-    report.test_report(out, data.y_test, proba, data.class_names, history)
-    save_bundle(out / "model.pt", exp, config, learner, data, metrics)
+    run.write_json(run.metrics, metrics)
+    pd.DataFrame(history).to_csv(run.history, index=False)
+    test_report(run.best, data.y_test, proba, data.class_names, history)
+    save_bundle(run.model, exp, config, learner, data, metrics)
     return metrics

@@ -1,35 +1,51 @@
-"""The one owner of a results folder, `results/<name>/`: the name of every file in it, the folder's safety
-(a real folder directly under results, one search at a time, replaced only when it is an experiment) and
-the readers and writers of its files.
+"""The one owner of a results folder, `results/<name>/`: the name of every file in it, the readers of its
+files (a corrupt file is one line naming it and what to do), the atomic writer, the running marker, and the
+folder's safety (a real folder directly under results, one search at a time, replaced only when it is an
+experiment). What a trials.csv row or best.yaml holds is tuner/tables.py's.
 
     results/<name>/
-      space.yaml            the experiment as it ran (what --resume continues)
+      space.yaml            the experiment as it ran (what --resume, the retrain and ensembles read back)
+      split.npz             the train/val/test indices of the search
+      run.json              the search's timings
       trials.csv            one row per trial
       epochs.csv            one row per trial and epoch
       best.yaml             the best trial: id, config, metrics
       pareto.csv            multi-objective searches: the trials no other beats on every objective
-      split.npz             the train/val/test indices of the search
-      run.json              the search's timings
-      optuna.journal        the Optuna study (tuner dashboard)
       plots/                the search plots
       best/                 the retrained best model: model.pt, metrics.json, history.csv, reports
+      export/               the deployable bundle (tuner best --export)
+      optuna.journal        the Optuna study (tuner dashboard)
+      running.json          while the search runs: its process id and start time
+      search.lock           held while a search of it runs
       ray/                  Ray's trial checkpoints and experiment state
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
+import sys
+import time
 from pathlib import Path
+
+import yaml
 
 from tuner.errors import UserError
 from tuner.spaces import check_name
 
+MAX_RESULT_BYTES = 16 << 20  # best.yaml, space.yaml, metrics.json are a few kB; more is not ours
+LOCK_FILE = "search.lock"
+
+
+def _path(rel: str, doc: str) -> property:
+    return property(lambda self: self.path / rel, doc=doc)
+
 
 class RunDir:
-    """The paths of one experiment's results folder (nothing is created by asking for a path)."""
+    """The files of one experiment's results folder (nothing is created by asking for a path)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -38,20 +54,28 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
-    space = property(lambda self: self.path / "space.yaml", doc="the experiment as it ran")
-    trials = property(lambda self: self.path / "trials.csv", doc="one row per trial")
-    epochs = property(lambda self: self.path / "epochs.csv", doc="one row per trial and epoch")
-    best_yaml = property(lambda self: self.path / "best.yaml", doc="the best trial: id, config, metrics")
-    pareto = property(lambda self: self.path / "pareto.csv", doc="the Pareto front (several objectives)")
-    split = property(lambda self: self.path / "split.npz", doc="the search's train/val/test indices")
-    run_json = property(lambda self: self.path / "run.json", doc="the search's timings")
-    journal = property(lambda self: self.path / "optuna.journal", doc="the Optuna study")
-    plots = property(lambda self: self.path / "plots", doc="the search plots")
-    best = property(lambda self: self.path / "best", doc="the retrained best model and its reports")
-    model = property(lambda self: self.path / "best" / "model.pt", doc="the retrained best model's bundle")
-    metrics = property(lambda self: self.path / "best" / "metrics.json", doc="its test metrics")
-    ray = property(lambda self: self.path / "ray", doc="Ray's checkpoints and experiment state")
-    lock = property(lambda self: self.path / LOCK_FILE, doc="held while a search of it runs")
+    space = _path("space.yaml", "the experiment as it ran")
+    split = _path("split.npz", "the search's train/val/test indices")
+    run_json = _path("run.json", "the search's timings")
+    trials = _path("trials.csv", "one row per trial")
+    epochs = _path("epochs.csv", "one row per trial and epoch")
+    best_yaml = _path("best.yaml", "the best trial: id, config, metrics")
+    pareto = _path("pareto.csv", "the Pareto front (several objectives)")
+    plots = _path("plots", "the search plots")
+    best = _path("best", "the retrained best model and its reports")
+    model = _path("best/model.pt", "the retrained best model's bundle")
+    metrics = _path("best/metrics.json", "its test metrics")
+    history = _path("best/history.csv", "the retrain's epochs")
+    confusion_csv = _path("best/confusion_matrix.csv", "the test confusion matrix")
+    confusion_png = _path("best/confusion_matrix.png", "the test confusion matrix, drawn")
+    classification_report = _path("best/classification_report.csv", "per-class precision, recall, F1")
+    curves = _path("best/curves.png", "the retrain's learning curves")
+    export = _path("export", "the deployable bundle (tuner best --export)")
+    journal = _path("optuna.journal", "the Optuna study")
+    running = _path("running.json", "while the search runs: its process id and start time")
+    lock = _path(LOCK_FILE, "held while a search of it runs")
+    ray = _path("ray", "Ray's checkpoints and experiment state")
+    ensemble = _path("ensemble.yaml", "a suite's ensemble folder only, instead of space.yaml: its members")
 
     @classmethod
     def files(cls) -> dict[str, str]:
@@ -60,13 +84,154 @@ class RunDir:
         return {str(getattr(probe, k)): getattr(cls, k).__doc__ for k, v in vars(cls).items()
                 if isinstance(v, property) and k != "name"}
 
+    def is_experiment(self) -> bool:
+        return self.space.is_file()
+
+    # the readers: a corrupt file is a CorruptResult naming it
+    def read_space(self) -> dict:
+        """space.yaml as a mapping (the experiment as it ran)."""
+        return read_result(self.space)
+
+    def experiment(self):
+        """space.yaml parsed and validated: the one place a finished experiment's space is read back."""
+        from tuner.spaces import parse_experiment
+
+        return parse_experiment(self.read_space(), self.space)
+
+    def read_best(self) -> dict:
+        """best.yaml: the best trial's `config` and validation `metrics`, both mappings."""
+        best = read_result(self.best_yaml, ("config", "metrics"))
+        for key in ("config", "metrics"):
+            if not isinstance(best[key], dict):
+                raise _corrupt(self.best_yaml, f"{key} is not a mapping")
+        return best
+
+    def read_trials(self):
+        return read_trials(self.trials)
+
+    def read_metrics(self) -> dict:
+        return read_result(self.metrics)
+
+    # the writers: a reader never sees half a file
+    def write_best(self, entry: dict) -> None:
+        replace(self.best_yaml, yaml.safe_dump(entry, sort_keys=False))
+
+    def write_json(self, path: Path, data: dict) -> None:
+        replace(path, json.dumps(data, indent=2))
+
+    # is a search writing this folder now?
+    def mark_running(self) -> None:
+        replace(self.running, json.dumps({"pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()),
+                                          "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+
+    def clear_running(self) -> None:
+        self.running.unlink(missing_ok=True)
+
+    def running_search(self) -> dict | None:
+        """The marker of the search writing this folder now, or None; a marker whose process is gone means none."""
+        try:
+            info = json.loads(self.running.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        ticks = _start_ticks(int(info["pid"]))
+        if info.get("start_ticks") and ticks and ticks != info["start_ticks"]:
+            return None
+        return info
+
+    def running_note(self) -> str:
+        """'' or one line for `tuner list` / `tuner best` saying the search is still running."""
+        info = self.running_search()
+        return f"search running (pid {info['pid']}, started {info['started']}): results so far" if info else ""
+
     def __fspath__(self) -> str:
         return str(self.path)
 
 
-LOCK_FILE = "search.lock"
+def _start_ticks(pid: int) -> str | None:
+    """When the process started (clock ticks since boot): a pid reused by another process has another."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
+def replace(path: Path, text: str) -> None:
+    """Write `text` to a temporary name beside `path` and move it into place: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- reading results
+class CorruptResult(UserError):
+    """A results file that cannot be read. `list` and `compare` skip its folder with a warning; `best` and
+    the retrain stop on it (exit 2), naming the file and what to do."""
+
+
+# what to do about each file, said once
+_REDO = {
+    "space.yaml": "it is the space the search ran; restore it from the space file, or remove the experiment folder",
+    "best.yaml": "run the search again (`tuner search --resume` rewrites it), or remove the experiment folder",
+    "trials.csv": "run the search again (`tuner search --resume` rewrites it), or remove the experiment folder",
+    "metrics.json": "remove the best/ folder and run `tuner best --export` to retrain and test again",
+    "ensemble.yaml": "run the suite again to rebuild the ensemble, or remove its folder",
+}
+
+
+def _corrupt(path: Path, why) -> CorruptResult:
+    why = " ".join(str(why).split())[:200]  # one line, whatever the parser said
+    return CorruptResult(f"{path}: cannot be read ({why}); {_REDO.get(Path(path).name, 'remove or restore it')}")
+
+
+def read_result(path: Path, need: tuple[str, ...] = ()) -> dict:
+    """A results YAML or JSON file that must be a mapping holding the keys in `need`, or a CorruptResult."""
+    from tuner.spaces import safe_yaml
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            raise _corrupt(path, f"{path.stat().st_size} bytes, larger than any file tuner writes")
+        text = path.read_bytes().decode("utf-8")
+        data = json.loads(text) if path.suffix == ".json" else safe_yaml(text)
+    except CorruptResult:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, UserError) as exc:
+        raise _corrupt(path, exc) from None
+    if not isinstance(data, dict):
+        raise _corrupt(path, f"expected a mapping, found {type(data).__name__}")
+    missing = [k for k in need if k not in data]
+    if missing:
+        raise _corrupt(path, f"no {', '.join(missing)}")
+    return data
+
+
+def read_best(exp_dir: Path) -> dict:
+    """best.yaml of `exp_dir`: see RunDir.read_best."""
+    return RunDir(exp_dir).read_best()
+
+
+def read_trials(path: Path):
+    """trials.csv with its trial_id column, or a CorruptResult."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"trial_id": str})
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise _corrupt(path, exc) from None
+    if "trial_id" not in df:
+        raise _corrupt(path, "no trial_id column")
+    return df
+
+
+def warn(msg: str) -> None:
+    """One `warning:` line on stderr: something was skipped, the command goes on."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the folder's safety
 def experiment_dir(results: Path, name: str) -> Path:
     """`<results>/<name>`, resolved, refused when it is anything but a real folder directly under results."""
     check_name(name, "experiment name")  # also when run() is called from Python, not the CLI
@@ -89,7 +254,7 @@ def experiment_dir(results: Path, name: str) -> Path:
 
 def check_replaceable(exp_dir: Path) -> None:
     """A new search replaces an old experiment, never a folder that only happens to have the same name."""
-    if exp_dir.is_dir() and not (exp_dir / "space.yaml").is_file() and set(os.listdir(exp_dir)) - {LOCK_FILE}:
+    if exp_dir.is_dir() and not RunDir(exp_dir).is_experiment() and set(os.listdir(exp_dir)) - {LOCK_FILE}:
         raise UserError(f"{exp_dir}: exists but is not a tuner experiment (no space.yaml); pick another name "
                         f"or remove it by hand")
 

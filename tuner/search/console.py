@@ -18,7 +18,7 @@ from typing import Callable
 from ray.tune import Callback
 
 from tuner.metrics import best_key, rank_key
-from tuner.search.live import _one_line
+from tuner.tables import one_line
 from tuner.search.study import stopped_early
 
 WIDTH = 119  # every line stays under 120 characters
@@ -153,7 +153,7 @@ class Console(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.finished += 1
         self.failed += 1
-        error = _one_line(trial.get_error() or "see the trial's error.txt")
+        error = one_line(trial.get_error() or "see the trial's error.txt")
         self._print(trial_line(self.exp, trial.trial_id, trial.config, None,
                                int((trial.last_result or {}).get("training_iteration", 0)), "failed", error), trials)
 

@@ -3,7 +3,6 @@ results tables. The pipeline around it (checks, lock, plots, retrain, comparison
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 
 from tuner.errors import UserError
 from tuner.families import get_family
-from tuner.rundir import clear
+from tuner.rundir import RunDir, clear, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
 from tuner.search.domains import to_tune
@@ -35,11 +34,7 @@ def _flatten(d: object, prefix: str = "") -> dict:
 
 def _check_same_space(exp: Experiment, exp_dir: Path) -> None:
     """--resume continues the search it saved: a changed space would retrain something that was never searched."""
-    try:
-        saved = _flatten(yaml.safe_load((exp_dir / "space.yaml").read_text()) or {})
-    except yaml.YAMLError:
-        raise UserError(f"{exp_dir / 'space.yaml'}: not valid YAML; cannot check what --resume continues, "
-                        f"start the search again without --resume") from None
+    saved = _flatten(RunDir(exp_dir).read_space())
     now = _flatten(yaml.safe_load(resolved_yaml(exp)))
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if differ:
@@ -156,10 +151,11 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         check_address(address)
     # Ray's folder (trial checkpoints, experiment state) is <results>/<name>/ray, or <storage>/<name> when
     # the trials run on other machines and need a place every node reaches
-    if resume and not (storage or exp.storage) and (exp_dir / "space.yaml").is_file():
-        storage = (yaml.safe_load((exp_dir / "space.yaml").read_text()) or {}).get("storage")  # as first run
+    run_dir = RunDir(exp_dir)
+    if resume and not (storage or exp.storage) and run_dir.is_experiment():
+        storage = run_dir.read_space().get("storage")  # as the first run
     exp.storage = check_storage(storage or exp.storage) if (storage or exp.storage) else None
-    ray_path = f"{exp.storage}/{exp.name}" if exp.storage else str(exp_dir / "ray")
+    ray_path = f"{exp.storage}/{exp.name}" if exp.storage else str(run_dir.ray)
     if resume and not ((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)):
         raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
                         f"experiment {exp.name!r}")
@@ -170,11 +166,11 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     if resume:
         _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
     else:
-        (exp_dir / "space.yaml").write_text(resolved_yaml(exp))
+        replace(run_dir.space, resolved_yaml(exp))
 
     t0 = time.perf_counter()
     data = prepare(exp.dataset, cache_dir=cache_dir())
-    np.savez(exp_dir / "split.npz", **data.indices)
+    np.savez(run_dir.split, **data.indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
         f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s)")
@@ -231,11 +227,11 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         raise KeyboardInterrupt
     fit_s = time.perf_counter() - t_fit
     # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/)
-    (exp_dir / "run.json").write_text(json.dumps({"trials": len(grid), "search_s": round(fit_s, 3),
-                                                  "prepare_and_start_s": round(t_fit - t0, 3)}))
+    run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(fit_s, 3),
+                                          "prepare_and_start_s": round(t_fit - t0, 3)})
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
     best = write_results(exp, grid, exp_dir)
-    failed = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}, keep_default_na=False)
+    failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
     failed = failed[failed["status"] == "ERROR"]
     if len(failed):
         say(f"{len(failed)} of {len(grid)} trials failed:")
@@ -246,7 +242,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
 
 def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
     """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid (the same rows the live tables had)."""
-    from tuner.search.live import trial_row, write_tables
+    from tuner.tables import trial_row, write_tables
 
     rows = []
     for result in grid:

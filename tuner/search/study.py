@@ -13,15 +13,14 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.metrics import best_key
-
-JOURNAL = "optuna.journal"
+from tuner.rundir import RunDir
 
 
 def storage(exp_dir: Path):
     import optuna
 
     # the absolute path travels inside the pickled searcher, so --resume reopens the same file
-    path = str(Path(exp_dir).resolve() / JOURNAL)
+    path = str(RunDir(Path(exp_dir).resolve()).journal)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
 
 
@@ -117,7 +116,7 @@ def open_journal(exp_dir: Path) -> str:
     """The journal's path, or a UserError saying why there is none."""
     from tuner.errors import UserError
 
-    path = Path(exp_dir) / JOURNAL
+    path = RunDir(exp_dir).journal
     if not path.is_file():
         raise UserError(f"{path}: no study recorded there; searches write it as they run (tuner search --space FILE)")
     return str(path)

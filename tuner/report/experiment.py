@@ -1,0 +1,270 @@
+"""plots/ of a results folder: learning curves, parameters, importance, rungs, then the Optuna-style search
+plots (tuner/report/search.py). Reads only files, so it works on any finished experiment.
+
+Plots are matplotlib (Agg) PNGs meant to be read by a person: a title that says what is shown, axes that
+name the metric, the best trial marked, and no numbers drawn where there are too many to read.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+
+from tuner.report.figures import save as _save, short as _short  # noqa: E402
+from tuner.report.importance import importance  # noqa: E402
+from tuner.rundir import RunDir  # noqa: E402
+
+
+def searched_params(space: dict) -> dict[str, dict]:
+    """The parameters that were searched (a distribution in space: and not pinned by fixed:)."""
+    fixed = space.get("fixed") or {}
+    out: dict[str, dict] = {}
+    _flatten(space.get("space") or {}, out)
+    return {k: v for k, v in out.items() if k not in fixed}
+
+
+def _flatten(space: dict, out: dict) -> None:
+    """A conditional choice ({choice: {option: {sub-space}}}) becomes a choice of its options, and each branch's
+    parameters join the list; a name in several branches gets the union of their ranges (for the axes)."""
+    for k, v in space.items():
+        if not isinstance(v, dict) or len(v) != 1:
+            continue
+        kind, args = next(iter(v.items()))
+        if kind == "choice" and isinstance(args, dict):
+            out.setdefault(k, {"choice": list(args)})
+            for sub in args.values():
+                _flatten(sub or {}, out)
+            continue
+        if k not in out:
+            out[k] = {kind: list(args)}
+            continue
+        old_kind, old = next(iter(out[k].items()))
+        if old_kind in ("choice", "grid") or kind in ("choice", "grid"):
+            out[k] = {"choice": list(dict.fromkeys(list(old) + list(args)))}
+        else:
+            out[k] = {old_kind: [min(old[0], args[0]), max(old[1], args[1])]}
+
+
+def ranked_trials(trials: pd.DataFrame, metric: str, mode: str) -> tuple[pd.DataFrame, str]:
+    """Finished trials, best first, and the trials.csv column they are ranked by."""
+    col = metric if metric in ("val_accuracy", "val_loss") else ("val_loss" if mode == "min" else "val_accuracy")
+    ok = trials[trials[col].notna()] if col in trials else trials.iloc[0:0]
+    if "status" in ok:
+        ok = ok[ok["status"] != "ERROR"]
+    return ok.sort_values(col, ascending=(mode == "min"), kind="stable"), col
+
+
+def experiment_plots(exp_dir: Path, top: int = 8) -> None:
+    """plots/: learning_curves.png, parameters.png, importance.png, rungs.png from the results files."""
+    run = RunDir(exp_dir)
+    plots = run.plots
+    plots.mkdir(exist_ok=True)
+    trials = pd.read_csv(run.trials, dtype={"trial_id": str})
+    epochs = pd.read_csv(run.epochs, dtype={"trial_id": str})
+    space = run.read_space()
+    metric, mode = space.get("metric", "val_accuracy"), space.get("mode", "max")
+    if isinstance(metric, list):  # several objectives: the plots rank by the first
+        metric, mode = metric[0], (mode[0] if isinstance(mode, list) else mode)
+    ranked, col = ranked_trials(trials, metric, mode)
+    searched = searched_params(space)
+    name = space.get("name", run.name)
+    plot_learning_curves(ranked, epochs, col, plots / "learning_curves.png", top=top, name=name)
+    plot_parameters(ranked, searched, col, mode, plots / "parameters.png", name=name)
+    imp = importance(ranked, searched, col, mode)
+    plot_importance(imp, len(ranked), col, plots / "importance.png", name=name)
+    plot_rungs(trials, space.get("scheduler") or {}, plots / "rungs.png", name=name)
+    from tuner.report import search as search_plots  # parallel coordinates, contour, history, intermediate values, Pareto front
+
+    search_plots.plot_search(trials, epochs, searched, metric, mode, plots, name=name, importance=imp,
+                             max_epochs=(space.get("scheduler") or {}).get("max_epochs"))
+
+
+def plot_learning_curves(ranked: pd.DataFrame, epochs: pd.DataFrame, col: str, path: Path, top: int = 8,
+                         name: str = "") -> None:
+    best = ranked.head(top)
+    if len(epochs) and pd.to_numeric(epochs["epoch"], errors="coerce").max() <= 1:
+        return _plot_one_shot(best, len(ranked), col, path, name)
+    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(best), 1)))
+    for rank, (tid, score, color) in enumerate(zip(best["trial_id"], best[col], colors), 1):
+        e = epochs[epochs["trial_id"] == tid].sort_values("epoch")
+        for ax, key in zip(axes.flat, keys):
+            ax.plot(e["epoch"], e[key], marker="o", ms=3, lw=2.2 if rank == 1 else 1.2, color=color,
+                    label=f"#{rank} {tid}  {col} {score:.4f}")
+    for ax, key in zip(axes.flat, keys):
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.set_ylabel(key.split("_")[1])
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(best):
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, title=f"top {len(best)} trials")
+    fig.suptitle(f"{name}: learning curves of the top {len(best)} of {len(ranked)} finished trials")
+    fig.tight_layout(rect=(0, 0, 0.8 if len(best) else 1, 1))
+    _save(fig, path)
+
+
+def _plot_one_shot(best: pd.DataFrame, n: int, col: str, path: Path, name: str) -> None:
+    """Non-iterative families (knn, features) evaluate once: no curve, the top trials' validation scores."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.8 + 0.42 * max(len(best), 2)))
+    labels = [f"#{r} {t}" for r, t in enumerate(best["trial_id"], 1)][::-1]
+    for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+        vals = best[key].to_numpy(dtype=float)[::-1]
+        ax.barh(labels, vals, color="tab:blue")
+        lo, hi = np.nanmin(vals) if len(vals) else 0, np.nanmax(vals) if len(vals) else 1
+        pad = max((hi - lo) * 0.6, 1e-3)
+        ax.set_xlim(max(lo - pad, 0), hi + pad)  # zoomed: the top trials differ in the third decimal
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.4f}", va="center", fontsize=8)
+        ax.set_xlabel(key)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{name}: one evaluation a trial (no epochs); the top {len(best)} of {n} finished trials by {col}")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, path: Path,
+                    name: str = "") -> dict[str, str]:
+    """Each searched parameter against the metric; colour = epochs the trial reached, star = best trial.
+    Returns each parameter's x scale ('log' for log distributions), which the tests check."""
+    n = max(len(searched), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows), squeeze=False)
+    rng = np.random.default_rng(0)
+    ep = ranked["epochs"] if "epochs" in ranked else pd.Series(1, index=ranked.index)
+    vmax = max(float(ep.max()) if len(ep) else 1.0, 1.0)
+    sc = None
+    scales: dict[str, str] = {}
+    for ax, (k, dist) in zip(axes.flat, searched.items()):
+        kind = next(iter(dist))
+        vals = ranked[k] if k in ranked else pd.Series([np.nan] * len(ranked), index=ranked.index)
+        # a conditional branch's parameter is empty in the trials that drew another option: not plotted there
+        has = vals.notna()
+        best_has = bool(len(has)) and bool(has.iloc[0])
+        vals, y, ep_k = vals[has], ranked[col][has], ep[has]
+        if kind in ("choice", "grid"):
+            order = [str(v) for v in next(iter(dist.values()))]
+            cats = [str(v) for v in vals]
+            order += sorted({c for c in cats if c not in order})
+            x = np.array([order.index(c) for c in cats], dtype=float)
+            x += rng.uniform(-0.12, 0.12, len(x))  # jitter so equal choices do not hide each other
+            ax.set_xticks(range(len(order)), [_short(o, 16) for o in order], rotation=20, ha="right", fontsize=8)
+            ax.set_xlim(-0.5, len(order) - 0.5)
+        else:
+            x = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=float)
+            if kind in ("loguniform", "logint"):
+                ax.set_xscale("log")
+                # decades only: the minor labels (2x10^-4, 3x10^-4, ...) print over each other
+                ax.xaxis.set_major_locator(LogLocator(base=10))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            if kind in ("int", "logint"):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                lo, hi = next(iter(dist.values()))[:2]
+                if hi - lo <= 10:  # few values: jitter so trials with the same value do not hide each other
+                    x = x + rng.uniform(-0.06, 0.06, len(x))
+        sc = ax.scatter(x, y, c=ep_k if vmax > 1 else "tab:blue", cmap="viridis" if vmax > 1 else None,
+                        vmin=0 if vmax > 1 else None, vmax=vmax if vmax > 1 else None, s=28, alpha=0.85,
+                        edgecolors="none")
+        if len(x) and best_has:
+            ax.scatter(x[:1], y.iloc[:1], marker="*", s=220, c="red", edgecolors="black", lw=0.6, zorder=3,
+                       label="best")
+        ax.set_xlabel(f"{k}  ({kind}{', log axis' if kind in ('loguniform', 'logint') else ''})", fontsize=9)
+        ax.set_ylabel(col)
+        ax.grid(alpha=0.3)
+        scales[k] = ax.get_xscale()
+    if not searched:
+        axes.flat[0].text(0.5, 0.5, "no searched parameters", ha="center", va="center")
+    for ax in list(axes.flat)[len(searched):]:
+        ax.axis("off")
+    fig.suptitle(f"{name}: each searched parameter against {col} ({len(ranked)} finished trials, "
+                 f"{'higher' if mode == 'max' else 'lower'} is better)")
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    if sc is not None and vmax > 1:  # one evaluation a trial: every point reached 1 epoch, no colour scale
+        cax = fig.add_axes([0.935, 0.15, 0.012, 0.7])
+        fig.colorbar(sc, cax=cax, label="epochs reached")
+    _save(fig, path)
+    return scales
+
+
+def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, name: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.45 * max(len(imp), 2)))
+    if imp:
+        names = list(imp)[::-1]  # most important on top
+        vals = [imp[n] for n in names]
+        ax.barh(names, vals, color="tab:blue")
+        for i, v in enumerate(vals):
+            ax.text(v + 0.01, i, f"{v:.2f}", va="center", fontsize=9)
+        ax.set_xlim(0, max(max(vals) * 1.15, 0.1))
+        ax.set_xlabel(f"importance for {col} (Optuna fANOVA; shares sum to 1)")
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        ax.text(0.5, 0.5, f"{n_trials} finished trials: too few (or nothing searched) to rank parameters",
+                ha="center", va="center")
+        ax.axis("off")
+    ax.set_title(f"{name}: parameter importance over {n_trials} finished trials", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def rung_epochs(scheduler: dict) -> list[int]:
+    """ASHA's milestones: grace_period * reduction_factor^k below max_epochs."""
+    if scheduler.get("name") != "asha":
+        return []
+    grace, rf, top = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3), scheduler.get("max_epochs", 1)
+    out, r = [], float(grace)
+    while r < top and rf > 1:
+        out.append(int(round(r)))
+        r *= rf
+    return out
+
+
+def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = "") -> None:
+    """How far the trials got: trials still running at each epoch, with ASHA's rungs marked."""
+    reached = pd.to_numeric(trials.get("epochs", pd.Series(dtype=float)), errors="coerce").fillna(0).astype(int)
+    if len(reached) and reached.max() <= 1 and scheduler.get("max_epochs", 1) > 1:
+        fig, ax = plt.subplots(figsize=(7, 2.5))
+        ax.text(0.5, 0.5, f"{len(reached)} trials, each one evaluation: this family is not trained in epochs,\n"
+                "so the scheduler had nothing to stop early", ha="center", va="center")
+        ax.axis("off")
+        ax.set_title(f"{name}: scheduler rungs", fontsize=10)
+        _save(fig, path)
+        return
+    top = int(max(scheduler.get("max_epochs", 1), reached.max() if len(reached) else 1))
+    ep = np.arange(1, top + 1)
+    alive = [(reached >= e).sum() for e in ep]
+    stopped = [(reached == e).sum() for e in ep]
+    fig, ax = plt.subplots(figsize=(max(7, min(0.35 * top + 4, 14)), 4.2))
+    ax.bar(ep, alive, color="tab:blue", alpha=0.75, label="trials that reached this epoch")
+    some = [(e, s) for e, s in zip(ep, stopped) if s]
+    ax.plot([e for e, _ in some], [s for _, s in some], "o", color="tab:red", ms=6,
+            label="trials that stopped at this epoch")
+    height = max(alive + [1])
+    for i, r in enumerate(rung_epochs(scheduler)):
+        ax.axvline(r + 0.5, color="0.3", ls="--", lw=1)
+        ax.text(r + 0.55, height * 1.08, f"rung {i}: epoch {r}", fontsize=8, va="center")
+    ax.set_ylim(0, height * 1.35)  # room for the rung labels and the legend above the bars
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("trials")
+    ax.set_xlim(0.4, top + 0.6)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    sched = scheduler.get("name", "fifo")
+    full = int((reached >= scheduler.get("max_epochs", top)).sum())
+    ax.set_title(f"{name}: {sched} scheduler, {len(reached)} trials, {full} ran all {scheduler.get('max_epochs', top)} "
+                 f"epochs", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
