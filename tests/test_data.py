@@ -429,11 +429,11 @@ def test_a_file_linked_into_another_split_stays_where_it_lives_only(tmp_path):
 
 
 def test_a_pipe_a_reader_lists_by_name_is_skipped_without_opening_it(tmp_path, no_hang):
-    from tuner.data.cache import _decode_chunk
+    from tuner.data.cache import decode_chunk
 
     os.mkfifo(tmp_path / "image_00001.jpg")  # e.g. a Flowers-102 file named in its .mat, replaced by a pipe
     Image.fromarray(digit_images()[0][0]).save(tmp_path / "ok.png")
-    _, ok = _decode_chunk([str(tmp_path / "image_00001.jpg"), str(tmp_path / "ok.png")], 8, 3)
+    _, ok = decode_chunk([str(tmp_path / "image_00001.jpg"), str(tmp_path / "ok.png")], 8, 3)
     assert ok.tolist() == [False, True]
 
 
@@ -483,12 +483,12 @@ def _write(path: Path, mode: str) -> np.ndarray:
 @pytest.mark.parametrize("mode,name", [("I;16", "a.png"), ("I;16B", "a.tiff"), ("I", "a.tif"), ("LA", "a.png"),
                                        ("RGBA", "a.png"), ("P", "a.png"), ("1", "a.png"), ("CMYK", "a.jpg")])
 def test_unusual_image_modes_decode_to_the_right_8_bit_values(tmp_path, mode, name):
-    from tuner.data.cache import _to_array
+    from tuner.data.cache import to_array
 
     expected = _write(tmp_path / name, mode)
     with Image.open(tmp_path / name) as im:
         assert im.mode == mode or (mode == "I;16B" and im.mode.startswith("I;16"))
-    got = _to_array(str(tmp_path / name), 8, 3)
+    got = to_array(str(tmp_path / name), 8, 3)
     if mode == "CMYK":  # JPEG is lossy even at quality 100
         assert np.abs(got.astype(int) - expected.astype(int)).mean() < 4
     else:
@@ -617,13 +617,13 @@ def test_a_cache_larger_than_the_free_disk_is_refused_before_a_byte_is_written(t
 
 
 def test_the_space_estimate_is_what_the_cache_then_holds(tmp_path):
-    from tuner.data import _plan, get_reader
+    from tuner.data import get_reader, plan_splits
     from tuner.data.cache import plan
 
     x, y = digit_images()
     root = write_class_folders(tmp_path / "f", x, y)
     conf = cfg("imagefolder", root, image_size=24)
-    shipped, _ = _plan(get_reader("imagefolder")(conf), conf)
+    shipped, _ = plan_splits(get_reader("imagefolder")(conf), conf)
     e = plan(conf, "train", shipped["train"], np.arange(len(x)), tmp_path / "c", 24)
     prepare(conf, cache_dir=tmp_path / "c", progress=False)
     written = np.load(e.folder / "images.npy", mmap_mode="r")

@@ -47,7 +47,7 @@ def test_amp_and_channels_last_training_reaches_the_cpu_accuracy_band(digits):
     on_gpu = list(gpu.fit(digits, 6))[-1]["val_accuracy"]
     on_cpu = list(fam.learner(CNN, digits.info, RunContext(device="cpu")).fit(digits, 6))[-1]["val_accuracy"]
     assert on_gpu > 0.9 and abs(on_gpu - on_cpu) <= 0.03
-    assert isinstance(gpu._resident[1][0], torch.Tensor) and gpu._resident[1][0].is_cuda  # digits fit: resident
+    assert isinstance(gpu.resident[1][0], torch.Tensor) and gpu.resident[1][0].is_cuda  # digits fit: resident
 
 
 def test_two_learners_share_one_gpu_each_within_its_share(digits):

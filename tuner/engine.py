@@ -326,7 +326,7 @@ class TorchLearner(Learner):
         self.keep_best = keep_best
         self.best_state: dict | None = None
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        self._resident: tuple | None = None  # (data, its splits as `place` left them)
+        self.resident: tuple | None = None  # (data, its splits as `place` left them)
 
     # hooks a family may override --------------------------------------------------------------
     def param_groups(self):
@@ -404,9 +404,9 @@ class TorchLearner(Learner):
         return self._proba(images, exact=True, batch_size=batch_size).cpu().numpy()
 
     def _placed(self, data) -> list:
-        if self._resident is None or self._resident[0] is not data:
-            self._resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
-        return self._resident[1]
+        if self.resident is None or self.resident[0] is not data:
+            self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
+        return self.resident[1]
 
     def fit(self, data, max_epochs: int) -> Iterator[dict]:
         if self.schedule is None:

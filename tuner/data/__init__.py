@@ -54,7 +54,7 @@ def _limit(idx: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(idx, size=limit, replace=False))
 
 
-def _plan(source: Source, cfg) -> tuple[dict[str, SplitSource], dict[str, np.ndarray]]:
+def plan_splits(source: Source, cfg) -> tuple[dict[str, SplitSource], dict[str, np.ndarray]]:
     """Which images go to train/val/test, as indices into the reader's splits laid end to end."""
     shipped = {k: getattr(source, k) for k in PARTS if getattr(source, k) is not None}
     offsets, start = {}, 0
@@ -103,7 +103,7 @@ def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     source = get_reader(cfg.name)(cfg)
     all_labels = np.concatenate([s.labels for s in (source.train, source.val, source.test) if s is not None])
     _check_classes(cfg, all_labels, source.class_names, "")
-    shipped, parts = _plan(source, cfg)
+    shipped, parts = plan_splits(source, cfg)
 
     # decode, per shipped split, the images some part needs (all of them unless dataset.limit / --smoke)
     offsets = np.cumsum([0] + [len(s.labels) for s in shipped.values()])

@@ -74,7 +74,7 @@ def convert(img, mode: str):
     return img if img.mode == mode else img.convert(mode)
 
 
-def _to_array(item, size: int, channels: int) -> np.ndarray:
+def to_array(item, size: int, channels: int) -> np.ndarray:
     """Decode one image to size x size x channels uint8 (squashed, as the export's predict does)."""
     from PIL import Image
 
@@ -88,12 +88,12 @@ def _to_array(item, size: int, channels: int) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _decode_chunk(items: list, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_chunk(items: list, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros((len(items), size, size, channels), dtype=np.uint8)
     ok = np.ones(len(items), dtype=bool)
     for j, item in enumerate(items):
         try:
-            out[j] = _to_array(item, size, channels)
+            out[j] = to_array(item, size, channels)
         except Exception:  # noqa: BLE001 - any file PIL cannot read is skipped and counted, not fatal
             ok[j] = False
     return out, ok
@@ -239,7 +239,7 @@ def _decode_into(out: np.ndarray, valid: np.ndarray, images, rows: np.ndarray, s
                mininterval=0.5, leave=True)
     start = 0
     with ThreadPoolExecutor(workers) as pool:
-        jobs = pool.map(lambda c: _decode_chunk([images[i] for i in c], size, channels), chunks)
+        jobs = pool.map(lambda c: decode_chunk([images[i] for i in c], size, channels), chunks)
         for arr, ok in jobs:
             out[start:start + len(arr)] = arr
             valid[start:start + len(arr)] = ok
