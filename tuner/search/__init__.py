@@ -1,1 +1,2 @@
-"""What runs around a Ray Tune search: the console, the live results tables, the Optuna study on disk."""
+"""Everything that imports Ray: the driver (Tuner, searcher, scheduler), the cluster, the trainable, the
+distributions' Ray and Optuna adapters, the searchers, and what watches a search (console, live tables, study)."""
