@@ -1,0 +1,191 @@
+"""`tuner best --pareto`, `tuner best --trial ID --export DIR` and `tuner search --resume --retry-failed`,
+each through the real CLI (`python -m tuner`) in a subprocess, on small digits searches of one or two epochs."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import tuner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# two warm starts make the front certain: a good small net, and a bigger one with an lr too small to learn
+# anything in two epochs, which the first dominates (more accurate with fewer parameters)
+TWO_OBJECTIVES = """
+name: front
+family: mlp
+dataset: {name: digits, limit: 300}
+search:
+  algorithm: optuna
+  num_samples: 4
+  max_concurrent: 2
+  seed: 0
+  warm_start: [{hidden: [32], lr: 1.0e-2}, {hidden: [128, 64], lr: 1.0e-5}]
+scheduler: {name: asha, max_epochs: 2}
+fixed: {optimizer: adam, batch_size: 32}
+space:
+  hidden: {choice: [[8], [32], [128, 64]]}
+  lr: {loguniform: [1.0e-5, 1.0e-2]}
+"""
+
+# sgd at lr 1e8 turns the loss into NaN in the first epoch, every time: the trial fails (TrialFailed)
+FAILING = """
+name: failing
+family: mlp
+dataset: {name: digits, limit: 200}
+search: {algorithm: grid, max_concurrent: 2, seed: 0}
+scheduler: {name: fifo, max_epochs: 2}
+fixed: {optimizer: sgd, momentum: 0.9, hidden: [32], batch_size: 32}
+space:
+  lr: {choice: [0.01, 1.0e+8]}
+"""
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m tuner ARGS` with this checkout first on the path; the Ray processes a search starts are
+    in its own session, and any left behind (a timeout, a crash) are killed with it."""
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=ROOT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _one_error(r: subprocess.CompletedProcess) -> str:
+    """Exit 2 with exactly one `error:` line and no traceback; returns that line."""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and sum(line.startswith("error:") for line in lines) == 1, r.stderr
+    return next(line for line in lines if line.startswith("error:"))
+
+
+def _search(space: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _cli("search", "--space", str(space), "--results", str(results), "--no-dashboard", "--no-retrain",
+                *extra)
+
+
+def _trials(d: Path) -> pd.DataFrame:
+    return pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+
+
+def _pareto(d: Path) -> pd.DataFrame:
+    return pd.read_csv(d / "pareto.csv", dtype={"trial_id": str})
+
+
+def _csv_value(v):
+    # trials.csv writes a list as YAML flow text ("[128, 64]")
+    return yaml.safe_load(v) if isinstance(v, str) and v.startswith("[") else v
+
+
+@pytest.fixture(scope="module")
+def front_search(tmp_path_factory) -> Path:
+    """A finished two-objective search (val_accuracy up, num_params down); returns its results folder."""
+    tmp = tmp_path_factory.mktemp("front")
+    space = tmp / "front.yaml"
+    space.write_text(TWO_OBJECTIVES)
+    r = _search(space, tmp / "results", "--set", "metric=[val_accuracy, num_params]", "--set", "mode=[max, min]",
+                "--set", "scheduler.name=fifo")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return tmp / "results"
+
+
+@pytest.fixture(scope="module")
+def failing_search(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished single-objective search in which one trial failed; returns (space file, results folder)."""
+    tmp = tmp_path_factory.mktemp("failing")
+    space = tmp / "failing.yaml"
+    space.write_text(FAILING)
+    r = _search(space, tmp / "results")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return space, tmp / "results"
+
+
+@pytest.mark.slow
+def test_best_pareto_lists_exactly_the_front(front_search):
+    d = front_search / "front"
+    front, trials = _pareto(d), _trials(d)
+    assert 0 < len(front) < len(trials)  # the dominated warm start is left out
+    r = _cli("best", "--experiment", "front", "--results", str(front_search), "--pareto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split() for line in r.stdout.strip().splitlines()]
+    assert rows[0][0] == "trial_id" and len(rows) == len(front) + 1
+    assert [row[0] for row in rows[1:]] == list(front["trial_id"])
+
+
+@pytest.mark.slow
+def test_best_pareto_on_a_single_objective_search_is_a_user_error(failing_search):
+    _, results = failing_search
+    assert (results / "failing" / "best.yaml").is_file()  # so it is --pareto that is refused, not the folder
+    line = _one_error(_cli("best", "--experiment", "failing", "--results", str(results), "--pareto"))
+    assert "pareto" in line
+
+
+@pytest.mark.slow
+def test_best_trial_export_bundles_that_trial_not_the_best(front_search, tmp_path):
+    d = front_search / "front"
+    trials = _trials(d)
+    best_id = yaml.safe_load((d / "best.yaml").read_text())["trial_id"]
+    row = trials[(trials["lr"] - 1.0e-5).abs() < 1.0e-12].iloc[0]  # the dominated warm start
+    assert row["trial_id"] != best_id and row["status"] == "TERMINATED"
+
+    dest = tmp_path / "bundle"
+    r = _cli("best", "--experiment", "front", "--results", str(front_search), "--trial", row["trial_id"],
+             "--export", str(dest))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    config = tuner.load(dest).config
+    assert set(config) == {"hidden", "lr", "optimizer", "batch_size"}
+    for k, v in config.items():
+        assert v == pytest.approx(_csv_value(row[k])) if isinstance(v, float) else v == _csv_value(row[k]), k
+    assert config["hidden"] == [128, 64] and config["lr"] == pytest.approx(1.0e-5)
+
+    # an id trials.csv does not have: one error line naming it, and nothing exported
+    missing = tmp_path / "missing"
+    line = _one_error(_cli("best", "--experiment", "front", "--results", str(front_search), "--trial", "nosuchid",
+                           "--export", str(missing)))
+    assert "nosuchid" in line and not missing.exists()
+
+
+@pytest.mark.slow
+def test_resume_retry_failed_runs_the_failed_trial_again(failing_search):
+    space, results = failing_search
+    d = results / "failing"
+    before = _trials(d)
+    failed = before.loc[before["status"] == "ERROR", "trial_id"].tolist()
+    assert len(before) == 2 and len(failed) == 1
+    trial_dir = d / "ray" / f"trial_{failed[0]}"
+    runs_before = len(list(trial_dir.glob("events.out.tfevents.*")))  # one TensorBoard file per start
+
+    # --retry-failed alone is refused before anything runs
+    assert "--resume" in _one_error(_search(space, results, "--retry-failed"))
+    assert _trials(d).equals(before)
+
+    # a plain --resume leaves the failed trial failed, without running it
+    r = _search(space, results, "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"{failed[0]} failed" not in r.stdout
+    assert len(list(trial_dir.glob("events.out.tfevents.*"))) == runs_before
+
+    # --resume --retry-failed starts it again: it fails the same way, and says so on the console
+    r = _search(space, results, "--resume", "--retry-failed")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"{failed[0]} failed after 0 epochs: train_loss is nan" in r.stdout
+    assert len(list(trial_dir.glob("events.out.tfevents.*"))) == runs_before + 1
+    after = _trials(d)
+    # one row a trial still: the rerun's error replaced the first, the finished trial is untouched
+    assert sorted(after["trial_id"]) == sorted(before["trial_id"])
+    assert after.set_index("trial_id").loc[failed[0], "status"] == "ERROR"
+    ok = before.loc[before["status"] != "ERROR", "trial_id"].iloc[0]
+    assert after.set_index("trial_id").loc[ok, "val_accuracy"] == before.set_index("trial_id").loc[ok, "val_accuracy"]
