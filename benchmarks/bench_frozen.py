@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # plain: the same frozen model, the backbone run on every batch of every epoch
     torch.manual_seed(0)
-    plain = TransferLearner(fam.build(cfg, data.info), cfg, data.info, device=args.device)
+    plain = TransferLearner(fam.build(cfg, data.info), cfg, data.info, RunContext(device=args.device))
     plain_times = epoch_times(plain, data, args.epochs)
 
     with tempfile.TemporaryDirectory() as cache:

@@ -204,7 +204,7 @@ def main(argv=None) -> None:
 
         on_cache = [m["epoch_time_s"] for m in frozen.fit(data, epochs)]  # epoch 1 includes the extraction
         every = TransferLearner(fam.build(fam.resolve(frozen_cfg), info), fam.resolve(frozen_cfg), info,
-                                device=device)
+                                RunContext(device=device))
         backbone = [m["epoch_time_s"] for m in every.fit(data, epochs)]
         ratio = statistics.median(backbone[1:] or backbone) / statistics.median(on_cache[1:] or on_cache)
         print(f"frozen head on cached features: {ratio:.1f}x faster per epoch than the backbone every epoch "
