@@ -34,6 +34,8 @@ class Param:
     def problem(self, value: Any, where: str) -> str | None:
         """What is wrong with `value` for this parameter, as one message naming `where`; None if it is fine.
         (A message, not an exception: this leaf does not know tuner's errors; `Family.validate` raises it.)"""
+        if value is None and self.default is None:
+            return None  # a parameter whose default is "unset" may be given unset (transfer's head keys)
         ok = {
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
             "int": isinstance(value, int) and not isinstance(value, bool),

@@ -26,7 +26,7 @@ import torch.nn as nn
 from tuner import backbones, embeddings, settings
 from tuner.engine import TorchLearner, augment, precision, to_device
 from tuner.errors import UserError
-from tuner.families.base import DataInfo, Param, RunContext, register_family
+from tuner.families.base import DataInfo, Param, RunContext, check_param, register_family
 from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
 
 HEAD_DEFAULTS = {"pool": "gap", "hidden": [], "dropout": 0.0, "batchnorm": False, "activation": "relu"}
@@ -262,7 +262,7 @@ class Transfer(TorchFamily):
         for k, v in (constants.get("head") or {}).items():
             if k not in HEAD_DEFAULTS:
                 raise UserError(f"{file}: head.{k} is not a head setting; use {', '.join(HEAD_DEFAULTS)}")
-            self.params[k].check(v, f"{file}: head.{k}")
+            check_param(self.params[k], v, f"{file}: head.{k}")
 
     def build(self, cfg: dict, info: DataInfo) -> TransferNet:
         body = backbones.drop_last(backbones.make_body(cfg["arch"]), cfg["drop_stages"])
