@@ -21,6 +21,7 @@ from tuner.data import prepare
 from tuner.families import FAMILIES, get_family
 from tuner.predict import load
 from tuner.spaces import DatasetConfig
+from tuner.types import EPOCH_KEYS, TRAINED_KEYS
 
 # small configs: a few batches an epoch on 8x8 digits
 CASES = {
@@ -33,8 +34,6 @@ CASES = {
     "knn": {"backbone": "pixels", "k": 3},
     "features": {"backbone": "pixels", "classifier": "logreg", "max_iter": 200},
 }
-TRAINED_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
-ONE_STEP_KEYS = {"epoch", "val_loss", "val_accuracy"}
 
 
 def family_of(case: str) -> str:
@@ -59,7 +58,7 @@ def check_defaults_validate(name: str) -> None:
 def check_fit_keys_and_proba(name: str, cfg: dict, data) -> None:
     learner = get_family(name).learner(cfg, data.info)
     history = list(learner.fit(data, 2))
-    wanted = TRAINED_KEYS if learner.checkpoint_every_epoch else ONE_STEP_KEYS
+    wanted = set(EPOCH_KEYS) | (set(TRAINED_KEYS) if learner.checkpoint_every_epoch else set())
     assert history and all(wanted <= set(h) for h in history), history
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
     proba = learner.predict_proba(data.x_test)
@@ -123,3 +122,15 @@ def check_contract(name: str, cfg: dict, data, folder) -> None:
 def test_shipped_family_keeps_the_contract(case, digits, tmp_path):
     check_contract(family_of(case), CASES[case], digits, tmp_path / "bundle")
 
+
+
+def test_the_add_a_family_example_in_base_runs_and_keeps_the_contract(digits, tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", tuner.families.base.__doc__, re.S)
+    assert len(blocks) == 1, "tuner/families/base.py's docstring has one ```python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], "tuner.families.base example", "exec"), namespace)
+    try:
+        assert "nearest_centroid" in FAMILIES
+        check_contract("nearest_centroid", {}, digits, tmp_path / "bundle")
+    finally:
+        FAMILIES.pop("nearest_centroid", None)
