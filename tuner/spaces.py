@@ -17,7 +17,12 @@ import yaml
 from tuner.errors import UserError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "grid")
-DATASETS = ("digits", "cifar10", "stl10", "flowers102", "stanford_cars", "imagefolder", "flowers104")
+# the choices of the blocks' str fields (`tuner schema` lists them as enums). Data set and family names are
+# not here: they are the keys of the registries (`tuner.data.READERS`, `tuner.families.FAMILIES`), read when a
+# file is parsed, so `import tuner.spaces` loads neither numpy nor torch
+NORMALIZATIONS = ("imagenet", "dataset", "half", "none")   # tuner.data.base.normalization's presets
+ALGORITHMS = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "median", "pbt", "fifo", "hyperband")
 
 
 # --------------------------------------------------------------------------- distributions
@@ -442,7 +447,6 @@ TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler"
             "max_failures", "storage", "constraints"}
 SUITE_KEYS = {"name", "suite", "ensemble"}
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
-MAX_IMAGE_SIZE = 2048
 
 # what an objective or a constraint may name: the per-epoch metrics and what the trial measures once
 OBJECTIVES = METRICS + ("num_params", "latency_ms", "latency_ms_b64", "train_time_s")
@@ -524,7 +528,9 @@ def _load_suite(path: Path, raw: dict) -> Suite:
 
 
 def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
-    from tuner.families import get_family
+    from tuner.data import READERS
+    from tuner.data.cache import MAX_IMAGE_SIZE
+    from tuner.families import FAMILIES, get_family
 
     file = str(path) if path else "<space>"
     for key in raw:
@@ -532,7 +538,7 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
             hint = " (a suite file has only name, suite and ensemble)" if key in ("suite", "ensemble") else ""
             raise UserError(f"{file}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(TOP_KEYS))}")
     if "family" not in raw:
-        raise UserError(f"{file}: missing key 'family'; set one of linear, mlp, cnn, transfer, knn, features")
+        raise UserError(f"{file}: missing key 'family'; set one of {', '.join(FAMILIES)}")
     family = get_family(raw["family"], where=f"{file}: family")
     name = raw["name"] if raw.get("name") is not None else (path.stem if path else "experiment")
     check_name(name, f"{file}: name")
@@ -552,10 +558,10 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
         raise UserError(f"{file}: resources must be auto or a mapping such as {{cpu: 1, gpu: 0}}, got {res_raw!r}")
     resources = ResourcesConfig(auto=True) if res_raw == "auto" else _build(ResourcesConfig, res_raw, "resources", file)
 
-    _one_of(file, "dataset.name", dataset.name, DATASETS)
-    _one_of(file, "dataset.normalize", dataset.normalize, ("imagenet", "dataset", "half", "none"))
-    _one_of(file, "search.algorithm", search.algorithm, ("optuna", "random", "grid"))
-    _one_of(file, "scheduler.name", scheduler.name, ("asha", "median", "pbt", "fifo", "hyperband"))
+    _one_of(file, "dataset.name", dataset.name, tuple(READERS))
+    _one_of(file, "dataset.normalize", dataset.normalize, NORMALIZATIONS)
+    _one_of(file, "search.algorithm", search.algorithm, ALGORITHMS)
+    _one_of(file, "scheduler.name", scheduler.name, SCHEDULERS)
     _one_of(file, "search.sampler", search.sampler, SAMPLERS)
     metric, mode = _objectives(raw, file)
     constraints = _constraints(raw.get("constraints"), file)

@@ -27,7 +27,7 @@ from tuner import backbones, embeddings, settings
 from tuner.engine import TorchLearner, augment, precision, to_device
 from tuner.errors import UserError
 from tuner.families.base import DataInfo, Param, RunContext, check_param, register_family
-from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
+from tuner.families.trained import ACTIVATIONS, TorchFamily, head_layers, pool_layers
 
 HEAD_DEFAULTS = {"pool": "gap", "hidden": [], "dropout": 0.0, "batchnorm": False, "activation": "relu"}
 
@@ -268,17 +268,9 @@ class Transfer(TorchFamily):
         body = backbones.drop_last(backbones.make_body(cfg["arch"]), cfg["drop_stages"])
         c, h, w = backbones.feature_shape(body.module, 3, info.height, info.width, cfg["arch"])
         hc = head_config(cfg)
-        if hc["pool"] == "gap":
-            pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            features = c
-        else:
-            pool, features = nn.Flatten(), c * h * w
-        hidden = [int(x) for x in hc["hidden"]]
-        layers = mlp_layers(features, hidden, hc["dropout"], hc["batchnorm"], hc["activation"])
-        if hc["dropout"] and not hidden:
-            layers.append(nn.Dropout(hc["dropout"]))
-        layers.append(nn.Linear(hidden[-1] if hidden else features, info.num_classes))
-        return TransferNet(cfg["arch"], body.module, body.units, pool, nn.Sequential(*layers))
+        pool, features = pool_layers(hc["pool"], c, h, w)
+        head = head_layers(features, hc["hidden"], hc["dropout"], hc["batchnorm"], hc["activation"], info.num_classes)
+        return TransferNet(cfg["arch"], body.module, body.units, nn.Sequential(*pool), nn.Sequential(*head))
 
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> TransferLearner:
         cfg = self.resolve(config)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tuner.metrics import pareto_front  # noqa: F401  (re-exported for tuner.search.live until it imports metrics)
 from tuner.search.domains import DefineByRun, optuna_params
 from tuner.spaces import Experiment, grid_configs
 
@@ -181,22 +182,3 @@ def num_samples(exp: Experiment) -> int:
     if exp.search.algorithm == "grid" and exp.conditional:
         return len(warm_start_points(exp)) + len(grid_configs(exp.searched, exp.search.grid_points))
     return exp.num_samples
-
-
-# --------------------------------------------------------------------------- Pareto front
-def pareto_front(df: pd.DataFrame, cols: list[str], modes: list[str]) -> pd.DataFrame:
-    """The rows no other row dominates (at least as good on every column, better on one); rows with a
-    missing value are left out. Kept with their original index, in the frame's order."""
-    if df.empty or any(c not in df for c in cols):
-        return df.iloc[0:0]
-    ok = df.dropna(subset=cols)
-    if ok.empty:
-        return ok
-    # flip maximised columns so that smaller is better everywhere
-    x = np.column_stack([ok[c].to_numpy(float) * (-1.0 if m == "max" else 1.0) for c, m in zip(cols, modes)])
-    keep = np.ones(len(x), dtype=bool)
-    for i in range(len(x)):
-        others = np.delete(x, i, axis=0)
-        dominated = np.any(np.all(others <= x[i], axis=1) & np.any(others < x[i], axis=1))
-        keep[i] = not dominated
-    return ok[keep]
