@@ -425,3 +425,40 @@ def test_multi_objective_with_constraints_parses(tmp_path):
     assert exp.multi and exp.metrics == ["val_accuracy", "latency_ms"] and exp.modes == ["max", "min"]
     assert exp.constraints == {"num_params": {"max": 5.0e6}, "latency_ms": {"max": 10.0}}
 
+
+
+# --------------------------------------------------------------------------- warm-start values inside the space
+@pytest.mark.parametrize("text, point, key, allowed", [
+    (BASE, "{lr: 0.5}", "search.warm_start[0].lr", "space.lr is loguniform [0.0001, 0.1]"),
+    (BASE, "{batch_size: 64}", "search.warm_start[0].batch_size", "space.batch_size is one of 16, 32"),
+    (BASE, "{blocks: 2.5}", "search.warm_start[0].blocks", "space.blocks is int [1, 3] (whole numbers)"),
+    (BASE, "{dropout: high}", "search.warm_start[0].dropout", "space.dropout is uniform [0.0, 0.5]"),
+    (COND, "{classifier: knn}", "search.warm_start[0].classifier",
+     "space.classifier is one of logreg, svm, random_forest"),
+    (COND, "{classifier: logreg, C: 500.0}", "search.warm_start[0].C",
+     "space.classifier.logreg.C is loguniform [0.001, 100.0]"),
+    (COND, "{classifier: logreg, kernel: rbf}", "search.warm_start[0].kernel",
+     "belongs to classifier: svm, which this config does not choose"),
+    (COND, "{n_estimators: 100}", "search.warm_start[0].n_estimators", "classifier: random_forest"),
+])
+def test_warm_start_values_outside_the_space_are_user_errors_naming_the_key_and_range(tmp_path, text, point, key,
+                                                                                       allowed):
+    with pytest.raises(UserError) as e:
+        spaces.load(write(tmp_path, text), [f"search.warm_start=[{{lr: 1.0e-3}}, {point}]".replace(
+            "{lr: 1.0e-3}", "{lr: 1.0e-3}" if text is BASE else "{classifier: svm}")])
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "s.yaml")) and key.replace("[0]", "[1]") in msg and allowed in msg, msg
+
+
+def test_warm_start_values_inside_the_space_validate(tmp_path):
+    exp = spaces.load(write(tmp_path, COND), ["search.warm_start=[{classifier: svm, C: 500.0, kernel: linear}, "
+                                              "{classifier: random_forest, n_estimators: 100}, {classifier: logreg}]"])
+    assert len(exp.search.warm_start) == 3
+
+
+def test_cli_validate_exits_2_on_a_warm_start_value_outside_the_space(tmp_path, capsys):
+    from tuner.cli import main
+
+    code = main(["validate", "--space", str(write(tmp_path, BASE)), "--set", "search.warm_start=[{lr: 0.5}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "search.warm_start[0].lr" in err and "[0.0001, 0.1]" in err

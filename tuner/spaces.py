@@ -759,6 +759,10 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
                 if k not in names:
                     raise UserError(f"{file}: search.warm_start[{i}].{k}: not a parameter of this space; "
                                     f"it has {', '.join(sorted(names))}")
+            bad = point_problem(exp.searched, cfg)
+            if bad:  # the searcher would drop this config without a word
+                raise UserError(f"{file}: search.warm_start[{i}].{bad[0]}: {cfg[bad[0]]!r} is not in the space; "
+                                f"{bad[1]}")
         return
     if not isinstance(ws, str) or not ws:
         raise UserError(f"{file}: search.warm_start must be a list of configs or the path of an earlier "
@@ -777,6 +781,62 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
     if old.get("family") != exp.family:
         raise UserError(f"{file}: search.warm_start: {ws} searched family {old.get('family')!r}, this space "
                         f"family {exp.family!r}; their trials cannot seed this search")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return a == b and isinstance(a, bool) == isinstance(b, bool)  # YAML's true is not the option 1
+
+
+def point_problem(space: dict, config: dict) -> tuple[str, str] | None:
+    """The first searched value of `config` (a warm-start point) that this space cannot draw, as (key, what it
+    allows); None when every given value fits. A key may be missing (the searcher draws it), but not set for a
+    conditional branch the config does not choose."""
+    drawn: set[str] = set()
+
+    def walk(sub: dict, where: str) -> tuple[str, str] | None:
+        for k, node in sub.items():
+            drawn.add(k)
+            if k not in config or not isinstance(node, (Distribution, Conditional)):
+                continue
+            v = config[k]
+            if node.kind in ("choice", "grid", "conditional"):
+                if not any(_same_value(v, a) for a in node.args):
+                    return k, f"{where}.{k} is one of {', '.join(map(str, node.args))}"
+                if isinstance(node, Conditional):
+                    branch = next(b for o, b in node.options if _same_value(v, o))
+                    found = walk(branch, f"{where}.{k}.{v}")
+                    if found:
+                        return found
+                continue
+            lo, hi = node.args
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            whole = node.kind in ("int", "logint")
+            if not number or not lo <= v <= hi or (whole and not float(v).is_integer()):
+                return k, f"{where}.{k} is {node.kind} [{lo}, {hi}]" + (" (whole numbers)" if whole else "")
+        return None
+
+    found = walk(space, "space")
+    if found:
+        return found
+    for k in config:
+        if k not in drawn:
+            owners = _branch_owners(space, k)
+            if owners:
+                return k, (f"it belongs to {' or '.join(owners)}, which this config does not choose; "
+                           f"set that choice in the same config or leave {k} out")
+    return None
+
+
+def _branch_owners(space: dict, key: str) -> list[str]:
+    """`parent: option` for every conditional option whose sub-space (at any depth) sets `key`."""
+    out = []
+    for k, node in space.items():
+        if isinstance(node, Conditional):
+            for option, sub in node.options:
+                if key in sub:
+                    out.append(f"{k}: {option}")
+                out += _branch_owners(sub, key)
+    return out
 
 
 def _one_of(file: str, key: str, value: Any, choices) -> None:
