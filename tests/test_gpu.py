@@ -18,7 +18,7 @@ from tuner.settings import cache_dir
 from tuner.engine import Preprocess, amp_dtype, pick_device, resident_budget
 from tuner.bundle import save_bundle
 from tuner.predict import load
-from tuner.families import RunContext, get_family, knn
+from tuner.families import RunContext, get_family
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -14,7 +14,7 @@ from test_neighbours import sklearn_predict
 
 import tuner
 from tuner.families import embedding
-from tuner import backbones, spaces
+from tuner import spaces
 from tuner.cli import main
 from tuner.data import prepare
 from tuner.engine import Preprocess

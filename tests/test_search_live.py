@@ -1,7 +1,6 @@
 """tuner/search/live.py: results while the search runs: trials.csv / epochs.csv grow, `tuner list` / `tuner best` say it is running."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from tuner.metrics import pareto_front
 from tuner.report import experiment as report
 from tuner.report import search as search_plots
 
@@ -157,33 +158,6 @@ def test_history_uses_wall_time_when_epochs_have_timestamps():
     assert list(t) == [10.0, 11.0] and "wall" in label
 
 
-def test_pareto_set_is_exactly_the_non_dominated_rows():
-    # accuracy up, latency down. b dominates c (better on both); a dominates d (same accuracy, faster) and
-    # e dominates h; e is the fastest; f failed (never a candidate); g equals a (neither dominates the other)
-    t = pd.DataFrame({
-        "trial_id": ["a", "b", "c", "d", "e", "f", "g", "h"],
-        "status": ["TERMINATED"] * 5 + ["ERROR", "TERMINATED", "TERMINATED"],
-        "val_accuracy": [0.90, 0.95, 0.93, 0.90, 0.80, 0.99, 0.90, 0.70],
-        "latency_ms": [2.0, 5.0, 6.0, 3.0, 1.0, 0.1, 2.0, 1.5],
-    })
-    front = search_plots.pareto_front(t, ["val_accuracy", "latency_ms"], ["max", "min"])
-    assert list(front["trial_id"]) == ["b", "a", "g", "e"]  # best accuracy first
-    # brute force: a row is on the front iff no finished row is >= on both and > on one
-    ok = t[t["status"] != "ERROR"]
-    expect = {r.trial_id for r in ok.itertuples() if not any(
-        (o.val_accuracy >= r.val_accuracy and o.latency_ms <= r.latency_ms)
-        and (o.val_accuracy > r.val_accuracy or o.latency_ms < r.latency_ms) for o in ok.itertuples())}
-    assert set(front["trial_id"]) == expect
-    mask = search_plots.pareto_mask(np.array([[1.0, 0.2], [2.0, 0.5], [np.nan, 0.0], [0.5, 0.5]]), ["min", "min"])
-    assert list(mask) == [True, False, False, True]
-
-
-def test_pareto_skips_infeasible_trials(tmp_path):
-    t = pd.DataFrame({"trial_id": ["a", "b"], "status": ["TERMINATED"] * 2, "val_accuracy": [0.9, 0.8],
-                      "num_params": [10.0, 20.0], "feasible": [False, True]})
-    assert list(search_plots.pareto_front(t, ["val_accuracy", "num_params"], ["max", "min"])["trial_id"]) == ["b"]
-
-
 def test_multi_objective_run_writes_pareto_csv_and_png(tmp_path):
     d = tmp_path / "mo"
     space = {**SPACE, "metric": ["val_accuracy", "latency_ms"], "mode": ["max", "min"]}
@@ -197,7 +171,7 @@ def test_multi_objective_run_writes_pareto_csv_and_png(tmp_path):
     assert set(written) == {"parallel_coordinates", "contour", "history", "intermediate", "pareto"}
     png_ok(d / "plots" / "pareto.png")
     front = pd.read_csv(d / "pareto.csv", dtype={"trial_id": str})
-    expect = search_plots.pareto_front(trials, ["val_accuracy", "latency_ms"], ["max", "min"])
+    expect = pareto_front(trials, ["val_accuracy", "latency_ms"], ["max", "min"])
     assert list(front["trial_id"]) == list(expect["trial_id"]) and len(front) >= 1
     assert "zfail" not in set(front["trial_id"])
 

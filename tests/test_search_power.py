@@ -10,7 +10,7 @@ import yaml
 
 from tuner import spaces
 from tuner.commands import run_search
-from tuner.search.searchers import pareto_front
+from tuner.metrics import pareto_front
 
 COND = """
 name: cond

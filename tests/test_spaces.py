@@ -242,11 +242,12 @@ def _grammar_words() -> list[str]:
     """Every key and keyword the real grammar knows, so random documents often get past the first check."""
     import dataclasses
 
+    from tuner.data import READERS
     from tuner.families import FAMILIES
 
     words = set(spaces.TOP_KEYS) | spaces.SUITE_KEYS | set(spaces.DISTRIBUTIONS) | set(FAMILIES) | set(spaces.METRICS)
-    words |= {k for f in FAMILIES.values() for k in f.params} | set(spaces.DATASETS)
-    words |= {"asha", "median", "pbt", "fifo", "optuna", "random", "grid", "max", "min", "auto", "official"}
+    words |= {k for f in FAMILIES.values() for k in f.params} | set(READERS)
+    words |= set(spaces.SCHEDULERS) | set(spaces.ALGORITHMS) | {"max", "min", "auto", "official"}
     for cls in (spaces.DatasetConfig, spaces.SplitConfig, spaces.AugmentConfig, spaces.SearchConfig,
                 spaces.SchedulerConfig, spaces.ResourcesConfig):
         words |= {f.name for f in dataclasses.fields(cls)}
@@ -425,11 +426,39 @@ def test_multi_objective_with_constraints_parses(tmp_path):
     assert exp.constraints == {"num_params": {"max": 5.0e6}, "latency_ms": {"max": 10.0}}
 
 
-def test_pareto_front_keeps_exactly_the_non_dominated_rows():
-    import pandas as pd
 
-    from tuner.search.searchers import pareto_front
+# --------------------------------------------------------------------------- warm-start values inside the space
+@pytest.mark.parametrize("text, point, key, allowed", [
+    (BASE, "{lr: 0.5}", "search.warm_start[0].lr", "space.lr is loguniform [0.0001, 0.1]"),
+    (BASE, "{batch_size: 64}", "search.warm_start[0].batch_size", "space.batch_size is one of 16, 32"),
+    (BASE, "{blocks: 2.5}", "search.warm_start[0].blocks", "space.blocks is int [1, 3] (whole numbers)"),
+    (BASE, "{dropout: high}", "search.warm_start[0].dropout", "space.dropout is uniform [0.0, 0.5]"),
+    (COND, "{classifier: knn}", "search.warm_start[0].classifier",
+     "space.classifier is one of logreg, svm, random_forest"),
+    (COND, "{classifier: logreg, C: 500.0}", "search.warm_start[0].C",
+     "space.classifier.logreg.C is loguniform [0.001, 100.0]"),
+    (COND, "{classifier: logreg, kernel: rbf}", "search.warm_start[0].kernel",
+     "belongs to classifier: svm, which this config does not choose"),
+    (COND, "{n_estimators: 100}", "search.warm_start[0].n_estimators", "classifier: random_forest"),
+])
+def test_warm_start_values_outside_the_space_are_user_errors_naming_the_key_and_range(tmp_path, text, point, key,
+                                                                                       allowed):
+    with pytest.raises(UserError) as e:
+        spaces.load(write(tmp_path, text), [f"search.warm_start=[{{lr: 1.0e-3}}, {point}]".replace(
+            "{lr: 1.0e-3}", "{lr: 1.0e-3}" if text is BASE else "{classifier: svm}")])
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "s.yaml")) and key.replace("[0]", "[1]") in msg and allowed in msg, msg
 
-    df = pd.DataFrame({"acc": [0.9, 0.8, 0.95, 0.7, 0.95], "lat": [2.0, 1.0, 3.0, 1.5, 4.0]})
-    front = pareto_front(df, ["acc", "lat"], ["max", "min"])
-    assert list(front.index) == [0, 1, 2]
+
+def test_warm_start_values_inside_the_space_validate(tmp_path):
+    exp = spaces.load(write(tmp_path, COND), ["search.warm_start=[{classifier: svm, C: 500.0, kernel: linear}, "
+                                              "{classifier: random_forest, n_estimators: 100}, {classifier: logreg}]"])
+    assert len(exp.search.warm_start) == 3
+
+
+def test_cli_validate_exits_2_on_a_warm_start_value_outside_the_space(tmp_path, capsys):
+    from tuner.cli import main
+
+    code = main(["validate", "--space", str(write(tmp_path, BASE)), "--set", "search.warm_start=[{lr: 0.5}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "search.warm_start[0].lr" in err and "[0.0001, 0.1]" in err

@@ -208,6 +208,7 @@ def test_drop_stages_cuts_vgg_like_the_cifar_seed():
     ("fixed.arch", "resnet51", "not a supported torchvision"),
     ("fixed.trainable_layers", "some", "trainable_layers"),
     ("fixed.head", "{pool: gap, width: 3}", "head.width"),
+    ("fixed.head", "{pool: avg}", "head.pool"),
     ("fixed.weights", "no/such/file.pt", "does not exist"),
 ])
 def test_bad_transfer_settings_fail_validation_with_exit_2(key, value, message, capsys):

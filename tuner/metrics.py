@@ -64,3 +64,53 @@ def rank_key(mode: str, score: float, val_loss: float, trial_id: str) -> tuple:
     so the console, best.yaml and the retrain name the same trial."""
     loss = val_loss if val_loss == val_loss and val_loss is not None else math.inf
     return (-score if mode == "max" else score, loss, trial_id)
+
+
+# --------------------------------------------------------------------------- Pareto front
+def pareto_mask(values: np.ndarray, modes: list[str]) -> np.ndarray:
+    """Rows of `values` (trials x objectives) that no other row dominates (at least as good on every
+    objective, better on one). A row with a NaN is never on the front; equal rows do not dominate each
+    other, so both stay."""
+    v = np.asarray(values, dtype=float) * np.array([-1.0 if m == "max" else 1.0 for m in modes])  # all minimised
+    ok = np.isfinite(v).all(axis=1) if v.size else np.zeros(len(v), dtype=bool)
+    mask = np.zeros(len(v), dtype=bool)
+    cand = v[ok]
+    for i, row in zip(np.flatnonzero(ok), cand):
+        mask[i] = not ((cand <= row).all(axis=1) & (cand < row).any(axis=1)).any()
+    return mask
+
+
+def pareto_front(df, cols: list[str], modes: list[str]):
+    """The non-dominated rows of a trials table (a pandas DataFrame), best on the first objective first, each
+    with its original index. Failed trials (`status` ERROR), infeasible ones (a `feasible` column) and rows
+    with a missing objective are not candidates; a table without the objective columns has an empty front.
+    The one definition of the front: pareto.csv, the best trial of a multi-objective search and the plot."""
+    import pandas as pd
+
+    if len(cols) != len(modes):
+        raise ValueError(f"{len(cols)} objectives but {len(modes)} modes")
+    if df.empty or any(c not in df for c in cols):
+        return df.iloc[0:0]
+    cand = df
+    if "status" in cand:
+        cand = cand[cand["status"] != "ERROR"]
+    if "feasible" in cand:
+        cand = cand[cand["feasible"].astype(str).str.lower().isin(("true", "1", "1.0"))]
+    values = np.column_stack([pd.to_numeric(cand[c], errors="coerce").to_numpy(dtype=float) for c in cols])
+    front = cand[pareto_mask(values, modes)]
+    return front.sort_values(cols[0], ascending=modes[0] == "min", kind="stable")
+
+
+def constraint_values(result: dict, constraints: dict[str, dict]) -> list[float]:
+    """Optuna's convention: each value <= 0 means satisfied. A missing measurement counts as violated."""
+    out = []
+    for name, bound in constraints.items():
+        v = result.get(name)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out += [1.0] * len(bound)
+            continue
+        if "max" in bound:
+            out.append(float(v) - bound["max"])
+        if "min" in bound:
+            out.append(bound["min"] - float(v))
+    return out

@@ -15,6 +15,7 @@ import typing
 from typing import Any
 
 from tuner import spaces
+from tuner.data import READERS
 from tuner.families import FAMILIES, Param
 
 SCHEMA_ID = "https://github.com/tuner/tuner/space.schema.json"
@@ -129,7 +130,13 @@ def family_defs(name: str) -> dict[str, dict]:
 # --------------------------------------------------------------------------- the whole file
 def experiment_schema() -> dict:
     dataset = dataclass_schema(spaces.DatasetConfig)
-    dataset["properties"]["name"] = {"enum": list(spaces.DATASETS), "default": "digits"}
+    dataset["properties"]["name"] = {"enum": list(READERS), "default": "digits"}
+    dataset["properties"]["normalize"]["enum"] = list(spaces.NORMALIZATIONS)
+    search = dataclass_schema(spaces.SearchConfig)
+    search["properties"]["algorithm"]["enum"] = list(spaces.ALGORITHMS)
+    search["properties"]["sampler"]["enum"] = list(spaces.SAMPLERS)
+    scheduler = dataclass_schema(spaces.SchedulerConfig)
+    scheduler["properties"]["name"]["enum"] = list(spaces.SCHEDULERS)
     known = {
         "name": {"type": "string", "pattern": r"^[^/.][^/]*$", "description": "experiment (results folder) name"},
         "family": {"enum": sorted(FAMILIES)},
@@ -140,8 +147,8 @@ def experiment_schema() -> dict:
                    "default": "val_accuracy"},
         "mode": {"anyOf": [{"enum": ["max", "min"]}, {"type": "array", "minItems": 1,
                                                       "items": {"enum": ["max", "min"]}}], "default": "max"},
-        "search": dataclass_schema(spaces.SearchConfig),
-        "scheduler": dataclass_schema(spaces.SchedulerConfig),
+        "search": search,
+        "scheduler": scheduler,
         "resources": {"anyOf": [{"const": "auto"}, dataclass_schema(spaces.ResourcesConfig)]},
         "fixed": {"type": ["object", "null"]},
         "space": {"type": ["object", "null"]},

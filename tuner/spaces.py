@@ -17,7 +17,12 @@ import yaml
 from tuner.errors import UserError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "grid")
-DATASETS = ("digits", "cifar10", "stl10", "flowers102", "stanford_cars", "imagefolder", "flowers104")
+# the choices of the blocks' str fields (`tuner schema` lists them as enums). Data set and family names are
+# not here: they are the keys of the registries (`tuner.data.READERS`, `tuner.families.FAMILIES`), read when a
+# file is parsed, so `import tuner.spaces` loads neither numpy nor torch
+NORMALIZATIONS = ("imagenet", "dataset", "half", "none")   # tuner.data.base.normalization's presets
+ALGORITHMS = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "median", "pbt", "fifo", "hyperband")
 
 
 # --------------------------------------------------------------------------- distributions
@@ -442,7 +447,6 @@ TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler"
             "max_failures", "storage", "constraints"}
 SUITE_KEYS = {"name", "suite", "ensemble"}
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
-MAX_IMAGE_SIZE = 2048
 
 # what an objective or a constraint may name: the per-epoch metrics and what the trial measures once
 OBJECTIVES = METRICS + ("num_params", "latency_ms", "latency_ms_b64", "train_time_s")
@@ -524,7 +528,9 @@ def _load_suite(path: Path, raw: dict) -> Suite:
 
 
 def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
-    from tuner.families import get_family
+    from tuner.data import READERS
+    from tuner.data.cache import MAX_IMAGE_SIZE
+    from tuner.families import FAMILIES, get_family
 
     file = str(path) if path else "<space>"
     for key in raw:
@@ -532,7 +538,7 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
             hint = " (a suite file has only name, suite and ensemble)" if key in ("suite", "ensemble") else ""
             raise UserError(f"{file}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(TOP_KEYS))}")
     if "family" not in raw:
-        raise UserError(f"{file}: missing key 'family'; set one of linear, mlp, cnn, transfer, knn, features")
+        raise UserError(f"{file}: missing key 'family'; set one of {', '.join(FAMILIES)}")
     family = get_family(raw["family"], where=f"{file}: family")
     name = raw["name"] if raw.get("name") is not None else (path.stem if path else "experiment")
     check_name(name, f"{file}: name")
@@ -552,10 +558,10 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
         raise UserError(f"{file}: resources must be auto or a mapping such as {{cpu: 1, gpu: 0}}, got {res_raw!r}")
     resources = ResourcesConfig(auto=True) if res_raw == "auto" else _build(ResourcesConfig, res_raw, "resources", file)
 
-    _one_of(file, "dataset.name", dataset.name, DATASETS)
-    _one_of(file, "dataset.normalize", dataset.normalize, ("imagenet", "dataset", "half", "none"))
-    _one_of(file, "search.algorithm", search.algorithm, ("optuna", "random", "grid"))
-    _one_of(file, "scheduler.name", scheduler.name, ("asha", "median", "pbt", "fifo", "hyperband"))
+    _one_of(file, "dataset.name", dataset.name, tuple(READERS))
+    _one_of(file, "dataset.normalize", dataset.normalize, NORMALIZATIONS)
+    _one_of(file, "search.algorithm", search.algorithm, ALGORITHMS)
+    _one_of(file, "scheduler.name", scheduler.name, SCHEDULERS)
     _one_of(file, "search.sampler", search.sampler, SAMPLERS)
     metric, mode = _objectives(raw, file)
     constraints = _constraints(raw.get("constraints"), file)
@@ -753,6 +759,10 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
                 if k not in names:
                     raise UserError(f"{file}: search.warm_start[{i}].{k}: not a parameter of this space; "
                                     f"it has {', '.join(sorted(names))}")
+            bad = point_problem(exp.searched, cfg)
+            if bad:  # the searcher would drop this config without a word
+                raise UserError(f"{file}: search.warm_start[{i}].{bad[0]}: {cfg[bad[0]]!r} is not in the space; "
+                                f"{bad[1]}")
         return
     if not isinstance(ws, str) or not ws:
         raise UserError(f"{file}: search.warm_start must be a list of configs or the path of an earlier "
@@ -771,6 +781,62 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
     if old.get("family") != exp.family:
         raise UserError(f"{file}: search.warm_start: {ws} searched family {old.get('family')!r}, this space "
                         f"family {exp.family!r}; their trials cannot seed this search")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return a == b and isinstance(a, bool) == isinstance(b, bool)  # YAML's true is not the option 1
+
+
+def point_problem(space: dict, config: dict) -> tuple[str, str] | None:
+    """The first searched value of `config` (a warm-start point) that this space cannot draw, as (key, what it
+    allows); None when every given value fits. A key may be missing (the searcher draws it), but not set for a
+    conditional branch the config does not choose."""
+    drawn: set[str] = set()
+
+    def walk(sub: dict, where: str) -> tuple[str, str] | None:
+        for k, node in sub.items():
+            drawn.add(k)
+            if k not in config or not isinstance(node, (Distribution, Conditional)):
+                continue
+            v = config[k]
+            if node.kind in ("choice", "grid", "conditional"):
+                if not any(_same_value(v, a) for a in node.args):
+                    return k, f"{where}.{k} is one of {', '.join(map(str, node.args))}"
+                if isinstance(node, Conditional):
+                    branch = next(b for o, b in node.options if _same_value(v, o))
+                    found = walk(branch, f"{where}.{k}.{v}")
+                    if found:
+                        return found
+                continue
+            lo, hi = node.args
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            whole = node.kind in ("int", "logint")
+            if not number or not lo <= v <= hi or (whole and not float(v).is_integer()):
+                return k, f"{where}.{k} is {node.kind} [{lo}, {hi}]" + (" (whole numbers)" if whole else "")
+        return None
+
+    found = walk(space, "space")
+    if found:
+        return found
+    for k in config:
+        if k not in drawn:
+            owners = _branch_owners(space, k)
+            if owners:
+                return k, (f"it belongs to {' or '.join(owners)}, which this config does not choose; "
+                           f"set that choice in the same config or leave {k} out")
+    return None
+
+
+def _branch_owners(space: dict, key: str) -> list[str]:
+    """`parent: option` for every conditional option whose sub-space (at any depth) sets `key`."""
+    out = []
+    for k, node in space.items():
+        if isinstance(node, Conditional):
+            for option, sub in node.options:
+                if key in sub:
+                    out.append(f"{k}: {option}")
+                out += _branch_owners(sub, key)
+    return out
 
 
 def _one_of(file: str, key: str, value: Any, choices) -> None:

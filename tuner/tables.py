@@ -28,7 +28,7 @@ def trial_row(exp, trial_id: str, config: dict, df: pd.DataFrame | None, error) 
     A trial's objectives are read at its best epoch by the first metric. A trial outside `constraints` is
     marked infeasible and is never the best; a conditional branch's parameters a trial did not draw stay empty.
     """
-    from tuner.search.searchers import constraint_values
+    from tuner.metrics import constraint_values
 
     primary, mode = exp.metrics[0], exp.modes[0]
     extra = [m for m in exp.metrics + list(exp.constraints) if m not in ("val_accuracy", "val_loss") + tuple(MEASURED)]
@@ -73,7 +73,7 @@ def write_tables(exp, rows: list[tuple[dict, pd.DataFrame | None]], exp_dir: Pat
     """trials.csv, epochs.csv, best.yaml (and pareto.csv for several objectives) from finished trials'
     `trial_row`s and the epochs so far of `running` ones; returns best.yaml's content, None while no trial
     has finished with the metric."""
-    from tuner.search.searchers import pareto_front
+    from tuner.metrics import pareto_front
 
     run = RunDir(exp_dir)
     table = pd.DataFrame([r for r, _ in rows])

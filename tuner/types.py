@@ -11,8 +11,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-# the per-epoch keys every learner's `fit` yields (the trainable adds the measured ones)
-EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+# the keys every learner's `fit` yields at each report (the trainable adds the measured ones); a learner that
+# trains in epochs (`checkpoint_every_epoch`) also yields TRAINED_KEYS
+EPOCH_KEYS = ("epoch", "val_loss", "val_accuracy", "epoch_time_s")
+TRAINED_KEYS = ("train_loss", "train_accuracy", "lr")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Param:
     def problem(self, value: Any, where: str) -> str | None:
         """What is wrong with `value` for this parameter, as one message naming `where`; None if it is fine.
         (A message, not an exception: this leaf does not know tuner's errors; `Family.validate` raises it.)"""
+        if value is None and self.default is None:
+            return None  # a parameter whose default is "unset" may be given unset (transfer's head keys)
         ok = {
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
             "int": isinstance(value, int) and not isinstance(value, bool),
@@ -98,21 +102,31 @@ class Learner(ABC):
 
     @abstractmethod
     def fit(self, data, max_epochs: int) -> Iterator[dict]:
-        """Train on `data` (an `ImageData`: uint8 NHWC x_train/x_val, int y_train/y_val), yielding after each
-        epoch a dict with at least `EPOCH_KEYS` (once for a family that does not train in epochs).
-        Continues from the loaded state if `load_state_dict` was called."""
+        """Train on `data`, reporting after each epoch.
+
+        data: an `ImageData` (uint8 NHWC x_train / x_val / x_test at the training size, int y_train / y_val,
+            `info`); the same object at every call of a trial, so a learner may keep it on the device.
+        max_epochs: the epoch to stop after (counted from the first epoch, also after a resume).
+        Yields a dict per epoch with at least `EPOCH_KEYS` (`epoch` counts from 1), and `TRAINED_KEYS` when
+        it trains in epochs; a learner with `checkpoint_every_epoch = False` yields once. It continues
+        from the loaded state if `load_state_dict` was called, and may stop early (early stopping).
+        Raises `TrialFailed` for a trial that cannot go on (a NaN loss), `UserError` for a config that
+        cannot work on this data."""
 
     @abstractmethod
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """uint8 NHWC images (already at the training size) -> float (N, num_classes) rows that sum to 1."""
+        """Class probabilities. images: uint8 NHWC at the training size. Returns float32 (N, num_classes)
+        whose rows sum to 1; the same images give the same answer (no augmentation, no dropout)."""
 
     @abstractmethod
     def state_dict(self) -> dict:
-        """Everything needed to resume `fit` exactly where it was (tensors and plain data only)."""
+        """Everything needed to resume `fit` exactly where it was: weights, optimiser, schedule, counters and
+        random generators. Tensors and plain data only (it goes through `torch.load(weights_only=True)`);
+        a fresh learner of the same config that loads it continues bit-exactly on the same device."""
 
     @abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        """Restore what `state_dict` returned."""
+        """Restore what `state_dict` returned (into a fresh learner of the same config, before `fit`)."""
 
     # hooks with defaults ------------------------------------------------------------------------
     def weights(self) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from tuner.families.base import DataInfo, Param, register_family
-from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
+from tuner.families.trained import ACTIVATIONS, TorchFamily, head_layers, pool_layers
 
 
 @register_family
@@ -57,15 +57,8 @@ class CNN(TorchFamily):
             if cfg["spatial_dropout"]:
                 layers.append(nn.Dropout2d(cfg["spatial_dropout"]))
             c *= 2
-        if cfg["pool"] == "gap":
-            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-            features = c_in
-        else:
-            layers.append(nn.Flatten())
-            features = c_in * size * size if size >= 1 else c_in
-        fc = [int(w) for w in cfg["fc"]]
-        layers += mlp_layers(features, fc, cfg["dropout"], cfg["batchnorm"], cfg["activation"])
-        if cfg["dropout"] and not fc:
-            layers.append(nn.Dropout(cfg["dropout"]))
-        layers.append(nn.Linear(fc[-1] if fc else features, info.num_classes))
+        pool, features = pool_layers(cfg["pool"], c_in, size, size)
+        layers += pool
+        layers += head_layers(features, cfg["fc"], cfg["dropout"], cfg["batchnorm"], cfg["activation"],
+                              info.num_classes)
         return nn.Sequential(*layers)

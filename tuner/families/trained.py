@@ -46,3 +46,23 @@ def mlp_layers(in_features: int, widths: list[int], dropout: float, batchnorm: b
             layers.append(nn.Dropout(dropout))
         in_features = int(w)
     return layers
+
+
+def pool_layers(pool: str, channels: int, height: int, width: int) -> tuple[list[nn.Module], int]:
+    """A feature map (channels x height x width) -> a vector: `gap` averages each channel, `flatten` keeps the
+    whole map. Returns the layers and the vector's length."""
+    if pool == "gap":
+        return [nn.AdaptiveAvgPool2d(1), nn.Flatten()], channels
+    return [nn.Flatten()], channels * height * width
+
+
+def head_layers(features: int, hidden: list, dropout: float, batchnorm: bool, activation: str,
+                num_classes: int) -> list[nn.Module]:
+    """The classifier on a pooled vector, for cnn's `fc` and transfer's `hidden`: the hidden layers
+    (`mlp_layers`), dropout before the output layer when there are none, then the output layer."""
+    widths = [int(w) for w in hidden]
+    layers = mlp_layers(features, widths, dropout, batchnorm, activation)
+    if dropout and not widths:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(widths[-1] if widths else features, num_classes))
+    return layers

@@ -26,8 +26,8 @@ import torch.nn as nn
 from tuner import backbones, embeddings, settings
 from tuner.engine import TorchLearner, augment, precision, to_device
 from tuner.errors import UserError
-from tuner.families.base import DataInfo, Param, RunContext, register_family
-from tuner.families.trained import ACTIVATIONS, TorchFamily, mlp_layers
+from tuner.families.base import DataInfo, Param, RunContext, check_param, register_family
+from tuner.families.trained import ACTIVATIONS, TorchFamily, head_layers, pool_layers
 
 HEAD_DEFAULTS = {"pool": "gap", "hidden": [], "dropout": 0.0, "batchnorm": False, "activation": "relu"}
 
@@ -262,23 +262,15 @@ class Transfer(TorchFamily):
         for k, v in (constants.get("head") or {}).items():
             if k not in HEAD_DEFAULTS:
                 raise UserError(f"{file}: head.{k} is not a head setting; use {', '.join(HEAD_DEFAULTS)}")
-            self.params[k].check(v, f"{file}: head.{k}")
+            check_param(self.params[k], v, f"{file}: head.{k}")
 
     def build(self, cfg: dict, info: DataInfo) -> TransferNet:
         body = backbones.drop_last(backbones.make_body(cfg["arch"]), cfg["drop_stages"])
         c, h, w = backbones.feature_shape(body.module, 3, info.height, info.width, cfg["arch"])
         hc = head_config(cfg)
-        if hc["pool"] == "gap":
-            pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            features = c
-        else:
-            pool, features = nn.Flatten(), c * h * w
-        hidden = [int(x) for x in hc["hidden"]]
-        layers = mlp_layers(features, hidden, hc["dropout"], hc["batchnorm"], hc["activation"])
-        if hc["dropout"] and not hidden:
-            layers.append(nn.Dropout(hc["dropout"]))
-        layers.append(nn.Linear(hidden[-1] if hidden else features, info.num_classes))
-        return TransferNet(cfg["arch"], body.module, body.units, pool, nn.Sequential(*layers))
+        pool, features = pool_layers(hc["pool"], c, h, w)
+        head = head_layers(features, hc["hidden"], hc["dropout"], hc["batchnorm"], hc["activation"], info.num_classes)
+        return TransferNet(cfg["arch"], body.module, body.units, nn.Sequential(*pool), nn.Sequential(*head))
 
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> TransferLearner:
         cfg = self.resolve(config)

@@ -27,6 +27,8 @@ import matplotlib.tri as mtri  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tuner.metrics import pareto_front  # noqa: E402
+
 DPI = 100
 LOG_KINDS = ("loguniform", "logint")
 CATEGORICAL_KINDS = ("choice", "grid")
@@ -373,38 +375,10 @@ def plot_intermediate(trials: pd.DataFrame, epochs: pd.DataFrame, col: str, mode
 
 
 # --------------------------------------------------------------------------- Pareto front
-def pareto_mask(values: np.ndarray, modes: list[str]) -> np.ndarray:
-    """Rows of `values` (trials x objectives) that no other row dominates. A row with a NaN is never on the
-    front. Equal rows do not dominate each other, so both stay."""
-    v = np.asarray(values, dtype=float) * np.array([-1.0 if m == "max" else 1.0 for m in modes])  # all minimised
-    ok = np.isfinite(v).all(axis=1)
-    mask = np.zeros(len(v), dtype=bool)
-    cand = v[ok]
-    for i, row in zip(np.flatnonzero(ok), cand):
-        dominated = ((cand <= row).all(axis=1) & (cand < row).any(axis=1)).any()
-        mask[i] = not dominated
-    return mask
-
-
-def pareto_front(trials: pd.DataFrame, objectives: list[str], modes: list[str]) -> pd.DataFrame:
-    """The non-dominated trials, best on the first objective first. Failed trials and (when trials.csv has a
-    `feasible` column) infeasible ones are not candidates."""
-    if len(objectives) != len(modes):
-        raise ValueError(f"{len(objectives)} objectives but {len(modes)} modes")
-    cand = trials
-    if "status" in cand:
-        cand = cand[cand["status"] != "ERROR"]
-    if "feasible" in cand:
-        cand = cand[cand["feasible"].astype(str).str.lower().isin(("true", "1", "1.0"))]
-    values = np.column_stack([_finite(cand[o]) if o in cand else np.full(len(cand), np.nan) for o in objectives]) \
-        if len(cand) else np.zeros((0, len(objectives)))
-    front = cand[pareto_mask(values, modes)] if len(cand) else cand
-    return front.sort_values(objectives[0], ascending=modes[0] == "min", kind="stable")
-
-
 def write_pareto(trials: pd.DataFrame, objectives: list[str], modes: list[str], exp_dir: Path,
                  name: str = "") -> pd.DataFrame:
-    """exp_dir/pareto.csv (the front's rows of trials.csv) and exp_dir/plots/pareto.png."""
+    """exp_dir/pareto.csv (the front's rows of trials.csv, as `tuner.metrics.pareto_front` finds them) and
+    exp_dir/plots/pareto.png."""
     exp_dir = Path(exp_dir)
     (exp_dir / "plots").mkdir(parents=True, exist_ok=True)
     front = pareto_front(trials, objectives, modes)

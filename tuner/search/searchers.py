@@ -7,7 +7,6 @@ while the trial's config gets the plain name (`C`). The Tuner's param_space then
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tuner.metrics import constraint_values
 from tuner.search.domains import DefineByRun, optuna_params
 from tuner.spaces import Experiment, grid_configs
-
-def constraint_values(result: dict, constraints: dict[str, dict]) -> list[float]:
-    """Optuna's convention: each value <= 0 means satisfied. A missing measurement counts as violated."""
-    out = []
-    for name, bound in constraints.items():
-        v = result.get(name)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            out += [1.0] * len(bound)
-            continue
-        if "max" in bound:
-            out.append(float(v) - bound["max"])
-        if "min" in bound:
-            out.append(bound["min"] - float(v))
-    return out
-
 
 def _constraints_func(frozen) -> list[float]:
     return frozen.user_attrs.get("constraints", [0.0])
@@ -181,22 +166,3 @@ def num_samples(exp: Experiment) -> int:
     if exp.search.algorithm == "grid" and exp.conditional:
         return len(warm_start_points(exp)) + len(grid_configs(exp.searched, exp.search.grid_points))
     return exp.num_samples
-
-
-# --------------------------------------------------------------------------- Pareto front
-def pareto_front(df: pd.DataFrame, cols: list[str], modes: list[str]) -> pd.DataFrame:
-    """The rows no other row dominates (at least as good on every column, better on one); rows with a
-    missing value are left out. Kept with their original index, in the frame's order."""
-    if df.empty or any(c not in df for c in cols):
-        return df.iloc[0:0]
-    ok = df.dropna(subset=cols)
-    if ok.empty:
-        return ok
-    # flip maximised columns so that smaller is better everywhere
-    x = np.column_stack([ok[c].to_numpy(float) * (-1.0 if m == "max" else 1.0) for c, m in zip(cols, modes)])
-    keep = np.ones(len(x), dtype=bool)
-    for i in range(len(x)):
-        others = np.delete(x, i, axis=0)
-        dominated = np.any(np.all(others <= x[i], axis=1) & np.any(others < x[i], axis=1))
-        keep[i] = not dominated
-    return ok[keep]
