@@ -40,6 +40,23 @@ def check_address(address: str) -> None:
                         f"with `ray start --head` or drop --address to run locally") from None
 
 
+def local_ray_on_loopback() -> dict:
+    """ray.init arguments that keep every listener of a Ray started here on 127.0.0.1.
+
+    On Linux Ray turns a node address of 127.0.0.1 into the machine's outward address
+    (ray/_private/services.py, resolve_ip_for_localhost -> get_node_ip_address), and its servers bind all
+    interfaces unless the node address is loopback (dashboard/agent.py grpc_ip, reporter_agent.py,
+    runtime_env/agent/main.py, the GCS and raylet gRPC servers). Only Ray's single-machine mode
+    (ray_constants.ENABLE_RAY_CLUSTER false, the default on macOS and Windows, read from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when ray is imported) keeps it: a search without --address is one machine.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # ray is imported already: the variable alone would come too late
+    # tuner reads no Prometheus metrics: no per-node metrics export server, no metrics sent by every worker
+    return {"_node_ip_address": "127.0.0.1", "_system_config": {"enable_metrics_collection": False}}
+
+
 def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print, verbose: bool = True) -> None:
     import ray
 
@@ -50,7 +67,10 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
                     "log_to_driver": verbose}
     if address:
         kwargs["address"] = address
+    elif os.environ.get("RAY_ADDRESS"):
+        pass  # ray.init joins that cluster, as with --address: it is not ours to configure
     else:
+        kwargs.update(local_ray_on_loopback())
         kwargs["include_dashboard"] = bool(dashboard and has_dashboard())
         if kwargs["include_dashboard"]:
             kwargs["dashboard_host"] = "127.0.0.1"  # never on a public interface unless the user says so

@@ -1,0 +1,58 @@
+"""The Ray a local search starts: reachable from this machine only, and gone with the search that started it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Runs in its own interpreter (a Ray of its own, started the way `tuner search` starts it); prints every
+# socket that waits for connections, of itself and of all the processes under it, once Ray's agents and a
+# worker are up.
+LISTENERS = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    import psutil  # after ray: Ray ships it (ray/thirdparty_files)
+    from tuner.search.cluster import init_ray
+
+    init_ray(None, dashboard=True, say=lambda line: None, verbose=False)
+    assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker runs, so its server is up
+    me = psutil.Process()
+
+    def listening():
+        out = []
+        for p in [me] + me.children(recursive=True):
+            try:
+                name, socks = p.name(), p.net_connections(kind="inet")
+            except psutil.Error:
+                continue
+            # TCP waiting for connections, or UDP bound to no peer
+            out += [[p.pid, name, s.laddr.ip, s.laddr.port] for s in socks
+                    if s.status == psutil.CONN_LISTEN or (s.type == 2 and not s.raddr)]
+        return out
+
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the agents open their ports a little after ray.init returns
+        found = listening()
+        names = {n for _, n, _, _ in found}
+        if {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names:
+            break
+        time.sleep(1)
+    print(json.dumps(found))
+    ray.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback_only():
+    proc = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = {name for _, name, _, _ in found}
+    # the GCS, the raylet (node manager, object manager), both agents, the dashboard and a worker all listen
+    assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, found
+    assert len(found) >= 8, found
+    public = [s for s in found if s[2] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not public, f"listening beyond loopback: {public}"
