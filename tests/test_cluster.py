@@ -56,3 +56,45 @@ def test_local_ray_listens_on_loopback_only():
     assert len(found) >= 8, found
     public = [s for s in found if s[2] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
     assert not public, f"listening beyond loopback: {public}"
+
+
+@pytest.mark.slow
+def test_killed_search_leaves_no_ray_process(tmp_path):
+    import os
+    import signal
+    import time
+
+    import ray  # noqa: F401  (puts Ray's psutil on the path)
+    import psutil
+
+    # its own session, so that nothing here shares its process group
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "search", "--space", "search_spaces/digits_linear.yaml",
+                               "--smoke", "--no-retrain", "--results", str(tmp_path)], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and driver.poll() is None:
+            ours = psutil.Process(driver.pid).children(recursive=True)
+            if any(p.name().startswith("ray::ImplicitFunc") for p in ours if p.is_running()):
+                break  # a trial is running: GCS, raylet, dashboard, both agents and workers are all up
+            time.sleep(0.3)
+        assert driver.poll() is None, "the search ended before a trial was seen running"
+        names = {p.name() for p in ours if p.is_running()}
+        assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            # is_running() compares the start time too: a pid reused meanwhile is not ours
+            left = [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            if not left:
+                break
+            time.sleep(0.3)
+        assert not left, f"still running 15 s after the driver was killed: {[(p.pid, p.name()) for p in left]}"
+    finally:
+        for p in [p for p in ours if p.is_running()] + ([psutil.Process(driver.pid)] if driver.poll() is None else []):
+            try:
+                p.kill()  # only processes that were under our own driver, checked by pid and start time
+            except psutil.Error:
+                pass
