@@ -6,6 +6,11 @@ import logging
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +45,111 @@ def check_address(address: str) -> None:
                         f"with `ray start --head` or drop --address to run locally") from None
 
 
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every process on the machine (Linux /proc)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": comm may hold spaces
+        except OSError:
+            continue  # it ended meanwhile
+        table[int(name)] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def watch_ray(driver: int, ray_dir: str, interval: float = 1.0) -> None:
+    """The watchdog's loop (its own small process): end the local Ray of `driver` when the driver dies unseen.
+
+    Ray makes its GCS, raylet, dashboard and monitors die with the driver (prctl PDEATHSIG), and the raylet's
+    workers die with the raylet; but the dashboard agent and runtime-env agent, children of the raylet, first
+    report the raylet's death to the GCS, which is dead too, and wait 60 s for it (ray/_private/process_watcher.py,
+    report_raylet_error_logs -> publish_error_to_driver). So while the driver lives, this notes every process
+    under its Ray children (the driver's children run from `ray_dir`), with its start time so a reused pid is
+    never taken for one; once the driver is gone (this process gets a new parent) it kills those still there.
+    After a normal exit (ray.shutdown) none is, and nothing else is ever touched.
+    """
+    me = os.getpid()
+    seen: dict[int, int] = {}  # pid -> start time
+    is_ray: dict[tuple[int, int], bool] = {}
+    while os.getppid() == driver:
+        table = _processes()
+        children = defaultdict(list)
+        for pid, (ppid, _) in table.items():
+            children[ppid].append(pid)
+        todo = []
+        for pid in children[driver]:
+            key = (pid, table[pid][1])
+            if key not in is_ray:
+                # gcs_server, raylet: the program; dashboard.py, monitor.py: [python, (-u,) file]
+                is_ray[key] = pid != me and any(a.startswith(ray_dir + os.sep) for a in _argv(pid)[:3])
+            if is_ray[key]:
+                todo.append(pid)
+        while todo:
+            pid = todo.pop()
+            seen[pid] = table[pid][1]
+            todo += children[pid]
+        time.sleep(interval)
+    table = _processes()
+    for pid, start in seen.items():
+        if pid in table and table[pid][1] == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+_watchdog: subprocess.Popen | None = None
+
+
+def start_ray_watchdog() -> None:
+    """Start watch_ray for this process, before it starts a local Ray (Linux: it reads /proc)."""
+    global _watchdog
+    import ray
+
+    if (_watchdog is not None and _watchdog.poll() is None) or not sys.platform.startswith("linux"):
+        return
+    code = "import sys; from tuner.search.cluster import watch_ray; watch_ray(int(sys.argv[1]), sys.argv[2])"
+    # a session of its own: Ctrl-C or a closed terminal, which end the driver, must not end its watchdog first
+    _watchdog = subprocess.Popen([sys.executable, "-c", code, str(os.getpid()),
+                                  os.path.dirname(os.path.abspath(ray.__file__))],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+
+
+# Ray's servers bind all interfaces unless the node address is loopback (dashboard/agent.py grpc_ip,
+# reporter_agent.py, runtime_env/agent/main.py, the GCS and raylet gRPC servers), and on Linux ray.init turns
+# 127.0.0.1 into the machine's outward address (_private/services.py: resolve_ip_for_localhost ->
+# get_node_ip_address) unless ray_constants.ENABLE_RAY_CLUSTER is false: Ray's single-machine mode, the
+# default on macOS and Windows. A search without --address is one machine, so start_local_ray uses that mode.
+# tuner reads no Prometheus metrics: no per-node metrics export server, no metrics sent by every worker.
+LOCAL_RAY = {"_node_ip_address": "127.0.0.1", "_system_config": {"enable_metrics_collection": False}}
+
+
+def start_local_ray(kwargs: dict):
+    """ray.init of a Ray on this machine alone, every listener on 127.0.0.1; ended with this process."""
+    import ray
+    from ray._private import ray_constants
+
+    start_ray_watchdog()  # before Ray: its processes are noted as they appear
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER  # read when ray was imported: too late for the variable
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        return ray.init(**kwargs, **LOCAL_RAY)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode  # only the start needs it; later Rays here are untouched
+
+
 def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print, verbose: bool = True) -> None:
     import ray
 
@@ -48,14 +158,16 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     # without --verbose the console is tuner's (tuner.search.console): Ray's warnings stay in its log files
     kwargs: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING if verbose else logging.ERROR,
                     "log_to_driver": verbose}
+    # with --address or RAY_ADDRESS ray.init joins that cluster: it is not ours to configure
+    local = not address and not os.environ.get("RAY_ADDRESS")
     if address:
         kwargs["address"] = address
-    else:
+    if local:
         kwargs["include_dashboard"] = bool(dashboard and has_dashboard())
         if kwargs["include_dashboard"]:
             kwargs["dashboard_host"] = "127.0.0.1"  # never on a public interface unless the user says so
     try:
-        ctx = ray.init(**kwargs)
+        ctx = start_local_ray(kwargs) if local else ray.init(**kwargs)
     except ConnectionError as exc:
         raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
                         f"`ray start --head` or drop --address to run locally") from None

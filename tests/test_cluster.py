@@ -1,0 +1,100 @@
+"""The Ray a local search starts: reachable from this machine only, and gone with the search that started it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Runs in its own interpreter (a Ray of its own, started the way `tuner search` starts it); prints every
+# socket that waits for connections, of itself and of all the processes under it, once Ray's agents and a
+# worker are up.
+LISTENERS = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    import psutil  # after ray: Ray ships it (ray/thirdparty_files)
+    from tuner.search.cluster import init_ray
+
+    init_ray(None, dashboard=True, say=lambda line: None, verbose=False)
+    assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker runs, so its server is up
+    me = psutil.Process()
+
+    def listening():
+        out = []
+        for p in [me] + me.children(recursive=True):
+            try:
+                name, socks = p.name(), p.net_connections(kind="inet")
+            except psutil.Error:
+                continue
+            # TCP waiting for connections, or UDP bound to no peer
+            out += [[p.pid, name, s.laddr.ip, s.laddr.port] for s in socks
+                    if s.status == psutil.CONN_LISTEN or (s.type == 2 and not s.raddr)]
+        return out
+
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the agents open their ports a little after ray.init returns
+        found = listening()
+        names = {n for _, n, _, _ in found}
+        if {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names:
+            break
+        time.sleep(1)
+    print(json.dumps(found))
+    ray.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback_only():
+    proc = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = {name for _, name, _, _ in found}
+    # the GCS, the raylet (node manager, object manager), both agents, the dashboard and a worker all listen
+    assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, found
+    assert len(found) >= 8, found
+    public = [s for s in found if s[2] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not public, f"listening beyond loopback: {public}"
+
+
+@pytest.mark.slow
+def test_killed_search_leaves_no_ray_process(tmp_path):
+    import os
+    import signal
+    import time
+
+    import ray  # noqa: F401  (puts Ray's psutil on the path)
+    import psutil
+
+    # its own session, so that nothing here shares its process group
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "search", "--space", "search_spaces/digits_linear.yaml",
+                               "--smoke", "--no-retrain", "--results", str(tmp_path)], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and driver.poll() is None:
+            ours = psutil.Process(driver.pid).children(recursive=True)
+            if any(p.name().startswith("ray::ImplicitFunc") for p in ours if p.is_running()):
+                break  # a trial is running: GCS, raylet, dashboard, both agents and workers are all up
+            time.sleep(0.3)
+        assert driver.poll() is None, "the search ended before a trial was seen running"
+        names = {p.name() for p in ours if p.is_running()}
+        assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            # is_running() compares the start time too: a pid reused meanwhile is not ours
+            left = [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            if not left:
+                break
+            time.sleep(0.3)
+        assert not left, f"still running 15 s after the driver was killed: {[(p.pid, p.name()) for p in left]}"
+    finally:
+        for p in [p for p in ours if p.is_running()] + ([psutil.Process(driver.pid)] if driver.poll() is None else []):
+            try:
+                p.kill()  # only processes that were under our own driver, checked by pid and start time
+            except psutil.Error:
+                pass
