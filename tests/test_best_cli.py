@@ -110,6 +110,8 @@ def failing_search(tmp_path_factory) -> tuple[Path, Path]:
     space.write_text(FAILING)
     r = _search(space, tmp / "results")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # the console says why a trial failed in one line; Ray's traceback stays in the trial's error.txt
+    assert "Traceback" not in r.stdout + r.stderr and "Trial task failed" not in r.stdout + r.stderr, r.stderr[-3000:]
     return space, tmp / "results"
 
 

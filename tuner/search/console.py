@@ -39,7 +39,9 @@ def quiet_ray(verbose: bool) -> None:
 
     # "A new study created ..." and a line a trial
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    logging.getLogger("ray.tune").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    # a failed trial: Ray logs its whole traceback at ERROR; the console prints its one-line reason and the
+    # traceback stays in the trial's error.txt, so below --verbose only Ray's CRITICAL lines get through
+    logging.getLogger("ray.tune").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 
 def restored(tuner, callbacks: list, verbose: bool) -> None:
