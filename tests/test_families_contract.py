@@ -18,7 +18,7 @@ import torch
 import tuner.families.base
 from tuner.bundle import save_bundle
 from tuner.data import prepare
-from tuner.families import FAMILIES, get_family
+from tuner.families import FAMILIES, get_family, shipped_families
 from tuner.predict import load
 from tuner.spaces import DatasetConfig
 from tuner.types import EPOCH_KEYS, TRAINED_KEYS
@@ -46,7 +46,8 @@ def digits():
 
 
 def test_every_registered_family_is_in_the_contract_table():
-    assert {family_of(c) for c in CASES} == set(FAMILIES), "add the new family to CASES"
+    # a test may register a family of its own at import (tests/test_search_trainable.py): only tuner's count
+    assert {family_of(c) for c in CASES} == set(shipped_families()), "add the new family to CASES"
 
 
 # --------------------------------------------------------------------------- the checks

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tuner.families import FAMILIES, Family, Param
+from tuner.families import Family, Param, shipped_families
 
 FAMILIES_MD = Path(__file__).resolve().parent.parent / "docs" / "families.md"
 
@@ -70,15 +70,10 @@ def param_table(params: dict[str, Param]) -> str:
     return "\n".join(rows)
 
 
-def shipped() -> dict[str, Family]:
-    """The families tuner ships (a user's or a test's family registered at run time is not documented here)."""
-    return {n: f for n, f in FAMILIES.items() if type(f).__module__.startswith("tuner.families.")}
-
-
 def common_params() -> dict[str, Param]:
     """The parameters every gradient-trained family takes with the same definition (a family trains by
     gradient when it takes `optimizer`), in the order the first of them declares them."""
-    trained = [f for f in shipped().values() if "optimizer" in f.params]
+    trained = [f for f in shipped_families().values() if "optimizer" in f.params]
     if not trained:
         return {}
     first = trained[0].params
@@ -95,7 +90,7 @@ def _intro(family: Family) -> str:
 
 def render() -> str:
     common = common_params()
-    families = shipped()
+    families = shipped_families()
     takers = [n for n, f in families.items() if common and all(f.params.get(k) == p for k, p in common.items())]
     out = [HEADER]
     out.append("Families: " + ", ".join(f"[`{n}`](#{n})" for n in families) + ".\n")

@@ -189,6 +189,11 @@ def register_family(cls):
     return cls
 
 
+def shipped_families() -> dict[str, Family]:
+    """The families tuner itself ships, without those a user or a test registers at run time."""
+    return {n: f for n, f in FAMILIES.items() if type(f).__module__.startswith("tuner.families.")}
+
+
 def get_family(name: Any, where: str = "family") -> Family:
     """The registered family called `name`; a `UserError` that starts with `where` and lists the known
     names when there is none (so `where` names the file and key the name came from)."""
