@@ -1,9 +1,46 @@
 """Shared test set-up: a private cache folder, Ray without a dashboard, one Ray instance per session."""
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
+
+# what in a test or its fixtures starts Ray or runs a search through the CLI
+RAY_STARTERS = ('"search"', "'search'", "run_search", "ray.init", "Tuner(", "cluster_utils", "module.main(",
+                "init_ray", "start_local_ray")
+
+
+def _sources(funcs, module, depth: int = 3) -> str:
+    """The source of these functions and of the module's own functions they call, a few calls deep."""
+    text, seen = "", set()
+    while funcs and depth:
+        called = []
+        for f in funcs:
+            if f in seen:
+                continue
+            seen.add(f)
+            try:
+                text += inspect.getsource(f)
+            except (OSError, TypeError):
+                continue
+            code = getattr(f, "__code__", None)
+            names = set(code.co_names) | {c for k in code.co_consts if inspect.iscode(k) for c in k.co_names} if code else set()
+            called += [g for g in (getattr(module, n, None) for n in names)
+                       if inspect.isfunction(g) and g.__module__ == module.__name__]
+        funcs, depth = called, depth - 1
+    return text
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that starts Ray or runs a search, so `pytest -m "not slow"` is the quick,
+    Ray-free loop: found in the source of the test, of the fixtures it uses and of the helpers they call."""
+    for item in items:
+        if item.get_closest_marker("slow") or not hasattr(item, "function"):
+            continue
+        funcs = [item.function] + [defs[-1].func for defs in item._fixtureinfo.name2fixturedefs.values() if defs]
+        if any(s in _sources(funcs, item.module) for s in RAY_STARTERS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -391,7 +391,8 @@ class TorchLearner(Learner):
         if not len(y):
             return float("nan"), float("nan"), np.zeros((0, self.info.num_classes), dtype=np.float32)
         proba = self._proba(x, exact=False)
-        yt = y.long() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y, dtype=np.int64))
+        # labels from the object store are read-only arrays: a copy (small) keeps torch from warning about it
+        yt = y.long() if isinstance(y, torch.Tensor) else torch.from_numpy(np.array(y, dtype=np.int64))
         yt = yt.to(self.device)
         loss = F.nll_loss(proba.clamp_min(1e-12).log(), yt)
         acc = (proba.argmax(1) == yt).float().mean()
