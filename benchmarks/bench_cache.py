@@ -72,7 +72,7 @@ def cached_epochs(root: Path, cache: Path, size: int, epochs: int, device: str) 
     t0 = time.perf_counter()
     for _ in range(epochs):
         for idx in train_batches(len(data.y_train), MODEL["batch_size"], learner.gen):
-            learner._inputs(data.x_train[idx.numpy()], train=True)
+            learner.inputs(data.x_train[idx.numpy()], train=True)
     data_rate = epochs * len(data.y_train) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for _ in range(epochs):

@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         cached = FrozenLearner(fam.build(cfg, data.info), cfg, data.info, RunContext(device=args.device, cache_dir=cache))
         t = time.perf_counter()
-        cached._feats = cached._features(data)  # the one-off extraction, timed on its own
+        cached.feature_set = cached._features(data)  # the one-off extraction, timed on its own
         extract = time.perf_counter() - t
         cached_times = epoch_times(cached, data, args.epochs)
         torch.manual_seed(0)
         again = FrozenLearner(fam.build(cfg, data.info), cfg, data.info, RunContext(device=args.device, cache_dir=cache))
         t = time.perf_counter()
-        again._feats = again._features(data)  # a second trial: reads the cache
+        again.feature_set = again._features(data)  # a second trial: reads the cache
         reread = time.perf_counter() - t
 
     # the fastest epoch of each side: on a shared machine the slower ones measure the neighbours

@@ -57,5 +57,5 @@ def test_learner_augments_training_batches_only():
     learner = TorchLearner(model, {"optimizer": "sgd", "lr": 0.1}, info, RunContext(augment=ALL))
     x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     plain = learner.pre(torch.from_numpy(x))
-    assert torch.equal(learner._inputs(x, train=False), plain)  # evaluation and prediction see the image as is
-    assert not torch.allclose(learner._inputs(x, train=True), plain)
+    assert torch.equal(learner.inputs(x, train=False), plain)  # evaluation and prediction see the image as is
+    assert not torch.allclose(learner.inputs(x, train=True), plain)

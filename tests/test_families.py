@@ -93,8 +93,8 @@ def test_augmentation_runs_on_training_batches_only(digits):
     a = learner.predict_proba(digits.x_val[:16])
     b = learner.predict_proba(digits.x_val[:16])
     assert np.array_equal(a, b)  # evaluation is never augmented
-    x = learner._inputs(digits.x_train[:16], train=False)
-    assert not torch.equal(learner._inputs(digits.x_train[:16], train=True), x)  # training batches are
+    x = learner.inputs(digits.x_train[:16], train=False)
+    assert not torch.equal(learner.inputs(digits.x_train[:16], train=True), x)  # training batches are
     assert list(learner.fit(digits, 4))[-1]["val_accuracy"] > 0.8
 
 

@@ -64,7 +64,7 @@ def test_standard_normalisation_uses_training_statistics_only(digits):
     x = pixels(digits, digits.x_train).astype(np.float64)
     np.testing.assert_allclose(learner.mean, x.mean(0), atol=1e-5)
     expected = (pixels(digits, digits.x_val) - x.mean(0)) / np.where(x.std(0) < 1e-5, 1.0, x.std(0))  # val scaled by train stats
-    np.testing.assert_allclose(learner._transform(learner.query(digits.x_val)[0]), expected, atol=1e-3)
+    np.testing.assert_allclose(learner.transform(learner.query(digits.x_val)[0]), expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("classifier", ["random_forest", "svm"])

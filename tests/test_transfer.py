@@ -170,7 +170,7 @@ def test_frozen_head_trains_on_features_computed_once_and_shared(data, tmp_path)
     assert len(list((tmp_path / "embeddings").iterdir())) == 1
     # the head on cached features and the whole model on images agree
     lr = learners[0]
-    _, _, on_features = lr.evaluate(lr._feats.x_val, lr._feats.y_val)
+    _, _, on_features = lr.evaluate(lr.feature_set.x_val, lr.feature_set.y_val)
     assert np.allclose(on_features, lr.predict_proba(data.x_val), atol=1e-4)
 
 
@@ -193,8 +193,8 @@ def test_cached_views_add_fixed_augmented_copies_of_the_training_set(data, tmp_p
     lr = fam.learner({"arch": "resnet18", "weights": "none", "cached_views": 2, "batch_size": 8}, data.info, RunContext(augment=aug, cache_dir=str(tmp_path)))
     list(lr.fit(data, 1))
     n = len(data.y_train)
-    assert len(lr._feats.x_train) == 3 * n
-    assert not np.allclose(lr._feats.x_train[:n], lr._feats.x_train[n:2 * n])
+    assert len(lr.feature_set.x_train) == 3 * n
+    assert not np.allclose(lr.feature_set.x_train[:n], lr.feature_set.x_train[n:2 * n])
 
 
 def test_drop_stages_cuts_vgg_like_the_cifar_seed():

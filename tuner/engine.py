@@ -336,7 +336,7 @@ class TorchLearner(Learner):
         self.model.train()
 
     # -------------------------------------------------------------------------------------------
-    def _inputs(self, x: np.ndarray | torch.Tensor, train: bool) -> torch.Tensor:
+    def inputs(self, x: np.ndarray | torch.Tensor, train: bool) -> torch.Tensor:
         """A raw uint8 NHWC batch (host array or on the device) -> the model's input on the device."""
         t = self.pre(to_device(x, self.device))
         if train:
@@ -359,7 +359,7 @@ class TorchLearner(Learner):
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for idx in order:
-            xb = self._inputs(take(x, idx, self.device), train=True)
+            xb = self.inputs(take(x, idx, self.device), train=True)
             yb = take(y, idx, self.device).long()
             logits = self._forward(xb)
             loss = self.loss_fn(logits, yb)
@@ -381,7 +381,7 @@ class TorchLearner(Learner):
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         for start, idx, real in eval_batches(n, bs, where):
-            logits = self._forward(self._inputs(take(x, idx, self.device), train=False), exact=exact)
+            logits = self._forward(self.inputs(take(x, idx, self.device), train=False), exact=exact)
             out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
         return out
 

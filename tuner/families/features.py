@@ -67,7 +67,8 @@ class FeaturesLearner(EmbeddingLearner):
             n = int(self.x_train.size)
         return self.backbone.num_params + int(n)
 
-    def _transform(self, x: np.ndarray) -> np.ndarray:
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Embeddings -> what the classifier sees: the `normalize` setting applied (training statistics)."""
         x = np.array(x, dtype=np.float32)
         norm = self.cfg["normalize"]
         if norm == "l2":
@@ -86,11 +87,11 @@ class FeaturesLearner(EmbeddingLearner):
             raise UserError(f"k: {self.cfg['k']} neighbours but only {len(x)} training images; lower k")
         if len(np.unique(self.y_train)) < 2:
             raise UserError("dataset: the training split has one class; a classifier needs at least two")
-        self.model = make_classifier(self.cfg).fit(self._transform(x), self.y_train)
+        self.model = make_classifier(self.cfg).fit(self.transform(x), self.y_train)
 
     def _proba(self, feats: np.ndarray) -> np.ndarray:
         """Probabilities over all classes (a class missing from a small training split gets 0)."""
-        x = self._transform(feats)
+        x = self.transform(feats)
         if self.cfg["classifier"] == "svm":
             # softmax of the one-vs-rest decision values: its argmax is SVC.predict (break_ties=True: a
             # tie in one-vs-one votes goes to the larger decision value, not the lower class), at none of

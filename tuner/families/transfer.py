@@ -114,7 +114,7 @@ class FrozenLearner(TransferLearner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._on_features = False
-        self._feats = None
+        self.feature_set = None  # the cached body features this trial trains its head on (public: tests read it)
 
     def feature_key(self) -> str:
         """Changes whenever the cached features would: arch, weights, pooling, normalisation, size."""
@@ -148,11 +148,11 @@ class FrozenLearner(TransferLearner):
 
     def fit(self, data, max_epochs: int):
         self._ensure_pretrained()
-        if self._feats is None:
+        if self.feature_set is None:
             self.model.eval()
-            self._feats = self._features(data)
+            self.feature_set = self._features(data)
         # TorchLearner.fit places the features (small: N x D floats) on the GPU once for the whole trial
-        yield from TorchLearner.fit(self, self._feats, max_epochs)
+        yield from TorchLearner.fit(self, self.feature_set, max_epochs)
 
     # TorchLearner's loop, on features: the body is skipped, and so is image augmentation
     def train_epoch(self, x, y, batch_size):
@@ -169,10 +169,10 @@ class FrozenLearner(TransferLearner):
         finally:
             self._on_features = False
 
-    def _inputs(self, x, train: bool) -> torch.Tensor:
+    def inputs(self, x, train: bool) -> torch.Tensor:
         if self._on_features:
             return to_device(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x, self.device).float()
-        return super()._inputs(x, train)
+        return super().inputs(x, train)
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         if self._on_features:
