@@ -63,7 +63,6 @@ def plain_loop(exp, data) -> list[float]:
 def measure(trials: int, epochs: int, concurrent: int, tmp: Path) -> dict:
     from tuner import spaces
     from tuner.commands import run_search
-    from tuner.search import cluster
     from tuner.data import prepare
 
     exp = spaces.parse_experiment(space(trials, epochs, concurrent))
