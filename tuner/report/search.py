@@ -28,20 +28,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tuner.metrics import pareto_front  # noqa: E402
+from tuner.report.figures import save, short  # noqa: E402
 
-DPI = 100
 LOG_KINDS = ("loguniform", "logint")
 CATEGORICAL_KINDS = ("choice", "grid")
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
-
-
-def _short(text: str, width: int = 18) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def metric_column(trials: pd.DataFrame, metric: str, mode: str) -> str:
@@ -110,7 +102,7 @@ def param_axis(name: str, dist: dict, values: pd.Series) -> Axis:
         cats = [_category(v, order) for v in values]
         order += sorted({c for c in cats if c is not None and c not in order})
         pos = np.array([np.nan if c is None else order.index(c) for c in cats], dtype=float)
-        return Axis(name, pos, 0.0, float(len(order) - 1), list(range(len(order))), [_short(o) for o in order],
+        return Axis(name, pos, 0.0, float(len(order) - 1), list(range(len(order))), [short(o, 18) for o in order],
                     categorical=True, log=False)
     x = _finite(values)
     lo, hi = float(args[0]), float(args[1])
@@ -201,7 +193,7 @@ def plot_parallel_coordinates(trials: pd.DataFrame, searched: dict, col: str, mo
     fig.colorbar(sm, ax=ax, fraction=0.025, pad=0.01, label=col)
     ax.set_title(f"{name}: parallel coordinates of {len(trials)} trials, coloured by {col} ({_better(mode)})")
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # --------------------------------------------------------------------------- contour
@@ -256,7 +248,7 @@ def plot_contour(trials: pd.DataFrame, searched: dict, col: str, mode: str, path
     ax.set_title(f"{name}: {col} over {why}, {int(ok.sum())} finished trials{note}")
     ax.grid(alpha=0.25)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # --------------------------------------------------------------------------- history
@@ -319,7 +311,7 @@ def plot_history(trials: pd.DataFrame, epochs: pd.DataFrame, col: str, mode: str
     axes[1].set_title("against time")
     fig.suptitle(f"{name}: optimisation history, {int(ok.sum())} of {len(trials)} trials finished")
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # --------------------------------------------------------------------------- intermediate values
@@ -371,7 +363,7 @@ def plot_intermediate(trials: pd.DataFrame, epochs: pd.DataFrame, col: str, mode
     ax.grid(alpha=0.3)
     ax.set_title(f"{name}: intermediate values of {len(groups)} trials (the scheduler sees these)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # --------------------------------------------------------------------------- Pareto front
@@ -421,7 +413,7 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, objectives: list[str]
         ax.axis("off")
     fig.suptitle(f"{name}: Pareto front of {len(front)} of {len(trials)} trials over {', '.join(objectives)}")
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # --------------------------------------------------------------------------- all of them
