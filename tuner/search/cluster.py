@@ -90,10 +90,11 @@ def watch_ray(driver: int, ray_dir: str, interval: float = 1.0) -> None:
         todo = []
         for pid in children[driver]:
             key = (pid, table[pid][1])
-            if key not in is_ray:
-                # gcs_server, raylet: the program; dashboard.py, monitor.py: [python, (-u,) file]
-                is_ray[key] = pid != me and any(a.startswith(ray_dir + os.sep) for a in _argv(pid)[:3])
-            if is_ray[key]:
+            # gcs_server, raylet: the program; dashboard.py, monitor.py: [python, (-u,) file]. Only a yes is
+            # kept: a child caught between fork and exec still shows the driver's own command line
+            if not is_ray.get(key) and pid != me and any(a.startswith(ray_dir + os.sep) for a in _argv(pid)[:3]):
+                is_ray[key] = True
+            if is_ray.get(key):
                 todo.append(pid)
         while todo:
             pid = todo.pop()
