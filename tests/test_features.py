@@ -76,7 +76,7 @@ def test_a_bundle_reloads_and_predicts_exactly_what_was_tested(digits, classifie
     exp = spaces.load(SPACES / "digits_knn.yaml")  # any digits experiment: save_bundle needs its name
     exp.family = "features"
     save_bundle(tmp_path / "model.pt", exp, cfg, learner, digits)
-    loaded = tuner.load(tmp_path)
+    loaded = tuner.load(tmp_path, device=str(learner.device))  # across devices: tests/test_gpu.py (1e-3)
     np.testing.assert_array_equal(loaded.predict_proba(digits.x_test), learner.predict_proba(digits.x_test))
 
 

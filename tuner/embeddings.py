@@ -69,7 +69,8 @@ def cached(data, extractor_key: str, extractor: Callable, pre: Callable, device=
 
     `extractor_key` must change whenever the features would (arch, weights file and its mtime, ...);
     `data.key` is a hash of the decoded images and splits (see `tuner.data.prepare`), and the device type
-    is part of the key too (a GPU embeds in bfloat16). Without a cache_dir the features are computed and
+    is part of the key too (both embed in float32, yet a cache stays with the device type that wrote it, so
+    GPU and CPU rounding never mix within one search). Without a cache_dir the features are computed and
     kept in memory only.
     """
     if cache_dir is None:
