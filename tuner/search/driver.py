@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -180,7 +181,8 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     check_cluster_fits(resources)
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()),
-                     metric=exp.metrics[0], mode=exp.modes[0], objectives=tuple(exp.metrics[1:]))
+                     metric=exp.metrics[0], mode=exp.modes[0], objectives=tuple(exp.metrics[1:]),
+                     run_id=uuid.uuid4().hex)
     # the arrays go to the object store once; every trial on a node maps the same copy
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
     # Ray snapshots the experiment (trial states, the searcher) every 10 s by default; a driver killed
@@ -194,7 +196,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     callbacks = [live.LiveResults(exp, exp_dir)] + ([] if isinstance(search_alg, study.StudySearch) else
                                                     [study.StudyRecorder(exp, exp_dir)])
     callbacks += [] if verbose else [console.Console(exp, say)]
-    callbacks += [final_failures_callback()] if exp.max_failures < 0 else []
+    callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
     console.header(exp, exp_dir, results, say)
     # ---
     if resume:

@@ -14,16 +14,19 @@ from dataclasses import dataclass
 import torch
 
 from tuner.engine import pick_device, set_threads
-from tuner.errors import TrialFailed
+from tuner.errors import TrialFailed, UserError
 from tuner.families import Family, RunContext
 
 STATE_FILE = "state.pt"
+FAILED_FILE = ".tuner-failed"  # in the trial's folder: "<run_id>\n<why>" after a failure a retry would repeat
 
 
 def final_failures_callback():
     """With `max_failures: -1` Tune retries every failure forever, a NaN loss too, which fails the same way
-    each time. After a failure that tuner itself raised (TrialFailed: NaN, out of memory), allow no further
-    one: Tune has already queued the one retry when its callback runs, so such a trial runs at most twice."""
+    each time. After a failure that tuner itself raised (TrialFailed: NaN, out of memory; UserError: a bad
+    value only the trial could see), allow no further one. Tune has already queued one retry when this
+    callback runs (it has no hook before that decision), so `run_trial` ends that retry before it trains:
+    see FAILED_FILE."""
     from ray.tune import Callback
 
     class FinalFailures(Callback):
@@ -33,10 +36,29 @@ def final_failures_callback():
                     last = f.read().rsplit("Failure #", 1)[-1]
             except (OSError, TypeError):
                 return
-            if "TrialFailed" in last:
+            if "TrialFailed" in last or "UserError" in last:
                 trial.max_failures = 0
 
     return FinalFailures()
+
+
+def _failed_before(trial_dir: str, run_id: str) -> str | None:
+    """Why this trial failed deterministically earlier in this same search run, or None. A `--resume` is
+    another run (another run_id): `--retry-failed` then really retries."""
+    try:
+        with open(os.path.join(trial_dir, FAILED_FILE)) as f:
+            saved_id, _, why = f.read().partition("\n")
+    except OSError:
+        return None
+    return why if run_id and saved_id == run_id else None
+
+
+def _remember_failure(trial_dir: str, run_id: str, why: str) -> None:
+    try:
+        with open(os.path.join(trial_dir, FAILED_FILE), "w") as f:
+            f.write(f"{run_id}\n{why}")
+    except OSError:
+        pass  # a retry then repeats the failure once, as it would without the file
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,7 @@ class TrialSpec:
     metric: str = "val_accuracy"  # the running best of this one is reported too, as best_<metric>
     mode: str = "max"
     objectives: tuple = ()        # further objectives: reported as best_<m>, their value at metric's best epoch
+    run_id: str = ""              # this driver run's id: a deterministic failure is not retried within it
 
 
 def measure_latency(learner, images, batch: int, repeats: int = 3) -> float:
@@ -87,6 +110,10 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     family = spec.family
     ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment)
     node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
+    trial_dir = tune.get_context().get_trial_dir()
+    why = _failed_before(trial_dir, spec.run_id)
+    if why is not None:  # Tune's one queued retry of a NaN / OOM / bad value: it would fail the same way
+        raise TrialFailed(why)
     try:
         learner = family.learner(config, data.info, ctx)
         best = None  # the best epoch's metric so far: the trial's score for the searcher, ASHA and the tables
@@ -127,6 +154,11 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
         learner = None
         gc.collect()
         torch.cuda.empty_cache()
-        raise TrialFailed(f"CUDA out of memory (batch_size={config.get('batch_size')}, GPU share {spec.gpus}): "
-                          f"lower batch_size or raise resources.gpu so fewer trials share a GPU") from None
+        why = (f"CUDA out of memory (batch_size={config.get('batch_size')}, GPU share {spec.gpus}): "
+               f"lower batch_size or raise resources.gpu so fewer trials share a GPU")
+        _remember_failure(trial_dir, spec.run_id, why)
+        raise TrialFailed(why) from None
+    except (TrialFailed, UserError) as exc:
+        _remember_failure(trial_dir, spec.run_id, str(exc))
+        raise
 
