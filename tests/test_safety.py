@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tuner import cli
+from tuner.search.cluster import storage_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "digits_linear.yaml"
@@ -148,6 +149,18 @@ def _wait_for(cond, proc, log: Path, timeout: float = 150) -> None:
 
 def _started_epochs(ray_dir: Path) -> int:
     return sum(len(list(d.glob("checkpoint_*"))) for d in ray_dir.glob("trial_*")) if ray_dir.is_dir() else 0
+
+
+def test_a_second_search_on_the_same_storage_and_name_is_refused_from_another_results_folder(tmp_path, capsys):
+    storage = tmp_path / "storage"
+    running = storage / "digits_linear"  # the first search's Ray experiment, on the shared storage
+    running.mkdir(parents=True)
+    (running / "tuner.pkl").write_bytes(b"the first search's state")
+    # the first search holds the storage lock (as run_search does) from its own results folder
+    with storage_lock(str(storage), "digits_linear"):
+        line = _refused(capsys, _search(tmp_path / "other_results", "--storage", str(storage)))
+    assert "another search of this experiment is running" in line and str(running) in line
+    assert (running / "tuner.pkl").read_bytes() == b"the first search's state"  # nothing of it removed
 
 
 @pytest.mark.slow

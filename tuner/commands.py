@@ -46,6 +46,7 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
     from tuner.retrain import retrain_best
     from tuner.rundir import check_replaceable, experiment_dir, search_lock
     from tuner.search import driver
+    from tuner.search.cluster import storage_lock
 
     # what `validate` leaves to the machine that runs: are the weights files and bundles here?
     get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
@@ -56,8 +57,9 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
                         f"experiment {exp.name!r}")
     if not resume:
         check_replaceable(exp_dir)
-    # the lock is taken before anything is removed: a second search of the same name must not delete the first's
-    with search_lock(exp_dir):
+    # the locks are taken before anything is removed: a second search of the same name must not delete the
+    # first's, in the results folder or on a shared storage folder
+    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, storage, resume), exp.name):
         data, best, failed = driver.run(exp, results, exp_dir, address=address, resume=resume, dashboard=dashboard,
                                         storage=storage, say=say, retry_failed=retry_failed, verbose=verbose)
         experiment_plots(exp_dir)

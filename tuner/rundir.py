@@ -264,15 +264,22 @@ def search_lock(exp_dir: Path):
     """One search per experiment folder at a time. An OS lock: it dies with the process, so a killed search
     never leaves a stale lock behind and --resume works after it."""
     exp_dir.mkdir(exist_ok=True)
-    f = open(exp_dir / LOCK_FILE, "a+")
+    with os_lock(exp_dir / LOCK_FILE, f"{exp_dir}: another search of this experiment is running ({{who}}); "
+                                      f"wait for it, stop it, or pick another --name"):
+        yield
+
+
+@contextlib.contextmanager
+def os_lock(path: Path, busy: str):
+    """An exclusive flock on `path` for the block, or UserError(busy) naming the holder ({who} in `busy`)."""
+    f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.seek(0)
         who = f.read().strip() or "another process"
         f.close()
-        raise UserError(f"{exp_dir}: another search of this experiment is running ({who}); wait for it, stop it, "
-                        f"or pick another --name") from None
+        raise UserError(busy.format(who=who)) from None
     try:
         f.seek(0)
         f.truncate()

@@ -2,6 +2,7 @@
 trial's resources, and the shared storage trials checkpoint to when they run on other machines."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -237,6 +238,25 @@ def check_storage(storage: str) -> str:
 def is_tune_experiment(names: list[str]) -> bool:
     """Ray writes tuner.pkl and experiment_state-*.json at the top of every experiment it runs."""
     return any(n == "tuner.pkl" or (n.startswith("experiment_state-") and n.endswith(".json")) for n in names)
+
+
+@contextlib.contextmanager
+def storage_lock(storage: str | None, name: str):
+    """One search per experiment on a storage folder too: two searches with different results folders but
+    the same `storage` and name would otherwise write (and the second remove) one Ray experiment. An OS lock
+    file beside `<storage>/<name>` (flock: held by the process, gone with it; NFS v4 honours it). A cloud
+    URI (s3://, gs://, ...) has no such lock: there, keep names unique (README, "Clusters")."""
+    local = storage[len("file://"):] if storage and storage.startswith("file://") else \
+        None if not storage or "://" in storage else storage
+    if local is None:
+        yield
+        return
+    from tuner.rundir import os_lock
+
+    with os_lock(Path(local) / f".{name}.tuner-lock",
+                 f"storage {local}/{name}: another search of this experiment is running ({{who}}), from another "
+                 f"results folder; wait for it, stop it, or pick another --name"):
+        yield
 
 
 def remove_experiment(storage: str, name: str) -> None:

@@ -45,6 +45,15 @@ def _check_same_space(exp: Experiment, exp_dir: Path) -> None:
                         f"resume with the same file and --set options, or search under another --name")
 
 
+def resolve_storage(exp: Experiment, exp_dir: Path, storage: str | None, resume: bool) -> str | None:
+    """Where Ray keeps this experiment: --storage, else the space's `storage`, else (on --resume) the first
+    run's; checked (a local folder comes back absolute). None: `<results>/<name>/ray`."""
+    run_dir = RunDir(exp_dir)
+    if resume and not (storage or exp.storage) and run_dir.is_experiment():
+        storage = run_dir.read_space().get("storage")  # as the first run
+    return check_storage(storage or exp.storage) if (storage or exp.storage) else None
+
+
 @contextlib.contextmanager
 def _sigint_stops_tune():
     """Ctrl-C during fit(): let Tune stop and save its state, and tell us it happened.
@@ -153,9 +162,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     # Ray's folder (trial checkpoints, experiment state) is <results>/<name>/ray, or <storage>/<name> when
     # the trials run on other machines and need a place every node reaches
     run_dir = RunDir(exp_dir)
-    if resume and not (storage or exp.storage) and run_dir.is_experiment():
-        storage = run_dir.read_space().get("storage")  # as the first run
-    exp.storage = check_storage(storage or exp.storage) if (storage or exp.storage) else None
+    exp.storage = resolve_storage(exp, exp_dir, storage, resume)
     ray_path = f"{exp.storage}/{exp.name}" if exp.storage else str(run_dir.ray)
     if resume and not ((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)):
         raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
