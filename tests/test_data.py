@@ -597,6 +597,20 @@ def test_needed_space_is_compared_with_the_real_free_disk_and_memory(tmp_path):
         check_space(available_memory() + 10**10, None)
 
 
+def test_images_that_fit_the_disk_cache_but_not_memory_are_refused_before_decoding(tmp_path, monkeypatch):
+    from tuner.data import cache
+
+    x, y = digit_images(n_per_class=2)
+    root = write_class_folders(tmp_path / "f", x, y)  # 6 images: 6 x 64 x 64 x 3 bytes = 73,728 at 64 px
+    # the machine's real free memory stands in for a small one: what prepare() reads through available_memory
+    monkeypatch.setattr(cache, "available_memory", lambda: 60_000)
+    with pytest.raises(UserError, match=r"decoded images need 0\.1 MB of memory, 0\.1 MB available: lower"):
+        prepare(cfg("imagefolder", root, image_size=64), cache_dir=tmp_path / "c")
+    assert not list((tmp_path / "c").rglob("*.npy"))  # refused before the cache was written
+    monkeypatch.setattr(cache, "available_memory", lambda: 80_000)
+    assert prepare(cfg("imagefolder", root, image_size=64), cache_dir=tmp_path / "c").x_train.shape[1:] == (64, 64, 3)
+
+
 def test_a_cache_larger_than_the_free_disk_is_refused_before_a_byte_is_written(tmp_path):
     # CIFAR-sized arrays resized to 2048 px take 12.6 MB each in the cache: enough of them (3 KB each to
     # write here) need more than this disk has free, measured for real

@@ -94,7 +94,7 @@ def _check_classes(cfg, labels: np.ndarray, class_names: list[str], where: str) 
 
 def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     """Read, split, decode once and normalise the data set a `DatasetConfig` describes."""
-    from tuner.data.cache import check_image_size, check_space, decode_split, plan
+    from tuner.data.cache import check_image_size, check_memory, check_space, decode_split, plan
 
     check_image_size(cfg.image_size)
     if not cfg.root and cfg.download and cfg.name != "digits":  # torchvision needs a folder to download into
@@ -111,8 +111,10 @@ def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     used = np.unique(np.concatenate(list(parts.values())))
     locals_ = {k: used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j] for j, k in enumerate(shipped)}
     # everything that will be written, against the free space, before the first byte is
-    entries = [plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size) for k, local in locals_.items() if len(local)]
-    check_space(sum(e.nbytes for e in entries if e is not None and not e.built), cache_dir)
+    entries = {k: plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size) for k, local in locals_.items() if len(local)}
+    check_space(sum(e.nbytes for e in entries.values() if e is not None and not e.built), cache_dir)
+    if cache_dir is not None:  # the images used are also copied into memory (without a cache: checked above)
+        check_memory(sum(len(locals_[k]) * e.size * e.size * e.channels for k, e in entries.items() if e is not None))
     content = hashlib.sha256(f"{cfg.name}|{cfg.image_size}".encode())
     for k, local in locals_.items():
         if len(local):

@@ -162,14 +162,20 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def check_memory(needed: int, free: int | None = None) -> None:
+    """The images a search uses are held in memory (the training, validation and test arrays, shared with
+    the trials), with a cache folder too: refuse before decoding when they cannot fit in what is free."""
+    free = available_memory() if free is None else free
+    if needed > free:
+        raise UserError(f"dataset.image_size: the decoded images need {_gb(needed)} of memory, {_gb(free)} "
+                        f"available: lower dataset.image_size or set dataset.limit")
+
+
 def check_space(needed: int, cache_dir, free: int | None = None) -> None:
     """Refuse to start decoding what cannot fit: `needed` bytes against the free disk under cache_dir
     (or, with no cache_dir, against free memory). `free` is the measured figure, read here when None."""
     if cache_dir is None:
-        free = available_memory() if free is None else free
-        if needed > free:
-            raise UserError(f"dataset.image_size: the decoded images need {_gb(needed)} of memory, {_gb(free)} "
-                            f"available: lower dataset.image_size or set dataset.limit")
+        check_memory(needed, free)
         return
     where = Path(cache_dir)
     probe = next((q for q in (where, *where.parents) if q.exists()), Path("/"))
