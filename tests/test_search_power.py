@@ -111,3 +111,30 @@ space:
     assert run["search_s"] <= 20 + one_epoch + 5  # Ray checks the budget between its steps
     assert run["trials"] >= 2  # num_samples left out: it kept launching until the budget ran out
     assert time.perf_counter() - t0 < 120
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2"])
+def test_constraint_values_reach_optunas_samplers_without_the_deprecated_constraints_func(tmp_path, sampler):
+    import warnings
+
+    import optuna
+
+    from tuner.metrics import constraint_values
+    from tuner.search.searchers import constraint_attrs, make_sampler
+
+    flat = "name: flat\ndataset: {name: digits}\nfamily: linear\nspace: {lr: {loguniform: [1.0e-3, 1.0]}}\n"
+    exp = _exp(tmp_path, flat, [f"search.sampler={sampler}", "constraints={num_params: {max: 700}}"]
+               + (["metric=[val_accuracy, num_params]", "mode=[max, min]"] if sampler == "nsga2" else []))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # Optuna 5 warns about constraints_func
+        study = optuna.create_study(directions=["maximize"] * len(exp.metrics), sampler=make_sampler(exp))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for i, params in enumerate((650, 5000)):  # feasible, then over the bound
+        values = constraint_values({"num_params": params}, exp.constraints)
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 2}, distributions=dist,
+                                                  values=[0.5] * len(exp.metrics),
+                                                  system_attrs=constraint_attrs(values, exp.constraints)))
+    assert [t.constraints for t in study.trials] == [{"num_params.max": -50.0}, {"num_params.max": 4300.0}]
+    from optuna.study._constrained_optimization import _get_feasible_trials
+
+    assert [t.number for t in _get_feasible_trials(study.trials)] == [0]  # what the samplers rank by

@@ -18,8 +18,11 @@ from tuner.metrics import constraint_values
 from tuner.search.domains import DefineByRun, optuna_params
 from tuner.spaces import Experiment, grid_configs
 
-def _constraints_func(frozen) -> list[float]:
-    return frozen.user_attrs.get("constraints", [0.0])
+def constraint_attrs(values: list[float], constraints: dict[str, dict]) -> dict[str, float]:
+    """`metrics.constraint_values` under Optuna 5's names: one `constraints:<metric>.<max|min>` system attr
+    each, which every constrained sampler reads (Trial.set_constraint; `constraints_func` is deprecated)."""
+    keys = [f"{name}.{side}" for name, bound in constraints.items() for side in ("max", "min") if side in bound]
+    return {f"constraints:{k}": float(v) for k, v in zip(keys, values)}
 
 
 def make_sampler(exp: Experiment):
@@ -27,17 +30,17 @@ def make_sampler(exp: Experiment):
 
     s = exp.search
     startup = min(10, max(2, exp.num_samples // 3)) if exp.num_samples > 0 else 10
-    cons = _constraints_func if exp.constraints else None
+    # constraints reach tpe, gp and nsga2 as each trial's constraint values (TunerOptunaSearch sets them)
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup, constraints_func=cons)
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
     if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup, constraints_func=cons)
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup)
     if s.sampler == "cmaes":
         # categorical parameters go to the independent (random) sampler, as Optuna's CMA-ES does itself
         return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=startup, warn_independent_sampling=False)
     if s.sampler == "nsga2":
         pop = max(2, min(50, exp.num_samples // 2 if exp.num_samples > 0 else 20))
-        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=pop, constraints_func=cons)
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=pop)
     if s.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=s.seed, qmc_type="sobol", scramble=True,
                                           warn_independent_sampling=False, warn_asynchronous_seeding=False)
@@ -49,8 +52,8 @@ def _make_optuna_search_class():
 
     class TunerOptunaSearch(StudySearch):
         """The study searcher (journal storage, best-epoch scores, pruned and failed trials) that also tells
-        the sampler each trial's constraint values (Optuna reads them from the trial's user attrs, which
-        Ray's OptunaSearch never sets) and seeds the study with an earlier experiment's finished trials."""
+        the sampler each trial's constraint values (`Trial.set_constraint`, which Ray's OptunaSearch never
+        calls) and seeds the study with an earlier experiment's finished trials."""
 
         def __init__(self, *args, constraints: dict | None = None, seed_trials: list | None = None, **kwargs):
             self._tuner_constraints = constraints or {}
@@ -62,15 +65,17 @@ def _make_optuna_search_class():
             import optuna
 
             for params, dists, values, cons in self._tuner_seed_trials:
-                attrs = {"constraints": cons, "warm_start": True} if cons is not None else {"warm_start": True}
+                system = constraint_attrs(cons, self._tuner_constraints) if cons is not None else {}
                 self._ot_study.add_trial(optuna.trial.create_trial(
-                    params=params, distributions=dists, values=values, user_attrs=attrs))
+                    params=params, distributions=dists, values=values, user_attrs={"warm_start": True},
+                    system_attrs=system))
             self._tuner_seed_trials = []  # added once; the study (and so they) is pickled with the searcher
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             if self._tuner_constraints and result and trial_id in self._ot_trials:
-                self._ot_trials[trial_id].set_user_attr(
-                    "constraints", constraint_values(result, self._tuner_constraints))
+                values = constraint_values(result, self._tuner_constraints)
+                for key, v in constraint_attrs(values, self._tuner_constraints).items():
+                    self._ot_trials[trial_id].set_constraint(key.split(":", 1)[1], v)
             super().on_trial_complete(trial_id, result=result, error=error)
 
     return TunerOptunaSearch
