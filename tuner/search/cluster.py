@@ -240,14 +240,20 @@ def is_tune_experiment(names: list[str]) -> bool:
     return any(n == "tuner.pkl" or (n.startswith("experiment_state-") and n.endswith(".json")) for n in names)
 
 
+def local_folder(storage: str) -> str | None:
+    """The folder a storage path or `file://` URI names; None for a cloud URI (s3://, gs://, ...)."""
+    if storage.startswith("file://"):
+        return storage[len("file://"):]
+    return None if "://" in storage else storage
+
+
 @contextlib.contextmanager
 def storage_lock(storage: str | None, name: str):
     """One search per experiment on a storage folder too: two searches with different results folders but
     the same `storage` and name would otherwise write (and the second remove) one Ray experiment. An OS lock
     file beside `<storage>/<name>` (flock: held by the process, gone with it; NFS v4 honours it). A cloud
     URI (s3://, gs://, ...) has no such lock: there, keep names unique (README, "Clusters")."""
-    local = storage[len("file://"):] if storage and storage.startswith("file://") else \
-        None if not storage or "://" in storage else storage
+    local = local_folder(storage) if storage else None
     if local is None:
         yield
         return
@@ -268,7 +274,7 @@ def remove_experiment(storage: str, name: str) -> None:
     import pyarrow.fs
 
     check_name(name, "experiment name")
-    local = storage[len("file://"):] if storage.startswith("file://") else None if "://" in storage else storage
+    local = local_folder(storage)
     if local is not None:
         root = Path(local).resolve()
         target = root / name
