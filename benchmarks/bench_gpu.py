@@ -13,6 +13,7 @@ the CPU and says "no CUDA".
 
     python benchmarks/bench_gpu.py            # ResNet50, 224 px, 4,800 images
     python benchmarks/bench_gpu.py --quick    # ResNet18, 32 px, 96 images, smoke searches: on any machine
+    python benchmarks/bench_gpu.py --compile  # only: tuner's learner with `compile: true` against without
 """
 from __future__ import annotations
 
@@ -174,10 +175,26 @@ def search_seconds(device_set: list[str], quick: bool, results: Path) -> float:
     return time.perf_counter() - t0
 
 
+def compile_timing(cfg: dict, info, data, device: torch.device, epochs: int) -> None:
+    """`compile: true` against the same learner without: the first epoch pays for the compiling, so the
+    line says after how many epochs of a trial it has paid for itself (never, if steady epochs are not faster)."""
+    times = {}
+    for flag in (False, True):
+        learner = get_family("transfer").learner({**cfg, "compile": flag}, info, RunContext(device=device))
+        times[flag] = [m["epoch_time_s"] for m in learner.fit(data, epochs)]
+    plain, comp = (statistics.median(times[f][1:] or times[f]) for f in (False, True))
+    extra = (times[True][0] - comp) - (times[False][0] - plain)  # first-epoch cost beyond a steady epoch
+    gain = plain - comp
+    pays = f"pays back after {extra / gain:.0f} epochs" if gain > 0 else "never pays back"
+    print(f"compile: first epoch {times[True][0]:.1f} s (uncompiled {times[False][0]:.1f} s), steady "
+          f"{comp:.2f} s against {plain:.2f} s ({plain / comp:.2f}x); {pays}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="only time `compile: true` against without")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = pick_device(None)
@@ -193,14 +210,17 @@ def main(argv=None) -> None:
         xv, yv = write_folder(tmp / "val", n // 4, size, classes)
         per_epoch = n + n // 4
 
-        ceiling = plain_resident(arch, x, y, xv, yv, bs, epochs, device)
-        peer = plain_dataloader(arch, tmp / "train", tmp / "val", classes, bs, epochs, device, workers)
         info = DataInfo(num_classes=classes, channels=3, height=size, width=size, mean=MEAN, std=STD)
         splits = {"train": (x, y), "val": (xv, yv)}
         data = SimpleNamespace(x_train=x, y_train=y, x_val=xv, y_val=yv, info=info, key=f"bench_gpu:{n}:{size}",
                                split=splits.__getitem__)
         cfg = {"arch": arch, "weights": "none", "trainable_layers": "all", "batch_size": bs, "optimizer": "sgd",
                "lr": 0.01}
+        if args.compile:
+            compile_timing(cfg, info, data, device, max(epochs, 4))
+            return
+        ceiling = plain_resident(arch, x, y, xv, yv, bs, epochs, device)
+        peer = plain_dataloader(arch, tmp / "train", tmp / "val", classes, bs, epochs, device, workers)
         learner = get_family("transfer").learner(cfg, info, RunContext(device=device))
         ours = [m["epoch_time_s"] for m in learner.fit(data, epochs)]
 

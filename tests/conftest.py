@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 
 import pytest
+
+# `python -m tuner` in a test's subprocess runs this checkout, whatever the environment already puts on
+# PYTHONPATH (the GPU machine's packed Ray and Optuna live there): set once here, inherited by every child
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 # what in a test or its fixtures starts Ray or runs a search through the CLI
 RAY_STARTERS = ('"search"', "'search'", "run_search", "ray.init", "Tuner(", "cluster_utils", "module.main(",

@@ -52,7 +52,7 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m tuner ARGS` with this checkout first on the path; the Ray processes a search starts are
     in its own session, and any left behind (a timeout, a crash) are killed with it."""
     proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=ROOT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"},
+                            env={**os.environ, "MPLBACKEND": "Agg"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -172,7 +172,7 @@ def test_sigint_stops_with_130_retrains_nothing_and_a_second_search_is_refused_w
             "--results", str(results), "--no-dashboard", "--set", "search.num_samples=3",
             "--set", "search.max_concurrent=1", "--set", "scheduler.name=fifo", "--set", "scheduler.max_epochs=6",
             "--set", "fixed.channels=16", "--set", "fixed.batch_size=4", "--set", "fixed.optimizer=adam"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)  # conftest puts this checkout first on PYTHONPATH
     exp = results / "digits_cnn"
     log = tmp_path / "run.log"
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,

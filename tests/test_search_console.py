@@ -21,7 +21,7 @@ SMALL = ["--set", "scheduler.max_epochs=3", "--set", "scheduler.grace_period=1",
 def _search(results: Path, *extra: str) -> subprocess.CompletedProcess:
     # the CLI as a user runs it, output to a pipe (not a terminal): plain progress lines every ~10 s
     # run from the folder above --results, as `tuner search ... --results results` would be
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)  # conftest puts this checkout first on PYTHONPATH
     results.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-m", "tuner", "search", "--space", str(SPACE), "--results", results.name,
                            "--no-retrain", "--no-dashboard", *SMALL, *extra],

@@ -159,7 +159,7 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
             "--set", "scheduler.name=fifo", "--set", f"scheduler.max_epochs={max_epochs}",
             # batch_size 4: ~270 steps an epoch, so an epoch takes about a second and the kill lands mid-search
             "--set", "fixed.channels=16", "--set", "fixed.batch_size=4", "--set", "fixed.optimizer=adam"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)  # conftest puts this checkout first on PYTHONPATH
     ray_dir = results / "digits_cnn" / "ray"
     log = results.parent / "first_run.log"
     results.mkdir(parents=True)

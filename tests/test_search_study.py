@@ -20,7 +20,7 @@ from tuner.search.study import storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "digits_cnn.yaml"
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+ENV = dict(os.environ)  # conftest puts this checkout first on PYTHONPATH
 
 
 def _free_port() -> int:
