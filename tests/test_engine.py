@@ -8,7 +8,7 @@ import torch
 from tuner import embeddings, spaces
 from tuner.data import prepare
 from tuner.settings import cache_dir
-from tuner.engine import amp_dtype, eval_batches, place, precision, train_batches
+from tuner.engine import _fused, amp_dtype, eval_batches, make_optimizer, place, precision, train_batches
 from tuner.families import get_family
 
 
@@ -100,3 +100,28 @@ def test_extraction_is_float32_and_equals_running_the_extractor_in_one_batch(dig
         direct = net(pre(torch.from_numpy(np.array(digits.x_train[:70])))).numpy()
     np.testing.assert_allclose(feats, direct, atol=1e-6)
     assert embeddings.compute(net, pre, digits.x_train[:0]).shape == (0, 0)
+
+
+def test_adam_adamw_and_sgd_take_their_fused_kernel_and_an_optimiser_without_one_still_builds():
+    params = [torch.nn.Parameter(torch.zeros(3, 3))]
+    for name in ("adam", "adamw", "sgd"):
+        opt = make_optimizer([{"params": params}], {"optimizer": name, "lr": 0.1, "momentum": 0.9})
+        assert opt.defaults.get("fused") is True, name
+    # RMSprop has no fused kernel (no `fused` argument): the plain one is built instead of an error
+    assert isinstance(_fused(torch.optim.RMSprop, [{"params": params}], lr=0.1), torch.optim.RMSprop)
+    assert isinstance(make_optimizer([{"params": params}], {"optimizer": "rmsprop", "lr": 0.1}), torch.optim.RMSprop)
+
+
+def test_a_cnn_trains_channels_last_on_the_cpu_and_predicts_what_the_contiguous_model_does(digits):
+    import copy
+
+    learner = get_family("cnn").learner({"channels": 8, "blocks": 2, "batch_size": 32}, digits.info)
+    convs = [m.weight for m in learner.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert learner.inputs(digits.x_val[:4], train=False).is_contiguous(memory_format=torch.channels_last)
+    list(learner.fit(digits, 1))
+    plain = copy.deepcopy(learner.model).to(memory_format=torch.contiguous_format).eval()
+    with torch.no_grad():
+        x = learner.pre(torch.from_numpy(np.ascontiguousarray(digits.x_val)))
+        expected = torch.softmax(plain(x.contiguous()), 1).numpy()
+    np.testing.assert_allclose(learner.predict_proba(digits.x_val), expected, atol=1e-5)

@@ -261,13 +261,24 @@ def make_optimizer(groups, cfg: dict) -> torch.optim.Optimizer:
     name, lr, wd = cfg["optimizer"], float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
     eps = float(cfg.get("eps", 1e-8))
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd,
-                               nesterov=bool(cfg.get("nesterov")) and float(cfg.get("momentum", 0)) > 0)
+        return _fused(torch.optim.SGD, groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd,
+                      nesterov=bool(cfg.get("nesterov")) and float(cfg.get("momentum", 0)) > 0)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=wd, eps=eps)
+        return _fused(torch.optim.Adam, groups, lr=lr, weight_decay=wd, eps=eps)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, eps=eps)
+        return _fused(torch.optim.AdamW, groups, lr=lr, weight_decay=wd, eps=eps)
     return torch.optim.RMSprop(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd, eps=eps)
+
+
+def _fused(cls, groups, **kw) -> torch.optim.Optimizer:
+    """The optimiser's fused kernel, one call for all parameters instead of a dozen small ops per tensor.
+    The same update rule; on the 2-core machine, one thread, digits CNN: Adam 87 us a step against 372 us
+    (16 channels) and 205 against 752 (64), SGD 35 against 137: ~10% of a small CNN's training step. torch
+    < 2.4 has no fused CPU kernels, and other devices may lack them: then the plain one."""
+    try:
+        return cls(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(groups, **kw)
 
 
 def make_schedule(opt, cfg: dict, max_epochs: int):
@@ -303,6 +314,10 @@ class TorchLearner(Learner):
         self.pre = Preprocess(info.mean, info.std, info.channels, in_channels_wanted).to(self.device)
         self.augment_cfg = augment_cfg
         self.cuda = self.device.type == "cuda"
+        # channels-last on every device: on CUDA it is what the tensor cores want; on the CPU, oneDNN's
+        # convolutions are faster in it too (2-core machine, one thread, a training step: digits CNN 5.3 ms
+        # against 6.3 ms, MobileNetV3-S and EfficientNet-B0 at 64 px 1.6x; ResNet18 the same within 10%)
+        self.model = self.model.to(memory_format=torch.channels_last)
         if self.cuda:
             # cudnn.benchmark stays off. Measured on an H100 (issue 13): with it on, a trial's first training
             # step took 9.2 s (ResNet18, 64 px) / 13.4 s (ResNet50, 224 px) and each new batch shape another
@@ -310,7 +325,6 @@ class TorchLearner(Learner):
             # steady step time was the same either way (0.065 s, ResNet50 at batch 256). A trial never runs
             # long enough to win that back, so there is no switch for it.
             torch.backends.cudnn.benchmark = False
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = amp_dtype(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         # opt-in: compiling takes longer than a short trial saves; used for training and validation steps
@@ -341,9 +355,7 @@ class TorchLearner(Learner):
         t = self.pre(to_device(x, self.device))
         if train:
             t = augment(t, self.augment_cfg, self.gen)
-        if self.cuda:
-            t = t.contiguous(memory_format=torch.channels_last)
-        return t
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         with precision(self.device, exact):
