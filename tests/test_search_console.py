@@ -51,7 +51,8 @@ def test_a_20_trial_search_prints_a_short_readable_console_naming_best_yaml_tria
     trial_lines = [l for l in lines if " val_accuracy " in l and " epochs, " in l]
     assert len(trial_lines) == 20, out
     best = yaml.safe_load((results / "digits_cnn" / "best.yaml").read_text())
-    assert f"best trial {best['trial_id']}: val_accuracy = {best['metrics']['val_accuracy']:.4g}" in out  # as printed: 4 significant digits
+    # printed with 4 significant digits (0.975 as 0.975)
+    assert f"best trial {best['trial_id']}: val_accuracy = {best['metrics']['val_accuracy']:.4g}" in out
     last_progress = [l for l in lines if "stopped early" in l and " done, " in l][-1]
     assert f"best {best['metrics']['val_accuracy']:.4f} ({best['trial_id']})" in last_progress, last_progress
     # one ranking: best.yaml's trial is the one with the highest best-epoch score in trials.csv
