@@ -112,7 +112,7 @@ def test_adam_adamw_and_sgd_take_their_fused_kernel_and_an_optimiser_without_one
     assert isinstance(make_optimizer([{"params": params}], {"optimizer": "rmsprop", "lr": 0.1}), torch.optim.RMSprop)
 
 
-def test_a_cnn_trains_channels_last_on_the_cpu_and_predicts_what_the_contiguous_model_does(digits):
+def test_a_cnn_trains_channels_last_on_the_cpu_as_the_contiguous_model_predicts_and_an_mlp_does_not(digits):
     import copy
 
     learner = get_family("cnn").learner({"channels": 8, "blocks": 2, "batch_size": 32}, digits.info)
@@ -125,3 +125,12 @@ def test_a_cnn_trains_channels_last_on_the_cpu_and_predicts_what_the_contiguous_
         x = learner.pre(torch.from_numpy(np.ascontiguousarray(digits.x_val)))
         expected = torch.softmax(plain(x.contiguous()), 1).numpy()
     np.testing.assert_allclose(learner.predict_proba(digits.x_val), expected, atol=1e-5)
+    # a model without convolutions gets its batches as they come (RGB, where the layouts differ): no
+    # channels-last copy per batch
+    from tuner.families.base import DataInfo
+
+    rgb = DataInfo(num_classes=2, channels=3, height=8, width=8, mean=(0.5,) * 3, std=(0.25,) * 3)
+    images = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    assert get_family("mlp").learner({"hidden": [16]}, rgb).inputs(images, train=False).is_contiguous()
+    assert get_family("cnn").learner({"channels": 8}, rgb).inputs(images, train=False).is_contiguous(
+        memory_format=torch.channels_last)

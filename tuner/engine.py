@@ -314,10 +314,13 @@ class TorchLearner(Learner):
         self.pre = Preprocess(info.mean, info.std, info.channels, in_channels_wanted).to(self.device)
         self.augment_cfg = augment_cfg
         self.cuda = self.device.type == "cuda"
-        # channels-last on every device: on CUDA it is what the tensor cores want; on the CPU, oneDNN's
-        # convolutions are faster in it too (2-core machine, one thread, a training step: digits CNN 5.3 ms
-        # against 6.3 ms, MobileNetV3-S and EfficientNet-B0 at 64 px 1.6x; ResNet18 the same within 10%)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        # channels-last for convolutional models on every device: on CUDA it is what the tensor cores want; on
+        # the CPU, oneDNN's convolutions are faster in it too (2-core machine, one thread, a training step:
+        # digits CNN 5.3 ms against 6.3 ms, MobileNetV3-S and EfficientNet-B0 at 64 px 1.6x; ResNet18 the same
+        # within 10%). A model without convolutions (mlp) keeps its inputs as they are: no copy per batch.
+        conv = any(p.dim() == 4 for p in self.model.parameters())
+        self.memory_format = torch.channels_last if conv else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         if self.cuda:
             # cudnn.benchmark stays off. Measured on an H100 (issue 13): with it on, a trial's first training
             # step took 9.2 s (ResNet18, 64 px) / 13.4 s (ResNet50, 224 px) and each new batch shape another
@@ -355,7 +358,7 @@ class TorchLearner(Learner):
         t = self.pre(to_device(x, self.device))
         if train:
             t = augment(t, self.augment_cfg, self.gen)
-        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+        return t.contiguous(memory_format=self.memory_format) if t.dim() == 4 else t
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         with precision(self.device, exact):
