@@ -79,10 +79,12 @@ def write_tables(exp, rows: list[tuple[dict, pd.DataFrame | None]], exp_dir: Pat
     table = pd.DataFrame([r for r, _ in rows])
     public = table.drop(columns=[c for c in table.columns if c.startswith("_")])
     epochs = [e for _, e in rows if e is not None] + list(running)
+    # epochs.csv before trials.csv: a reader between the two writes (`tuner list`, a notebook, the live
+    # view) must not find a finished trial whose epochs are not there yet
+    replace(run.epochs, (pd.concat(epochs, ignore_index=True) if epochs
+                         else pd.DataFrame(columns=EPOCH_COLUMNS)).to_csv(index=False))
     if rows:
         replace(run.trials, public.to_csv(index=False))
-    replace(run.epochs, (pd.concat(epochs, ignore_index=True) if epochs
-                               else pd.DataFrame(columns=EPOCH_COLUMNS)).to_csv(index=False))
     ok = table[table["_metric"].notna()] if "_metric" in table else table.iloc[0:0]
     if exp.multi:
         # the non-dominated feasible trials; the retrain takes the one best on the first objective
