@@ -67,3 +67,37 @@ def test_verbose_restores_rays_own_tables(results):
     r = _search(results, "--set", "search.num_samples=2", "--verbose")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Trial status" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_a_search_until_the_time_budget_counts_its_trials_without_a_total(results):
+    # no num_samples: Ray runs "sys.maxsize" samples until the budget; the console once printed
+    # "29/9223372036854775807 done ... eta 1379983927175722:40:00"
+    r = _search(results, "--set", "search.num_samples=null", "--set", "search.time_budget=10s")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    lines = out.splitlines()
+    assert "(cnn, trials until the time budget ends, up to 3 epochs)" in out, out
+    assert "9223372036854775807" not in out and max(len(l) for l in lines) < 120, out
+    final = [l for l in lines if " done, " in l][-1]
+    finished = int(final.split(" done, ")[0])
+    cut = int(final.split(" | ")[-1].split()[0]) if final.endswith("cut by the time budget") else 0
+    assert " eta " not in final and "/" not in final.split(" done, ")[0], final
+    # every trial is accounted for: the finished ones and those the budget stopped
+    trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})
+    assert finished + cut == len(trials) and f"search: {len(trials)} trials in " in out, out
+
+
+def test_eta_is_the_sooner_of_the_pace_and_the_time_budget():
+    from types import SimpleNamespace
+
+    from tuner.search.console import Console
+
+    exp = load(SPACE, ["search.num_samples=100", "search.time_budget=60s"])
+    console = Console(exp, say=lambda line: None)
+    console.t0 -= 29.5  # 29.5 s in, 10 of 100 trials done: the pace says 4:25 more, the budget 0:30
+    console.finished = 10
+    line = console.progress([SimpleNamespace(status="RUNNING")] * 2)
+    assert line.startswith("10/100 done, 2 running") and line.endswith(" eta 0:30"), line
+    console.t0 += 28.5  # 1 s in: the pace says 0:09, sooner than the budget's 0:58
+    assert console.progress([]).endswith(" eta 0:09")

@@ -107,7 +107,9 @@ def search(args) -> int:
             exp.name = args.name
         if args.smoke:
             exp = spaces.smoke(exp)
-        _say(f"== {exp.name} ({exp.family}, {exp.num_samples} trials, up to {exp.scheduler.max_epochs} epochs)")
+        trials = f"{exp.num_samples} trials" if exp.num_samples >= 0 else "trials until the time budget ends"
+        budget = f" within {exp.search.time_budget:g} s" if exp.search.time_budget and exp.num_samples >= 0 else ""
+        _say(f"== {exp.name} ({exp.family}, {trials}{budget}, up to {exp.scheduler.max_epochs} epochs)")
         run_search(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
                    dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
                    retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False))

@@ -105,7 +105,7 @@ class Console(Callback):
         self.exp, self.say = exp, say
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
-        self.total = exp.num_samples
+        self.total = exp.num_samples if exp.num_samples >= 0 else None
         self.finished = self.stopped = self.failed = 0
         self.best: tuple | None = None  # rank_key of the best finished trial
         self.seen: dict[str, int] = {}  # last epoch each trial was let go on from
@@ -125,6 +125,8 @@ class Console(Callback):
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         if total_num_samples:
             self.total = total_num_samples  # a grid multiplies num_samples by its points
+        if self.total is not None and (self.total < 0 or self.total >= sys.maxsize):
+            self.total = None  # "until the time budget ends": Ray counts that as sys.maxsize samples
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = trial.trial_id
@@ -172,19 +174,24 @@ class Console(Callback):
         if self.tty:
             self._draw("")
             self.stream.write("\r")
-        self.say(self.progress(trials))
+        # trials the time budget stopped get no complete or error event: said once here, not left uncounted
+        cut = sum(t.status in ("TERMINATED", "ERROR") for t in trials) - self.finished
+        self.say(self.progress(trials, final=True) + (f" | {cut} cut by the time budget" if cut > 0 else ""))
 
     # ---------------------------------------------------------------- the lines
-    def progress(self, trials) -> str:
+    def progress(self, trials, final: bool = False) -> str:
         running = sum(t.status == "RUNNING" for t in trials)
         elapsed = time.monotonic() - self.t0
         best = "best -"
         if self.best:
             best = f"best {-self.best[0] if self.exp.modes[0] == 'max' else self.best[0]:.4f} ({self.best[2]})"
-        eta = ""
-        if 0 < self.finished < self.total:
-            eta = f" eta {_clock(elapsed / self.finished * (self.total - self.finished))}"
-        done = f"{self.finished}/{self.total} done, "
+        left = []  # seconds: the trials still to run at the pace so far, the time budget's rest
+        if self.total is not None and 0 < self.finished < self.total:
+            left.append(elapsed / self.finished * (self.total - self.finished))
+        if self.exp.search.time_budget:
+            left.append(max(0.0, self.exp.search.time_budget - elapsed))
+        eta = f" eta {_clock(min(left))}" if left and not final else ""
+        done = f"{self.finished}/{self.total} done, " if self.total is not None else f"{self.finished} done, "
         return (f"{done}{running} running, {self.stopped} stopped early, {self.failed} failed | "
                 f"{self.exp.metrics[0]} {best} | {_clock(elapsed)}{eta}")
 
