@@ -58,6 +58,39 @@ def test_set_overrides_nested_keys_with_yaml_values(tmp_path):
     assert exp.dataset.split.seed == 3
 
 
+def test_exponent_floats_without_a_dot_are_numbers_in_files_and_set(tmp_path):
+    # PyYAML reads YAML 1.1, where `1e-4` is the string '1e-4'; the README's own --set example must work
+    exp = spaces.load(write(tmp_path, BASE), ["space.lr={loguniform: [1e-4, 1e-2]}"])
+    assert exp.searched["lr"] == spaces.Distribution("loguniform", (1e-4, 1e-2))
+    exp = spaces.load(write(tmp_path, BASE.replace("[1.0e-4, 1.0e-1]", "[1e-4, 1e-1]")))
+    assert exp.searched["lr"] == spaces.Distribution("loguniform", (1e-4, 1e-1))
+    exp = spaces.load(write(tmp_path, BASE), ["fixed.lr=1e-3"])
+    assert exp.constants["lr"] == 1e-3 and isinstance(exp.constants["lr"], float)
+
+
+def test_loguniform_from_zero_written_with_an_exponent_bound_names_the_real_problem(tmp_path):
+    with pytest.raises(UserError, match=r"space\.lr: loguniform needs bounds > 0, got 0"):
+        spaces.load(write(tmp_path, BASE), ["space.lr={loguniform: [0, 1e-2]}"])
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e-4", 1e-4), ("5E3", 5e3), ("-2e+5", -2e5), ("+1e5", 1e5), (".5e-3", 5e-4), ("1.0e3", 1e3),
+    ("1.10", 1.1), ("1.", 1.0), ("0x1f", 31), ("1_000", 1000),   # what PyYAML already read as numbers
+    ("-.5", "-.5"), ("1e", "1e"), ("e5", "e5"), ("v1e5", "v1e5"), ("1e-4a", "1e-4a"), ("1.2.3e4", "1.2.3e4"),
+])
+def test_only_exponent_forms_change_how_a_scalar_reads(text, value):
+    got = spaces.safe_yaml(text)
+    assert got == value and type(got) is type(value)
+
+
+def test_a_quoted_exponent_string_stays_a_string_through_space_yaml(tmp_path):
+    exp = spaces.load(write(tmp_path, BASE.replace("name: t", "name: '1e5'")))
+    assert exp.name == "1e5"
+    text = spaces.resolved_yaml(exp)
+    assert "name: '1e5'" in text
+    assert spaces.parse_experiment(spaces.safe_yaml(text)).name == "1e5"
+
+
 def test_constant_in_space_is_not_searched(tmp_path):
     exp = spaces.load(write(tmp_path, BASE + "  optimizer: sgd\n"))
     assert exp.constants["optimizer"] == "sgd" and "optimizer" not in exp.searched

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -395,11 +396,30 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(text.split())
 
 
+# YAML 1.2 core-schema floats that have an exponent: `1e-4`, `5E3`, `-2e+5`, `.5e-3`, `1.0e3`. PyYAML follows
+# YAML 1.1, whose floats need a dot and a signed exponent, so it reads `1e-4` as the string '1e-4' and a
+# `{loguniform: [1e-4, 1e-2]}` fails as "needs two numbers". Every other scalar resolves as PyYAML's does.
+EXPONENT_FLOAT = r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"
+
+
+class SpaceLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads YAML 1.2's exponent floats (`1e-4`) as floats."""
+
+
+class SpaceDumper(yaml.SafeDumper):
+    """yaml.SafeDumper that quotes a string SpaceLoader would read as a float (`'1e-4'`), so it reads back."""
+
+
+for _cls in (SpaceLoader, SpaceDumper):  # each gets its own copy of SafeLoader's resolvers; those stay as they are
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(EXPONENT_FLOAT), list("-+.0123456789"))
+
+
 def safe_yaml(text: str) -> Any:
-    """yaml.safe_load that refuses a document that expands past MAX_YAML_NODES (an alias bomb: nine
-    lines that PyYAML would turn into billions of list entries) or that nests past Python's stack.
+    """yaml.safe_load (with SpaceLoader's `1e-4` floats) that refuses a document that expands past
+    MAX_YAML_NODES (an alias bomb: nine lines that PyYAML would turn into billions of list entries) or that
+    nests past Python's stack.
     Raises yaml.YAMLError for bad syntax and UserError for the rest, each without the file name."""
-    loader = yaml.SafeLoader(text)
+    loader = SpaceLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -777,7 +797,7 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
         raise UserError(f"{file}: search.warm_start from a results folder seeds Optuna's study; set "
                         f"search.algorithm: optuna")
     exp.search.warm_start = str(folder.resolve())  # space.yaml keeps a path that works from anywhere
-    old = yaml.safe_load((folder / "space.yaml").read_text()) or {}
+    old = safe_yaml((folder / "space.yaml").read_text()) or {}
     if old.get("family") != exp.family:
         raise UserError(f"{file}: search.warm_start: {ws} searched family {old.get('family')!r}, this space "
                         f"family {exp.family!r}; their trials cannot seed this search")
@@ -872,4 +892,4 @@ def resolved_yaml(exp: Experiment) -> str:
         out["constraints"] = exp.constraints
     if exp.storage:
         out["storage"] = exp.storage
-    return yaml.safe_dump(out, sort_keys=False)
+    return yaml.dump(out, Dumper=SpaceDumper, sort_keys=False)
