@@ -120,6 +120,55 @@ def test_pbt_runs_smoke_on_digits(results):
     assert (results / "digits_pbt" / "best" / "model.pt").is_file()
 
 
+@pytest.mark.slow
+def test_pbt_tables_keep_every_trials_own_epochs_and_perturbed_values_stay_in_the_space(results):
+    # 4 trials, 2 at a time, 6 epochs: the worst copies the best at least once (Ray writes a pbt_policy file).
+    # Ray's own record of an exploited trial dropped the epochs it ran before copying, and its last result
+    # carried the copied trial's id: trials.csv had one id twice and lost another. Ray's x1.2 step took a
+    # momentum drawn from [0.5, 0.95] to 1.04, and with 4 checkpoints kept a copy once found its source pruned.
+    rc = cli.main(["search", "--space", str(SPACES / "digits_pbt.yaml"), "--results", str(results), "--no-dashboard",
+                   "--no-retrain", "--set", "scheduler.max_epochs=6", "--set", "search.max_concurrent=2"])
+    assert rc == 0
+    d = results / "digits_pbt"
+    assert list((d / "ray").glob("pbt_policy_*.txt")), "no trial copied another: the checks below would be empty"
+    trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+    folders = {p.name.removeprefix("trial_") for p in (d / "ray").glob("trial_*")}
+    assert sorted(trials["trial_id"]) == sorted(folders) and len(folders) == 4
+    assert set(trials["status"]) == {"TERMINATED"}
+    epochs = pd.read_csv(d / "epochs.csv", dtype={"trial_id": str})
+    for tid, e in epochs.groupby("trial_id"):
+        assert e["epoch"].tolist() == list(range(1, 7)), (tid, e["epoch"].tolist())
+    assert trials["momentum"].between(0.5, 0.95).all() and trials["dropout"].between(0.0, 0.5).all()
+    assert trials["lr"].between(1.0e-3, 1.0e-1).all()
+
+
+def test_a_trials_history_keeps_the_epochs_rays_file_dropped_and_the_retried_epochs_second_result():
+    from tuner.search.driver import _history
+
+    saved = pd.DataFrame({"training_iteration": [1, 2, 5], "val_accuracy": [0.2, 0.4, 0.9]})  # 3, 4 dropped
+    reported = [{"training_iteration": i, "val_accuracy": v} for i, v in [(1, 0.2), (2, 0.4), (3, 0.6), (4, 0.7),
+                                                                          (4, 0.75), (5, 0.9)]]
+    df = _history(saved, reported)
+    assert df["training_iteration"].tolist() == [1, 2, 3, 4, 5] and df["val_accuracy"].tolist()[3] == 0.75
+    assert _history(saved, None)["training_iteration"].tolist() == [1, 2, 5]
+    assert _history(None, None) is None
+
+
+def test_pbt_explores_inside_the_space():
+    from ray.tune.schedulers.pbt import _explore
+
+    from tuner.search.driver import _scheduler
+    from tuner.spaces import load
+
+    exp = load(SPACES / "digits_pbt.yaml")
+    pbt = _scheduler(exp)
+    config = {**exp.constants, "lr": 0.09, "momentum": 0.94, "dropout": 0.45}
+    for _ in range(50):  # Ray picks x0.8 or x1.2 (or a resample) at random
+        new, _ = _explore(config, pbt._hyperparam_mutations, pbt._resample_probability,
+                          pbt._perturbation_factors, pbt._custom_explore_fn)
+        assert 1.0e-3 <= new["lr"] <= 1.0e-1 and 0.5 <= new["momentum"] <= 0.95 and 0 <= new["dropout"] <= 0.5
+
+
 # --------------------------------------------------------------------------- a killed driver
 def _progress(ray_dir: Path) -> dict[str, int]:
     """trial folder -> epochs checkpointed so far (the newest checkpoint's index + 1)."""

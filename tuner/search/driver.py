@@ -3,6 +3,7 @@ results tables. The pipeline around it (checks, lock, plots, retrain, comparison
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import os
 import time
 import uuid
@@ -118,8 +119,27 @@ def _scheduler(exp: Experiment):
     mutations = {k: to_tune(d) for k, d in exp.searched.items() if k in perturbable}
     if not mutations:
         raise UserError(f"{exp.path}: scheduler pbt needs at least one of {', '.join(perturbable)} in space:")
+    bounds = {k: d.args for k, d in exp.searched.items() if k in mutations and d.kind in NUMERIC}
     return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
-                                   hyperparam_mutations=mutations, synch=False, metric=exp.metric, mode=exp.mode)
+                                   hyperparam_mutations=mutations, synch=False, metric=exp.metric, mode=exp.mode,
+                                   custom_explore_fn=ClipToSpace(bounds))
+
+
+NUMERIC = ("uniform", "loguniform", "int", "logint")
+
+
+@dataclass
+class ClipToSpace:
+    """PBT's explore step, kept inside the space: Ray multiplies a value by 0.8 or 1.2 with no bounds, so a
+    momentum drawn from [0.5, 0.95] became 1.04 and that trial diverged (val_accuracy 0.97 -> 0.29)."""
+
+    bounds: dict[str, tuple]
+
+    def __call__(self, config: dict) -> dict:
+        for k, (lo, hi) in self.bounds.items():
+            if k in config:
+                config[k] = type(lo)(min(max(config[k], lo), hi))
+        return config
 
 
 def _resources(exp: Experiment) -> dict:
@@ -224,8 +244,10 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
             run_config=tune.RunConfig(
                 name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
                 verbose=1 if verbose else 0, callbacks=callbacks,
-                # a bounded number per trial; PBT keeps more, since other trials copy from them
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if exp.scheduler.name == "pbt" else 2),
+                # 2 per trial; PBT keeps all: Ray's PBT can hand a trial a checkpoint of the trial it copies
+                # that the copied one has pruned since (seen here with 4 kept: "Could not recover from
+                # checkpoint as it does not exist on storage anymore", ray-project/ray#8441)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.name == "pbt" else 2),
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
         )
     t_fit = time.perf_counter()
@@ -239,7 +261,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(fit_s, 3),
                                           "prepare_and_start_s": round(t_fit - t0, 3)})
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
-    best = write_results(exp, grid, exp_dir)
+    best = write_results(exp, grid, exp_dir, callbacks[0].results)
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
     failed = failed[failed["status"] == "ERROR"]
     if len(failed):
@@ -249,12 +271,34 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     return data, best, failed
 
 
-def write_results(exp: Experiment, grid, exp_dir: Path) -> dict | None:
-    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid (the same rows the live tables had)."""
+def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list[dict]] | None = None) -> dict | None:
+    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid and `reported`, every result each trial sent
+    during this run (the live callback's record).
+
+    Both are needed. Ray's record of a trial restored from a checkpoint (PBT's exploit, a retry) keeps only
+    the results up to that checkpoint and those after, so epochs it did run vanish; after a PBT exploit its
+    last metrics even carry the trial_id of the trial it copied. The callback sees every result, but after
+    --resume only those since. A trial's id is its folder's name, which tuner sets (_trial_dirname).
+    """
     from tuner.tables import trial_row, write_tables
 
     rows = []
     for result in grid:
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
-        rows.append(trial_row(exp, trial_id, result.config or {}, result.metrics_dataframe, result.error))
+        name = Path(result.path).name
+        trial_id = name.removeprefix("trial_") if name.startswith("trial_") else (result.metrics or {}).get("trial_id")
+        history = _history(result.metrics_dataframe, (reported or {}).get(trial_id))
+        rows.append(trial_row(exp, trial_id, result.config or {}, history, result.error))
     return write_tables(exp, rows, exp_dir)
+
+
+def _history(saved: pd.DataFrame | None, reported: list[dict] | None) -> pd.DataFrame | None:
+    """A trial's epochs, one row per training_iteration: what it reported in this run wins over Ray's file
+    (a retried epoch's second result is the one its checkpoint holds)."""
+    frames = [f for f in (saved, pd.DataFrame(reported) if reported else None) if f is not None and len(f)]
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
+    if "training_iteration" not in df:
+        return df
+    return df.drop_duplicates("training_iteration", keep="last").sort_values("training_iteration",
+                                                                           ignore_index=True)
