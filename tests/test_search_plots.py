@@ -176,6 +176,20 @@ def test_multi_objective_run_writes_pareto_csv_and_png(tmp_path):
     assert "zfail" not in set(front["trial_id"])
 
 
+def test_the_experiments_plots_of_a_multi_objective_search_include_the_pareto_front(tmp_path):
+    # what a search runs after it ends: the space's metric list once reached plot_search cut to its first
+    # entry, so no search ever wrote plots/pareto.png
+    d = tmp_path / "mo"
+    write_experiment(d, space={**SPACE, "metric": ["val_accuracy", "latency_ms"], "mode": ["max", "min"]})
+    trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+    trials["latency_ms"] = np.where(trials["status"] == "ERROR", np.nan, np.linspace(1, 10, len(trials)))
+    trials.to_csv(d / "trials.csv", index=False)
+    report.experiment_plots(d)
+    png_ok(d / "plots" / "pareto.png")
+    png_ok(d / "plots" / "learning_curves.png")
+    assert len(pd.read_csv(d / "pareto.csv")) >= 1
+
+
 def test_three_objectives_draw_every_pair(tmp_path):
     rng = np.random.default_rng(0)
     t = pd.DataFrame({"trial_id": [f"t{i}" for i in range(20)], "status": ["TERMINATED"] * 20,

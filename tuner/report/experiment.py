@@ -70,9 +70,10 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     trials = pd.read_csv(run.trials, dtype={"trial_id": str})
     epochs = pd.read_csv(run.epochs, dtype={"trial_id": str})
     space = run.read_space()
-    metric, mode = space.get("metric", "val_accuracy"), space.get("mode", "max")
-    if isinstance(metric, list):  # several objectives: the plots rank by the first
-        metric, mode = metric[0], (mode[0] if isinstance(mode, list) else mode)
+    metrics, modes = space.get("metric", "val_accuracy"), space.get("mode", "max")
+    metric, mode = metrics, modes
+    if isinstance(metrics, list):  # several objectives: the plots rank by the first; the Pareto plot takes all
+        metric, mode = metrics[0], (modes[0] if isinstance(modes, list) else modes)
     ranked, col = ranked_trials(trials, metric, mode)
     searched = searched_params(space)
     name = space.get("name", run.name)
@@ -83,7 +84,7 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     plot_rungs(trials, space.get("scheduler") or {}, plots / "rungs.png", name=name)
     from tuner.report import search as search_plots  # parallel coordinates, contour, history, intermediate values, Pareto front
 
-    search_plots.plot_search(trials, epochs, searched, metric, mode, plots, name=name, importance=imp,
+    search_plots.plot_search(trials, epochs, searched, metrics, modes, plots, name=name, importance=imp,
                              max_epochs=(space.get("scheduler") or {}).get("max_epochs"))
 
 
