@@ -101,3 +101,29 @@ def test_eta_is_the_sooner_of_the_pace_and_the_time_budget():
     assert line.startswith("10/100 done, 2 running") and line.endswith(" eta 0:30"), line
     console.t0 += 28.5  # 1 s in: the pace says 0:09, sooner than the budget's 0:58
     assert console.progress([]).endswith(" eta 0:09")
+
+
+def test_the_best_so_far_is_never_a_trial_outside_the_constraints(tmp_path):
+    from types import SimpleNamespace
+
+    from tuner.search.console import Console
+
+    raw = yaml.safe_load(SPACE.read_text())
+    raw["constraints"] = {"num_params": {"max": 1000}}
+    space = tmp_path / "constrained.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    exp = load(space)
+    lines = []
+    console = Console(exp, say=lines.append)
+
+    def finish(tid: str, acc: float, params: int) -> None:
+        result = {"training_iteration": 1, "epoch": 1, "val_accuracy": acc, "best_val_accuracy": acc,
+                  "val_loss": 1 - acc, "num_params": params}
+        trial = SimpleNamespace(trial_id=tid, config={}, last_result=result, status="TERMINATED")
+        console.on_trial_result(1, [trial], trial, result)
+        console.on_trial_complete(1, [trial], trial)
+
+    finish("big00000", 0.99, 50_000)  # more accurate, but too large
+    finish("small000", 0.90, 800)
+    console.on_experiment_end([])
+    assert "best 0.9000 (small000)" in lines[-1], lines[-1]

@@ -17,7 +17,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from tuner.metrics import best_key, rank_key
+from tuner.metrics import best_key, constraint_values, rank_key
 from tuner.tables import one_line
 from tuner.search.study import stopped_early
 
@@ -109,7 +109,8 @@ class Console(Callback):
         self.finished = self.stopped = self.failed = 0
         self.best: tuple | None = None  # rank_key of the best finished trial
         self.seen: dict[str, int] = {}  # last epoch each trial was let go on from
-        self.best_epoch: dict[str, tuple[float, int, float]] = {}  # metric, epoch, val_loss at that epoch
+        # metric, epoch, val_loss and whether the constraints held, at each trial's best epoch
+        self.best_epoch: dict[str, tuple[float, int, float, bool]] = {}
         self.t0 = time.monotonic()
         self.last_plain = self.t0
 
@@ -136,7 +137,9 @@ class Console(Callback):
             old = self.best_epoch.get(tid)
             better = old is None or (value > old[0] if self.exp.modes[0] == "max" else value < old[0])
             if better:
-                self.best_epoch[tid] = (value, int(result.get("epoch", step)), result.get("val_loss", math.nan))
+                feasible = all(c <= 0 for c in constraint_values(result, self.exp.constraints))
+                self.best_epoch[tid] = (value, int(result.get("epoch", step)), result.get("val_loss", math.nan),
+                                        feasible)
         if not result.get("done"):  # Ray marks the result it stops a trial on as done
             self.seen[tid] = step
 
@@ -146,9 +149,12 @@ class Console(Callback):
         early = stopped_early(result, self.seen.get(trial.trial_id, 0), self.exp.scheduler.max_epochs)
         self.finished += 1
         self.stopped += early
-        _, result["_best_epoch"], loss = self.best_epoch.get(trial.trial_id, (None, "?", math.nan))
+        unseen = (None, "?", math.nan, all(c <= 0 for c in constraint_values(result, self.exp.constraints)))
+        _, result["_best_epoch"], loss, feasible = self.best_epoch.get(trial.trial_id, unseen)
         score = result.get(best_key(self.exp.metrics[0]))
-        if score is not None and score == score:
+        # the best so far is the trial best.yaml would name: never one outside the constraints (trials.csv
+        # marks it infeasible)
+        if score is not None and score == score and feasible:
             key = rank_key(self.exp.modes[0], score, loss, trial.trial_id)
             self.best = key if self.best is None else min(self.best, key)
         self._print(trial_line(self.exp, trial.trial_id, trial.config, result, epochs,
