@@ -113,6 +113,7 @@ class Console(Callback):
         self.best_epoch: dict[str, tuple[float, int, float, bool]] = {}
         self.t0 = time.monotonic()
         self.last_plain = self.t0
+        self.adopted = False  # trials that ended before a --resume: counted once, from Ray's restored state
 
     def __getstate__(self) -> dict:
         # Ray pickles the run's callbacks into tuner.pkl; the terminal stays behind
@@ -149,14 +150,9 @@ class Console(Callback):
         early = stopped_early(result, self.seen.get(trial.trial_id, 0), self.exp.scheduler.max_epochs)
         self.finished += 1
         self.stopped += early
-        unseen = (None, "?", math.nan, all(c <= 0 for c in constraint_values(result, self.exp.constraints)))
-        _, result["_best_epoch"], loss, feasible = self.best_epoch.get(trial.trial_id, unseen)
-        score = result.get(best_key(self.exp.metrics[0]))
-        # the best so far is the trial best.yaml would name: never one outside the constraints (trials.csv
-        # marks it infeasible)
-        if score is not None and score == score and feasible:
-            key = rank_key(self.exp.modes[0], score, loss, trial.trial_id)
-            self.best = key if self.best is None else min(self.best, key)
+        # the trial's own count of its best epoch survives a --resume; this console saw only the epochs since
+        result["_best_epoch"] = result.get("best_epoch") or self.best_epoch.get(trial.trial_id, (0, "?"))[1]
+        self._rank(trial.trial_id, result)
         self._print(trial_line(self.exp, trial.trial_id, trial.config, result, epochs,
                                "stopped early" if early else "completed"), trials)
 
@@ -166,6 +162,34 @@ class Console(Callback):
         error = one_line(trial.get_error() or "see the trial's error.txt")
         self._print(trial_line(self.exp, trial.trial_id, trial.config, None,
                                int((trial.last_result or {}).get("training_iteration", 0)), "failed", error), trials)
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._adopt(trials)
+
+    def _adopt(self, trials) -> None:
+        """Trials that ended before this run (a --resume): no event comes for them, so count them here, in
+        the totals and the best, without a line each (the first run printed those)."""
+        if self.adopted:
+            return
+        self.adopted = True
+        for t in trials:
+            if t.status not in ("TERMINATED", "ERROR") or t.trial_id in self.best_epoch:
+                continue
+            result = dict(t.last_result or {})
+            self.finished += 1
+            self.failed += t.status == "ERROR"
+            self.stopped += t.status != "ERROR" and stopped_early(result, 0, self.exp.scheduler.max_epochs)
+            self._rank(t.trial_id, result)
+
+    def _rank(self, tid: str, result: dict) -> None:
+        score = result.get(best_key(self.exp.metrics[0]))
+        # the best so far is the trial best.yaml would name: never one outside the constraints (trials.csv
+        # marks it infeasible)
+        feasible = all(c <= 0 for c in constraint_values(result, self.exp.constraints))
+        _, _, loss, feasible = self.best_epoch.get(tid, (None, None, result.get("val_loss", math.nan), feasible))
+        if score is not None and score == score and feasible:
+            key = rank_key(self.exp.modes[0], score, loss, tid)
+            self.best = key if self.best is None else min(self.best, key)
 
     def on_step_end(self, iteration, trials, **info):
         if self.tty:
@@ -177,6 +201,7 @@ class Console(Callback):
             self.say(self.progress(trials))
 
     def on_experiment_end(self, trials, **info):
+        self._adopt(trials)  # a --resume of a search that had ended runs no step
         if self.tty:
             self._draw("")
             self.stream.write("\r")

@@ -138,8 +138,10 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
             value = metrics.get(spec.metric)
             if value is not None and value == value and (best is None or pick(best, value) != best):
                 best = value  # a NaN epoch never becomes the best; the others are read at this epoch
-                at_best = {m: metrics.get(m) for m in spec.objectives}
+                at_best = {**{m: metrics.get(m) for m in spec.objectives}, "epoch": metrics.get("epoch")}
             metrics[best_key(spec.metric)] = best if best is not None else value
+            # kept in the checkpoint with `best`, so the console names the right epoch after a --resume too
+            metrics["best_epoch"] = at_best.get("epoch") or metrics.get("epoch")
             metrics.update({best_key(m): at_best.get(m, metrics.get(m)) for m in spec.objectives})
             if not learner.checkpoint_every_epoch:
                 tune.report(metrics)
