@@ -1,5 +1,6 @@
 """`tuner best --pareto`, `tuner best --trial ID --export DIR` and `tuner search --resume --retry-failed`,
-each through the real CLI (`python -m tuner`) in a subprocess, on small digits searches of one or two epochs."""
+each through the real CLI (`python -m tuner`) in a subprocess, on small digits searches of one or two epochs;
+and what `best` refuses before it prints anything, in-process on a results folder written by hand (no Ray)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,8 @@ import pytest
 import yaml
 
 import tuner
+from tuner import spaces
+from tuner.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,3 +194,54 @@ def test_resume_retry_failed_runs_the_failed_trial_again(failing_search):
     assert after.set_index("trial_id").loc[failed[0], "status"] == "ERROR"
     ok = before.loc[before["status"] != "ERROR", "trial_id"].iloc[0]
     assert after.set_index("trial_id").loc[ok, "val_accuracy"] == before.set_index("trial_id").loc[ok, "val_accuracy"]
+
+
+# ------------------------------------------------------------------ refused before anything is printed (no Ray)
+@pytest.fixture()
+def written(tmp_path) -> Path:
+    """A results folder holding one finished search in the format `search` writes (no retrained model):
+    space.yaml, best.yaml and a trials.csv of two finished trials, t0 the best."""
+    results = tmp_path / "results"
+    d = results / "digits_linear"
+    d.mkdir(parents=True)
+    exp = spaces.load(ROOT / "search_spaces" / "digits_linear.yaml", [])
+    (d / "space.yaml").write_text(spaces.resolved_yaml(exp))
+    rows = [{"trial_id": t, "status": "TERMINATED", "error": "", "lr": lr, "batch_size": 32, "optimizer": "adam",
+             "weight_decay": 1.0e-4, "epochs": 1, "val_accuracy": acc, "val_loss": 0.4, "best_epoch": 1,
+             "time_s": 1.0} for t, lr, acc in [("t0", 0.05, 0.9), ("t1", 0.01, 0.8)]]
+    pd.DataFrame(rows).to_csv(d / "trials.csv", index=False)
+    (d / "best.yaml").write_text(yaml.safe_dump({
+        "experiment": "digits_linear", "family": "linear", "trial_id": "t0", "metric": "val_accuracy",
+        "mode": "max", "config": {"lr": 0.05, "batch_size": 32, "optimizer": "adam", "weight_decay": 1.0e-4},
+        "metrics": {"epoch": 1, "val_accuracy": 0.9, "val_loss": 0.4}, "epochs_run": 1}, sort_keys=False))
+    return results
+
+
+def test_best_on_an_unreadable_trials_csv_exits_2_with_lists_message_and_prints_nothing(written, capsys):
+    trials = written / "digits_linear" / "trials.csv"
+    trials.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2)  # binary garbage, as a broken copy leaves
+    assert main(["best", "--results", str(written), "--experiment", "digits_linear"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # not best.yaml first and the error after it
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {trials}: cannot be read ("), err
+    assert "--resume" in lines[0] and "Traceback" not in err
+    # the same words `list` warns with when it leaves that experiment out (README: list skips it, best exits 2)
+    assert main(["list", "--results", str(written)]) == 0
+    warning = capsys.readouterr().err.strip()
+    assert warning == f"warning: {lines[0].removeprefix('error: ')}; digits_linear not listed"
+
+
+@pytest.mark.parametrize("trial", [None, "t1"])
+def test_best_export_to_a_file_is_refused_before_anything_is_printed_or_written(written, tmp_path, capsys, trial):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    best_yaml = (written / "digits_linear" / "best.yaml").read_text()
+    argv = ["best", "--results", str(written), "--experiment", "digits_linear", "--export", str(afile)]
+    assert main(argv + (["--trial", trial] if trial else [])) == 2
+    out, err = capsys.readouterr()
+    assert out == "", out  # best.yaml is not printed before the error
+    lines = err.strip().splitlines()
+    assert lines == [f"error: --export {afile}: is a file; give a folder (it is created if missing)"]
+    assert afile.read_text() == "mine"
+    assert (written / "digits_linear" / "best.yaml").read_text() == best_yaml  # --trial did not replace the best

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 import yaml
 
 import tuner
-from tuner.cli import main
+from tuner.cli import build_parser, main
+from tuner.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -143,3 +145,41 @@ def test_python_dash_m_and_console_script_both_run():
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert "valid" in done.stdout
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
+def test_dashboard_port_out_of_range_exits_2_with_one_error_line(tmp_path, capsys, port):
+    d = tmp_path / "results" / "digits_cnn"  # an experiment with a study, so only the port can be wrong
+    d.mkdir(parents=True)
+    (d / "space.yaml").write_text("name: digits_cnn\nfamily: cnn\n")
+    (d / "optuna.journal").write_text("")
+    assert main(["dashboard", "--results", str(tmp_path / "results"), "--experiment", "digits_cnn",
+                 "--port", port]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    assert f"--port: {port!r} is not a port; give one from 1 to 65535" in lines[0]
+    assert "optuna-dashboard" not in out  # refused before the server starts
+
+
+def test_dashboard_port_0_is_refused_and_65535_accepted_by_the_parser():
+    with pytest.raises(UserError, match="--port: '0' is not a port"):
+        build_parser().parse_args(["dashboard", "--port", "0"])
+    assert build_parser().parse_args(["dashboard", "--port", "65535"]).port == 65535
+    assert build_parser().parse_args(["dashboard"]).port == 8080
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"], ["--resum"]])
+def test_ctrl_c_during_search_prints_the_users_own_command_with_resume_once(monkeypatch, capsys, resume):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuner.commands.search", interrupted)
+    argv = shlex.split("search --space 'my spaces/digits.yaml' --name d1 --results 'out dir' --no-dashboard "
+                       "--set 'space.lr={loguniform: [1.0e-4, 1.0e-2]}' --set search.num_samples=2") + resume
+    assert main(argv) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("interrupted; `") and lines[0].endswith("` continues where this stopped")
+    command = lines[0].split("`")[1]
+    assert shlex.split(command) == ["tuner", *argv] + ([] if resume else ["--resume"])  # runnable as printed

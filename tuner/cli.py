@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import shlex
 import sys
 import traceback
 
@@ -15,6 +16,26 @@ from tuner.errors import UserError
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors follow the contract too: one line, exit 2
         raise UserError(f"{self.prog}: {message}")
+
+
+def _port(text: str) -> int:
+    """A TCP port a server can listen on: 1 to 65535 (0 would pick a port nobody is told about)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; give one from 1 to 65535 (default 8080)")
+    return port
+
+
+def resume_command(argv: list[str], resumed: bool = False) -> str:
+    """The command that continues an interrupted `tuner search ARGV`: the same arguments, shell-quoted, with
+    --resume added unless `resumed` (the parsed --resume, which argparse also sets for a prefix like --resu)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    prog = "python -m tuner" if spec is not None and spec.name == "tuner.__main__" else "tuner"
+    argv = list(argv)
+    return f"{prog} {shlex.join(argv if resumed or '--resume' in argv else argv + ['--resume'])}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dashboard", help="serve an experiment's study with optuna-dashboard on 127.0.0.1")
     d.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
     d.add_argument("--results", default="results")
-    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--port", type=_port, default=8080, help="1 to 65535 (default 8080)")
 
     ls = sub.add_parser("list", help="the experiments in a results folder")
     ls.add_argument("--results", default="results")
@@ -69,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         args = parser.parse_args(argv)
         if not args.command:
@@ -86,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # a full disk is the one OSError a user fixes: say so in one line, and that nothing was rolled back
         where = f" writing {exc.filename}" if exc.filename else ""
+        again = (resume_command(argv, args.resume) if getattr(args, "command", None) == "search"
+                 else "tuner search --resume")
         print(f"error: the disk is full{where}; what was written before it is kept, a search's finished trials "
-              f"included: free some space and run the command again (`tuner search --resume` continues a search)",
+              f"included: free some space and run the command again (`{again}` continues a search)",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; `tuner search --resume` continues where this stopped", file=sys.stderr)
+        if getattr(args, "command", None) == "search":  # the user's own arguments, which --resume needs again
+            print(f"interrupted; `{resume_command(argv, args.resume)}` continues where this stopped",
+                  file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - the one place that turns a bug into exit status 1
         traceback.print_exc()

@@ -149,6 +149,7 @@ def _experiment_dir(results: Path, name: str | None) -> Path:
 def best(args) -> int:
     from tuner import predict
     from tuner.retrain import retrain_best
+    from tuner.rundir import read_trials
 
     d = _experiment_dir(Path(args.results), args.experiment)
     run = RunDir(d)
@@ -156,23 +157,19 @@ def best(args) -> int:
         if run.running_note():
             raise UserError(f"{d}: {run.running_note().split(':')[0]}, no trial has finished yet; try again shortly")
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
+    # every results file is read, and every option checked, before anything is printed: an unreadable file or a
+    # bad --export is exit 2 and one `error:` line, never half an answer (the messages are `list`'s warnings)
+    run.read_space()
+    if run.trials.exists():
+        run.read_trials()
+    info = run.read_best()
     if args.pareto:
         if not run.pareto.is_file():
             raise UserError(f"{d}: no pareto.csv; --pareto is for a search with several objectives "
                             f"(metric: [val_accuracy, latency_ms])")
-        import pandas as pd
-
-        _say(pd.read_csv(run.pareto, dtype={"trial_id": str}).to_string(index=False))
+        _say(read_trials(run.pareto).to_string(index=False))
         return 0
-    if args.trial:
-        _choose_trial(d, args.trial)
-    info = run.read_best()
-    if run.running_note():  # the search is still going: best.yaml is the best of the trials finished so far
-        _say(run.running_note())
-    _say(yaml.safe_dump(info, sort_keys=False).rstrip())
-    if run.metrics.is_file():
-        run.read_metrics()
-        _say(f"test metrics: {run.metrics}")
+    chosen = _trial_entry(d, args.trial) if args.trial else None
     onnx = getattr(args, "format", "bundle") == "onnx"
     if onnx:
         from tuner import onnx_export
@@ -180,9 +177,20 @@ def best(args) -> int:
         onnx_export.check_family(info.get("family", ""))  # before any retrain
         onnx_export.require_onnx()
         args.export = "" if args.export is None else args.export
+    dest = None
     if args.export is not None:
         dest = Path(args.export) if args.export else run.export
         predict.check_destination(d, dest)  # before a retrain, which can take hours
+    metrics = run.read_metrics() if run.metrics.is_file() else None
+    if chosen is not None:  # best.yaml becomes that trial, so the retrain and the export take it
+        run.write_best(chosen)
+        info = run.read_best()
+    if run.running_note():  # the search is still going: best.yaml is the best of the trials finished so far
+        _say(run.running_note())
+    _say(yaml.safe_dump(info, sort_keys=False).rstrip())
+    if metrics is not None:
+        _say(f"test metrics: {run.metrics}")
+    if dest is not None:
         if args.trial or not run.model.is_file():
             _say(f"retraining trial {args.trial}'s config first" if args.trial else
                  "no retrained model yet: retraining the best config first")
@@ -194,9 +202,10 @@ def best(args) -> int:
     return 0
 
 
-def _choose_trial(d: Path, trial_id: str) -> None:
-    """`--trial ID`: best.yaml becomes that trial (its config rebuilt from trials.csv), so the retrain and the
-    export take it instead of the search's own pick."""
+def _trial_entry(d: Path, trial_id: str) -> dict:
+    """`--trial ID`: best.yaml's entry for that trial (its config rebuilt from trials.csv), for the retrain and
+    the export to take instead of the search's own pick; a UserError if trials.csv has no finished trial ID.
+    Writes nothing: best() writes it once every other option is checked."""
     import pandas as pd
 
     from tuner.search.searchers import _from_csv
@@ -214,8 +223,7 @@ def _choose_trial(d: Path, trial_id: str) -> None:
         raise UserError(f"--trial {trial_id}: that trial did not finish; pick one with metrics in trials.csv")
     names = exp.param_names + [k for k in exp.constants if k not in exp.param_names]
     config = {k: _from_csv(row[k]) for k in names if k in row and not pd.isna(row[k])}
-    entry = best_entry(exp, row, config) | {"chosen": f"--trial {trial_id}"}
-    run.write_best(entry)
+    return best_entry(exp, row, config) | {"chosen": f"--trial {trial_id}"}
 
 
 def dashboard(args) -> int:
@@ -242,6 +250,8 @@ def dashboard(args) -> int:
         socket.create_server(("127.0.0.1", args.port)).close()
     except OSError as exc:
         raise UserError(f"--port {args.port}: cannot listen there ({exc.strerror}); pass another --port") from None
+    except (OverflowError, TypeError):  # the CLI checks the range; this is for a caller from Python
+        raise UserError(f"--port {args.port!r}: not a port; give one from 1 to 65535") from None
     _say(f"optuna-dashboard for {d.name}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
     optuna_dashboard.run_server(storage(d), host="127.0.0.1", port=args.port)
     return 0
