@@ -495,3 +495,15 @@ def test_cli_validate_exits_2_on_a_warm_start_value_outside_the_space(tmp_path, 
     code = main(["validate", "--space", str(write(tmp_path, BASE)), "--set", "search.warm_start=[{lr: 0.5}]"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "search.warm_start[0].lr" in err and "[0.0001, 0.1]" in err
+
+
+def test_a_name_written_as_a_number_is_called_a_number(tmp_path):
+    import yaml as _yaml
+
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "digits_cnn.yaml"
+    raw = _yaml.safe_load(space.read_text())
+    raw["name"] = 123
+    f = tmp_path / "n.yaml"
+    f.write_text(_yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"123 is a number, not a name"):
+        spaces.load(f)

@@ -46,3 +46,13 @@ def test_a_trial_that_never_reported_has_a_row_but_no_epochs():
     exp = load(ROOT / "search_spaces" / "digits_cnn.yaml")
     row, epochs = tables.trial_row(exp, "x", exp.constants, None, "worker died")
     assert epochs is None and row["status"] == "ERROR" and row["error"] == "worker died" and row["epochs"] == 0
+
+
+def test_an_int_that_only_some_trials_drew_stays_a_whole_number_in_trials_csv(tmp_path):
+    exp = load(ROOT / "search_spaces" / "digits_cnn.yaml")
+    drew = tables.trial_row(exp, "a", {**exp.constants, "convs_per_block": 2}, _epochs(2), None)
+    did_not = tables.trial_row(exp, "b", {k: v for k, v in exp.constants.items() if k != "convs_per_block"},
+                               _epochs(2), None)
+    tables.write_tables(exp, [drew, did_not], tmp_path)
+    column = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",").index("convs_per_block")
+    assert [line.split(",")[column] for line in (tmp_path / "trials.csv").read_text().splitlines()[1:]] == ["2", ""]

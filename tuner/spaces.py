@@ -493,8 +493,10 @@ def check_name(name: object, where: str) -> str:
     """An experiment name becomes `<results>/<name>`, which a new search removes first: so it must be one
     plain file-name component, never a path that leads elsewhere. Every way a name arrives comes through here."""
     if not isinstance(name, str):
-        raise UserError(f"{where}: {repr(name)[:60]} is a {type(name).__name__}, not a name; write it as a quoted "
-                        f"string such as 'my_search'")
+        kind = {"int": "a number", "float": "a number", "bool": "true/false", "NoneType": "empty"}.get(
+            type(name).__name__, f"a {type(name).__name__}")
+        raise UserError(f"{where}: {repr(name)[:60]} is {kind}, not a name; write it as a quoted string such as "
+                        f"'my_search'")
     bad = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
     shown = repr(name if len(name) <= 40 else name[:40] + "...")
     why = ("is empty" if not name

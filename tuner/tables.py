@@ -77,6 +77,12 @@ def write_tables(exp, rows: list[tuple[dict, pd.DataFrame | None]], exp_dir: Pat
 
     run = RunDir(exp_dir)
     table = pd.DataFrame([r for r, _ in rows])
+    for k in exp.param_names:
+        # an int a trial did not draw (a conditional branch) is empty: keep the others 3, not 3.0
+        drawn = [r[k] for r, _ in rows if r.get(k) is not None and not (isinstance(r[k], float) and math.isnan(r[k]))]
+        if k in table and drawn and len(drawn) < len(rows) and all(isinstance(v, (int, np.integer))
+                                                                    and not isinstance(v, bool) for v in drawn):
+            table[k] = table[k].astype("Int64")
     public = table.drop(columns=[c for c in table.columns if c.startswith("_")])
     epochs = [e for _, e in rows if e is not None] + list(running)
     # epochs.csv before trials.csv: a reader between the two writes (`tuner list`, a notebook, the live
