@@ -68,6 +68,14 @@ def test_a_written_best_yaml_reads_back_and_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.yaml"]
 
 
+def test_a_trial_id_that_looks_like_an_exponent_reads_back_as_the_same_text(tmp_path):
+    # Ray's ids are 8 hex digits: 508172e8 is one, and a YAML 1.2 reader takes it for 5.08172e13
+    run = RunDir(tmp_path)
+    run.write_best({"trial_id": "508172e8", "config": {"lr": 1.0e-4, "name": "1e5"}, "metrics": {}})
+    best = run.read_best()
+    assert best["trial_id"] == "508172e8" and best["config"] == {"lr": 1.0e-4, "name": "1e5"}
+
+
 def test_running_marker_of_a_live_process_counts_and_of_a_dead_one_does_not(tmp_path):
     run = RunDir(tmp_path)
     run.mark_running()

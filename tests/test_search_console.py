@@ -103,6 +103,21 @@ def test_eta_is_the_sooner_of_the_pace_and_the_time_budget():
     assert console.progress([]).endswith(" eta 0:09")
 
 
+def test_trials_a_ctrl_c_stopped_are_not_said_to_be_cut_by_a_time_budget_there_is_none():
+    from types import SimpleNamespace
+
+    from tuner.search.console import Console
+
+    lines = []
+    stopped = [SimpleNamespace(trial_id=f"t{i}", status="TERMINATED", last_result={}) for i in range(2)]
+    Console(load(SPACE), say=lines.append).on_experiment_end(stopped)
+    assert "time budget" not in lines[-1], lines[-1]
+    budget = Console(load(SPACE, ["search.time_budget=60s"]), say=lines.append)
+    budget.adopted = True  # these two ended in this run, by the budget
+    budget.on_experiment_end(stopped)
+    assert lines[-1].endswith("| 2 cut by the time budget"), lines[-1]
+
+
 def test_the_best_so_far_is_never_a_trial_outside_the_constraints(tmp_path):
     from types import SimpleNamespace
 

@@ -194,7 +194,8 @@ def read_result(path: Path, need: tuple[str, ...] = ()) -> dict:
         if path.stat().st_size > MAX_RESULT_BYTES:
             raise _corrupt(path, f"{path.stat().st_size} bytes, larger than any file tuner writes")
         text = path.read_bytes().decode("utf-8")
-        data = json.loads(text) if path.suffix == ".json" else safe_yaml(text)
+        # tuner wrote it (yaml.safe_dump): read it back as written, YAML 1.1, where 508172e8 is a string
+        data = json.loads(text) if path.suffix == ".json" else safe_yaml(text, yaml.SafeLoader)
     except CorruptResult:
         raise
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, UserError) as exc:

@@ -414,12 +414,13 @@ for _cls in (SpaceLoader, SpaceDumper):  # each gets its own copy of SafeLoader'
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(EXPONENT_FLOAT), list("-+.0123456789"))
 
 
-def safe_yaml(text: str) -> Any:
+def safe_yaml(text: str, loader_class: type = SpaceLoader) -> Any:
     """yaml.safe_load (with SpaceLoader's `1e-4` floats) that refuses a document that expands past
     MAX_YAML_NODES (an alias bomb: nine lines that PyYAML would turn into billions of list entries) or that
-    nests past Python's stack.
+    nests past Python's stack. Files tuner wrote with yaml.safe_dump are read with yaml.SafeLoader: under
+    SpaceLoader an unquoted trial id such as 508172e8 would come back as the number 5.08e13.
     Raises yaml.YAMLError for bad syntax and UserError for the rest, each without the file name."""
-    loader = SpaceLoader(text)
+    loader = loader_class(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -207,6 +207,7 @@ class Console(Callback):
             self.stream.write("\r")
         # trials the time budget stopped get no complete or error event: said once here, not left uncounted
         cut = sum(t.status in ("TERMINATED", "ERROR") for t in trials) - self.finished
+        cut = cut if self.exp.search.time_budget else 0  # a Ctrl-C stops them so too; --resume goes on with them
         self.say(self.progress(trials, final=True) + (f" | {cut} cut by the time budget" if cut > 0 else ""))
 
     # ---------------------------------------------------------------- the lines
