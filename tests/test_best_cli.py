@@ -128,6 +128,7 @@ def test_best_pareto_lists_exactly_the_front(front_search):
     rows = [line.split() for line in r.stdout.strip().splitlines()]
     assert rows[0][0] == "trial_id" and len(rows) == len(front) + 1
     assert [row[0] for row in rows[1:]] == list(front["trial_id"])
+    assert "error" not in rows[0] and "NaN" not in r.stdout  # the front has no failed trial to explain
 
 
 @pytest.mark.slow

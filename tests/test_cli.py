@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -183,3 +184,14 @@ def test_ctrl_c_during_search_prints_the_users_own_command_with_resume_once(monk
     assert lines[0].startswith("interrupted; `") and lines[0].endswith("` continues where this stopped")
     command = lines[0].split("`")[1]
     assert shlex.split(command) == ["tuner", *argv] + ([] if resume else ["--resume"])  # runnable as printed
+
+
+def test_output_into_a_closed_pipe_ends_quietly_like_a_unix_tool(tmp_path):
+    # `tuner validate ... | head -1`: the reader leaves before tuner writes; no traceback, exit 141 (SIGPIPE)
+    env = dict(os.environ)  # conftest puts this checkout first on PYTHONPATH
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "validate", "--space",
+                             str(ROOT / "search_spaces" / "digits_cnn.yaml")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shlex
 import sys
 import traceback
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="experiment name (default: the file's name:, then its stem)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key (YAML value)")
     s.add_argument("--results", default="results", help="results folder (default ./results)")
-    s.add_argument("--address", help="join a running Ray cluster: auto or ray://host:10001")
+    s.add_argument("--address", help="join a running Ray cluster: auto, HOST:6379 or ray://host:10001")
     s.add_argument("--storage", help="where trials keep checkpoints: a folder every node reaches, or a URI "
                    "such as s3://bucket/path (default <results>/<name>/ray)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted experiment of the same name")
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `tuner best | head`: the reader has gone; say nothing more (stdout is closed) and exit as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             traceback.print_exc()

@@ -107,9 +107,13 @@ def search(args) -> int:
             exp.name = args.name
         if args.smoke:
             exp = spaces.smoke(exp)
-        trials = f"{exp.num_samples} trials" if exp.num_samples >= 0 else "trials until the time budget ends"
+        trials = (f"{exp.num_samples} trial{'s' if exp.num_samples != 1 else ''}" if exp.num_samples >= 0
+                  else "trials until the time budget ends")
         budget = f" within {exp.search.time_budget:g} s" if exp.search.time_budget and exp.num_samples >= 0 else ""
-        _say(f"== {exp.name} ({exp.family}, {trials}{budget}, up to {exp.scheduler.max_epochs} epochs)")
+        from tuner.families import get_family
+
+        steps = f"up to {exp.scheduler.max_epochs} epochs" if get_family(exp.family).iterative else "one fit each"
+        _say(f"== {exp.name} ({exp.family}, {trials}{budget}, {steps})")
         run_search(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
                    dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
                    retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False))
@@ -167,7 +171,10 @@ def best(args) -> int:
         if not run.pareto.is_file():
             raise UserError(f"{d}: no pareto.csv; --pareto is for a search with several objectives "
                             f"(metric: [val_accuracy, latency_ms])")
-        _say(read_trials(run.pareto).to_string(index=False))
+        front = read_trials(run.pareto)
+        # the front holds no failed trial: its empty error column would print as NaN
+        empty = ["error"] if "error" in front and front["error"].isna().all() else []
+        _say(front.drop(columns=empty).to_string(index=False))
         return 0
     chosen = _trial_entry(d, args.trial) if args.trial else None
     onnx = getattr(args, "format", "bundle") == "onnx"
