@@ -224,6 +224,9 @@ def test_sigint_stops_with_130_retrains_nothing_and_a_second_search_is_refused_w
     assert len(trials) == 3 and set(trials["status"]) == {"TERMINATED"}
     best = yaml.safe_load((exp / "best.yaml").read_text())["trial_id"]
     _console_counts_every_trial(r.stdout, trials, best)
+    # the interrupted run and this one (the SIGKILLed one wrote nothing): their seconds add up
+    timing = json.loads((exp / "run.json").read_text())
+    assert timing["runs"] == 2 and timing["trials"] == 3, timing
     # the trial the kill interrupted names its best epoch from its checkpoint, not from the epochs since
     for line in r.stdout.splitlines():
         tid, _, rest = line.partition(" val_accuracy ")
@@ -236,6 +239,8 @@ def test_sigint_stops_with_130_retrains_nothing_and_a_second_search_is_refused_w
                        timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     _console_counts_every_trial(r.stdout, trials, best)
+    again = json.loads((exp / "run.json").read_text())
+    assert again["runs"] == 3 and again["search_s"] >= timing["search_s"], again
 
 
 def _console_counts_every_trial(out: str, trials: pd.DataFrame, best: str) -> None:

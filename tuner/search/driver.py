@@ -16,7 +16,7 @@ import yaml
 
 from tuner.errors import UserError
 from tuner.families import get_family
-from tuner.rundir import RunDir, clear, replace
+from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
 from tuner.search.domains import to_tune
@@ -253,13 +253,15 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     t_fit = time.perf_counter()
     with _sigint_stops_tune() as interrupted:
         grid = tuner.fit()
+    fit_s = time.perf_counter() - t_fit
+    # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/),
+    # over every run of it: an interrupted one and each --resume add theirs
+    before = _search_s_so_far(run_dir) if resume else {"search_s": 0.0, "runs": 0}
+    run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(before["search_s"] + fit_s, 3),
+                                          "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1})
     if interrupted():
         # Tune saved its state and ended fit() as if done: nothing here is a finished search to retrain
         raise KeyboardInterrupt
-    fit_s = time.perf_counter() - t_fit
-    # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/)
-    run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(fit_s, 3),
-                                          "prepare_and_start_s": round(t_fit - t0, 3)})
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
     best = write_results(exp, grid, exp_dir, callbacks[0].results)
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
@@ -269,6 +271,14 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         for _, row in failed.iterrows():
             say(f"  {row['trial_id']}: {row['error']}")
     return data, best, failed
+
+
+def _search_s_so_far(run_dir: RunDir) -> dict:
+    try:
+        saved = read_result(run_dir.run_json) if run_dir.run_json.is_file() else {}
+    except CorruptResult:  # a broken run.json only loses the earlier runs' seconds
+        saved = {}
+    return {"search_s": float(saved.get("search_s", 0.0)), "runs": int(saved.get("runs", 1 if saved else 0))}
 
 
 def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list[dict]] | None = None) -> dict | None:
