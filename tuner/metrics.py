@@ -101,6 +101,11 @@ def pareto_front(df, cols: list[str], modes: list[str]):
     return front.sort_values(cols[0], ascending=modes[0] == "min", kind="stable")
 
 
+def feasible(result: dict, constraints: dict[str, dict]) -> bool:
+    """Whether a result (a trial's row, or one epoch's metrics) is inside every constraint."""
+    return all(c <= 0 for c in constraint_values(result, constraints))
+
+
 def constraint_values(result: dict, constraints: dict[str, dict]) -> list[float]:
     """Optuna's convention: each value <= 0 means satisfied. A missing measurement counts as violated."""
     out = []

@@ -28,7 +28,7 @@ def trial_row(exp, trial_id: str, config: dict, df: pd.DataFrame | None, error) 
     A trial's objectives are read at its best epoch by the first metric. A trial outside `constraints` is
     marked infeasible and is never the best; a conditional branch's parameters a trial did not draw stay empty.
     """
-    from tuner.metrics import constraint_values
+    from tuner.metrics import feasible
 
     primary, mode = exp.metrics[0], exp.modes[0]
     extra = [m for m in exp.metrics + list(exp.constraints) if m not in ("val_accuracy", "val_loss") + tuple(MEASURED)]
@@ -60,7 +60,7 @@ def trial_row(exp, trial_id: str, config: dict, df: pd.DataFrame | None, error) 
     for m in MEASURED + extra:
         row[m] = float(df.loc[i, m]) if m in df and pd.notna(df.loc[i, m]) else np.nan
     if exp.constraints:
-        row["feasible"] = all(c <= 0 for c in constraint_values(row, exp.constraints))
+        row["feasible"] = feasible(row, exp.constraints)
     # a failed trial is never the best: its retrain would fail the same way; nor is an infeasible one
     if not error and row.get("feasible", True) and pd.notna(df.loc[i, primary]):
         row["_metric"] = float(df.loc[i, primary])

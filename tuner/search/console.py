@@ -17,7 +17,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from tuner.metrics import best_key, constraint_values, rank_key
+from tuner.metrics import best_key, feasible, rank_key
 from tuner.tables import one_line
 from tuner.search.study import stopped_early
 
@@ -138,9 +138,8 @@ class Console(Callback):
             old = self.best_epoch.get(tid)
             better = old is None or (value > old[0] if self.exp.modes[0] == "max" else value < old[0])
             if better:
-                feasible = all(c <= 0 for c in constraint_values(result, self.exp.constraints))
                 self.best_epoch[tid] = (value, int(result.get("epoch", step)), result.get("val_loss", math.nan),
-                                        feasible)
+                                        feasible(result, self.exp.constraints))
         if not result.get("done"):  # Ray marks the result it stops a trial on as done
             self.seen[tid] = step
 
@@ -185,9 +184,11 @@ class Console(Callback):
         score = result.get(best_key(self.exp.metrics[0]))
         # the best so far is the trial best.yaml would name: never one outside the constraints (trials.csv
         # marks it infeasible)
-        feasible = all(c <= 0 for c in constraint_values(result, self.exp.constraints))
-        _, _, loss, feasible = self.best_epoch.get(tid, (None, None, result.get("val_loss", math.nan), feasible))
-        if score is not None and score == score and feasible:
+        if tid in self.best_epoch:  # read at the trial's best epoch, as trials.csv does
+            _, _, loss, inside = self.best_epoch[tid]
+        else:  # ended before this run (--resume): its last result is all there is
+            loss, inside = result.get("val_loss", math.nan), feasible(result, self.exp.constraints)
+        if score is not None and score == score and inside:
             key = rank_key(self.exp.modes[0], score, loss, tid)
             self.best = key if self.best is None else min(self.best, key)
 

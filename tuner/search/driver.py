@@ -220,8 +220,9 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
 
     console.quiet_ray(verbose)
     search_alg, constants_only = searchers.build(exp, exp_dir)
-    callbacks = [live.LiveResults(exp, exp_dir)] + ([] if isinstance(search_alg, study.StudySearch) else
-                                                    [study.StudyRecorder(exp, exp_dir)])
+    live_results = live.LiveResults(exp, exp_dir)
+    callbacks = [live_results] + ([] if isinstance(search_alg, study.StudySearch) else
+                                  [study.StudyRecorder(exp, exp_dir)])
     callbacks += [] if verbose else [console.Console(exp, say)]
     callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
     console.header(exp, exp_dir, results, say)
@@ -263,7 +264,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         # Tune saved its state and ended fit() as if done: nothing here is a finished search to retrain
         raise KeyboardInterrupt
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
-    best = write_results(exp, grid, exp_dir, callbacks[0].results)
+    best = write_results(exp, grid, exp_dir, live_results.results)
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
     failed = failed[failed["status"] == "ERROR"]
     if len(failed):
