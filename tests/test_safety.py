@@ -297,7 +297,7 @@ def test_retry_forever_does_not_retry_a_nan_trial_forever(tmp_path):
     assert errors.count("Failure #") <= 2  # the one retry Tune had queued before it could be told
     if errors.count("Failure #") == 2:  # ... which ended at its start, before training again
         retry = errors.rsplit("Failure #", 1)[1]
-        assert "nan" in retry and "learner.fit" not in retry, retry
+        assert "nan" in retry and "learner.fit" not in retry, errors  # both failures: was the first the NaN?
 
 
 @pytest.mark.slow
