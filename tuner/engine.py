@@ -6,7 +6,6 @@ forces a re-decode, and on CUDA it runs on the GPU.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from contextlib import contextmanager
@@ -295,6 +294,13 @@ def make_schedule(opt, cfg: dict, max_epochs: int):
     return None
 
 
+def check_finite(train_loss: float, epoch: int, lr: float) -> None:
+    """A trial whose training loss is NaN or infinite cannot go on: `TrialFailed`, saying what to change."""
+    if not math.isfinite(train_loss):
+        raise TrialFailed(f"train_loss is {train_loss} at epoch {epoch + 1}: the lr "
+                          f"({lr:.3g}) is probably too high for this config")
+
+
 # --------------------------------------------------------------------------- the learner for torch models
 # what a running trial's optimiser state carries of the config: scaled on a PBT exploit (`adapt_state`)
 OPTIMIZER_HPARAMS = ("lr", "momentum", "weight_decay")
@@ -424,37 +430,48 @@ class TorchLearner(Learner):
             self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
         return self.resident[1]
 
-    def fit(self, data, max_epochs: int) -> Iterator[dict]:
+    def start(self, max_epochs: int) -> None:
+        """Before a `fit`'s first epoch (and the fused trainer's, `tuner.fused`): the lr schedule for max_epochs,
+        at the point a loaded checkpoint left it."""
         if self.schedule is None:
             self.schedule = make_schedule(self.optimizer, self.cfg, max_epochs)
             if getattr(self, "_pending_schedule", None):
                 self.schedule.load_state_dict(self._pending_schedule)
+
+    def end_epoch(self, val_loss: float, val_acc: float) -> bool:
+        """After an epoch's validation (here and in the fused trainer, so both keep the same books): step the
+        schedule, count the epoch, remember the best; True when early stopping ends the training."""
+        if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.schedule.step(val_loss)
+        elif self.schedule is not None:
+            self.schedule.step()
+        self.epoch += 1
+        if val_acc > self.best:
+            self.best, self.bad_epochs = val_acc, 0
+            if self.keep_best:
+                # clones, not deepcopy: a fused member's tensors are views into its group's storage, and a
+                # deepcopy of a view copies the whole storage
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
         patience = int(self.cfg.get("early_stopping", 0))
+        return bool(patience) and self.bad_epochs >= patience
+
+    def fit(self, data, max_epochs: int) -> Iterator[dict]:
+        self.start(max_epochs)
         batch_size = int(self.cfg.get("batch_size", 64))
         x_train, y_train, x_val, y_val = self._placed(data)
         while self.epoch < max_epochs:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss, train_acc = self.train_epoch(x_train, y_train, batch_size)
-            if not math.isfinite(train_loss):
-                raise TrialFailed(f"train_loss is {train_loss} at epoch {self.epoch + 1}: the lr "
-                                  f"({lr:.3g}) is probably too high for this config")
+            check_finite(train_loss, self.epoch, lr)
             val_loss, val_acc, _ = self.evaluate(x_val, y_val)
-            if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.schedule.step(val_loss)
-            elif self.schedule is not None:
-                self.schedule.step()
-            self.epoch += 1
-            if val_acc > self.best:
-                self.best, self.bad_epochs = val_acc, 0
-                if self.keep_best:
-                    self.best_state = copy.deepcopy(self.model.state_dict())
-            else:
-                self.bad_epochs += 1
+            stop = self.end_epoch(val_loss, val_acc)
             yield {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
                    "epoch_time_s": time.perf_counter() - t0}
-            if patience and self.bad_epochs >= patience:
+            if stop:
                 return
 
     def restore_best(self) -> None:
