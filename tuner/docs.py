@@ -70,6 +70,16 @@ def param_table(params: dict[str, Param]) -> str:
     return "\n".join(rows)
 
 
+def fusable_note(params: dict[str, Param], others: bool = True) -> str:
+    """The line that says which parameters configurations trained as one fused model may differ in."""
+    keys = [k for k, p in params.items() if p.fusable]
+    if not keys:
+        return ""
+    rest = " (and in the common ones above)" if others else ""
+    return ("Fused training (`tuner.fused`) puts configurations that differ only in " +
+            ", ".join(f"`{k}`" for k in keys) + rest + " into one model; any other parameter splits them.\n")
+
+
 def common_params() -> dict[str, Param]:
     """The parameters every gradient-trained family takes with the same definition (a family trains by
     gradient when it takes `optimizer`), in the order the first of them declares them."""
@@ -98,6 +108,7 @@ def render() -> str:
         out.append("## Common training parameters\n")
         out.append("Taken by " + ", ".join(f"`{n}`" for n in takers) + ".\n")
         out.append(param_table(common) + "\n")
+        out.append(fusable_note(common, others=False))
     for name, family in families.items():
         out.append(f"## {name}\n")
         out.append(_intro(family) + "\n")
@@ -107,6 +118,8 @@ def render() -> str:
             out.append(f"Takes the {link} and:\n" if own else f"Takes the {link} only.\n")
         if own:
             out.append(param_table(own) + "\n")
+            if family.fusable(family.resolve({})):
+                out.append(fusable_note(own, others=name in takers))
     return "\n".join(out)
 
 

@@ -204,7 +204,8 @@ class Transfer(TorchFamily):
     `backbone_lr_mult` gives the body a smaller lr. With `weights: imagenet` this is the usual best
     choice for real photographs; with `weights: none` it trains the same architecture from scratch.
     The head can be written as a `head:` block or as top-level keys (`pool`, `hidden`, `dropout`,
-    `batchnorm`, `activation`); a top-level key wins, and is what a search varies.
+    `batchnorm`, `activation`); a top-level key wins, and is what a search varies. Only frozen heads
+    (`trainable_layers: 0` on pretrained weights) train fused.
     """
     name = "transfer"
     own_params = {
@@ -217,7 +218,7 @@ class Transfer(TorchFamily):
         "pool": Param(None, "str", ("gap", "flatten"),
                       help="head: gap or flatten the body's output (unset: head.pool, else gap)"),
         "hidden": Param(None, "list", help="head: hidden widths (unset: head.hidden, else none)"),
-        "dropout": Param(None, "float", low=0.0, high=0.95, pbt=True,
+        "dropout": Param(None, "float", low=0.0, high=0.95, pbt=True, fusable=True,
                          help="head: after each hidden layer (unset: head.dropout, else 0)"),
         "batchnorm": Param(None, "bool", help="head: batch norm in hidden layers (unset: head.batchnorm, else false)"),
         "activation": Param(None, "str", tuple(ACTIVATIONS),
@@ -277,6 +278,10 @@ class Transfer(TorchFamily):
         torch.manual_seed(int(cfg["seed"]))  # the same config builds the same initial weights
         cls = FrozenLearner if is_frozen(cfg) else TransferLearner
         return cls(self.build(cfg, info), cfg, info, ctx or RunContext())
+
+    def fusable(self, config: dict) -> bool:
+        # heads on one frozen body's cached features; a random body (weights: none) is another body per seed
+        return is_frozen(config) and config.get("weights") != "none"
 
     def features(self, learner: TransferLearner) -> nn.Module:
         """The body and its pooling: the head is the classifier."""
