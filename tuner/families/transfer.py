@@ -146,13 +146,23 @@ class FrozenLearner(TransferLearner):
             x_train, y_train = np.concatenate(xs), np.concatenate(ys)
         return SimpleNamespace(x_train=x_train, y_train=y_train, x_val=plain["val"], y_val=np.asarray(data.y_val))
 
-    def fit(self, data, max_epochs: int):
+    def train_data(self, data) -> SimpleNamespace:
+        """What the head trains on: the cached body features of `data` (read once per trial)."""
         self._ensure_pretrained()
         if self.feature_set is None:
             self.model.eval()
             self.feature_set = self._features(data)
+        return self.feature_set
+
+    def drop_body(self) -> None:
+        """Let go of the body: a fused group (`tuner.fused`) trains many heads on one body's features, so the
+        other members keep their heads only (they still checkpoint as this learner does: heads only)."""
+        self.model.body, self.model.units, self.frozen_modules = nn.Sequential(), [], []
+        self._pretrained_pending = False
+
+    def fit(self, data, max_epochs: int):
         # TorchLearner.fit places the features (small: N x D floats) on the GPU once for the whole trial
-        yield from TorchLearner.fit(self, self.feature_set, max_epochs)
+        yield from TorchLearner.fit(self, self.train_data(data), max_epochs)
 
     # TorchLearner's loop, on features: the body is skipped, and so is image augmentation
     def train_epoch(self, x, y, batch_size):
