@@ -54,7 +54,18 @@ class Member:
     error: str | None = None
 
 
-def _trunk(learner: TorchLearner) -> nn.Sequential:
+def _copied(state):
+    """A checkpoint with every tensor copied (nested dicts and lists)."""
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {k: _copied(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_copied(v) for v in state)
+    return state
+
+
+def trunk(learner: TorchLearner) -> nn.Sequential:
     """The part of a member's model that trains: the whole model, or a frozen transfer model's head."""
     model = learner.model.head if isinstance(learner, FrozenLearner) else learner.model
     if not isinstance(model, nn.Sequential):
@@ -118,8 +129,8 @@ class FusedGroup:
         if self.net is None or [m.key for m in self._in_net] != [m.key for m in active]:
             for m in self._in_net:
                 if m not in active:
-                    own_storage(_trunk(m.learner))
-            self.net = FusedNet([_trunk(m.learner) for m in active], [m.rng for m in active])
+                    own_storage(trunk(m.learner))
+            self.net = FusedNet([trunk(m.learner) for m in active], [m.rng for m in active])
             self._in_net = list(active)
         return self.net
 
@@ -238,9 +249,10 @@ class FusedGroup:
         of its config continues from it, and so does a group (`load_member_state`)."""
         m = self.member(key)
         state = m.learner.state_dict()
-        state["model"] = {k: v.clone() for k, v in state["model"].items()}  # views would save the group's storage
         state["cuda_rng" if self.device.type == "cuda" else "torch_rng"] = m.rng.get_state()
-        return state
+        # copies: the model's tensors are views (saving one saves the whole group's storage) and the optimiser's
+        # are its live state, which the next step would change under a checkpoint kept in memory
+        return _copied(state)
 
     def load_member_state(self, key: str, state: dict) -> None:
         """Continue a member from a checkpoint (its own, or a plain trial's of the same config), before `fit`
@@ -248,7 +260,8 @@ class FusedGroup:
         m = self.member(key)
         cpu, cuda = torch.get_rng_state(), (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
                                             else None)
-        m.learner.load_state_dict(state)  # copies into the group's storage through the member's views
+        # torch's optimiser adopts the state's tensors as they are: copies, so training never writes into `state`
+        m.learner.load_state_dict(_copied(state))  # the weights land in the group's storage through the views
         torch.set_rng_state(cpu)  # the plain load sets the global generators: not the group's to change
         if cuda is not None:
             torch.cuda.set_rng_state(cuda, self.device)
