@@ -204,20 +204,31 @@ class FusedGroup:
             with precision(self.device, exact=False):
                 logits = net(xb)
             losses = torch.stack([m.learner.loss_fn(logits[i], yb[i]) for i, m in enumerate(active)])
-            net.zero_grad()
-            for m in active:
-                m.learner.optimizer.zero_grad(set_to_none=True)
-            # each loss reaches only its member's weights, with gradient 1 as when it trains alone
-            sum(m.learner.scaler.scale(losses[i]) for i, m in enumerate(active)).backward()
-            net.scatter_grads()
-            for m in active:
-                m.learner.scaler.step(m.learner.optimizer)
-                m.learner.scaler.update()
+            self._step(net, active, losses)
             total += losses.detach().float() * idx.shape[1]
             correct += (logits.argmax(2) == yb).sum(1)
         seen = max(orders.shape[0] * orders.shape[2], 1)
         # divided as Python numbers, as the plain learner divides its totals
         return [t / seen for t in total.tolist()], [c / seen for c in correct.tolist()]
+
+    @staticmethod
+    def _step(net: FusedNet, active: list[Member], losses: torch.Tensor) -> None:
+        """One backward pass for all members, then each member's own optimiser step. Each loss reaches only its
+        member's weights, with gradient 1 as when it trains alone; `scatter_grads` then sets every member
+        parameter's gradient, so the optimisers need no zero_grad."""
+        net.zero_grad()
+        scalers = [m.learner.scaler for m in active]
+        if any(s.is_enabled() for s in scalers):  # float16 on a GPU: each member its own loss scale
+            sum(s.scale(losses[i]) for i, s in enumerate(scalers)).backward()
+        else:
+            losses.sum().backward()
+        net.scatter_grads()
+        for m, scaler in zip(active, scalers):
+            if scaler.is_enabled():
+                scaler.step(m.learner.optimizer)
+                scaler.update()
+            else:
+                m.learner.optimizer.step()
 
     @torch.no_grad()
     def _proba(self, net: FusedNet, x) -> torch.Tensor:

@@ -160,6 +160,10 @@ class FusedNet:
         self.m = len(models)
         self.slots = align(models)
         self.layers = [self._fuse(s) for s in self.slots]
+        # (stacked parameter, the members' parameters it holds), for scatter_grads
+        self.owners = [(layer[name], [getattr(mod, name) for mod in slot.modules])
+                       for slot, layer in zip(self.slots, self.layers)
+                       for name, _ in slot.modules[0].named_parameters()]
         self.training = True
 
     def _fuse(self, slot: Slot) -> dict:
@@ -193,11 +197,10 @@ class FusedNet:
 
     def scatter_grads(self) -> None:
         """Each member's parameters get the views of their slices of the stacked gradients."""
-        for slot, layer in zip(self.slots, self.layers):
-            for name, _ in slot.modules[0].named_parameters():
-                g = layer[name].grad
-                for i, mod in enumerate(slot.modules):
-                    getattr(mod, name).grad = None if g is None else g[i]
+        for stacked, params in self.owners:
+            grads = stacked.grad.unbind(0) if stacked.grad is not None else [None] * len(params)
+            for p, g in zip(params, grads):
+                p.grad = g
 
     # --------------------------------------------------------------------------- forward
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
