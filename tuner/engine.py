@@ -6,7 +6,6 @@ forces a re-decode, and on CUDA it runs on the GPU.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from contextlib import contextmanager
@@ -25,25 +24,30 @@ from tuner.types import Learner, Param, RunContext
 
 COMMON_PARAMS: dict[str, Param] = {
     "optimizer": Param("adam", "str", ("sgd", "adam", "adamw", "rmsprop"),
-                       help="adamw decouples weight decay from the lr"),
-    "lr": Param(1e-3, "float", low=0.0, pbt=True, help="learning rate (of the head, for transfer)"),
-    "momentum": Param(0.9, "float", low=0.0, high=1.0, pbt=True, help="sgd and rmsprop"),
-    "weight_decay": Param(0.0, "float", low=0.0, pbt=True, help="L2 penalty (decoupled for adamw)"),
-    "eps": Param(1e-8, "float", low=0.0, help="adam/adamw/rmsprop epsilon (the Flowers seed used 0.1)"),
-    "nesterov": Param(False, "bool", help="sgd: Nesterov momentum (needs momentum > 0)"),
+                       fusable=True, help="adamw decouples weight decay from the lr"),
+    "lr": Param(1e-3, "float", low=0.0, pbt=True, fusable=True, help="learning rate (of the head, for transfer)"),
+    "momentum": Param(0.9, "float", low=0.0, high=1.0, pbt=True, fusable=True, help="sgd and rmsprop"),
+    "weight_decay": Param(0.0, "float", low=0.0, pbt=True, fusable=True, help="L2 penalty (decoupled for adamw)"),
+    "eps": Param(1e-8, "float", low=0.0, fusable=True,
+                 help="adam/adamw/rmsprop epsilon (the Flowers seed used 0.1)"),
+    "nesterov": Param(False, "bool", fusable=True, help="sgd: Nesterov momentum (needs momentum > 0)"),
     "batch_size": Param(64, "int", low=1, help="training images per step"),
-    "lr_schedule": Param("none", "str", ("none", "step", "plateau", "cosine"),
+    "lr_schedule": Param("none", "str", ("none", "step", "plateau", "cosine"), fusable=True,
                          help="step: times lr_gamma every lr_step epochs; plateau: when val_loss stalls; "
                               "cosine: down to 0 at max_epochs"),
-    "lr_step": Param(0, "int", low=0, help="step: epochs between drops (0 = a third of max_epochs)"),
-    "lr_gamma": Param(0.1, "float", low=0.0, high=1.0, help="step and plateau: factor the lr is multiplied by"),
-    "lr_patience": Param(2, "int", low=0, help="plateau: epochs without improvement before a drop"),
-    "lr_threshold": Param(1e-4, "float", low=0.0, help="plateau: relative improvement that counts"),
-    "label_smoothing": Param(0.0, "float", low=0.0, high=1.0, pbt=True, help="weight moved from the true class to all classes"),
-    "loss": Param("ce", "str", ("ce", "focal"), help="ce: cross-entropy; focal: down-weights easy examples"),
-    "focal_gamma": Param(2.0, "float", low=0.0, help="focal: how strongly easy examples are down-weighted"),
-    "early_stopping": Param(0, "int", low=0, help="patience in epochs on val_accuracy; 0 = off"),
-    "seed": Param(0, "int", help="initial weights and batch order"),
+    "lr_step": Param(0, "int", low=0, fusable=True, help="step: epochs between drops (0 = a third of max_epochs)"),
+    "lr_gamma": Param(0.1, "float", low=0.0, high=1.0, fusable=True,
+                      help="step and plateau: factor the lr is multiplied by"),
+    "lr_patience": Param(2, "int", low=0, fusable=True, help="plateau: epochs without improvement before a drop"),
+    "lr_threshold": Param(1e-4, "float", low=0.0, fusable=True, help="plateau: relative improvement that counts"),
+    "label_smoothing": Param(0.0, "float", low=0.0, high=1.0, pbt=True, fusable=True,
+                             help="weight moved from the true class to all classes"),
+    "loss": Param("ce", "str", ("ce", "focal"), fusable=True,
+                  help="ce: cross-entropy; focal: down-weights easy examples"),
+    "focal_gamma": Param(2.0, "float", low=0.0, fusable=True,
+                         help="focal: how strongly easy examples are down-weighted"),
+    "early_stopping": Param(0, "int", low=0, fusable=True, help="patience in epochs on val_accuracy; 0 = off"),
+    "seed": Param(0, "int", fusable=True, help="initial weights and batch order"),
     "compile": Param(False, "bool", help="torch.compile the model for training (opt-in: its compile time does not "
                                           "pay back on short trials)"),
 }
@@ -295,6 +299,13 @@ def make_schedule(opt, cfg: dict, max_epochs: int):
     return None
 
 
+def check_finite(train_loss: float, epoch: int, lr: float) -> None:
+    """A trial whose training loss is NaN or infinite cannot go on: `TrialFailed`, saying what to change."""
+    if not math.isfinite(train_loss):
+        raise TrialFailed(f"train_loss is {train_loss} at epoch {epoch + 1}: the lr "
+                          f"({lr:.3g}) is probably too high for this config")
+
+
 # --------------------------------------------------------------------------- the learner for torch models
 # what a running trial's optimiser state carries of the config: scaled on a PBT exploit (`adapt_state`)
 OPTIMIZER_HPARAMS = ("lr", "momentum", "weight_decay")
@@ -424,37 +435,48 @@ class TorchLearner(Learner):
             self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
         return self.resident[1]
 
-    def fit(self, data, max_epochs: int) -> Iterator[dict]:
+    def start(self, max_epochs: int) -> None:
+        """Before a `fit`'s first epoch (and the fused trainer's, `tuner.fused`): the lr schedule for max_epochs,
+        at the point a loaded checkpoint left it."""
         if self.schedule is None:
             self.schedule = make_schedule(self.optimizer, self.cfg, max_epochs)
             if getattr(self, "_pending_schedule", None):
                 self.schedule.load_state_dict(self._pending_schedule)
+
+    def end_epoch(self, val_loss: float, val_acc: float) -> bool:
+        """After an epoch's validation (here and in the fused trainer, so both keep the same books): step the
+        schedule, count the epoch, remember the best; True when early stopping ends the training."""
+        if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.schedule.step(val_loss)
+        elif self.schedule is not None:
+            self.schedule.step()
+        self.epoch += 1
+        if val_acc > self.best:
+            self.best, self.bad_epochs = val_acc, 0
+            if self.keep_best:
+                # clones, not deepcopy: a fused member's tensors are views into its group's storage, and a
+                # deepcopy of a view copies the whole storage
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
         patience = int(self.cfg.get("early_stopping", 0))
+        return bool(patience) and self.bad_epochs >= patience
+
+    def fit(self, data, max_epochs: int) -> Iterator[dict]:
+        self.start(max_epochs)
         batch_size = int(self.cfg.get("batch_size", 64))
         x_train, y_train, x_val, y_val = self._placed(data)
         while self.epoch < max_epochs:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss, train_acc = self.train_epoch(x_train, y_train, batch_size)
-            if not math.isfinite(train_loss):
-                raise TrialFailed(f"train_loss is {train_loss} at epoch {self.epoch + 1}: the lr "
-                                  f"({lr:.3g}) is probably too high for this config")
+            check_finite(train_loss, self.epoch, lr)
             val_loss, val_acc, _ = self.evaluate(x_val, y_val)
-            if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.schedule.step(val_loss)
-            elif self.schedule is not None:
-                self.schedule.step()
-            self.epoch += 1
-            if val_acc > self.best:
-                self.best, self.bad_epochs = val_acc, 0
-                if self.keep_best:
-                    self.best_state = copy.deepcopy(self.model.state_dict())
-            else:
-                self.bad_epochs += 1
+            stop = self.end_epoch(val_loss, val_acc)
             yield {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
                    "epoch_time_s": time.perf_counter() - t0}
-            if patience and self.bad_epochs >= patience:
+            if stop:
                 return
 
     def restore_best(self) -> None:

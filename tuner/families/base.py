@@ -149,6 +149,11 @@ class Family:
         reads them here, and `Learner.hparams` / `adapt_state` carry them across a PBT exploit."""
         return [k for k, p in self.params.items() if p.pbt]
 
+    def fusable(self, config: dict) -> bool:
+        """Can this resolved config train as a member of a fused model (`tuner.fused`), beside configs that
+        differ from it only in parameters marked `Param(fusable=True)`? Default: no."""
+        return False
+
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> Learner:
         """A fresh, unfitted learner.
 

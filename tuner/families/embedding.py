@@ -152,6 +152,13 @@ class EmbeddingLearner(Learner):
         self.data_key = f"{data.key}|{self.backbone.key}"
         return feats
 
+    def adopt(self, other: EmbeddingLearner) -> None:
+        """Share what `other.embed` took (same backbone and data) instead of embedding again: the backbone,
+        the training vectors and the test split's features (`tuner.fused.lookup`)."""
+        self._backbone, self._backbone_state = other.backbone, None
+        self.x_train, self.y_train = other.x_train, other.y_train
+        self._test, self.data_key = other._test, other.data_key
+
     def query(self, images: np.ndarray) -> tuple[np.ndarray, str | None]:
         """Features of images to predict, and the cache key of their split when they are the test split."""
         if self._test is not None and images is self._test[0]:

@@ -107,13 +107,17 @@ class FeaturesLearner(EmbeddingLearner):
 
     def fit(self, data, max_epochs: int = 1) -> Iterator[dict]:
         t0 = time.perf_counter()
-        feats = self.embed(data)
+        yield self.fit_embedded(self.embed(data), data, t0)
+
+    def fit_embedded(self, feats: dict[str, np.ndarray], data, t0: float) -> dict:
+        """The classifier fitted on embeddings already taken (`embed`, or `adopt` of another learner's), and
+        its one report; `tuner.fused.lookup` fits many configs on one embedding this way."""
         self._fit_classifier()
         val_loss, val_acc = proba_metrics(self._proba(feats["val"]), np.asarray(data.y_val))
         sub = np.linspace(0, len(self.y_train) - 1, min(len(self.y_train), TRAIN_METRICS_MAX)).astype(int)
         train_loss, train_acc = proba_metrics(self._proba(self.x_train[sub]), self.y_train[sub])
-        yield {"epoch": 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-               "val_accuracy": val_acc, "epoch_time_s": time.perf_counter() - t0}
+        return {"epoch": 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                "val_accuracy": val_acc, "epoch_time_s": time.perf_counter() - t0}
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         if self.model is None:
@@ -140,19 +144,19 @@ class Features(Family):
         **backbone_params(),
         "normalize": Param("none", "str", ("none", "l2", "standard"),
                            help="l2: each embedding to length 1; standard: per-feature z-score"),
-        "classifier": Param("logreg", "str", CLASSIFIERS,
+        "classifier": Param("logreg", "str", CLASSIFIERS, fusable=True,
                             help="a scikit-learn classifier; parameters of the others are ignored"),
-        "C": Param(1.0, "float", low=1e-12, help="logreg and svm: inverse regularisation strength"),
-        "max_iter": Param(1000, "int", low=1, help="logreg"),
-        "n_estimators": Param(100, "int", low=1, help="random_forest"),
-        "max_depth": Param(0, "int", low=0, help="random_forest; 0 = unlimited"),
-        "min_samples_leaf": Param(1, "int", low=1, help="random_forest"),
-        "criterion": Param("gini", "str", ("gini", "entropy", "log_loss"), help="random_forest"),
-        "kernel": Param("rbf", "str", ("rbf", "linear", "poly", "sigmoid"), help="svm"),
-        "gamma": Param("scale", "any", help="svm: scale | auto | a number > 0"),
-        "degree": Param(3, "int", low=1, help="svm with kernel poly"),
-        "k": Param(5, "int", low=1, help="knn"),
-        "seed": Param(0, "int", help="the classifier's random_state"),
+        "C": Param(1.0, "float", low=1e-12, fusable=True, help="logreg and svm: inverse regularisation strength"),
+        "max_iter": Param(1000, "int", low=1, fusable=True, help="logreg"),
+        "n_estimators": Param(100, "int", low=1, fusable=True, help="random_forest"),
+        "max_depth": Param(0, "int", low=0, fusable=True, help="random_forest; 0 = unlimited"),
+        "min_samples_leaf": Param(1, "int", low=1, fusable=True, help="random_forest"),
+        "criterion": Param("gini", "str", ("gini", "entropy", "log_loss"), fusable=True, help="random_forest"),
+        "kernel": Param("rbf", "str", ("rbf", "linear", "poly", "sigmoid"), fusable=True, help="svm"),
+        "gamma": Param("scale", "any", fusable=True, help="svm: scale | auto | a number > 0"),
+        "degree": Param(3, "int", low=1, fusable=True, help="svm with kernel poly"),
+        "k": Param(5, "int", low=1, fusable=True, help="knn"),
+        "seed": Param(0, "int", fusable=True, help="the classifier's random_state"),
     }
 
     def validate(self, constants: dict, searched: dict, file: str) -> None:

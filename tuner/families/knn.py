@@ -23,9 +23,15 @@ from tuner.errors import UserError
 from tuner.families.base import DataInfo, Family, Param, RunContext, register_family
 from tuner.families.embedding import EmbeddingLearner, backbone_params, check_backbone
 from tuner.metrics import proba_metrics
-from tuner.neighbours import TABLES, neighbours, table_kind, vote, without_self
+from tuner.neighbours import TABLES, Table, neighbours, table_kind, vote, without_self
 
 METRICS = ("euclidean", "manhattan", "cosine")
+
+
+def check_k(k: int, extra: int, n: int) -> None:
+    """k neighbours (plus `extra`: a leave-one-out table also holds each image itself) among n references."""
+    if k + extra > n:
+        raise UserError(f"k: {k} neighbours but only {n} training images; lower k")
 
 
 class KnnLearner(EmbeddingLearner):
@@ -41,12 +47,14 @@ class KnnLearner(EmbeddingLearner):
         stored = 0 if self.x_train is None else int(self.x_train.size)
         return self.backbone.num_params + stored
 
-    def _check_k(self, extra: int = 0) -> None:
-        if self.k + extra > len(self.x_train):
-            raise UserError(f"k: {self.k} neighbours but only {len(self.x_train)} training images; lower k")
+    def _check_k(self, extra: int = 0, k: int | None = None) -> None:
+        check_k(self.k if k is None else k, extra, len(self.x_train))
 
-    def fit(self, data, max_epochs: int = 1) -> Iterator[dict]:
-        t0 = time.perf_counter()
+    def scoring_table(self, data, k: int | None = None) -> tuple[Table, np.ndarray]:
+        """Embed `data` (cached) and return the neighbour table validation is scored from, with at least k
+        columns (default: this learner's k; `tuner.fused.lookup` asks once for the largest k of many configs),
+        and the labels of its rows."""
+        k = self.k if k is None else k
         feats = self.embed(data)
         if self.cfg["validation"] == "loo":
             # KNN trains nothing, so every non-test image can be both reference and validation: each one is
@@ -55,15 +63,18 @@ class KnnLearner(EmbeddingLearner):
             self.data_key += "|reference=train+val"  # the test table differs with the reference set
             self.x_train = np.concatenate([feats["train"], feats["val"]])
             self.y_train = np.concatenate([self.y_train, np.asarray(data.y_val, dtype=np.int64)])
-            self._check_k(extra=1)
+            self._check_k(extra=1, k=k)
             table = without_self(TABLES.get(f"{self.data_key}|loo", self.x_train, self.x_train, self.kind,
-                                              self.k + 1, self.device, self.cache_dir))
-            y_eval = self.y_train
-        else:
-            self._check_k()
-            table = TABLES.get(f"{self.data_key}|val", self.x_train, feats["val"], self.kind, self.k,
-                                 self.device, self.cache_dir)
-            y_eval = np.asarray(data.y_val)
+                                              k + 1, self.device, self.cache_dir))
+            return table, self.y_train
+        self._check_k(k=k)
+        table = TABLES.get(f"{self.data_key}|val", self.x_train, feats["val"], self.kind, k, self.device,
+                           self.cache_dir)
+        return table, np.asarray(data.y_val)
+
+    def fit(self, data, max_epochs: int = 1) -> Iterator[dict]:
+        t0 = time.perf_counter()
+        table, y_eval = self.scoring_table(data)
         proba = vote(table, self.y_train, self.k, self.metric, self.weighting, self.info.num_classes)
         val_loss, val_acc = proba_metrics(proba, y_eval)
         yield {"epoch": 1, "val_loss": val_loss, "val_accuracy": val_acc, "epoch_time_s": time.perf_counter() - t0}
@@ -96,9 +107,10 @@ class Knn(Family):
     iterative = False
     params = {
         **backbone_params(),
-        "k": Param(5, "int", low=1, help="neighbours that vote"),
+        "k": Param(5, "int", low=1, fusable=True, help="neighbours that vote"),
         "metric": Param("euclidean", "str", METRICS, help="distance between embeddings"),
-        "weights": Param("uniform", "str", VOTE_WEIGHTS, help="vote weighting; the backbone's are backbone_weights"),
+        "weights": Param("uniform", "str", VOTE_WEIGHTS, fusable=True,
+                         help="vote weighting; the backbone's are backbone_weights"),
         "validation": Param("loo", "str", ("loo", "holdout"),
                             help="loo: leave-one-out over train+val, which then all serve as reference images; "
                                  "holdout: reference = train, scored on val"),

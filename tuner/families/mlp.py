@@ -17,7 +17,7 @@ class MLP(TorchFamily):
     name = "mlp"
     own_params = {
         "hidden": Param([512, 256, 128], "list", help="hidden widths, input side first"),
-        "dropout": Param(0.0, "float", low=0.0, high=0.95, pbt=True, help="after each hidden layer"),
+        "dropout": Param(0.0, "float", low=0.0, high=0.95, pbt=True, fusable=True, help="after each hidden layer"),
         "batchnorm": Param(False, "bool", help="batch norm after each hidden layer"),
         "activation": Param("relu", "str", tuple(ACTIVATIONS), help="leaky_relu has slope 0.1"),
     }

@@ -28,6 +28,9 @@ class TorchFamily(Family):
         torch.manual_seed(int(cfg["seed"]))  # the same config builds the same initial weights
         return self.learner_class(self.build(cfg, info), cfg, info, ctx or RunContext())
 
+    def fusable(self, config: dict) -> bool:
+        return True  # a Sequential of the layers tuner.fused.net knows; it says so at build time otherwise
+
     def features(self, learner: TorchLearner) -> nn.Module:
         """Everything before the output layer (a linear model's features are its flattened input)."""
         mods = list(learner.model.children())

@@ -146,13 +146,23 @@ class FrozenLearner(TransferLearner):
             x_train, y_train = np.concatenate(xs), np.concatenate(ys)
         return SimpleNamespace(x_train=x_train, y_train=y_train, x_val=plain["val"], y_val=np.asarray(data.y_val))
 
-    def fit(self, data, max_epochs: int):
+    def train_data(self, data) -> SimpleNamespace:
+        """What the head trains on: the cached body features of `data` (read once per trial)."""
         self._ensure_pretrained()
         if self.feature_set is None:
             self.model.eval()
             self.feature_set = self._features(data)
+        return self.feature_set
+
+    def drop_body(self) -> None:
+        """Let go of the body: a fused group (`tuner.fused`) trains many heads on one body's features, so the
+        other members keep their heads only (they still checkpoint as this learner does: heads only)."""
+        self.model.body, self.model.units, self.frozen_modules = nn.Sequential(), [], []
+        self._pretrained_pending = False
+
+    def fit(self, data, max_epochs: int):
         # TorchLearner.fit places the features (small: N x D floats) on the GPU once for the whole trial
-        yield from TorchLearner.fit(self, self.feature_set, max_epochs)
+        yield from TorchLearner.fit(self, self.train_data(data), max_epochs)
 
     # TorchLearner's loop, on features: the body is skipped, and so is image augmentation
     def train_epoch(self, x, y, batch_size):
@@ -204,7 +214,8 @@ class Transfer(TorchFamily):
     `backbone_lr_mult` gives the body a smaller lr. With `weights: imagenet` this is the usual best
     choice for real photographs; with `weights: none` it trains the same architecture from scratch.
     The head can be written as a `head:` block or as top-level keys (`pool`, `hidden`, `dropout`,
-    `batchnorm`, `activation`); a top-level key wins, and is what a search varies.
+    `batchnorm`, `activation`); a top-level key wins, and is what a search varies. Only frozen heads
+    (`trainable_layers: 0` on pretrained weights) train fused.
     """
     name = "transfer"
     own_params = {
@@ -217,7 +228,7 @@ class Transfer(TorchFamily):
         "pool": Param(None, "str", ("gap", "flatten"),
                       help="head: gap or flatten the body's output (unset: head.pool, else gap)"),
         "hidden": Param(None, "list", help="head: hidden widths (unset: head.hidden, else none)"),
-        "dropout": Param(None, "float", low=0.0, high=0.95, pbt=True,
+        "dropout": Param(None, "float", low=0.0, high=0.95, pbt=True, fusable=True,
                          help="head: after each hidden layer (unset: head.dropout, else 0)"),
         "batchnorm": Param(None, "bool", help="head: batch norm in hidden layers (unset: head.batchnorm, else false)"),
         "activation": Param(None, "str", tuple(ACTIVATIONS),
@@ -277,6 +288,10 @@ class Transfer(TorchFamily):
         torch.manual_seed(int(cfg["seed"]))  # the same config builds the same initial weights
         cls = FrozenLearner if is_frozen(cfg) else TransferLearner
         return cls(self.build(cfg, info), cfg, info, ctx or RunContext())
+
+    def fusable(self, config: dict) -> bool:
+        # heads on one frozen body's cached features; a random body (weights: none) is another body per seed
+        return is_frozen(config) and config.get("weights") != "none"
 
     def features(self, learner: TransferLearner) -> nn.Module:
         """The body and its pooling: the head is the classifier."""
