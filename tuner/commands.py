@@ -8,7 +8,7 @@ from typing import Callable
 
 import yaml
 
-from tuner import spaces
+from tuner import builtin_spaces, spaces
 from tuner.errors import UserError
 from tuner.rundir import RunDir
 
@@ -90,7 +90,7 @@ def search(args) -> int:
         raise UserError("--retry-failed reruns the failed trials of an earlier search: give --resume too")
     if args.name is not None:
         spaces.check_name(args.name, "--name")
-    loaded = spaces.load(args.space, args.set)
+    loaded = spaces.load(builtin_spaces.resolve(args.space), args.set)
     results = Path(args.results)
     members = loaded.members if isinstance(loaded, spaces.Suite) else [None]
     # every member (and the ensemble) is checked before the first one runs
@@ -289,7 +289,7 @@ def compare(args) -> int:
 
 
 def validate(args) -> int:
-    loaded = spaces.load(args.space, args.set)
+    loaded = spaces.load(builtin_spaces.resolve(args.space), args.set)
     if isinstance(loaded, spaces.Suite):
         for m in loaded.members:
             exp = spaces.load(m, args.set)
@@ -340,4 +340,14 @@ def schema(args) -> int:
     from tuner.schema import schema as build
 
     sys.stdout.write(json.dumps(build(), indent=2) + "\n")
+    return 0
+
+
+def spaces_(args) -> int:
+    """`tuner spaces`: the built-in space files, one line each: name, family (or suite), the seed experiment."""
+    found = builtin_spaces.listing()
+    width = max(len(s.name) for s in found)
+    _say(f"built-in spaces ({builtin_spaces.SPACES_DIR}); run one with `tuner search --space NAME`:")
+    for s in found:
+        _say(f"  {s.name:{width}s}  {s.kind:9s} {s.seed}")
     return 0
