@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--results", default="results")
     d.add_argument("--port", type=_port, default=8080, help="1 to 65535 (default 8080)")
 
+    r = sub.add_parser("report", help="(re)write results/<name>/report.html, one page to open in a browser")
+    r.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
+    r.add_argument("--results", default="results")
+
     ls = sub.add_parser("list", help="the experiments in a results folder")
     ls.add_argument("--results", default="results")
 

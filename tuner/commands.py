@@ -43,6 +43,7 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
     from tuner.families import get_family
     from tuner.report.compare import write_comparison
     from tuner.report.experiment import experiment_plots
+    from tuner.report.webpage import write_report
     from tuner.retrain import retrain_best
     from tuner.rundir import check_replaceable, experiment_dir, search_lock
     from tuner.search import driver
@@ -78,13 +79,14 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
             metrics = retrain_best(exp_dir, data=data, say=say)
             say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run.best}")
             write_comparison(results)
+        say(f"report: {write_report(exp_dir)}")
     say(f"results: {exp_dir}")
     return exp_dir
 
 
 def search(args) -> int:
     check_results_dir(Path(args.results))
-    from tuner.report.compare import to_markdown, write_comparison
+    from tuner.report.compare import write_comparison
 
     if getattr(args, "retry_failed", False) and not args.resume:
         raise UserError("--retry-failed reruns the failed trials of an earlier search: give --resume too")
@@ -125,8 +127,18 @@ def search(args) -> int:
             ensemble.build(results, name, suite.ensemble, say=_say)
             names.append(name)
         df = write_comparison(results, names)
-        _say(to_markdown(df))
+        _say(_terminal_table(df, results))
     return 0
+
+
+def _terminal_table(df, results: Path) -> str:
+    """The comparison as markdown within 120 columns, saying where the full table is when columns were left out."""
+    from tuner.report.compare import TERMINAL_WIDTH, narrow_columns, to_markdown
+
+    kept = narrow_columns(df, TERMINAL_WIDTH)
+    note = (f"\n({len(df.columns) - len(kept)} more columns in {Path(results) / 'comparison.md'})"
+            if len(kept) < len(df.columns) else "")
+    return to_markdown(df[kept]) + note
 
 
 def _results_dir(results: Path) -> Path | None:
@@ -196,7 +208,7 @@ def best(args) -> int:
         _say(run.running_note())
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
     if metrics is not None:
-        _say(f"test metrics: {run.metrics}")
+        _say(test_metrics_line(run))
     if dest is not None:
         if args.trial or not run.model.is_file():
             _say(f"retraining trial {args.trial}'s config first" if args.trial else
@@ -206,7 +218,22 @@ def best(args) -> int:
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
         if onnx:
             _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
+        if metrics is None:  # retrained just now
+            _say(test_metrics_line(run))
+    if dest is not None or not run.report.is_file():  # the report names the bundle, and the page is cheap
+        from tuner.report.webpage import write_report
+
+        _say(f"report: {write_report(d)}")
     return 0
+
+
+def test_metrics_line(run: RunDir) -> str:
+    """`tuner best`'s line of the retrained model's test metrics, read from best/metrics.json."""
+    from tuner.report.webpage import SUMMARY_METRICS, number
+
+    m = run.read_metrics()
+    shown = ", ".join(f"{k} {number(m[k])}" for k in SUMMARY_METRICS if isinstance(m.get(k), (int, float)))
+    return f"test metrics: {shown} ({run.metrics})"
 
 
 def _trial_entry(d: Path, trial_id: str) -> dict:
@@ -284,7 +311,10 @@ def compare(args) -> int:
         df = report.comparison_rows(results, names or None, skip=lambda msg: None)
     if df.empty:
         raise UserError(f"--results {results}: no experiment with a retrained model to compare")
-    sys.stdout.write(report.render(df, args.format) + "\n")
+    if args.format == "md" and sys.stdout.isatty():  # a person reads it: what fits; the file keeps every column
+        sys.stdout.write(_terminal_table(df, results) + "\n")
+    else:
+        sys.stdout.write(report.render(df, args.format, results) + "\n")
     return 0
 
 
@@ -350,4 +380,14 @@ def spaces_(args) -> int:
     _say(f"built-in spaces ({builtin_spaces.SPACES_DIR}); run one with `tuner search --space NAME`:")
     for s in found:
         _say(f"  {s.name:{width}s}  {s.kind:9s} {s.seed}")
+    return 0
+
+
+def report(args) -> int:
+    """`tuner report`: (re)write results/<name>/report.html from the folder's files."""
+    from tuner.report.webpage import write_report
+
+    d = _experiment_dir(Path(args.results), args.experiment)
+    RunDir(d).read_space()  # an unreadable space.yaml is one `error:` line, as for `best`
+    _say(f"report: {write_report(d)}")
     return 0
