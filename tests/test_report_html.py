@@ -211,3 +211,13 @@ def test_the_comparison_printed_to_a_terminal_fits_120_columns_and_the_file_keep
     for col in ("experiment", "family", "accuracy", "loss", "f1_macro", "num_params"):
         assert f" {col} " in head, head
     assert shown[-1] == f"({len(COMPARISON_COLUMNS) - head.count('|') + 1} more columns in {tmp_path / 'comparison.md'})"
+
+
+def test_the_optuna_study_names_its_objectives_for_the_dashboard(searched):
+    # the same search, through the Optuna searcher: optuna-dashboard labels each value by its metric
+    import optuna
+
+    from tuner.search.study import storage
+
+    study = optuna.load_study(study_name="digits_cnn", storage=storage(searched / "digits_cnn"))
+    assert study.metric_names == ["val_accuracy", "num_params"]
