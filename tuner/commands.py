@@ -47,10 +47,15 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
     from tuner.retrain import retrain_best
     from tuner.rundir import check_replaceable, experiment_dir, search_lock
     from tuner.search import driver
+    from tuner.search import tracking
     from tuner.search.cluster import storage_lock
 
     # what `validate` leaves to the machine that runs: are the weights files and bundles here?
     get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
+    if exp.tracking is not None:  # its packages, before anything is created or started
+        from tuner import tracking as tracking_config
+
+        tracking_config.require(exp.tracking)
     exp_dir = experiment_dir(results, exp.name)
     run = RunDir(exp_dir)
     if resume and not run.space.is_file():
@@ -60,9 +65,11 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
         check_replaceable(exp_dir)
     # the locks are taken before anything is removed: a second search of the same name must not delete the
     # first's, in the results folder or on a shared storage folder
-    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, storage, resume), exp.name):
+    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, storage, resume), exp.name), \
+            tracking.session(exp, exp_dir, resume, say) as tracked:
         data, best, failed = driver.run(exp, results, exp_dir, address=address, resume=resume, dashboard=dashboard,
-                                        storage=storage, say=say, retry_failed=retry_failed, verbose=verbose)
+                                        storage=storage, say=say, retry_failed=retry_failed, verbose=verbose,
+                                        callbacks=tracked.callbacks())
         experiment_plots(exp_dir)
         if best is None:
             # nothing to retrain: say so with the exit status too, not only in the log
@@ -75,11 +82,13 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
             import pandas as pd
 
             say(f"Pareto front: {len(pd.read_csv(run.pareto))} trials -> {run.pareto}")
+        metrics = None
         if retrain:
             metrics = retrain_best(exp_dir, data=data, say=say)
             say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run.best}")
             write_comparison(results)
         say(f"report: {write_report(exp_dir)}")
+        tracked.finish(exp_dir, best, metrics)
     say(f"results: {exp_dir}")
     return exp_dir
 
