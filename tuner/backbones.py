@@ -98,7 +98,8 @@ def make_body(arch: str) -> Body:
     import torchvision.models as tvm
 
     if timm_backbones.is_timm(arch):
-        return timm_backbones.make_body(arch)
+        module, units = timm_backbones.body_parts(arch)
+        return Body(arch=arch, module=module, units=units)
     check_arch(arch)
     m = tvm.get_model(arch, weights=None)
     fam = arch_family(arch)

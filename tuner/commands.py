@@ -227,7 +227,7 @@ def best(args) -> int:
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
         if onnx:
             _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
-        if metrics is None:  # retrained just now
+        if metrics is None and run.metrics.is_file():  # retrained just now
             _say(test_metrics_line(run))
     if dest is not None or not run.report.is_file():  # the report names the bundle, and the page is cheap
         from tuner.report.webpage import write_report

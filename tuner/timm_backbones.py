@@ -76,11 +76,9 @@ def check_arch(arch: str, where: str = "arch") -> None:
                         f"use a convolutional timm model such as timm/convnext_tiny or timm/efficientnetv2_s")
 
 
-def make_body(arch: str):
-    """A randomly initialised timm body and its stages (see tuner.backbones.Body)."""
+def body_parts(arch: str) -> tuple[nn.Module, list[list[nn.Module]]]:
+    """A randomly initialised timm body and its stages, input side first (tuner.backbones makes them a Body)."""
     from timm.models import group_modules
-
-    from tuner.backbones import Body
 
     check_arch(arch)
     model = _create(arch)
@@ -89,8 +87,7 @@ def make_body(arch: str):
         # the final norm (ConvNeXt's head.norm) is its own group in timm; it belongs with the last stage, so
         # that trainable_layers: 1 trains that stage, not a norm layer alone
         groups[-2:] = [groups[-2] + groups[-1]]
-    units = [[model.get_submodule(n) for n in names] for names in groups]
-    return Body(arch=arch, module=model, units=units)
+    return model, [[model.get_submodule(n) for n in names] for names in groups]
 
 
 # --------------------------------------------------------------------------- weights

@@ -74,12 +74,25 @@ def image(path: Path, caption: str) -> str:
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
+def numeric(v) -> bool:
+    """A number, or text of one (the comparison's cells come formatted): right-aligned."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        float(str(v))
+        return str(v).strip() != ""
+    except ValueError:
+        return False
+
+
 def table(df: pd.DataFrame, css: str = "sortable", best_row: int | None = None) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
     rows = []
     for i, row in enumerate(df.itertuples(index=False)):
-        cells = "".join(f'<td class="n">{esc(number(v))}</td>' if isinstance(v, (int, float)) and not isinstance(v, bool)
-                        else f"<td>{esc(number(v))}</td>" for v in row)
+        cells = "".join(f'<td class="n">{esc(number(v))}</td>' if numeric(v) else f"<td>{esc(number(v))}</td>"
+                        for v in row)
         rows.append(f'<tr{" class=best" if i == best_row else ""}>{cells}</tr>')
     return (f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
