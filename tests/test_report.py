@@ -114,13 +114,15 @@ def test_compare_prints_and_writes_each_format(folder, fmt, capsys):
     written = (folder / f"comparison.{fmt}").read_text()
     assert out.strip() == written.strip()
     assert (folder / "comparison.md").is_file() and (folder / "comparison.csv").is_file()  # the contract's two
-    positions = [out.index(n) for n in ("cnn", "mlp\\_b" if fmt == "tex" else "mlp_b", "lin")]
+    rows = out[out.index("<tbody>"):] if fmt == "html" else out  # html: a whole page, its style and script first
+    positions = [rows.index(n) for n in ("cnn", "mlp\\_b" if fmt == "tex" else "mlp_b", "lin")]
     assert positions == sorted(positions)
     for col in ("balanced" if fmt == "tex" else "balanced_accuracy", "auc", "fnr", "num", "train"):
         assert col in out
     assert "0.9877" in out and "0.987654321" not in out
     if fmt == "html":
         assert out.count("</tr>") == 5  # header + 4 experiments
+        assert out.startswith("<!DOCTYPE html>") and "<script>" in out  # a page that opens on its own, sortable
     if fmt == "tex":
         assert "\\begin{tabular}" in out and "\\toprule" in out
 

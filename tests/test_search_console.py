@@ -142,3 +142,31 @@ def test_the_best_so_far_is_never_a_trial_outside_the_constraints(tmp_path):
     finish("small000", 0.90, 800)
     console.on_experiment_end([])
     assert "best 0.9000 (small000)" in lines[-1], lines[-1]
+
+
+def test_trial_lines_use_the_terminals_width_and_119_characters_elsewhere(tmp_path, monkeypatch):
+    """A real pseudo-terminal 200 columns wide: the whole trial line is shown, not cut at 119; a file keeps 119."""
+    import fcntl
+    import struct
+    import termios
+
+    from tuner.search.console import Console, line_width
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    exp = load(SPACE)
+    config = {k: 1.234567e-05 for k in exp.searched}  # 194 characters in all
+    result = {"best_val_accuracy": 0.98765, "_best_epoch": 7}
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    with open(slave, "w") as tty, open(tmp_path / "log", "w") as plain:
+        assert line_width(tty) == 199 and line_width(plain) == 119
+        full = trial_line(exp, "abcd1234", config, result, 9, "completed", width=line_width(tty))
+        assert 119 < len(full) <= 199 and not full.endswith("...")
+        assert trial_line(exp, "abcd1234", config, result, 9, "completed").endswith("...")  # 119 elsewhere
+        Console(exp, stream=tty)._print(full, [])  # what the console writes to that terminal
+        tty.flush()
+        shown = os.read(master, 65536).decode()
+        assert full in shown
+        monkeypatch.setenv("COLUMNS", "100")  # as shutil.get_terminal_size: $COLUMNS wins
+        assert line_width(tty) == 99
+    os.close(master)

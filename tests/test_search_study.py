@@ -128,6 +128,7 @@ def test_a_random_search_is_recorded_in_the_journal_too(results):
     study = optuna.load_study(study_name="digits_cnn", storage=storage(results / "digits_cnn"))
     trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})
     assert len(study.trials) == 3 and {t.state.name for t in study.trials} == {"COMPLETE"}
+    assert study.metric_names == ["val_accuracy"]  # optuna-dashboard's label, not "Objective 0"
     for t in study.trials:
         assert list(t.intermediate_values) == [1, 2]
         row = trials[trials["trial_id"] == t.user_attrs["ray_trial_id"]].iloc[0]

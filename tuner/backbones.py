@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from tuner import timm_backbones
 from tuner.bundle import read_bundle
 from tuner.errors import UserError
 from tuner.types import DataInfo
@@ -51,13 +52,22 @@ def supported_archs() -> list[str]:
     return [a for a in tvm.list_models(module=tvm) if arch_family(a)]
 
 
+def is_arch(name) -> bool:
+    """A backbone name rather than a path: a torchvision arch, or timm/<name> (checked by check_arch)."""
+    return timm_backbones.is_timm(name) or (isinstance(name, str) and name in supported_archs())
+
+
 def check_arch(arch, where: str = "arch") -> None:
+    if timm_backbones.is_timm(arch):
+        timm_backbones.check_arch(arch, where)
+        return
     if not isinstance(arch, str) or arch not in supported_archs():
         hint = (" (its output is not a feature map; use a CNN arch)" if isinstance(arch, str)
                 and arch.startswith(UNSUPPORTED) else "")
         raise UserError(f"{where}: {arch!r} is not a supported torchvision classification model{hint}; "
                         f"choose e.g. resnet18, resnet50, vgg16, vgg19, mobilenet_v2, efficientnet_b0, "
-                        f"convnext_tiny, densenet121 (any of: {', '.join(supported_archs())})")
+                        f"convnext_tiny, densenet121, or a timm model as timm/<name> "
+                        f"(any of: {', '.join(supported_archs())})")
 
 
 # --------------------------------------------------------------------------- building and cutting
@@ -87,6 +97,9 @@ def make_body(arch: str) -> Body:
     """A randomly initialised body for `arch` (seed torch first for the same init every time)."""
     import torchvision.models as tvm
 
+    if timm_backbones.is_timm(arch):
+        module, units = timm_backbones.body_parts(arch)
+        return Body(arch=arch, module=module, units=units)
     check_arch(arch)
     m = tvm.get_model(arch, weights=None)
     fam = arch_family(arch)
@@ -126,6 +139,9 @@ def drop_last(body: Body, n: int) -> Body:
     n = int(n)
     if n <= 0:
         return body
+    if timm_backbones.is_timm(body.arch):  # timm's stages feed a head norm sized for the last one
+        raise UserError(f"drop_stages: {body.arch} is a timm model, whose stages cannot be cut off; "
+                        f"set drop_stages: 0 or pick a smaller timm model")
     if n >= len(body.units):
         raise UserError(f"drop_stages: {body.arch} has {len(body.units)} stages (the stem included); "
                         f"drop at most {len(body.units) - 1}")
@@ -239,6 +255,13 @@ def check_weights(arch, weights, where: str = "weights", imagenet_file_needed: b
         raise UserError(f"{where}: expected imagenet, none or a path to a weights file, got {weights!r}")
     if weights == "none":
         return
+    if weights == "imagenet" and timm_backbones.is_timm(arch):
+        check_arch(arch, where)
+        if fetch:
+            timm_backbones.fetch(arch, where)
+        elif imagenet_file_needed and timm_backbones.pretrained_file(arch) is None:
+            raise timm_backbones.missing(arch, where, " (offline)")
+        return
     if weights == "imagenet":
         if isinstance(arch, str) and imagenet_file_needed:
             check_arch(arch)
@@ -266,6 +289,8 @@ def check_weights(arch, weights, where: str = "weights", imagenet_file_needed: b
 
 
 def _read_state_dict(p: Path, where: str) -> dict:
+    if p.suffix == ".safetensors":
+        return timm_backbones.read_safetensors(p, where)
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's to replace
@@ -297,13 +322,23 @@ def _load_into(body: Body, sd: dict, source: str, where: str) -> None:
     body.module.load_state_dict(found)
 
 
+def _imagenet_weights(arch: str, where: str) -> Path:
+    """The file `weights: imagenet` reads for `arch`: torchvision's in the torch hub cache, or timm's."""
+    if not timm_backbones.is_timm(arch):
+        return imagenet_file(arch)[0]
+    f = timm_backbones.pretrained_file(arch)
+    if f is None:
+        raise timm_backbones.missing(arch, where)
+    return f
+
+
 def load_weights(body: Body, weights: str, where: str = "weights") -> None:
     """Put `weights` (imagenet | none | a path) into the body, in place."""
     check_weights(body.arch, weights, where)
     if weights == "none":
         return
     if weights == "imagenet":
-        f, _ = imagenet_file(body.arch)
+        f = _imagenet_weights(body.arch, where)
         _load_into(body, _read_state_dict(f, where), str(f), where)
         return
     p = resolve_path(weights)
@@ -324,7 +359,7 @@ def weights_key(weights: str, seed: int = 0, arch: str | None = None) -> str:
     if weights == "imagenet":
         if arch is None:
             raise ValueError("weights_key: imagenet weights need the arch to find their file")
-        f, _ = imagenet_file(arch)
+        f = _imagenet_weights(arch, "weights")
     else:
         p = resolve_path(weights)
         f = p / "model.pt" if p.is_dir() else p

@@ -41,10 +41,12 @@ def resume_command(argv: list[str], resumed: bool = False) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tuner", description="Hyperparameter search for image classifiers (Ray Tune + Optuna + PyTorch).")
+    p.add_argument("--version", action="store_true", help="print tuner's version and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     s = sub.add_parser("search", help="run a search space (or suite), retrain the best config, compare")
-    s.add_argument("--space", required=True, help="a space or suite YAML file")
+    s.add_argument("--space", required=True, help="a space or suite YAML file, or a built-in space's name "
+                   "(`tuner spaces` lists them)")
     s.add_argument("--name", help="experiment name (default: the file's name:, then its stem)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key (YAML value)")
     s.add_argument("--results", default="results", help="results folder (default ./results)")
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="md", choices=["md", "csv", "html", "tex"])
 
     v = sub.add_parser("validate", help="parse and check a space file without running anything")
-    v.add_argument("--space", required=True)
+    v.add_argument("--space", required=True, help="a space or suite YAML file, or a built-in space's name")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     d = sub.add_parser("dashboard", help="serve an experiment's study with optuna-dashboard on 127.0.0.1")
@@ -82,10 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--results", default="results")
     d.add_argument("--port", type=_port, default=8080, help="1 to 65535 (default 8080)")
 
+    r = sub.add_parser("report", help="(re)write results/<name>/report.html, one page to open in a browser")
+    r.add_argument("--experiment", help="experiment name or folder (default: the latest in --results)")
+    r.add_argument("--results", default="results")
+
     ls = sub.add_parser("list", help="the experiments in a results folder")
     ls.add_argument("--results", default="results")
 
     sub.add_parser("schema", help="print a JSON Schema of the space-file grammar (for editors)")
+    sub.add_parser("spaces", help="the built-in space files, each with the seed experiment it reproduces")
     return p
 
 
@@ -95,12 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = parser.parse_args(argv)
+        if args.version:
+            from tuner import __version__
+
+            print(f"tuner {__version__}")
+            return 0
         if not args.command:
             parser.print_help()
             return 2
         from tuner import commands
 
-        return getattr(commands, args.command)(args)
+        # `spaces` would shadow commands.py's import of tuner.spaces, so that one function has a trailing _
+        return getattr(commands, "spaces_" if args.command == "spaces" else args.command)(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

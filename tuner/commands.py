@@ -8,7 +8,7 @@ from typing import Callable
 
 import yaml
 
-from tuner import spaces
+from tuner import builtin_spaces, spaces
 from tuner.errors import UserError
 from tuner.rundir import RunDir
 
@@ -43,13 +43,19 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
     from tuner.families import get_family
     from tuner.report.compare import write_comparison
     from tuner.report.experiment import experiment_plots
+    from tuner.report.webpage import write_report
     from tuner.retrain import retrain_best
     from tuner.rundir import check_replaceable, experiment_dir, search_lock
     from tuner.search import driver
+    from tuner.search import tracking
     from tuner.search.cluster import storage_lock
 
     # what `validate` leaves to the machine that runs: are the weights files and bundles here?
     get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
+    if exp.tracking is not None:  # its packages, before anything is created or started
+        from tuner import tracking as tracking_config
+
+        tracking_config.require(exp.tracking)
     exp_dir = experiment_dir(results, exp.name)
     run = RunDir(exp_dir)
     if resume and not run.space.is_file():
@@ -59,9 +65,11 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
         check_replaceable(exp_dir)
     # the locks are taken before anything is removed: a second search of the same name must not delete the
     # first's, in the results folder or on a shared storage folder
-    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, storage, resume), exp.name):
+    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, storage, resume), exp.name), \
+            tracking.session(exp, exp_dir, resume, say) as tracked:
         data, best, failed = driver.run(exp, results, exp_dir, address=address, resume=resume, dashboard=dashboard,
-                                        storage=storage, say=say, retry_failed=retry_failed, verbose=verbose)
+                                        storage=storage, say=say, retry_failed=retry_failed, verbose=verbose,
+                                        callbacks=tracked.callbacks())
         experiment_plots(exp_dir)
         if best is None:
             # nothing to retrain: say so with the exit status too, not only in the log
@@ -74,23 +82,26 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
             import pandas as pd
 
             say(f"Pareto front: {len(pd.read_csv(run.pareto))} trials -> {run.pareto}")
+        metrics = None
         if retrain:
             metrics = retrain_best(exp_dir, data=data, say=say)
             say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run.best}")
             write_comparison(results)
+        say(f"report: {write_report(exp_dir)}")
+        tracked.finish(exp_dir, best, metrics)
     say(f"results: {exp_dir}")
     return exp_dir
 
 
 def search(args) -> int:
     check_results_dir(Path(args.results))
-    from tuner.report.compare import to_markdown, write_comparison
+    from tuner.report.compare import write_comparison
 
     if getattr(args, "retry_failed", False) and not args.resume:
         raise UserError("--retry-failed reruns the failed trials of an earlier search: give --resume too")
     if args.name is not None:
         spaces.check_name(args.name, "--name")
-    loaded = spaces.load(args.space, args.set)
+    loaded = spaces.load(builtin_spaces.resolve(args.space), args.set)
     results = Path(args.results)
     members = loaded.members if isinstance(loaded, spaces.Suite) else [None]
     # every member (and the ensemble) is checked before the first one runs
@@ -125,8 +136,18 @@ def search(args) -> int:
             ensemble.build(results, name, suite.ensemble, say=_say)
             names.append(name)
         df = write_comparison(results, names)
-        _say(to_markdown(df))
+        _say(_terminal_table(df, results))
     return 0
+
+
+def _terminal_table(df, results: Path) -> str:
+    """The comparison as markdown within 120 columns, saying where the full table is when columns were left out."""
+    from tuner.report.compare import TERMINAL_WIDTH, narrow_columns, to_markdown
+
+    kept = narrow_columns(df, TERMINAL_WIDTH)
+    note = (f"\n({len(df.columns) - len(kept)} more columns in {Path(results) / 'comparison.md'})"
+            if len(kept) < len(df.columns) else "")
+    return to_markdown(df[kept]) + note
 
 
 def _results_dir(results: Path) -> Path | None:
@@ -196,7 +217,7 @@ def best(args) -> int:
         _say(run.running_note())
     _say(yaml.safe_dump(info, sort_keys=False).rstrip())
     if metrics is not None:
-        _say(f"test metrics: {run.metrics}")
+        _say(test_metrics_line(run))
     if dest is not None:
         if args.trial or not run.model.is_file():
             _say(f"retraining trial {args.trial}'s config first" if args.trial else
@@ -206,7 +227,23 @@ def best(args) -> int:
         _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
         if onnx:
             _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
+        if metrics is None and run.metrics.is_file():  # retrained just now
+            _say(test_metrics_line(run))
+    if dest is not None or not run.report.is_file():  # the report names the bundle, and the page is cheap
+        from tuner.report.webpage import write_report
+
+        _say(f"report: {write_report(d)}")
     return 0
+
+
+def test_metrics_line(run: RunDir) -> str:
+    """`tuner best`'s line of the retrained model's test metrics, read from best/metrics.json."""
+    from tuner.report.webpage import number
+
+    m = run.read_metrics()
+    keys = ("accuracy", "balanced_accuracy", "f1_macro", "loss", "auc_ovr", "num_test")  # the file has them all
+    shown = ", ".join(f"{k} {number(m[k])}" for k in keys if isinstance(m.get(k), (int, float)))
+    return f"test metrics: {shown} ({run.metrics})"
 
 
 def _trial_entry(d: Path, trial_id: str) -> dict:
@@ -284,12 +321,15 @@ def compare(args) -> int:
         df = report.comparison_rows(results, names or None, skip=lambda msg: None)
     if df.empty:
         raise UserError(f"--results {results}: no experiment with a retrained model to compare")
-    sys.stdout.write(report.render(df, args.format) + "\n")
+    if args.format == "md" and sys.stdout.isatty():  # a person reads it: what fits; the file keeps every column
+        sys.stdout.write(_terminal_table(df, results) + "\n")
+    else:
+        sys.stdout.write(report.render(df, args.format, results) + "\n")
     return 0
 
 
 def validate(args) -> int:
-    loaded = spaces.load(args.space, args.set)
+    loaded = spaces.load(builtin_spaces.resolve(args.space), args.set)
     if isinstance(loaded, spaces.Suite):
         for m in loaded.members:
             exp = spaces.load(m, args.set)
@@ -340,4 +380,24 @@ def schema(args) -> int:
     from tuner.schema import schema as build
 
     sys.stdout.write(json.dumps(build(), indent=2) + "\n")
+    return 0
+
+
+def spaces_(args) -> int:
+    """`tuner spaces`: the built-in space files, one line each: name, family (or suite), the seed experiment."""
+    found = builtin_spaces.listing()
+    width = max(len(s.name) for s in found)
+    _say(f"built-in spaces ({builtin_spaces.SPACES_DIR}); run one with `tuner search --space NAME`:")
+    for s in found:
+        _say(f"  {s.name:{width}s}  {s.kind:9s} {s.seed}")
+    return 0
+
+
+def report(args) -> int:
+    """`tuner report`: (re)write results/<name>/report.html from the folder's files."""
+    from tuner.report.webpage import write_report
+
+    d = _experiment_dir(Path(args.results), args.experiment)
+    RunDir(d).read_space()  # an unreadable space.yaml is one `error:` line, as for `best`
+    _say(f"report: {write_report(d)}")
     return 0

@@ -71,6 +71,7 @@ class RunDir:
     classification_report = _path("best/classification_report.csv", "per-class precision, recall, F1")
     curves = _path("best/curves.png", "the retrain's learning curves")
     export = _path("export", "the deployable bundle (tuner best --export)")
+    report = _path("report.html", "one self-contained page of it all, for a browser (tuner report)")
     journal = _path("optuna.journal", "the Optuna study")
     running = _path("running.json", "while the search runs: its process id and start time")
     lock = _path(LOCK_FILE, "held while a search of it runs")

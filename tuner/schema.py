@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any
 
-from tuner import spaces
+from tuner import spaces, tracking
 from tuner.data import READERS
 from tuner.families import FAMILIES, Param
 
@@ -154,6 +154,7 @@ def experiment_schema() -> dict:
         "space": {"type": ["object", "null"]},
         "max_failures": {"type": "integer", "minimum": 0, "default": 0},
         "storage": {"type": ["string", "null"], "description": "a folder every node reaches, or s3://, gs://, ..."},
+        "tracking": tracking.schema(),
     }
     # every key the parser takes; one it takes that has no schema here yet is allowed as anything
     props = {k: known.get(k, {}) for k in sorted(spaces.TOP_KEYS)}

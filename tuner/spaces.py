@@ -239,6 +239,7 @@ class Experiment:
     space: dict[str, Any] = field(default_factory=dict)  # name -> Distribution or constant
     max_failures: int = 0
     storage: str | None = None
+    tracking: Any = None  # tuner.tracking.TrackingConfig: the `tracking:` block (MLflow, W&B)
     path: Path | None = None
     raw: dict = field(default_factory=dict)  # the resolved YAML exactly as run
 
@@ -465,7 +466,7 @@ def read_yaml(path: Path) -> dict:
 
 
 TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler", "resources", "fixed", "space",
-            "max_failures", "storage", "constraints"}
+            "max_failures", "storage", "constraints", "tracking"}
 SUITE_KEYS = {"name", "suite", "ensemble"}
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 
@@ -650,10 +651,13 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
         if isinstance(parse_distribution(v, f"{file}: fixed.{k}"), Distribution):
             raise UserError(f"{file}: fixed.{k} is a distribution; move it to space: or give one value")
 
+    from tuner import tracking
+
     exp = Experiment(name=name, family=raw["family"], dataset=dataset, metric=metric, mode=mode,
                      constraints=constraints, search=search,
                      scheduler=scheduler, resources=resources, fixed=dict(fixed), space=space,
-                     max_failures=max_failures, storage=storage, path=path, raw=raw)
+                     max_failures=max_failures, storage=storage, tracking=tracking.parse(raw.get("tracking"), file),
+                     path=path, raw=raw)
     for k, v in list(exp.constants.items()) + [(k, a) for k, d in exp.searched.items() for a in d.args]:
         if isinstance(v, float) and not math.isfinite(v):
             raise UserError(f"{file}: {k} is {v}; give a finite number")
@@ -895,4 +899,8 @@ def resolved_yaml(exp: Experiment) -> str:
         out["constraints"] = exp.constraints
     if exp.storage:
         out["storage"] = exp.storage
+    if exp.tracking is not None and exp.tracking.any:
+        from tuner import tracking
+
+        out["tracking"] = tracking.to_yaml(exp.tracking)
     return yaml.dump(out, Dumper=SpaceDumper, sort_keys=False)

@@ -21,7 +21,7 @@ PIXELS = "pixels"
 def backbone_params() -> dict[str, Param]:
     """What knn and features share: where the vectors come from and how they are normalised."""
     return {
-        "backbone": Param(PIXELS, "str", help="pixels | a torchvision arch (resnet50, vgg19, ...) | "
+        "backbone": Param(PIXELS, "str", help="pixels | a torchvision arch (resnet50, vgg19, ...) | timm/NAME | "
                                               "path to a bundle exported by `tuner best --export`"),
         "backbone_weights": Param("imagenet", "str", help="the arch's weights: imagenet | none | a .pt bundle path"),
         "normalize": Param("none", "str", ("none", "l2"), help="l2: scale each embedding to length 1"),
@@ -42,7 +42,7 @@ def check_backbone(constants: dict, searched: dict, file: str) -> None:
 def _check_one_backbone(b: str, weights: str, file: str) -> None:
     if b == PIXELS:
         return
-    if b in backbones.supported_archs():
+    if backbones.is_arch(b):
         backbones.check_weights(b, weights, f"{file}: backbone_weights", fetch=True)
         return
     p = backbones.resolve_path(str(b))
@@ -62,7 +62,7 @@ def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, i
     Returns (module, channels_wanted, key) as `backbones.extractor` does; a bundle's module first undoes the
     data's normalisation and applies the one the bundle was trained with.
     """
-    if isinstance(backbone, str) and backbone in backbones.supported_archs():
+    if backbones.is_arch(backbone):
         return backbones.extractor(backbone, weights, info)
     p = backbones.resolve_path(str(backbone))
     if not p.exists():
@@ -101,7 +101,7 @@ class Backbone:
         self.device = torch.device(device)
         if name == PIXELS:
             module, channels, key = nn.Flatten(), info.channels, PIXELS
-        elif state is not None and name in backbones.supported_archs():
+        elif state is not None and backbones.is_arch(name):
             module, channels, key = extractor(name, "none", info)
         else:
             module, channels, key = extractor(name, weights, info)

@@ -207,7 +207,11 @@ class FrozenLearner(TransferLearner):
 @register_family
 class Transfer(TorchFamily):
     """A torchvision network (`arch`: resnet18/50, vgg16/19, mobilenet_v2, efficientnet_b0,
-    convnext_tiny, ...) with its classifier replaced by a new head: pool, `hidden` layers, output.
+    convnext_tiny, ...) or a timm one (`timm/convnext_tiny`, `timm/efficientnetv2_s`, any convolutional
+    `timm/<name>`) with its classifier replaced by a new head: pool, `hidden` layers, output.
+    For a timm model, `weights: imagenet` is timm's default pretrained weights of that name (a tag picks
+    others: `timm/convnext_tiny.fb_in1k`), read from the Hugging Face hub cache, or from a file put at
+    `~/.cache/torch/hub/checkpoints/timm/<name>.safetensors` (or `.pth`) on a machine that cannot reach the hub.
 
     `trainable_layers` picks what trains: 0 freezes the body (its features are computed once and
     cached, so a frozen search is cheap), n trains its last n stages, `all` fine-tunes everything;
@@ -219,7 +223,7 @@ class Transfer(TorchFamily):
     """
     name = "transfer"
     own_params = {
-        "arch": Param("resnet50", "str", help="a torchvision classification model"),
+        "arch": Param("resnet50", "str", help="a torchvision classification model, or timm/NAME (a timm model)"),
         "weights": Param("imagenet", "str", help="imagenet | none | path to a state dict or exported bundle"),
         "trainable_layers": Param(0, "any", help="0 = frozen feature extractor, n = the last n stages, all"),
         "backbone_lr_mult": Param(1.0, "float", low=0.0, help="the body's lr is lr times this"),
@@ -246,6 +250,9 @@ class Transfer(TorchFamily):
                 raise UserError(f"{file}: space.arch takes names; use choice: [...]")
             for a in archs:
                 backbones.check_arch(a, f"{file}: space.arch")
+        if constants.get("drop_stages") and any(backbones.timm_backbones.is_timm(a) for a in archs):
+            raise UserError(f"{file}: drop_stages cuts torchvision bodies only; a timm model keeps its stages "
+                            f"(set drop_stages: 0, or pick a smaller timm model)")
         if "trainable_layers" in searched:
             d = searched["trainable_layers"]
             values = list(d.args)

@@ -6,6 +6,7 @@
     importance.py  parameter importance (Optuna's fANOVA) over the finished trials
     compare.py     results/comparison.md/.csv/.html/.tex across experiments
     figures.py     what every figure shares (resolution, saving, label shortening)
+    webpage.py     report.html (one self-contained page of an experiment) and comparison.html
 
 The results files are read through tuner/rundir.py.
 """

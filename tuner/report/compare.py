@@ -82,7 +82,7 @@ def write_comparison(results: Path, names: list[str] | None = None, fmt: str | N
     for f in {"md", "csv", fmt or "md"}:
         path = results / f"comparison.{f}"
         try:
-            path.write_text(render(df, f) + "\n")
+            path.write_text(render(df, f, results) + "\n")
         except OSError as exc:
             if exc.errno == errno.ENOSPC:  # the CLI says "disk full" for every write in one place
                 raise
@@ -108,7 +108,30 @@ def _cells(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: [_cell(c, v) for v in r[c]] for c in r.columns}, columns=list(r.columns))
 
 
-def to_markdown(df: pd.DataFrame) -> str:
+# the columns a narrow table keeps first, most telling first; the rest follow in table order while they fit
+NARROW_FIRST = ["experiment", "family", "accuracy", "loss", "f1_macro", "balanced_accuracy", "num_params",
+                "train_time_s", "precision_macro", "recall_macro", "auc_ovr"]
+TERMINAL_WIDTH = 120
+
+
+def narrow_columns(df: pd.DataFrame, width: int = TERMINAL_WIDTH) -> list[str]:
+    """The columns of the markdown table that fit `width` characters, taken in NARROW_FIRST's order (table
+    order kept); the files hold every column, this is for a terminal."""
+    shown = _cells(df)
+    order = [c for c in NARROW_FIRST if c in shown] + [c for c in shown.columns if c not in NARROW_FIRST]
+    keep: list[str] = []
+    for c in order:
+        trial = [k for k in shown.columns if k in keep or k == c]
+        if max(map(len, to_markdown(df[trial]).splitlines())) > width and len(keep) >= 2:
+            continue  # a wider column may not fit where a narrower one after it does
+        keep = trial
+    return keep
+
+
+def to_markdown(df: pd.DataFrame, width: int | None = None) -> str:
+    """The comparison as a markdown table; with `width`, only the columns that fit (see narrow_columns)."""
+    if width is not None:
+        df = df[narrow_columns(df, width)]
     shown = _cells(df)
     head = "| " + " | ".join(shown.columns) + " |"
     sep = "|" + "|".join("---:" if c in METRIC_COLUMNS else "---" for c in shown.columns) + "|"
@@ -116,8 +139,9 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body])
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """The comparison table as md, csv, html or tex, numbers rounded for reading."""
+def render(df: pd.DataFrame, fmt: str, results: Path | None = None) -> str:
+    """The comparison table as md, csv, html (a page; its experiments link to their report.html in `results`)
+    or tex, numbers rounded for reading."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}; one of {FORMATS}")
     if fmt == "md":
@@ -126,6 +150,8 @@ def render(df: pd.DataFrame, fmt: str) -> str:
         return rounded(df).to_csv(index=False).rstrip()
     shown = _cells(df)
     if fmt == "html":
-        return shown.to_html(index=False, border=0, classes="comparison")
+        from tuner.report.webpage import comparison_page
+
+        return comparison_page(shown, results).rstrip()
     # tex: a booktabs tabular; underscores in names and headers are escaped for LaTeX
     return shown.to_latex(index=False, escape=True, column_format="ll" + "r" * len(METRIC_COLUMNS)).rstrip()

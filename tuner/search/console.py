@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,22 @@ from tuner.metrics import best_key, feasible, rank_key
 from tuner.tables import one_line
 from tuner.search.study import stopped_early
 
-WIDTH = 119  # every line stays under 120 characters
+PLAIN_COLUMNS = 120  # what a file or a pipe is taken to be: its lines stay under 120 characters
+WIDTH = PLAIN_COLUMNS - 1
 PLAIN_EVERY_S = 10.0  # the progress line when the output is a file or a pipe, not a terminal
+
+
+def line_width(stream) -> int:
+    """How long a line may be: the terminal's width less one (a full line would wrap the cursor), asked at
+    each line so a resized window is followed ($COLUMNS wins, as for shutil.get_terminal_size); WIDTH when
+    the output is not a terminal."""
+    if not stream.isatty():
+        return WIDTH
+    try:
+        columns = int(os.environ.get("COLUMNS", 0)) or os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = shutil.get_terminal_size((PLAIN_COLUMNS, 24)).columns
+    return max(columns, 40) - 1
 
 
 def quiet_ray(verbose: bool) -> None:
@@ -78,7 +93,7 @@ def _fmt(v) -> str:
 
 
 def trial_line(exp, trial_id: str, config: dict, result: dict | None, epochs: int, status: str,
-               error: str = "") -> str:
+               error: str = "", width: int = WIDTH) -> str:
     """One finished trial: id, outcome, best metric and its epoch, epochs run, then the searched values."""
     metric = exp.metrics[0]
     if status == "failed":
@@ -90,7 +105,7 @@ def trial_line(exp, trial_id: str, config: dict, result: dict | None, epochs: in
             else f"{trial_id} no {metric}, {status}"
     params = " ".join(f"{k}={_fmt(config[k])}" for k in exp.param_names if k in config)  # a branch not drawn: left out
     line = f"{head} | {params}" if params else head
-    return line if len(line) <= WIDTH else line[:WIDTH - 3] + "..."
+    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def _clock(s: float) -> str:
@@ -153,14 +168,15 @@ class Console(Callback):
         result["_best_epoch"] = result.get("best_epoch") or self.best_epoch.get(trial.trial_id, (0, "?"))[1]
         self._rank(trial.trial_id, result)
         self._print(trial_line(self.exp, trial.trial_id, trial.config, result, epochs,
-                               "stopped early" if early else "completed"), trials)
+                               "stopped early" if early else "completed", width=line_width(self.stream)), trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.finished += 1
         self.failed += 1
         error = one_line(trial.get_error() or "see the trial's error.txt")
         self._print(trial_line(self.exp, trial.trial_id, trial.config, None,
-                               int((trial.last_result or {}).get("training_iteration", 0)), "failed", error), trials)
+                               int((trial.last_result or {}).get("training_iteration", 0)), "failed", error,
+                               width=line_width(self.stream)), trials)
 
     def on_step_begin(self, iteration, trials, **info):
         self._adopt(trials)
@@ -230,7 +246,8 @@ class Console(Callback):
 
     def _draw(self, line: str) -> None:
         # one line rewritten in place: back to its start, the new text, blanks over the rest of the old one
-        self.stream.write("\r" + line[:WIDTH].ljust(WIDTH))
+        width = line_width(self.stream)
+        self.stream.write("\r" + line[:width].ljust(width))
         self.stream.flush()
 
     def _print(self, line: str, trials) -> None:

@@ -168,7 +168,7 @@ def param_space(exp: Experiment, constants_only: bool = False) -> dict:
 # --------------------------------------------------------------------------- the run
 def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = None, resume: bool = False,
         dashboard: bool = True, storage: str | None = None, say: Callable[[str], None] = print,
-        retry_failed: bool = False, verbose: bool = False) -> tuple:
+        retry_failed: bool = False, verbose: bool = False, callbacks: list = ()) -> tuple:
     """The search itself, in `exp_dir` (checked and locked by the caller, `commands.run_search`): prepare the
     data, start Ray, run Tune, write the tables. Returns (data, best, failed): the prepared data (the retrain
     reuses it), best.yaml's content or None when no trial finished, the failed trials' rows."""
@@ -221,8 +221,9 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     console.quiet_ray(verbose)
     search_alg, constants_only = searchers.build(exp, exp_dir)
     live_results = live.LiveResults(exp, exp_dir)
-    callbacks = [live_results] + ([] if isinstance(search_alg, study.StudySearch) else
-                                  [study.StudyRecorder(exp, exp_dir)])
+    extra, callbacks = list(callbacks), [live_results] + ([] if isinstance(search_alg, study.StudySearch) else
+                                                          [study.StudyRecorder(exp, exp_dir)])
+    callbacks += extra  # the caller's (tuner.search.tracking: MLflow, W&B)
     callbacks += [] if verbose else [console.Console(exp, say)]
     callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
     console.header(exp, exp_dir, results, say)

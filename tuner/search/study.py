@@ -49,6 +49,11 @@ class StudySearch(OptunaSearch):
     def _multi(self) -> bool:
         return isinstance(self.metric, (list, tuple))
 
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        # optuna-dashboard labels the values by these names ("val_accuracy"), not "Objective 0"
+        name_values(self._ot_study, metric_names(self.metric))
+
     def _told(self, trial_id: str) -> bool:
         # after --resume of a killed driver the journal may already hold the end of a trial that the
         # searcher's older snapshot still counts as running; the journal refuses a second ending
@@ -105,6 +110,24 @@ class StudySearch(OptunaSearch):
                 self._ot_study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
+def name_values(study, names: list[str]) -> None:
+    """study.set_metric_names, without its ExperimentalWarning on the console (stable since Optuna 3.2)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+
+
+def metric_names(metric) -> list[str]:
+    """The study's value names: the metrics as the user wrote them (the searcher is told best_<metric>, each
+    trial's best epoch, which is what the value holds)."""
+    keys = list(metric) if isinstance(metric, (list, tuple)) else [metric]
+    return [k[len(best_key("")):] if k.startswith(best_key("")) else k for k in keys]
+
+
 def stopped_early(result: dict | None, last_continued: int, max_epochs: int) -> bool:
     """Whether the scheduler stopped the trial: its last epoch came after the last one it was let go on
     from, and before max_epochs (a trial that stopped itself, by early_stopping, was let go on from its last)."""
@@ -139,6 +162,7 @@ class StudyRecorder(Callback):
                                               directions=["maximize" if m == "max" else "minimize"
                                                           for m in self.exp.modes],
                                               load_if_exists=True)
+            name_values(self._study, list(self.exp.metrics))
         return self._study
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
