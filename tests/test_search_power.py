@@ -138,3 +138,25 @@ def test_constraint_values_reach_optunas_samplers_without_the_deprecated_constra
     from optuna.study._constrained_optimization import _get_feasible_trials
 
     assert [t.number for t in _get_feasible_trials(study.trials)] == [0]  # what the samplers rank by
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "cmaes", "qmc", "random", "nsga2"])
+def test_every_sampler_survives_pickling_and_samples_after_it(tmp_path, sampler):
+    # Ray pickles the searcher (and so its sampler) into every experiment snapshot; Optuna 5.1's NSGA-II
+    # holds a threading.Lock, which pickle refuses ("cannot pickle '_thread.lock' object")
+    import pickle
+
+    import optuna
+
+    from tuner.search.searchers import make_sampler
+
+    flat = "name: flat\ndataset: {name: digits}\nfamily: linear\nspace: {lr: {loguniform: [1.0e-3, 1.0]}}\n"
+    over = [f"search.sampler={sampler}", "search.num_samples=8"]
+    if sampler == "nsga2":
+        over += ["metric=[val_accuracy, num_params]", "mode=[max, min]"]
+    exp = _exp(tmp_path, flat, over)
+    restored = pickle.loads(pickle.dumps(make_sampler(exp)))
+    study = optuna.create_study(directions=["maximize"] * len(exp.metrics), sampler=restored)
+    study.optimize(lambda t: [t.suggest_float("lr", 1e-3, 1.0, log=True)] * len(exp.metrics), n_trials=6)
+    pickle.loads(pickle.dumps(restored))  # and again, after it has sampled
+    assert len(study.trials) == 6

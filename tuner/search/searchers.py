@@ -7,6 +7,7 @@ while the trial's config gets the plain name (`C`). The Tuner's param_space then
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,50 @@ def constraint_attrs(values: list[float], constraints: dict[str, dict]) -> dict[
     return {f"constraints:{k}": float(v) for k, v in zip(keys, values)}
 
 
+class PicklableLock:
+    """A threading.Lock that pickles as a new, unlocked one: Ray pickles the searcher, and so its sampler, into
+    every experiment snapshot, and a lock cannot be pickled."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def acquire(self, *args, **kwargs) -> bool:
+        return self._lock.acquire(*args, **kwargs)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._lock = threading.Lock()
+
+
+LOCK_TYPES = (type(threading.Lock()),)
+
+
+def picklable(sampler):
+    """The sampler with every plain lock it holds made picklable. Optuna 5.1's genetic samplers (nsga2) keep a
+    threading.Lock and define no __getstate__ (pickling them raises "cannot pickle '_thread.lock' object");
+    other versions and samplers hold none, and are returned as they are."""
+    for key, value in vars(sampler).items():
+        if isinstance(value, LOCK_TYPES):
+            setattr(sampler, key, PicklableLock())
+    return sampler
+
+
 def make_sampler(exp: Experiment):
+    return picklable(_sampler(exp))
+
+
+def _sampler(exp: Experiment):
     import optuna
 
     s = exp.search
