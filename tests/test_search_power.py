@@ -160,3 +160,34 @@ def test_every_sampler_survives_pickling_and_samples_after_it(tmp_path, sampler)
     study.optimize(lambda t: [t.suggest_float("lr", 1e-3, 1.0, log=True)] * len(exp.metrics), n_trials=6)
     pickle.loads(pickle.dumps(restored))  # and again, after it has sampled
     assert len(study.trials) == 6
+
+
+@pytest.mark.slow
+def test_a_conditional_grid_runs_every_option_times_the_grid_of_its_branch(tmp_path, results):
+    # Ray's points_to_evaluate need every key in the param_space, which holds only constants here: this
+    # failed at the first trial with KeyError: 'classifier'
+    text = COND.replace("search: {num_samples: 6,", "search: {algorithm: grid, grid_points: 2,").replace(
+        "      random_forest: {n_estimators: {int: [10, 40]}, max_depth: {int: [2, 8]}}\n", "")
+    d = _search(_exp(tmp_path, text), results)
+    trials = pd.read_csv(d / "trials.csv")
+    assert trials["val_accuracy"].notna().all()
+    got = sorted(zip(trials["classifier"], trials["C"], trials["kernel"].fillna("-")))
+    assert got == [("logreg", 0.001, "-"), ("logreg", 100.0, "-"), ("svm", 0.01, "linear"), ("svm", 0.01, "rbf"),
+                   ("svm", 1000.0, "linear"), ("svm", 1000.0, "rbf")]
+
+
+def test_a_conditional_grid_hands_out_each_point_once_and_resumes_where_it_was(tmp_path):
+    from tuner.search.searchers import GridPoints, conditional_grid
+
+    text = COND.replace("search: {num_samples: 6,", "search: {algorithm: grid, grid_points: 2,")
+    exp = _exp(tmp_path, text, ["search.warm_start=[{classifier: svm, C: 5.0}]"])
+    points = conditional_grid(exp)
+    assert points[0] == {"classifier": "svm", "C": 5.0, "kernel": "rbf"}  # completed from the svm grid
+    assert len(points) == 1 + 2 + 4 + 4
+    g = GridPoints(points)
+    first = [g.suggest(str(i)) for i in range(3)]
+    g.save(str(tmp_path / "state.json"))
+    again = GridPoints([])
+    again.restore(str(tmp_path / "state.json"))
+    rest = [again.suggest(str(i)) for i in range(len(points) - 3)]
+    assert first + rest == points and again.suggest("x") == GridPoints.FINISHED
