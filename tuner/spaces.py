@@ -473,17 +473,21 @@ METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 OBJECTIVES = METRICS + ("num_params", "latency_ms", "latency_ms_b64", "train_time_s")
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# `30s`, `10m`, `1.5h`, `.5d`: ASCII digits only (str.isdigit would take '²', which float() refuses)
+DURATION = r"^\s*(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[smhd]\s*$"
+
+
 def parse_duration(value: Any, where: str) -> float:
     """`30m` / `2h` / `45s` / a number of seconds -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip()[:-1].replace(".", "", 1).isdigit() and value.strip()[-1] in units:
-        seconds = float(value.strip()[:-1]) * units[value.strip()[-1]]
+        seconds = float(value) if _finite(value) else math.nan
+    elif isinstance(value, str) and re.match(DURATION, value):
+        seconds = float(value.strip()[:-1]) * DURATION_UNITS[value.strip()[-1]]
     else:
         raise UserError(f"{where}: expected seconds or a duration such as 30s, 10m or 2h, got {value!r}")
-    if seconds <= 0:
-        raise UserError(f"{where}: must be more than 0 seconds, got {value!r}")
+    if not (math.isfinite(seconds) and seconds > 0):  # .nan passes `<= 0`; .inf broke the console's clock
+        raise UserError(f"{where}: must be a finite time of more than 0 seconds, got {value!r}")
     return seconds
 
 
@@ -697,8 +701,8 @@ def _constraints(raw: Any, file: str) -> dict[str, dict]:
         if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
             raise UserError(f"{file}: constraints.{name} takes {{max: X}} and/or {{min: X}}, got {bound!r}")
         for side, v in bound.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise UserError(f"{file}: constraints.{name}.{side} must be a number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not _finite(v):
+                raise UserError(f"{file}: constraints.{name}.{side} must be a finite number, got {v!r}")
         if "min" in bound and "max" in bound and bound["min"] > bound["max"]:
             raise UserError(f"{file}: constraints.{name}: min {bound['min']} > max {bound['max']}")
         out[name] = {k: float(v) for k, v in bound.items()}
