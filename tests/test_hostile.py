@@ -261,3 +261,22 @@ def test_load_of_weights_that_do_not_fit_is_a_user_error(results, tmp_path):
 def test_export_to_a_new_folder_still_works_and_loads(results, tmp_path):
     assert main(["best", "--results", str(results), "--export", str(tmp_path / "a" / "b")]) == 0
     assert tuner.load(tmp_path / "a" / "b").class_names == [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize("command, rel", [("best", "trials.csv"), ("best", "best/metrics.json"), ("list", "trials.csv"),
+                                          ("list", "space.yaml"), ("compare", "best/metrics.json")])
+def test_a_fifo_in_place_of_a_results_file_is_refused_without_waiting(results, command, rel):
+    # opening a FIFO for reading blocks until a writer comes: `tuner best` hung for ever. In a subprocess with
+    # a timeout, so that without the fix this fails instead of hanging the test run
+    import sys
+
+    path = results / NAME / rel
+    path.unlink()
+    os.mkfifo(path)
+    proc = subprocess.run([sys.executable, "-m", "tuner", command, "--results", str(results)], capture_output=True,
+                          text=True, timeout=120, env=os.environ | {"MPLBACKEND": "Agg"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode in (0, 2) and len(lines) <= 1, proc.stderr  # an answer, no traceback
+    if (command, rel) == ("best", "trials.csv"):  # read because it is there: refused, naming it
+        assert proc.returncode == 2 and lines[0].startswith("error:") and "not a regular file" in lines[0]
+        assert str(path) in lines[0]

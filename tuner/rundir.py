@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -185,15 +187,35 @@ def _corrupt(path: Path, why) -> CorruptResult:
     return CorruptResult(f"{path}: cannot be read ({why}); {_REDO.get(Path(path).name, 'remove or restore it')}")
 
 
+def read_regular(path: Path, limit: int | None = MAX_RESULT_BYTES) -> bytes:
+    """The bytes of a regular file (at most `limit`), or a CorruptResult. Never waits: a FIFO or a device
+    in a file's place is refused without reading from it (a plain open of a FIFO blocks until a writer comes)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise _corrupt(path, exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _corrupt(path, "not a regular file (a FIFO, a device or a folder in its place)")
+        if limit is not None and info.st_size > limit:
+            raise _corrupt(path, f"{info.st_size} bytes, larger than any file tuner writes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _corrupt(path, exc) from None
+    finally:
+        os.close(fd)
+
+
 def read_result(path: Path, need: tuple[str, ...] = ()) -> dict:
     """A results YAML or JSON file that must be a mapping holding the keys in `need`, or a CorruptResult."""
     from tuner.spaces import safe_yaml
 
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_RESULT_BYTES:
-            raise _corrupt(path, f"{path.stat().st_size} bytes, larger than any file tuner writes")
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path).decode("utf-8")
         # tuner wrote it (yaml.safe_dump): read it back as written, YAML 1.1, where 508172e8 is a string
         data = json.loads(text) if path.suffix == ".json" else safe_yaml(text, yaml.SafeLoader)
     except CorruptResult:
@@ -218,8 +240,9 @@ def read_trials(path: Path):
     import pandas as pd
 
     path = Path(path)
+    data = read_regular(path, limit=None)  # a table grows with the trials: no size limit
     try:
-        df = pd.read_csv(path, dtype={"trial_id": str})
+        df = pd.read_csv(io.BytesIO(data), dtype={"trial_id": str})
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise _corrupt(path, exc) from None
     if "trial_id" not in df:
