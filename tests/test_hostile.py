@@ -94,6 +94,12 @@ def _suite_of_suite(tmp: Path) -> str:
     return str(tmp / "outer.yaml")
 
 
+def _warm_folder(tmp: Path, space: bytes, trials: bytes = b"trial_id,val_accuracy\n") -> None:
+    (tmp / "ws").mkdir()
+    (tmp / "ws" / "space.yaml").write_bytes(space)
+    (tmp / "ws" / "trials.csv").write_bytes(trials)
+
+
 def _corrupt(results: Path, rel: str, text: str = "{unclosed: [\n") -> None:
     (results / NAME / rel).write_text(text)
 
@@ -143,6 +149,23 @@ TABLE = [
     ("constraint with an infinite bound", ["validate", "--space", "{digits}", "--set",
                                            "constraints={latency_ms: {min: -.inf}}"], None,
      "constraints.latency_ms.min must be a finite number"),
+    ("warm-start folder with a binary space.yaml", ["validate", "--space", "{digits}", "--set",
+                                                     "search.warm_start={tmp}/ws"],
+     lambda t, r: _warm_folder(t, b"\x00\xff\xfe" * 9), "search.warm_start: {tmp}/ws/space.yaml: cannot be read"),
+    ("warm-start folder with broken YAML", ["validate", "--space", "{digits}", "--set", "search.warm_start={tmp}/ws"],
+     lambda t, r: _warm_folder(t, b"{family: [\n"), "search.warm_start: {tmp}/ws/space.yaml: cannot be read"),
+    ("warm-start folder whose space.yaml is a list", ["validate", "--space", "{digits}", "--set",
+                                                      "search.warm_start={tmp}/ws"],
+     lambda t, r: _warm_folder(t, b"[1, 2]\n"), "expected a mapping"),
+    ("warm-start folder with a binary trials.csv", ["validate", "--space", "{digits}", "--set",
+                                                    "search.warm_start={tmp}/ws"],
+     lambda t, r: _warm_folder(t, DIGITS.read_bytes(), b"\xff\xfe\x00"), "search.warm_start: {tmp}/ws/trials.csv"),
+    ("a 120 KB dataset.root", ["validate", "--space", "{digits}", "--set", "dataset.name=imagefolder", "--set",
+                               "dataset.root=" + "a" * 120_000], None, "dataset.root: aaaa"),
+    ("a 120 KB warm-start path", ["validate", "--space", "{digits}", "--set", "search.warm_start=" + "a/" * 60_000],
+     None, "is 120000 bytes long"),
+    ("a NUL byte in storage", ["validate", "--space", "{digits}", "--set", "storage=\"/tmp/a\\0b\""], None,
+     "storage: '/tmp/a\\x00b' holds a NUL byte"),
     ("impossible date in --set", ["validate", "--space", "{digits}", "--set", "fixed.lr=2024-13-45"], None,
      "cannot be read"),
     ("line break in a --set key", ["validate", "--space", "{digits}", "--set", "a\nb=["], None, "--set 'a\\nb'"),
@@ -204,7 +227,7 @@ def test_hostile_input_exits_2_with_one_error_line(tmp_path, results, capsys, ar
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert fragment in lines[0], lines[0]
+    assert fragment.replace("{tmp}", str(tmp)) in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------------------------ beyond the table

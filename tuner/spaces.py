@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -491,6 +492,19 @@ def parse_duration(value: Any, where: str) -> float:
     return seconds
 
 
+def check_path_text(path: str, where: str) -> str:
+    """A path from a space file that the file system can take: no NUL byte, at most 4096 bytes, each part at
+    most 255 (Linux's PATH_MAX and NAME_MAX). A longer one failed later with 'File name too long'."""
+    size = len(os.fsencode(path)) if "\0" not in path else 0
+    part = max((len(os.fsencode(p)) for p in path.split("/")), default=0) if "\0" not in path else 0
+    why = ("holds a NUL byte" if "\0" in path else f"is {size} bytes long (at most 4096)" if size > 4096
+           else f"has a part of {part} bytes (at most 255)" if part > 255 else None)
+    if why:
+        raise UserError(f"{where}: {shown(path[:60] + '...' if len(path) > 60 else path)} {why}; give the "
+                        f"path of a folder")
+    return path
+
+
 NAME_MAX = 100
 
 
@@ -616,6 +630,8 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     for key, seed in (("search.seed", search.seed), ("dataset.split.seed", dataset.split.seed)):
         if not 0 <= seed < 2**32:  # numpy and Optuna take seeds in [0, 2**32)
             raise UserError(f"{file}: {key} must be a whole number from 0 to 4294967295, got {seed}")
+    if dataset.root is not None:
+        check_path_text(dataset.root, f"{file}: dataset.root")
     if dataset.name not in ("digits",) and not dataset.root and not dataset.download:
         raise UserError(f"{file}: dataset.root is not set for {dataset.name}; "
                         f"set dataset.root to the data folder (or dataset.download: true where allowed)")
@@ -648,6 +664,8 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     storage = raw.get("storage")
     if storage is not None and not (isinstance(storage, str) and storage.strip()):
         raise UserError(f"{file}: storage must be a folder or a URI such as s3://bucket/path, got {storage!r}")
+    if storage is not None:
+        check_path_text(storage, f"{file}: storage")
     space = {k: parse_distribution(v, f"{file}: space.{k}") for k, v in space_raw.items()}
     _check_branch_names(space, file)
     for k, v in fixed.items():
@@ -794,6 +812,7 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
     if not isinstance(ws, str) or not ws:
         raise UserError(f"{file}: search.warm_start must be a list of configs or the path of an earlier "
                         f"experiment's results folder, got {ws!r}")
+    check_path_text(ws, f"{file}: search.warm_start")
     folder = Path(ws).expanduser()
     if not folder.is_absolute() and exp.path is not None and not folder.exists():
         folder = Path(exp.path).parent / folder
@@ -804,7 +823,13 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
         raise UserError(f"{file}: search.warm_start from a results folder seeds Optuna's study; set "
                         f"search.algorithm: optuna")
     exp.search.warm_start = str(folder.resolve())  # space.yaml keeps a path that works from anywhere
-    old = safe_yaml((folder / "space.yaml").read_text()) or {}
+    from tuner.rundir import CorruptResult, read_result, read_trials
+
+    try:
+        old = read_result(folder / "space.yaml")
+        read_trials(folder / "trials.csv")  # read again when the search starts: unreadable is said now
+    except CorruptResult as exc:
+        raise UserError(f"{file}: search.warm_start: {exc}") from None
     if old.get("family") != exp.family:
         raise UserError(f"{file}: search.warm_start: {ws} searched family {old.get('family')!r}, this space "
                         f"family {exp.family!r}; their trials cannot seed this search")

@@ -140,8 +140,9 @@ def folder_trials(exp: Experiment) -> list[tuple]:
     ws = exp.search.warm_start
     if not isinstance(ws, str):
         return []
-    folder = Path(ws)
-    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
+    from tuner.rundir import read_trials
+
+    trials = read_trials(Path(ws) / "trials.csv")
     trials = trials[trials.get("status", "TERMINATED") != "ERROR"] if "status" in trials else trials
     names = exp.param_names + list(exp.constants)
     out = []
