@@ -82,6 +82,13 @@ BOMB = ("family: cnn\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
         + "".join(f"{a}: &{a} [{', '.join([f'*{b}'] * 9)}]\n" for b, a in zip("abcdefgh", "bcdefghi")))
 
 
+TWO_CHOICES = """family: cnn
+space:
+  optimizer: {choice: {sgd: {lr: {uniform: [0.1, 0.2]}}, adam: {}}}
+  lr_schedule: {choice: {step: {lr: {loguniform: [1.0e-5, 2.0e-5]}}, none: {}}}
+"""
+
+
 def _space_file(tmp: Path, text: str | bytes) -> str:
     p = tmp / "space.yaml"
     p.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -166,6 +173,12 @@ TABLE = [
      None, "is 120000 bytes long"),
     ("a NUL byte in storage", ["validate", "--space", "{digits}", "--set", "storage=\"/tmp/a\\0b\""], None,
      "storage: '/tmp/a\\x00b' holds a NUL byte"),
+    ("one parameter in branches of two different choices", ["validate", "--space", "{space}"],
+     lambda t, r: _space_file(t, TWO_CHOICES), "space.optimizer.choice.sgd.lr and space.lr_schedule.choice.step.lr "
+                                               "both set 'lr'"),
+    ("warm start of a value fixed: pins", ["validate", "--space", "{digits}", "--set",
+                                           "search.warm_start=[{blocks: 3, lr: 1.0e-3}]"], None,
+     "search.warm_start[0].blocks: 3, but fixed.blocks pins it to 2"),
     ("impossible date in --set", ["validate", "--space", "{digits}", "--set", "fixed.lr=2024-13-45"], None,
      "cannot be read"),
     ("line break in a --set key", ["validate", "--space", "{digits}", "--set", "a\nb=["], None, "--set 'a\\nb'"),

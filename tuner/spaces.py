@@ -245,9 +245,8 @@ class Experiment:
 
     @property
     def searched(self) -> dict[str, Union[Distribution, Conditional]]:
-        """Parameters that vary between trials (a `fixed` key wins over the same `space` key)."""
-        return {k: v for k, v in self.space.items() if isinstance(v, (Distribution, Conditional))
-                and k not in self.fixed}
+        """Parameters that vary between trials (a `fixed` key wins over the same `space` key, at any depth)."""
+        return {k: v for k, v in pin(self.space, self.fixed).items() if isinstance(v, (Distribution, Conditional))}
 
     @property
     def conditional(self) -> bool:
@@ -278,7 +277,7 @@ class Experiment:
     @property
     def constants(self) -> dict[str, Any]:
         """Every parameter with one value: constants in `space`, then `fixed` on top."""
-        out = {k: v for k, v in self.space.items() if not isinstance(v, (Distribution, Conditional))}
+        out = {k: v for k, v in pin(self.space, self.fixed).items() if not isinstance(v, (Distribution, Conditional))}
         out.update(self.fixed)
         return out
 
@@ -727,17 +726,53 @@ def _constraints(raw: Any, file: str) -> dict[str, dict]:
     return out
 
 
-def _check_branch_names(space: dict, file: str, where: str = "space", taken: frozenset = frozenset()) -> None:
-    """A branch may not set a name its parents already set (the trial's config holds one value per name)."""
-    outer = taken | set(space)
+def _occurrences(space: dict, path: tuple = ()):
+    """(name, path) for every name the tree sets; a path is the ((choice, option), ...) that leads to it."""
     for k, node in space.items():
+        yield k, path
         if isinstance(node, Conditional):
             for opt, sub in node.options:
-                for name in sub:
-                    if name in outer:
-                        raise UserError(f"{file}: {where}.{k}.choice.{opt}.{name}: {name!r} is also set outside "
-                                        f"this option; give it in one place only")
-                _check_branch_names(sub, file, f"{where}.{k}.choice.{opt}", frozenset(outer))
+                yield from _occurrences(sub, path + ((k, opt),))
+
+
+def _exclusive(a: tuple, b: tuple) -> bool:
+    """Whether no trial can reach both paths: they part at one choice, into different options of it."""
+    for (ka, oa), (kb, ob) in zip(a, b):
+        if ka != kb:
+            return False  # two different choices: a trial draws both
+        if not _same_value(oa, ob):
+            return True
+    return False  # one path leads into the other (or they are the same): both are reached together
+
+
+def _check_branch_names(space: dict, file: str) -> None:
+    """A trial's config holds one value per name: a name may be set in several options of one choice (only one
+    is drawn), never in two places a trial can reach at once (outside and inside a branch, or in branches of
+    two different choices, where the later draw silently replaced the earlier one)."""
+    seen: dict[str, list[tuple]] = {}
+    for name, path in _occurrences(space):
+        for other in seen.get(name, []):
+            if not _exclusive(other, path):
+                here, there = (f"space.{''.join(f'{k}.choice.{o}.' for k, o in p)}{name}" for p in (other, path))
+                raise UserError(f"{file}: {here} and {there} both set {name!r}, and one trial can draw both; "
+                                f"give it in one place only (or in options of one choice)")
+        seen.setdefault(name, []).append(path)
+
+
+def pin(space: dict, fixed: dict) -> dict:
+    """The space tree as trials draw it: `fixed` wins over the same key at any depth. A pinned parameter's
+    distribution is dropped; a pinned conditional choice gives way to the sub-space of the option `fixed`
+    names, as if it were written in its place (or to nothing, when `fixed` names a value it has no option for)."""
+    out: dict = {}
+    for k, node in space.items():
+        if k in fixed:
+            if isinstance(node, Conditional):
+                out.update(pin(next((sub for opt, sub in node.options if _same_value(opt, fixed[k])), {}), fixed))
+            continue
+        if isinstance(node, Conditional):
+            node = Conditional(tuple((opt, pin(sub, fixed)) for opt, sub in node.options))
+        out[k] = node
+    return out
 
 
 def _validate_tree(family, constants: dict, searched: dict, file: str, where: str) -> None:
@@ -804,6 +839,7 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
                 if k not in names:
                     raise UserError(f"{file}: search.warm_start[{i}].{k}: not a parameter of this space; "
                                     f"it has {', '.join(sorted(names))}")
+            _check_pinned(exp, cfg, f"{file}: search.warm_start[{i}]")
             bad = point_problem(exp.searched, cfg)
             if bad:  # the searcher would drop this config without a word
                 raise UserError(f"{file}: search.warm_start[{i}].{bad[0]}: {cfg[bad[0]]!r} is not in the space; "
@@ -833,6 +869,17 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
     if old.get("family") != exp.family:
         raise UserError(f"{file}: search.warm_start: {ws} searched family {old.get('family')!r}, this space "
                         f"family {exp.family!r}; their trials cannot seed this search")
+
+
+def _check_pinned(exp: Experiment, cfg: dict, where: str) -> None:
+    """A warm-start value for a parameter that has one value (`fixed:`, or a constant in `space:`) must be
+    that value: every trial gets the constant, so another one would be dropped without a word."""
+    constants = exp.constants
+    for k, v in cfg.items():
+        if k in constants and not _same_value(v, constants[k]):
+            block = "fixed" if k in exp.fixed else "space"
+            raise UserError(f"{where}.{k}: {v!r}, but {block}.{k} pins it to {constants[k]!r} for every trial; "
+                            f"leave {k} out of the warm start or change {block}.{k}")
 
 
 def _same_value(a: Any, b: Any) -> bool:
