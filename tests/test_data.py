@@ -642,3 +642,18 @@ def test_the_space_estimate_is_what_the_cache_then_holds(tmp_path):
     prepare(conf, cache_dir=tmp_path / "c", progress=False)
     written = np.load(e.folder / "images.npy", mmap_mode="r")
     assert e.built and e.nbytes == written.nbytes == len(x) * 24 * 24 * 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_class_with_one_image_goes_to_train(tmp_path, seed):
+    # a one-image class cannot be stratified; the split fell back to a random one and the image landed in val
+    # or test for about half the seeds, a class the model never saw in training
+    x, y = digit_images(n_per_class=10)
+    keep = np.concatenate([np.flatnonzero(y < 2), np.flatnonzero(y == 2)[:1]])
+    root = write_class_folders(tmp_path / "f", x[keep], y[keep])
+    data = prepare(cfg("imagefolder", root, image_size=8, split=SplitConfig(val=0.2, test=0.2, seed=seed)),
+                   cache_dir=None)
+    two = data.class_names.index("two")  # the one-image class (folders are sorted: one, two, zero)
+    assert (data.y_train == two).sum() == 1 and two not in data.y_val and two not in data.y_test
+    assert sorted(np.bincount(data.y_val)[np.bincount(data.y_val) > 0]) == [2, 2]  # the others stratified
+    assert sorted(np.bincount(data.y_test)[np.bincount(data.y_test) > 0]) == [2, 2]
