@@ -657,3 +657,27 @@ def test_a_class_with_one_image_goes_to_train(tmp_path, seed):
     assert (data.y_train == two).sum() == 1 and two not in data.y_val and two not in data.y_test
     assert sorted(np.bincount(data.y_val)[np.bincount(data.y_val) > 0]) == [2, 2]  # the others stratified
     assert sorted(np.bincount(data.y_test)[np.bincount(data.y_test) > 0]) == [2, 2]
+
+
+# what a camera writes for each EXIF orientation: the upright picture turned this way, plus the tag that turns it back
+STORED_AS = {6: Image.Transpose.ROTATE_90, 3: Image.Transpose.ROTATE_180, 8: Image.Transpose.ROTATE_270,
+             2: Image.Transpose.FLIP_LEFT_RIGHT}
+
+
+@pytest.mark.parametrize("orientation", list(STORED_AS))
+def test_a_jpeg_with_an_exif_orientation_is_decoded_upright(tmp_path, orientation):
+    # a phone stores a portrait photo as landscape pixels plus an EXIF Orientation tag; viewers show it
+    # upright, and the decoder took the raw pixels
+    from tuner.data.cache import to_array
+
+    upright = np.zeros((16, 16, 3), dtype=np.uint8)
+    upright[:8, :, 0] = 255  # red top half
+    upright[:, :8, 2] = 255  # blue left half: a flip shows too
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(upright).transpose(STORED_AS[orientation]).save(tmp_path / "a.jpg", quality=100,
+                                                                     exif=exif.tobytes())
+    with Image.open(tmp_path / "a.jpg") as im:
+        assert im.getexif()[0x0112] == orientation
+    got = to_array(str(tmp_path / "a.jpg"), 16, 3).astype(int)
+    assert np.abs(got - upright.astype(int)).mean() < 8, "decoded as stored, not as shown"
