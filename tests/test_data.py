@@ -681,3 +681,26 @@ def test_a_jpeg_with_an_exif_orientation_is_decoded_upright(tmp_path, orientatio
         assert im.getexif()[0x0112] == orientation
     got = to_array(str(tmp_path / "a.jpg"), 16, 3).astype(int)
     assert np.abs(got - upright.astype(int)).mean() < 8, "decoded as stored, not as shown"
+
+
+def test_a_root_that_is_home_is_refused_without_walking_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UserError, match="is the home folder, not a data folder"):
+        prepare(cfg("imagefolder", tmp_path), cache_dir=None)
+
+
+def test_a_tree_without_images_is_given_up_after_a_bounded_walk(tmp_path, monkeypatch):
+    # dataset.root: /usr walked every file below it as "classes" for a minute before saying anything
+    from tuner.data import folder
+
+    monkeypatch.setattr(folder, "SCAN_WITHOUT_IMAGE", 50)
+    for c in ("bin", "lib", "share"):
+        (tmp_path / "t" / c / "deep").mkdir(parents=True)
+        for i in range(30):
+            (tmp_path / "t" / c / "deep" / f"{i}.txt").write_text("x")
+    with pytest.raises(UserError, match=r"no image among the first 50 files and folders under it"):
+        prepare(cfg("imagefolder", tmp_path / "t"), cache_dir=None)
+    x, y = digit_images(n_per_class=4)
+    write_class_folders(tmp_path / "t", x, y, names=("bin", "lib", "share"))  # images after 30 text files
+    assert len(prepare(cfg("imagefolder", tmp_path / "t", image_size=8), cache_dir=None).class_names) == 3
