@@ -144,7 +144,7 @@ TABLE = [
      "finite"),
     ("search.seed: -1", ["validate", "--space", "{digits}", "--set", "search.seed=-1"], None, "search.seed"),
     ("image_size: 100000", ["validate", "--space", "{digits}", "--set", "dataset.image_size=100000"], None,
-     "at most 2048 pixels"),
+     "from 4 to 2048 pixels"),
     ("time_budget: 1e400 (infinite)", ["validate", "--space", "{digits}", "--set", "search.time_budget=1e400"], None,
      "search.time_budget: must be a finite time"),
     ("time_budget: .nan", ["validate", "--space", "{digits}", "--set", "search.time_budget=.nan"], None,

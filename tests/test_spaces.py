@@ -236,7 +236,7 @@ def test_recursive_and_deeply_nested_documents_are_user_errors(tmp_path):
     (["search.seed=-1"], "search.seed must be a whole number from 0"),
     (["search.seed=4294967296"], "search.seed"),
     (["dataset.split.seed=-3"], "dataset.split.seed"),
-    (["dataset.image_size=100000"], "at most 2048 pixels"),
+    (["dataset.image_size=100000"], "from 4 to 2048 pixels"),
     (["dataset.limit=0"], "dataset.limit"),
     (["fixed.lr=2024-13-45"], "--set fixed.lr: a value cannot be read"),
     (["fixed.lr=" + "9" * 5000], "too many digits"),

@@ -28,13 +28,13 @@ import json
 import os
 import shutil
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from tuner import files
 from tuner.errors import UserError
 from tuner.spaces import check_name
 
@@ -188,25 +188,13 @@ def _corrupt(path: Path, why) -> CorruptResult:
 
 
 def read_regular(path: Path, limit: int | None = MAX_RESULT_BYTES) -> bytes:
-    """The bytes of a regular file (at most `limit`), or a CorruptResult. Never waits: a FIFO or a device
-    in a file's place is refused without reading from it (a plain open of a FIFO blocks until a writer comes)."""
-    path = Path(path)
+    """The bytes of a regular file (at most `limit`), or a CorruptResult; a FIFO or a device in a file's
+    place is refused without reading from it (`tuner.files.read_regular`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return files.read_regular(path, limit)
     except OSError as exc:
-        raise _corrupt(path, exc) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _corrupt(path, "not a regular file (a FIFO, a device or a folder in its place)")
-        if limit is not None and info.st_size > limit:
-            raise _corrupt(path, f"{info.st_size} bytes, larger than any file tuner writes")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise _corrupt(path, exc) from None
-    finally:
-        os.close(fd)
+        raise _corrupt(Path(path), exc.strerror if exc.strerror and not isinstance(exc, files.NotRegular)
+                       else exc) from None
 
 
 def read_result(path: Path, need: tuple[str, ...] = ()) -> dict:

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from tuner.errors import UserError
+from tuner.bounds import MAX_IMAGE_SIZE
 
 CHUNK = 64            # images per decode task: big enough to amortise the thread hand-off
 MAX_DEFAULT = 224     # image_size when the config gives none and the files are larger
-MAX_IMAGE_SIZE = 2048  # dataset.image_size above this is a mistake (100000 px would be 30 GB per image)
 VERSION = 3           # bump when decoding changes what an image becomes, so old entries are not reused
                       # (3: EXIF orientation applied)
 
