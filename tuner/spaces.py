@@ -175,7 +175,8 @@ FRACTION = {"min": 0, "below": 1, "says": "a fraction in [0, 1)"}
 class SplitConfig:
     val: float = bounded(0.2, **FRACTION)
     # a fraction, or "official" for the data set's own test set
-    test: Union[float, str] = bounded(0.2, min=0, below=1, words=("official",), says="a fraction in [0, 1) or 'official'")
+    test: Union[float, str] = bounded(0.2, min=0, below=1, words=("official",),
+                                      says="a fraction in [0, 1) or 'official'")
     seed: int = bounded(0, **SEED)
 
 
@@ -303,7 +304,8 @@ class Experiment:
 
     @property
     def constants(self) -> dict[str, Any]:
-        """Every parameter with one value: constants in `space`, then `fixed` on top."""
+        """Every parameter with one value: constants in `space` (and in the option of a choice `fixed` pins),
+        then `fixed` on top."""
         out = {k: v for k, v in pin(self.space, self.fixed).items() if not isinstance(v, (Distribution, Conditional))}
         out.update(self.fixed)
         return out
