@@ -109,10 +109,9 @@ class Bound:
         return s | self.json
 
 
-def bounded(default: Any = None, *, factory: Callable | None = None, **bound) -> Any:
-    """A dataclass field with this `Bound` in its metadata (`bounded(1, min=1)`)."""
-    meta = {"bound": Bound(**bound)}
-    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+def bounded(default: Any = None, **bound) -> Any:
+    """A dataclass field with this default and this `Bound` in its metadata (`bounded(1, min=1)`)."""
+    return field(default=default, metadata={"bound": Bound(**bound)})
 
 
 def bound_of(f) -> Bound | None:
