@@ -98,3 +98,75 @@ def test_killed_search_leaves_no_ray_process(tmp_path):
                 p.kill()  # only processes that were under our own driver, checked by pid and start time
             except psutil.Error:
                 pass
+
+
+@pytest.fixture()
+def head_cluster():
+    """A `ray start --head` cluster of its own (its own temp dir, and RAY_TMPDIR pointing there so a search in
+    the same environment finds it as it would find one in /tmp/ray); stopped in teardown by killing only the
+    processes it started (`ray stop` would stop every Ray on the machine)."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import tempfile
+    import time
+
+    import ray  # noqa: F401  (puts Ray's psutil on the path)
+    import psutil
+
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": tmp}
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", f"--temp-dir={tmp}/ray",
+                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(f"{tmp}/ray/ray_current_cluster") and time.time() < deadline:
+            assert head.poll() is None, "ray start --head ended"
+            time.sleep(0.5)
+        assert os.path.exists(f"{tmp}/ray/ray_current_cluster"), "ray start --head did not come up in 120 s"
+        yield env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        for p in psutil.process_iter(["cmdline"]):  # what left our process group: named by our temp dir
+            if any(tmp in a for a in p.info["cmdline"] or []):
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_local_search_starts_its_own_ray_beside_a_ray_start_head_cluster(tmp_path, head_cluster):
+    # ray.init() without an address joins the cluster `ray start --head` noted on this machine, and then
+    # refused tuner's _system_config: "When connecting to an existing cluster, _system_config must not be
+    # provided" failed every local search
+    proc = subprocess.run([sys.executable, "-m", "tuner", "search", "--space", "search_spaces/digits_linear.yaml",
+                           "--smoke", "--no-retrain", "--no-dashboard", "--results", str(tmp_path)],
+                          env=head_cluster, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "search: 2 trials" in proc.stdout, proc.stdout
+
+
+def test_ray_address_that_nothing_answers_is_one_error_line(monkeypatch):
+    import socket
+
+    from tuner.errors import UserError
+    from tuner.search.cluster import init_ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and closed again: nothing listens there
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(UserError, match=rf"^RAY_ADDRESS 127.0.0.1:{port}: no Ray cluster answers there"):
+        init_ray(None, dashboard=False)

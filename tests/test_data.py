@@ -642,3 +642,65 @@ def test_the_space_estimate_is_what_the_cache_then_holds(tmp_path):
     prepare(conf, cache_dir=tmp_path / "c", progress=False)
     written = np.load(e.folder / "images.npy", mmap_mode="r")
     assert e.built and e.nbytes == written.nbytes == len(x) * 24 * 24 * 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_class_with_one_image_goes_to_train(tmp_path, seed):
+    # a one-image class cannot be stratified; the split fell back to a random one and the image landed in val
+    # or test for about half the seeds, a class the model never saw in training
+    x, y = digit_images(n_per_class=10)
+    keep = np.concatenate([np.flatnonzero(y < 2), np.flatnonzero(y == 2)[:1]])
+    root = write_class_folders(tmp_path / "f", x[keep], y[keep])
+    data = prepare(cfg("imagefolder", root, image_size=8, split=SplitConfig(val=0.2, test=0.2, seed=seed)),
+                   cache_dir=None)
+    two = data.class_names.index("two")  # the one-image class (folders are sorted: one, two, zero)
+    assert (data.y_train == two).sum() == 1 and two not in data.y_val and two not in data.y_test
+    assert sorted(np.bincount(data.y_val)[np.bincount(data.y_val) > 0]) == [2, 2]  # the others stratified
+    assert sorted(np.bincount(data.y_test)[np.bincount(data.y_test) > 0]) == [2, 2]
+
+
+# what a camera writes for each EXIF orientation: the upright picture turned this way, plus the tag that turns it back
+STORED_AS = {6: Image.Transpose.ROTATE_90, 3: Image.Transpose.ROTATE_180, 8: Image.Transpose.ROTATE_270,
+             2: Image.Transpose.FLIP_LEFT_RIGHT}
+
+
+@pytest.mark.parametrize("orientation", list(STORED_AS))
+def test_a_jpeg_with_an_exif_orientation_is_decoded_upright(tmp_path, orientation):
+    # a phone stores a portrait photo as landscape pixels plus an EXIF Orientation tag; viewers show it
+    # upright, and the decoder took the raw pixels
+    from tuner.data.cache import to_array
+
+    upright = np.zeros((16, 16, 3), dtype=np.uint8)
+    upright[:8, :, 0] = 255  # red top half
+    upright[:, :8, 2] = 255  # blue left half: a flip shows too
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(upright).transpose(STORED_AS[orientation]).save(tmp_path / "a.jpg", quality=100,
+                                                                     exif=exif.tobytes())
+    with Image.open(tmp_path / "a.jpg") as im:
+        assert im.getexif()[0x0112] == orientation
+    got = to_array(str(tmp_path / "a.jpg"), 16, 3).astype(int)
+    assert np.abs(got - upright.astype(int)).mean() < 8, "decoded as stored, not as shown"
+
+
+def test_a_root_that_is_home_is_refused_without_walking_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UserError, match="is the home folder, not a data folder"):
+        prepare(cfg("imagefolder", tmp_path), cache_dir=None)
+
+
+def test_a_tree_without_images_is_given_up_after_a_bounded_walk(tmp_path, monkeypatch):
+    # dataset.root: /usr walked every file below it as "classes" for a minute before saying anything
+    from tuner.data import folder
+
+    monkeypatch.setattr(folder, "SCAN_WITHOUT_IMAGE", 50)
+    for c in ("bin", "lib", "share"):
+        (tmp_path / "t" / c / "deep").mkdir(parents=True)
+        for i in range(30):
+            (tmp_path / "t" / c / "deep" / f"{i}.txt").write_text("x")
+    with pytest.raises(UserError, match=r"no image among the first 50 files and folders under it"):
+        prepare(cfg("imagefolder", tmp_path / "t"), cache_dir=None)
+    x, y = digit_images(n_per_class=4)
+    write_class_folders(tmp_path / "t", x, y, names=("bin", "lib", "share"))  # images after 30 text files
+    assert len(prepare(cfg("imagefolder", tmp_path / "t", image_size=8), cache_dir=None).class_names) == 3

@@ -308,3 +308,33 @@ def test_bad_ensemble_exits_2_before_anything_runs(tmp_path, capsys, ensemble, m
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and message in err and "suite.yaml" in err
     assert not results.exists()  # nothing ran
+
+
+def test_plots_and_importance_skip_a_nested_option_no_trial_drew(tmp_path):
+    # a 4-level conditional whose deepest choice was never reached: its column is empty in trials.csv, and
+    # Optuna's CategoricalDistribution([]) raised "The choices must contain one or more elements"
+    space = {"name": "deep", "family": "mlp", "metric": "val_accuracy", "mode": "max",
+             "scheduler": {"name": "fifo", "max_epochs": 1},
+             "space": {"lr": {"loguniform": [1e-4, 1e-1]},
+                       "optimizer": {"choice": {"adam": None, "sgd": {"momentum": {"choice": {
+                           0.9: {"nesterov": {"choice": {True: {"label_smoothing": {"choice": [0.0, 0.1]}},
+                                                         False: None}}},
+                           0.5: None}}}}}}}
+    d = tmp_path / "deep"
+    d.mkdir()
+    (d / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    rng = np.random.default_rng(0)
+    rows = [{"trial_id": f"t{i}", "status": "TERMINATED", "error": "", "lr": float(10 ** rng.uniform(-4, -1)),
+             "optimizer": "adam" if i % 2 else "sgd", "momentum": np.nan if i % 2 else 0.5, "nesterov": np.nan,
+             "label_smoothing": np.nan, "epochs": 1, "val_accuracy": 0.5 + 0.01 * i, "val_loss": 1.0 - 0.01 * i,
+             "best_epoch": 1, "time_s": 0.1} for i in range(8)]
+    pd.DataFrame(rows).to_csv(d / "trials.csv", index=False)
+    pd.DataFrame([{"trial_id": r["trial_id"], "epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5,
+                   "val_loss": r["val_loss"], "val_accuracy": r["val_accuracy"], "lr": r["lr"], "time_s": 0.1}
+                  for r in rows]).to_csv(d / "epochs.csv", index=False)
+    trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
+    imp = importance(trials, experiment.searched_params(space), "val_accuracy", "max")
+    assert "nesterov" not in imp and "label_smoothing" not in imp and "lr" in imp
+    experiment.experiment_plots(d)
+    for name in ("parameters.png", "importance.png"):
+        _png_ok(d / "plots" / name, min_h=200)

@@ -199,3 +199,33 @@ def test_three_objectives_draw_every_pair(tmp_path):
                                       tmp_path, "three")
     w, h = png_ok(tmp_path / "plots" / "pareto.png")
     assert w > h and len(front) == len(pd.read_csv(tmp_path / "pareto.csv"))
+
+
+@pytest.mark.parametrize("metric, mode", [("val_accuracy", "max"), (["val_accuracy", "num_params"], ["max", "min"])])
+def test_the_plots_mark_best_yamls_trial_on_a_tie(tmp_path, metric, mode):
+    # two trials tie on the metric; best.yaml breaks the tie by val_loss, and the plots sorted by the metric
+    # alone (a stable sort: the earlier trial) and marked the other one
+    from tuner import spaces
+    from tuner.tables import trial_row, write_tables
+
+    text = (f"name: tie\nfamily: linear\ndataset: {{name: digits}}\nmetric: {metric}\nmode: {mode}\n"
+            "scheduler: {name: fifo, max_epochs: 1}\nspace: {lr: {loguniform: [1.0e-3, 1.0]}}\n")
+    (tmp_path / "s.yaml").write_text(text)
+    exp = spaces.load(tmp_path / "s.yaml")
+    d = tmp_path / "tie"
+    d.mkdir()
+    (d / "space.yaml").write_text(spaces.resolved_yaml(exp))
+    rows = []
+    for tid, lr, acc, loss in (("a", 0.01, 0.9, 0.5), ("b", 0.1, 0.9, 0.3), ("c", 0.5, 0.8, 0.2)):
+        epochs = pd.DataFrame([{"training_iteration": 1, "epoch": 1, "val_accuracy": acc, "val_loss": loss,
+                                "train_loss": 1.0, "train_accuracy": acc, "num_params": 650, "time_total_s": 1.0,
+                                "time_this_iter_s": 1.0}])
+        rows.append(trial_row(exp, tid, {"lr": lr}, epochs, None))
+    best = write_tables(exp, rows, d)
+    assert best["trial_id"] == "b"
+    trials, epochs, searched = read(d)
+    ranked, col = report.ranked_trials(trials, exp.metric, exp.mode)
+    assert ranked["trial_id"].iloc[0] == "b"
+    assert trials["trial_id"].iloc[search_plots._best_position(trials, col, exp.modes[0])] == "b"
+    report.experiment_plots(d)
+    png_ok(d / "plots" / "parallel_coordinates.png")

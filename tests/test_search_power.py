@@ -138,3 +138,56 @@ def test_constraint_values_reach_optunas_samplers_without_the_deprecated_constra
     from optuna.study._constrained_optimization import _get_feasible_trials
 
     assert [t.number for t in _get_feasible_trials(study.trials)] == [0]  # what the samplers rank by
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "cmaes", "qmc", "random", "nsga2"])
+def test_every_sampler_survives_pickling_and_samples_after_it(tmp_path, sampler):
+    # Ray pickles the searcher (and so its sampler) into every experiment snapshot; Optuna 5.1's NSGA-II
+    # holds a threading.Lock, which pickle refuses ("cannot pickle '_thread.lock' object")
+    import pickle
+
+    import optuna
+
+    from tuner.search.searchers import make_sampler
+
+    flat = "name: flat\ndataset: {name: digits}\nfamily: linear\nspace: {lr: {loguniform: [1.0e-3, 1.0]}}\n"
+    over = [f"search.sampler={sampler}", "search.num_samples=8"]
+    if sampler == "nsga2":
+        over += ["metric=[val_accuracy, num_params]", "mode=[max, min]"]
+    exp = _exp(tmp_path, flat, over)
+    restored = pickle.loads(pickle.dumps(make_sampler(exp)))
+    study = optuna.create_study(directions=["maximize"] * len(exp.metrics), sampler=restored)
+    study.optimize(lambda t: [t.suggest_float("lr", 1e-3, 1.0, log=True)] * len(exp.metrics), n_trials=6)
+    pickle.loads(pickle.dumps(restored))  # and again, after it has sampled
+    assert len(study.trials) == 6
+
+
+@pytest.mark.slow
+def test_a_conditional_grid_runs_every_option_times_the_grid_of_its_branch(tmp_path, results):
+    # Ray's points_to_evaluate need every key in the param_space, which holds only constants here: this
+    # failed at the first trial with KeyError: 'classifier'
+    text = COND.replace("search: {num_samples: 6,", "search: {algorithm: grid, grid_points: 2,").replace(
+        "      random_forest: {n_estimators: {int: [10, 40]}, max_depth: {int: [2, 8]}}\n", "")
+    d = _search(_exp(tmp_path, text), results)
+    trials = pd.read_csv(d / "trials.csv")
+    assert trials["val_accuracy"].notna().all()
+    got = sorted(zip(trials["classifier"], trials["C"], trials["kernel"].fillna("-")))
+    assert got == [("logreg", 0.001, "-"), ("logreg", 100.0, "-"), ("svm", 0.01, "linear"), ("svm", 0.01, "rbf"),
+                   ("svm", 1000.0, "linear"), ("svm", 1000.0, "rbf")]
+
+
+def test_a_conditional_grid_hands_out_each_point_once_and_resumes_where_it_was(tmp_path):
+    from tuner.search.searchers import GridPoints, conditional_grid
+
+    text = COND.replace("search: {num_samples: 6,", "search: {algorithm: grid, grid_points: 2,")
+    exp = _exp(tmp_path, text, ["search.warm_start=[{classifier: svm, C: 5.0}]"])
+    points = conditional_grid(exp)
+    assert points[0] == {"classifier": "svm", "C": 5.0, "kernel": "rbf"}  # completed from the svm grid
+    assert len(points) == 1 + 2 + 4 + 4
+    g = GridPoints(points)
+    first = [g.suggest(str(i)) for i in range(3)]
+    g.save(str(tmp_path / "state.json"))
+    again = GridPoints([])
+    again.restore(str(tmp_path / "state.json"))
+    rest = [again.suggest(str(i)) for i in range(len(points) - 3)]
+    assert first + rest == points and again.suggest("x") == GridPoints.FINISHED

@@ -236,7 +236,7 @@ def test_recursive_and_deeply_nested_documents_are_user_errors(tmp_path):
     (["search.seed=-1"], "search.seed must be a whole number from 0"),
     (["search.seed=4294967296"], "search.seed"),
     (["dataset.split.seed=-3"], "dataset.split.seed"),
-    (["dataset.image_size=100000"], "at most 2048 pixels"),
+    (["dataset.image_size=100000"], "from 4 to 2048 pixels"),
     (["dataset.limit=0"], "dataset.limit"),
     (["fixed.lr=2024-13-45"], "--set fixed.lr: a value cannot be read"),
     (["fixed.lr=" + "9" * 5000], "too many digits"),
@@ -507,3 +507,40 @@ def test_a_name_written_as_a_number_is_called_a_number(tmp_path):
     f.write_text(_yaml.safe_dump(raw))
     with pytest.raises(UserError, match=r"123 is a number, not a name"):
         spaces.load(f)
+
+
+FIXED_IN_BRANCH = """
+family: features
+dataset: {name: digits}
+fixed: {backbone: pixels, C: 7.0, classifier: svm}
+space:
+  kernel: {choice: [rbf]}
+  classifier:
+    choice:
+      logreg: {C: {loguniform: [1.0e-3, 1.0e+2]}}
+      svm: {C: {loguniform: [1.0e-2, 1.0e+3]}, degree: 3, gamma: {choice: [scale, auto]}}
+"""
+
+
+def test_fixed_wins_over_the_same_key_inside_a_branch_and_a_pinned_choice_keeps_its_option(tmp_path):
+    # the docs say a key in fixed: wins over the same key in space:; inside a branch the branch's draw won
+    import optuna
+
+    from tuner.search.domains import DefineByRun
+    from tuner.tables import trial_row
+
+    exp = spaces.load(write(tmp_path, FIXED_IN_BRANCH))
+    assert set(exp.searched) == {"kernel", "gamma"}  # classifier pinned to svm: its option's gamma is searched
+    assert exp.constants["C"] == 7.0 and exp.constants["degree"] == 3
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    config = DefineByRun(exp.searched)(study.ask())
+    assert "C" not in config and config["gamma"] in ("scale", "auto")
+    row, _ = trial_row(exp, "t0", {**exp.constants, **config}, None, None)
+    assert row["C"] == 7.0 and row["classifier"] == "svm"
+
+
+def test_fixed_pins_a_key_inside_a_nested_branch_of_an_unpinned_choice(tmp_path):
+    exp = spaces.load(write(tmp_path, FIXED_IN_BRANCH.replace(", classifier: svm", "")))
+    cond = exp.searched["classifier"]
+    assert [sorted(sub) for _, sub in cond.options] == [[], ["degree", "gamma"]]
+    assert "C" not in exp.param_names and exp.constants["C"] == 7.0

@@ -61,7 +61,7 @@ def best_key(metric: str) -> str:
 
 def rank_key(mode: str, score: float, val_loss: float, trial_id: str) -> tuple:
     """Smallest is best: the score, then (on a tie) the lower val_loss at that epoch, then the trial id,
-    so the console, best.yaml and the retrain name the same trial."""
+    so the console, best.yaml, the retrain and the plots name the same trial (tables: `ranked`)."""
     loss = val_loss if val_loss == val_loss and val_loss is not None else math.inf
     return (-score if mode == "max" else score, loss, trial_id)
 
@@ -80,6 +80,44 @@ def pareto_mask(values: np.ndarray, modes: list[str]) -> np.ndarray:
     return mask
 
 
+def candidates(df):
+    """The rows of a trials table that may be the best: not failed (`status` ERROR), not infeasible (a
+    `feasible` column, read as trials.csv writes it)."""
+    if "status" in df:
+        df = df[df["status"] != "ERROR"]
+    if "feasible" in df:
+        df = df[df["feasible"].astype(str).str.lower().isin(("true", "1", "1.0"))]
+    return df
+
+
+def ranked(df, col: str, mode: str):
+    """The finished rows of a trials table (not failed, a finite `col`), best first: feasible ones before
+    infeasible ones, then by `rank_key` (the score, the lower val_loss on a tie, the trial id). The one order
+    best.yaml, the console and the plots all follow."""
+    import pandas as pd
+
+    if df.empty or col not in df:
+        return df.iloc[0:0]
+    done = df[df["status"] != "ERROR"] if "status" in df else df
+    score = pd.to_numeric(done[col], errors="coerce")
+    done = done[np.isfinite(score.to_numpy(dtype=float))]
+    ok = set(candidates(done).index)
+    loss = pd.to_numeric(done["val_loss"], errors="coerce") if "val_loss" in done else pd.Series(math.nan, done.index)
+    keys = {i: (i not in ok, rank_key(mode, float(score[i]), float(loss[i]), str(done.at[i, "trial_id"])))
+            for i in done.index}
+    return done.loc[sorted(done.index, key=keys.__getitem__)]
+
+
+def best_index(df, metrics: list[str], modes: list[str], col: str | None = None):
+    """The index of best.yaml's row in a trials table, or None: the first of `ranked` by the first objective
+    (or `col`) among the feasible rows, and among the Pareto front's when there are several objectives."""
+    cand = candidates(df)
+    if len(metrics) > 1:
+        cand = pareto_front(cand, metrics, modes)
+    order = ranked(cand, col or metrics[0], modes[0])
+    return order.index[0] if len(order) else None
+
+
 def pareto_front(df, cols: list[str], modes: list[str]):
     """The non-dominated rows of a trials table (a pandas DataFrame), best on the first objective first, each
     with its original index. Failed trials (`status` ERROR), infeasible ones (a `feasible` column) and rows
@@ -91,11 +129,7 @@ def pareto_front(df, cols: list[str], modes: list[str]):
         raise ValueError(f"{len(cols)} objectives but {len(modes)} modes")
     if df.empty or any(c not in df for c in cols):
         return df.iloc[0:0]
-    cand = df
-    if "status" in cand:
-        cand = cand[cand["status"] != "ERROR"]
-    if "feasible" in cand:
-        cand = cand[cand["feasible"].astype(str).str.lower().isin(("true", "1", "1.0"))]
+    cand = candidates(df)
     values = np.column_stack([pd.to_numeric(cand[c], errors="coerce").to_numpy(dtype=float) for c in cols])
     front = cand[pareto_mask(values, modes)]
     return front.sort_values(cols[0], ascending=modes[0] == "min", kind="stable")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from tuner import files
 from tuner.errors import UserError
 from tuner.spaces import check_name
 
@@ -186,15 +188,23 @@ def _corrupt(path: Path, why) -> CorruptResult:
     return CorruptResult(f"{path}: cannot be read ({why}); {_REDO.get(Path(path).name, 'remove or restore it')}")
 
 
+def read_regular(path: Path, limit: int | None = MAX_RESULT_BYTES) -> bytes:
+    """The bytes of a regular file (at most `limit`), or a CorruptResult; a FIFO or a device in a file's
+    place is refused without reading from it (`tuner.files.read_regular`)."""
+    try:
+        return files.read_regular(path, limit)
+    except OSError as exc:
+        raise _corrupt(Path(path), exc.strerror if exc.strerror and not isinstance(exc, files.NotRegular)
+                       else exc) from None
+
+
 def read_result(path: Path, need: tuple[str, ...] = ()) -> dict:
     """A results YAML or JSON file that must be a mapping holding the keys in `need`, or a CorruptResult."""
     from tuner.spaces import safe_yaml
 
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_RESULT_BYTES:
-            raise _corrupt(path, f"{path.stat().st_size} bytes, larger than any file tuner writes")
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path).decode("utf-8")
         # tuner wrote it (yaml.safe_dump): read it back as written, YAML 1.1, where 508172e8 is a string
         data = json.loads(text) if path.suffix == ".json" else safe_yaml(text, yaml.SafeLoader)
     except CorruptResult:
@@ -219,8 +229,9 @@ def read_trials(path: Path):
     import pandas as pd
 
     path = Path(path)
+    data = read_regular(path, limit=None)  # a table grows with the trials: no size limit
     try:
-        df = pd.read_csv(path, dtype={"trial_id": str})
+        df = pd.read_csv(io.BytesIO(data), dtype={"trial_id": str})
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise _corrupt(path, exc) from None
     if "trial_id" not in df:

@@ -1,11 +1,14 @@
 """`tuner schema`: a JSON Schema (draft 2020-12) of the space-file grammar, for editors.
 
 Nothing here is a second copy of the grammar: the schema is built from the definitions that validate a
-space file. The blocks (dataset, search, scheduler, resources) come from the dataclasses of `tuner.spaces`
-and their annotated types, the top-level keys from `spaces.TOP_KEYS`, the distributions from
+space file. The blocks (dataset, search, scheduler, resources) come from the dataclasses of `tuner.spaces`,
+their annotated types and their fields' `tuner.bounds.Bound`s (which `_build` checks), the top-level keys
+from `spaces.TOP_KEYS` and their Bounds and patterns (MAX_FAILURES, STORAGE, NAME_PATTERN, OBJECTIVES), the
+distributions from
 `spaces.DISTRIBUTIONS`, and each family's `fixed:` and `space:` keys from its registered `Param`s (one
 `if family is X then ...` a family), so a new field, family or parameter shows up here by itself. What
-only code can check (an arch torchvision has, a data folder that exists) stays with `tuner validate`.
+only code can check (rules across two keys, an arch torchvision has, a data folder that exists) stays with
+`tuner validate`; tests/test_schema.py runs the shipped files and a table of bad ones through both.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import typing
 from typing import Any
 
 from tuner import spaces, tracking
-from tuner.data import READERS
+from tuner.bounds import FINITE, FINITE_REF, bound_of
 from tuner.families import FAMILIES, Param
 
 SCHEMA_ID = "https://github.com/tuner/tuner/space.schema.json"
@@ -37,26 +40,30 @@ def _plain(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- the config blocks
 def type_schema(tp: Any) -> dict:
-    """A dataclass field's annotation -> its schema (the types `spaces._check_type` accepts)."""
+    """A dataclass field's annotation -> its schema (the types `spaces._check_type` accepts; a number finite)."""
     if dataclasses.is_dataclass(tp):
         return dataclass_schema(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         members = [type_schema(a) for a in typing.get_args(tp)]
-        if all(set(m) == {"type"} for m in members):
-            return {"type": [m["type"] for m in members]}
+        if all(set(m) <= {"type", "$ref"} for m in members):
+            out: dict = {"type": [m["type"] for m in members]}
+            return out | (FINITE_REF if "number" in out["type"] else {})
         return {"anyOf": members}
     origin = typing.get_origin(tp) or tp
     if origin in JSON_TYPES:
-        return {"type": JSON_TYPES[origin]}
+        return {"type": JSON_TYPES[origin]} | (FINITE_REF if origin is float else {})
     return {}
 
 
 def dataclass_schema(cls) -> dict:
-    """A config block: its fields, their types and defaults, nothing else (a mapping or empty)."""
+    """A config block: its fields, their types, bounds (`tuner.bounds`, as `validate` checks them) and
+    defaults, nothing else (a mapping or empty)."""
     hints = typing.get_type_hints(cls, vars(spaces))
     props = {}
     for f in dataclasses.fields(cls):
         s = type_schema(hints[f.name])
+        if bound_of(f) is not None:
+            s |= bound_of(f).schema()
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is not None and _plain(default) is not None:
             s["default"] = _plain(default)
@@ -68,6 +75,8 @@ def dataclass_schema(cls) -> dict:
 def value_schema(p: Param) -> dict:
     """One value of a parameter, as `Param.check` accepts it."""
     s: dict = {} if p.type == "any" else {"type": PARAM_TYPES[p.type]}
+    if p.type in ("float", "any"):
+        s |= FINITE_REF  # validate refuses .nan and .inf in every value
     if p.low is not None and p.type in ("float", "int"):
         s["minimum"] = p.low
     if p.high is not None and p.type in ("float", "int"):
@@ -94,13 +103,16 @@ def distribution_schema(p: Param, space_ref: str) -> dict:
                                          "additionalProperties": {"anyOf": [{"type": "null"}, {"$ref": space_ref}]}}]}
         elif p.type in ("float", "int", "any"):
             log = spaces.Distribution(kind, (1, 2)).is_log
-            bound: dict = {"type": "integer" if kind.endswith("int") else "number"}
+            whole = kind.endswith("int")
+            bound: dict = {"type": "integer" if whole else "number"} | FINITE_REF
+            if whole:
+                bound |= {"minimum": -spaces.INT_LIMIT, "maximum": spaces.INT_LIMIT}
             if log:
                 bound["exclusiveMinimum"] = 0
             if p.low is not None:
-                bound["minimum"] = p.low
+                bound["minimum"] = max(p.low, bound.get("minimum", p.low))
             if p.high is not None:
-                bound["maximum"] = p.high
+                bound["maximum"] = min(p.high, bound.get("maximum", p.high))
             args = {"type": "array", "minItems": 2, "maxItems": 2, "items": bound}
         else:
             continue  # a str/bool/list parameter is searched with choice only
@@ -128,32 +140,38 @@ def family_defs(name: str) -> dict[str, dict]:
 
 
 # --------------------------------------------------------------------------- the whole file
+def objective_schema() -> dict:
+    """metric: one objective, or a list of distinct ones (a multi-objective search)."""
+    return {"anyOf": [{"enum": list(spaces.OBJECTIVES)},
+                      {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(spaces.OBJECTIVES)},
+                       "description": "several objectives: a multi-objective search"}], "default": "val_accuracy"}
+
+
+def constraints_schema() -> dict:
+    """constraints: objective -> {max: X} and/or {min: X}, finite numbers."""
+    side = {"type": "number"} | FINITE_REF
+    return {"type": ["object", "null"], "propertyNames": {"enum": list(spaces.OBJECTIVES)},
+            "additionalProperties": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                                     "properties": {k: side for k in spaces.CONSTRAINT_SIDES}}}
+
+
 def experiment_schema() -> dict:
-    dataset = dataclass_schema(spaces.DatasetConfig)
-    dataset["properties"]["name"] = {"enum": list(READERS), "default": "digits"}
-    dataset["properties"]["normalize"]["enum"] = list(spaces.NORMALIZATIONS)
-    search = dataclass_schema(spaces.SearchConfig)
-    search["properties"]["algorithm"]["enum"] = list(spaces.ALGORITHMS)
-    search["properties"]["sampler"]["enum"] = list(spaces.SAMPLERS)
-    scheduler = dataclass_schema(spaces.SchedulerConfig)
-    scheduler["properties"]["name"]["enum"] = list(spaces.SCHEDULERS)
     known = {
-        "name": {"type": "string", "pattern": r"^[^/.][^/]*$", "description": "experiment (results folder) name"},
+        "name": {"type": "string", "pattern": spaces.NAME_PATTERN, "description": "experiment (results folder) name"},
         "family": {"enum": sorted(FAMILIES)},
-        "dataset": dataset,
-        "metric": {"anyOf": [{"enum": list(spaces.METRICS)},
-                             {"type": "array", "minItems": 1, "items": {"type": "string"},
-                              "description": "several objectives: a multi-objective search"}],
-                   "default": "val_accuracy"},
+        "dataset": dataclass_schema(spaces.DatasetConfig),
+        "metric": objective_schema(),
         "mode": {"anyOf": [{"enum": ["max", "min"]}, {"type": "array", "minItems": 1,
                                                       "items": {"enum": ["max", "min"]}}], "default": "max"},
-        "search": search,
-        "scheduler": scheduler,
+        "constraints": constraints_schema(),
+        "search": dataclass_schema(spaces.SearchConfig),
+        "scheduler": dataclass_schema(spaces.SchedulerConfig),
         "resources": {"anyOf": [{"const": "auto"}, dataclass_schema(spaces.ResourcesConfig)]},
         "fixed": {"type": ["object", "null"]},
         "space": {"type": ["object", "null"]},
-        "max_failures": {"type": "integer", "minimum": 0, "default": 0},
-        "storage": {"type": ["string", "null"], "description": "a folder every node reaches, or s3://, gs://, ..."},
+        "max_failures": {"type": "integer", "default": 0} | spaces.MAX_FAILURES.schema(),
+        "storage": {"type": ["string", "null"], "description": "a folder every node reaches, or s3://, gs://, ..."}
+                   | spaces.STORAGE.schema(),
         "tracking": tracking.schema(),
     }
     # every key the parser takes; one it takes that has no schema here yet is allowed as anything
@@ -177,7 +195,7 @@ def suite_schema() -> dict:
 
 
 def schema() -> dict:
-    defs: dict[str, dict] = {}
+    defs: dict[str, dict] = {"finite": FINITE}
     for name in sorted(FAMILIES):
         defs.update(family_defs(name))
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,

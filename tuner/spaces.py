@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Union
 
 import yaml
 
+from tuner.bounds import MAX_IMAGE_SIZE, Bound, bound_of, bounded
 from tuner.errors import UserError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "grid")
@@ -153,7 +155,7 @@ def parse_distribution(value: Any, where: str) -> Union[Distribution, Conditiona
     if kind in ("int", "logint"):
         if int(lo) != lo or int(hi) != hi:
             raise UserError(f"{where}: {kind} bounds must be whole numbers, got {args!r}")
-        if max(abs(lo), abs(hi)) > 2**53:  # past this floats skip integers and Ray's sampler overflows
+        if max(abs(lo), abs(hi)) > INT_LIMIT:
             raise UserError(f"{where}: {kind} bounds must lie within +-2**53, got {args!r}")
         lo, hi = int(lo), int(hi)
     else:
@@ -162,19 +164,28 @@ def parse_distribution(value: Any, where: str) -> Union[Distribution, Conditiona
 
 
 # --------------------------------------------------------------------------- config blocks
+# Each field's type is its annotation and its bounds its `bounded(...)` metadata: `_build` checks both, and
+# `tuner schema` is written from both (tuner/schema.py). What involves two keys (val + test < 1,
+# grace_period <= max_epochs, ...) is checked in parse_experiment.
+SEED = {"min": 0, "max": 2**32 - 1}  # numpy and Optuna take seeds in [0, 2**32)
+FRACTION = {"min": 0, "below": 1, "says": "a fraction in [0, 1)"}
+
+
 @dataclass
 class SplitConfig:
-    val: float = 0.2
-    test: Union[float, str] = 0.2  # a fraction, or "official" for the data set's own test set
-    seed: int = 0
+    val: float = bounded(0.2, **FRACTION)
+    # a fraction, or "official" for the data set's own test set
+    test: Union[float, str] = bounded(0.2, min=0, below=1, words=("official",),
+                                      says="a fraction in [0, 1) or 'official'")
+    seed: int = bounded(0, **SEED)
 
 
 @dataclass
 class AugmentConfig:
     hflip: bool = False
-    rotation: float = 0.0        # degrees, +-
-    color_jitter: float = 0.0    # brightness/contrast/saturation strength
-    translate: float = 0.0       # fraction of the image size
+    rotation: float = bounded(0.0, min=0)      # degrees, +-
+    color_jitter: float = bounded(0.0, min=0)  # brightness/contrast/saturation strength
+    translate: float = bounded(0.0, min=0)     # fraction of the image size
     random_resized_crop: bool = False
 
     @property
@@ -182,45 +193,63 @@ class AugmentConfig:
         return bool(self.hflip or self.rotation or self.color_jitter or self.translate or self.random_resized_crop)
 
 
+def _readers() -> tuple:
+    from tuner.data import READERS  # read when a file is checked: `import tuner.spaces` loads no numpy
+
+    return tuple(READERS)
+
+
 @dataclass
 class DatasetConfig:
-    name: str = "digits"
+    name: str = bounded("digits", choices=_readers)
     root: str | None = None
     download: bool = False
-    image_size: int | None = None  # None keeps the data set's own size
+    # None keeps the data set's own size
+    image_size: int | None = bounded(None, min=4, max=MAX_IMAGE_SIZE, says=f"from 4 to {MAX_IMAGE_SIZE} pixels",
+                                     why="the data set is decoded and cached at this size (3 x size x size bytes "
+                                         "an image)")
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    normalize: str = "dataset"     # imagenet | dataset | half | none
-    limit: int | None = None       # at most this many images per split (quick runs)
+    normalize: str = bounded("dataset", choices=NORMALIZATIONS)
+    limit: int | None = bounded(None, min=1, says="a whole number >= 1 (images per split)")  # quick runs
 
 
-@dataclass
-class SearchConfig:
-    algorithm: str = "optuna"      # optuna | random | grid
-    num_samples: int | None = None  # default 16, or 1 pass over the grid
-    max_concurrent: int = 2
-    seed: int = 0
-    grid_points: int = 3           # values per continuous parameter when algorithm is grid
-    sampler: str = "tpe"           # tpe | gp | cmaes | nsga2 | qmc | random (algorithm: optuna)
-    time_budget: float | None = None  # seconds; the file may say 30s / 10m / 2h
-    warm_start: Any = None         # a list of configs evaluated first, or an earlier results folder
-
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# `30s`, `10m`, `1.5h`, `.5d`: ASCII digits only (str.isdigit would take '²', which float() refuses)
+DURATION = r"^\s*(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[smhd]\s*$"
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "qmc", "random")
 
 
 @dataclass
+class SearchConfig:
+    algorithm: str = bounded("optuna", choices=ALGORITHMS)
+    num_samples: int | None = bounded(None, min=1)  # default 16, or 1 pass over the grid
+    max_concurrent: int = bounded(2, min=1)
+    seed: int = bounded(0, **SEED)
+    grid_points: int = bounded(3, min=2)           # values per continuous parameter when algorithm is grid
+    sampler: str = bounded("tpe", choices=SAMPLERS)  # algorithm: optuna only
+    # seconds; the file may say 30s / 10m / 2h (parse_duration reads it)
+    time_budget: float | str | None = bounded(None, above=0, pattern=DURATION,
+                                              says="seconds > 0 or a duration such as 30s, 10m or 2h")
+    # a list of configs evaluated first, or an earlier results folder (_check_warm_start reads it)
+    warm_start: list | str | None = bounded(None, json={"anyOf": [
+        {"type": "array", "items": {"type": "object", "minProperties": 1}}, {"type": "string", "minLength": 1},
+        {"type": "null"}]})
+
+
+@dataclass
 class SchedulerConfig:
-    name: str = "asha"             # asha | median | pbt | fifo | hyperband
-    max_epochs: int = 10
-    grace_period: int = 1
-    reduction_factor: float = 3
-    perturbation_interval: int = 2  # pbt
+    name: str = bounded("asha", choices=SCHEDULERS)
+    max_epochs: int = bounded(10, min=1)
+    grace_period: int = bounded(1, min=1)  # and <= max_epochs
+    reduction_factor: float = bounded(3, above=1)
+    perturbation_interval: int = bounded(2, min=1)  # pbt
 
 
 @dataclass
 class ResourcesConfig:
-    cpu: float = 1
-    gpu: float = 0
+    cpu: float = bounded(1, above=0)
+    gpu: float = bounded(0, min=0, whole_above=1, says="a number >= 0: a share of one GPU, or a whole number")
     auto: bool = False             # fit trials to what the cluster has
 
 
@@ -245,9 +274,8 @@ class Experiment:
 
     @property
     def searched(self) -> dict[str, Union[Distribution, Conditional]]:
-        """Parameters that vary between trials (a `fixed` key wins over the same `space` key)."""
-        return {k: v for k, v in self.space.items() if isinstance(v, (Distribution, Conditional))
-                and k not in self.fixed}
+        """Parameters that vary between trials (a `fixed` key wins over the same `space` key, at any depth)."""
+        return {k: v for k, v in pin(self.space, self.fixed).items() if isinstance(v, (Distribution, Conditional))}
 
     @property
     def conditional(self) -> bool:
@@ -277,8 +305,9 @@ class Experiment:
 
     @property
     def constants(self) -> dict[str, Any]:
-        """Every parameter with one value: constants in `space`, then `fixed` on top."""
-        out = {k: v for k, v in self.space.items() if not isinstance(v, (Distribution, Conditional))}
+        """Every parameter with one value: constants in `space` (and in the option of a choice `fixed` pins),
+        then `fixed` on top."""
+        out = {k: v for k, v in pin(self.space, self.fixed).items() if not isinstance(v, (Distribution, Conditional))}
         out.update(self.fixed)
         return out
 
@@ -333,8 +362,11 @@ def _build(cls, data: Any, where: str, file: str):
         typ = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307 - our own annotations
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value, f"{where}.{key}", file)
-        else:
-            kwargs[key] = _check_type(value, f.type, f"{file}: {where}.{key}")
+            continue
+        kwargs[key] = _check_type(value, f.type, f"{file}: {where}.{key}")
+        problem = bound_of(f).problem(kwargs[key]) if bound_of(f) else None
+        if problem:
+            raise UserError(f"{file}: {where}.{key} {problem}")
     return cls(**kwargs)
 
 
@@ -465,6 +497,13 @@ def read_yaml(path: Path) -> dict:
     return raw
 
 
+# the top-level keys that are not blocks: their bounds, for validate and `tuner schema` alike
+MAX_FAILURES = Bound(min=-1, says="a whole number >= 0 (retries of a crashed trial), or -1 to retry crashed "
+                                  "trials forever")
+STORAGE = Bound(pattern=r"\S", says="a folder or a URI such as s3://bucket/path")
+CONSTRAINT_SIDES = ("min", "max")
+INT_LIMIT = 2**53  # int / logint bounds: past this floats skip integers and Ray's sampler overflows
+
 TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler", "resources", "fixed", "space",
             "max_failures", "storage", "constraints", "tracking"}
 SUITE_KEYS = {"name", "suite", "ensemble"}
@@ -476,19 +515,34 @@ OBJECTIVES = METRICS + ("num_params", "latency_ms", "latency_ms_b64", "train_tim
 
 def parse_duration(value: Any, where: str) -> float:
     """`30m` / `2h` / `45s` / a number of seconds -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip()[:-1].replace(".", "", 1).isdigit() and value.strip()[-1] in units:
-        seconds = float(value.strip()[:-1]) * units[value.strip()[-1]]
+        seconds = float(value) if _finite(value) else math.nan
+    elif isinstance(value, str) and re.search(DURATION, value):
+        seconds = float(value.strip()[:-1]) * DURATION_UNITS[value.strip()[-1]]
     else:
         raise UserError(f"{where}: expected seconds or a duration such as 30s, 10m or 2h, got {value!r}")
-    if seconds <= 0:
-        raise UserError(f"{where}: must be more than 0 seconds, got {value!r}")
+    if not (math.isfinite(seconds) and seconds > 0):  # .nan passes `<= 0`; .inf broke the console's clock
+        raise UserError(f"{where}: must be a finite time of more than 0 seconds, got {value!r}")
     return seconds
 
 
+def check_path_text(path: str, where: str) -> str:
+    """A path from a space file that the file system can take: no NUL byte, at most 4096 bytes, each part at
+    most 255 (Linux's PATH_MAX and NAME_MAX). A longer one failed later with 'File name too long'."""
+    size = len(os.fsencode(path)) if "\0" not in path else 0
+    part = max((len(os.fsencode(p)) for p in path.split("/")), default=0) if "\0" not in path else 0
+    why = ("holds a NUL byte" if "\0" in path else f"is {size} bytes long (at most 4096)" if size > 4096
+           else f"has a part of {part} bytes (at most 255)" if part > 255 else None)
+    if why:
+        raise UserError(f"{where}: {shown(path[:60] + '...' if len(path) > 60 else path)} {why}; give the "
+                        f"path of a folder")
+    return path
+
+
 NAME_MAX = 100
+# one plain folder name: 1 to NAME_MAX characters, no path separator or control character, no leading dot.
+# `(?![\s\S])` ends the string in Python and JSON Schema (ECMA) regexes alike ($ would let a final newline by)
+NAME_PATTERN = rf"^(?!\.)[^/\\\u0000-\u001f\u007f]{{1,{NAME_MAX}}}(?![\s\S])"
 
 
 def check_name(name: object, where: str) -> str:
@@ -499,13 +553,15 @@ def check_name(name: object, where: str) -> str:
             type(name).__name__, f"a {type(name).__name__}")
         raise UserError(f"{where}: {repr(name)[:60]} is {kind}, not a name; write it as a quoted string such as "
                         f"'my_search'")
+    if re.search(NAME_PATTERN, name):
+        return name
     bad = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
     shown = repr(name if len(name) <= 40 else name[:40] + "...")
     why = ("is empty" if not name
            else f"has the control character {bad!r}" if bad is not None
            else f"is {len(name)} characters long (at most {NAME_MAX})" if len(name) > NAME_MAX
            else "contains a path separator" if "/" in name or "\\" in name
-           else "starts with '.'" if name.startswith(".") else None)
+           else "starts with '.'")
     if why:
         raise UserError(f"{where}: {shown} {why}; a name is one plain folder name (letters, digits, '-', '_', '.')")
     return name
@@ -552,8 +608,6 @@ def _load_suite(path: Path, raw: dict) -> Suite:
 
 
 def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
-    from tuner.data import READERS
-    from tuner.data.cache import MAX_IMAGE_SIZE
     from tuner.families import FAMILIES, get_family
 
     file = str(path) if path else "<space>"
@@ -582,53 +636,9 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
         raise UserError(f"{file}: resources must be auto or a mapping such as {{cpu: 1, gpu: 0}}, got {res_raw!r}")
     resources = ResourcesConfig(auto=True) if res_raw == "auto" else _build(ResourcesConfig, res_raw, "resources", file)
 
-    _one_of(file, "dataset.name", dataset.name, tuple(READERS))
-    _one_of(file, "dataset.normalize", dataset.normalize, NORMALIZATIONS)
-    _one_of(file, "search.algorithm", search.algorithm, ALGORITHMS)
-    _one_of(file, "scheduler.name", scheduler.name, SCHEDULERS)
-    _one_of(file, "search.sampler", search.sampler, SAMPLERS)
     metric, mode = _objectives(raw, file)
     constraints = _constraints(raw.get("constraints"), file)
-    sp = dataset.split
-    for key in ("val", "test"):
-        v = getattr(sp, key)
-        if v == "official":
-            continue
-        if isinstance(v, str) or not 0 <= v < 1:
-            raise UserError(f"{file}: dataset.split.{key} must be a fraction in [0, 1) or 'official', got {v!r}")
-    if sp.val == "official":
-        raise UserError(f"{file}: dataset.split.val: 'official' is only for test; give val a fraction such as 0.2")
-    if not isinstance(sp.test, str) and sp.val + sp.test >= 1:
-        raise UserError(f"{file}: dataset.split: val + test = {sp.val + sp.test} leaves nothing to train on")
-    if dataset.image_size is not None and dataset.image_size < 4:
-        raise UserError(f"{file}: dataset.image_size must be at least 4 pixels, got {dataset.image_size}")
-    if dataset.image_size is not None and dataset.image_size > MAX_IMAGE_SIZE:
-        # every image is decoded once at this size and kept in memory and in the cache: 2048 px RGB is
-        # 12 MB an image already, and 100000 px would ask for terabytes
-        raise UserError(f"{file}: dataset.image_size must be at most {MAX_IMAGE_SIZE} pixels, got "
-                        f"{dataset.image_size}; the data set is decoded and cached at this size "
-                        f"(3 x size x size bytes an image)")
-    if dataset.limit is not None and dataset.limit < 1:
-        raise UserError(f"{file}: dataset.limit must be >= 1 (images per split), got {dataset.limit}")
-    for key, seed in (("search.seed", search.seed), ("dataset.split.seed", dataset.split.seed)):
-        if not 0 <= seed < 2**32:  # numpy and Optuna take seeds in [0, 2**32)
-            raise UserError(f"{file}: {key} must be a whole number from 0 to 4294967295, got {seed}")
-    if dataset.name not in ("digits",) and not dataset.root and not dataset.download:
-        raise UserError(f"{file}: dataset.root is not set for {dataset.name}; "
-                        f"set dataset.root to the data folder (or dataset.download: true where allowed)")
-    for key, low in (("num_samples", 1), ("max_concurrent", 1), ("grid_points", 2)):
-        v = getattr(search, key)
-        if v is not None and v < low:
-            raise UserError(f"{file}: search.{key} must be >= {low}, got {v}")
-    if scheduler.max_epochs < 1 or scheduler.grace_period < 1 or scheduler.grace_period > scheduler.max_epochs:
-        raise UserError(f"{file}: scheduler needs 1 <= grace_period ({scheduler.grace_period}) <= "
-                        f"max_epochs ({scheduler.max_epochs})")
-    if scheduler.reduction_factor <= 1:
-        raise UserError(f"{file}: scheduler.reduction_factor must be > 1, got {scheduler.reduction_factor}")
-    if resources.cpu <= 0 or resources.gpu < 0:
-        raise UserError(f"{file}: resources need cpu > 0 and gpu >= 0, got cpu={resources.cpu} gpu={resources.gpu}")
-    if resources.gpu > 1 and resources.gpu != int(resources.gpu):
-        raise UserError(f"{file}: resources.gpu above 1 must be whole, got {resources.gpu}")
+    _check_blocks(dataset, scheduler, file)
 
     fixed = {} if raw.get("fixed") is None else raw["fixed"]
     space_raw = {} if raw.get("space") is None else raw["space"]
@@ -639,12 +649,13 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
             if not isinstance(k, str):
                 raise UserError(f"{file}: {key}: parameter names are words, got {k!r}")
     max_failures = raw.get("max_failures", 0)
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
-        raise UserError(f"{file}: max_failures must be a whole number >= 0 (retries of a crashed trial), "
-                        f"or -1 to retry crashed trials forever; got {max_failures!r}")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or MAX_FAILURES.problem(max_failures):
+        raise UserError(f"{file}: max_failures must be {MAX_FAILURES.says}; got {max_failures!r}")
     storage = raw.get("storage")
-    if storage is not None and not (isinstance(storage, str) and storage.strip()):
-        raise UserError(f"{file}: storage must be a folder or a URI such as s3://bucket/path, got {storage!r}")
+    if storage is not None and (not isinstance(storage, str) or STORAGE.problem(storage)):
+        raise UserError(f"{file}: storage must be {STORAGE.says}, got {storage!r}")
+    if storage is not None:
+        check_path_text(storage, f"{file}: storage")
     space = {k: parse_distribution(v, f"{file}: space.{k}") for k, v in space_raw.items()}
     _check_branch_names(space, file)
     for k, v in fixed.items():
@@ -668,6 +679,21 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     _validate_tree(family, exp.constants, exp.searched, file, "space")
     _check_search_power(exp, file)
     return exp
+
+
+def _check_blocks(dataset: DatasetConfig, scheduler: SchedulerConfig, file: str) -> None:
+    """What the blocks' bounds (checked in _build) cannot say alone: rules that take two keys."""
+    sp = dataset.split
+    if not isinstance(sp.test, str) and sp.val + sp.test >= 1:
+        raise UserError(f"{file}: dataset.split: val + test = {sp.val + sp.test} leaves nothing to train on")
+    if dataset.root is not None:
+        check_path_text(dataset.root, f"{file}: dataset.root")
+    if dataset.name not in ("digits",) and not dataset.root and not dataset.download:
+        raise UserError(f"{file}: dataset.root is not set for {dataset.name}; "
+                        f"set dataset.root to the data folder (or dataset.download: true where allowed)")
+    if scheduler.grace_period > scheduler.max_epochs:
+        raise UserError(f"{file}: scheduler needs 1 <= grace_period ({scheduler.grace_period}) <= "
+                        f"max_epochs ({scheduler.max_epochs})")
 
 
 def _objectives(raw: dict, file: str) -> tuple:
@@ -698,28 +724,64 @@ def _constraints(raw: Any, file: str) -> dict[str, dict]:
     out = {}
     for name, bound in raw.items():
         _one_of(file, f"constraints.{name}: metric", name, OBJECTIVES)
-        if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
+        if not isinstance(bound, dict) or not bound or set(bound) - set(CONSTRAINT_SIDES):
             raise UserError(f"{file}: constraints.{name} takes {{max: X}} and/or {{min: X}}, got {bound!r}")
         for side, v in bound.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise UserError(f"{file}: constraints.{name}.{side} must be a number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not _finite(v):
+                raise UserError(f"{file}: constraints.{name}.{side} must be a finite number, got {v!r}")
         if "min" in bound and "max" in bound and bound["min"] > bound["max"]:
             raise UserError(f"{file}: constraints.{name}: min {bound['min']} > max {bound['max']}")
         out[name] = {k: float(v) for k, v in bound.items()}
     return out
 
 
-def _check_branch_names(space: dict, file: str, where: str = "space", taken: frozenset = frozenset()) -> None:
-    """A branch may not set a name its parents already set (the trial's config holds one value per name)."""
-    outer = taken | set(space)
+def _occurrences(space: dict, path: tuple = ()):
+    """(name, path) for every name the tree sets; a path is the ((choice, option), ...) that leads to it."""
     for k, node in space.items():
+        yield k, path
         if isinstance(node, Conditional):
             for opt, sub in node.options:
-                for name in sub:
-                    if name in outer:
-                        raise UserError(f"{file}: {where}.{k}.choice.{opt}.{name}: {name!r} is also set outside "
-                                        f"this option; give it in one place only")
-                _check_branch_names(sub, file, f"{where}.{k}.choice.{opt}", frozenset(outer))
+                yield from _occurrences(sub, path + ((k, opt),))
+
+
+def _exclusive(a: tuple, b: tuple) -> bool:
+    """Whether no trial can reach both paths: they part at one choice, into different options of it."""
+    for (ka, oa), (kb, ob) in zip(a, b):
+        if ka != kb:
+            return False  # two different choices: a trial draws both
+        if not _same_value(oa, ob):
+            return True
+    return False  # one path leads into the other (or they are the same): both are reached together
+
+
+def _check_branch_names(space: dict, file: str) -> None:
+    """A trial's config holds one value per name: a name may be set in several options of one choice (only one
+    is drawn), never in two places a trial can reach at once (outside and inside a branch, or in branches of
+    two different choices, where the later draw silently replaced the earlier one)."""
+    seen: dict[str, list[tuple]] = {}
+    for name, path in _occurrences(space):
+        for other in seen.get(name, []):
+            if not _exclusive(other, path):
+                here, there = (f"space.{''.join(f'{k}.choice.{o}.' for k, o in p)}{name}" for p in (other, path))
+                raise UserError(f"{file}: {here} and {there} both set {name!r}, and one trial can draw both; "
+                                f"give it in one place only (or in options of one choice)")
+        seen.setdefault(name, []).append(path)
+
+
+def pin(space: dict, fixed: dict) -> dict:
+    """The space tree as trials draw it: `fixed` wins over the same key at any depth. A pinned parameter's
+    distribution is dropped; a pinned conditional choice gives way to the sub-space of the option `fixed`
+    names, as if it were written in its place (or to nothing, when `fixed` names a value it has no option for)."""
+    out: dict = {}
+    for k, node in space.items():
+        if k in fixed:
+            if isinstance(node, Conditional):
+                out.update(pin(next((sub for opt, sub in node.options if _same_value(opt, fixed[k])), {}), fixed))
+            continue
+        if isinstance(node, Conditional):
+            node = Conditional(tuple((opt, pin(sub, fixed)) for opt, sub in node.options))
+        out[k] = node
+    return out
 
 
 def _validate_tree(family, constants: dict, searched: dict, file: str, where: str) -> None:
@@ -786,6 +848,7 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
                 if k not in names:
                     raise UserError(f"{file}: search.warm_start[{i}].{k}: not a parameter of this space; "
                                     f"it has {', '.join(sorted(names))}")
+            _check_pinned(exp, cfg, f"{file}: search.warm_start[{i}]")
             bad = point_problem(exp.searched, cfg)
             if bad:  # the searcher would drop this config without a word
                 raise UserError(f"{file}: search.warm_start[{i}].{bad[0]}: {cfg[bad[0]]!r} is not in the space; "
@@ -794,6 +857,7 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
     if not isinstance(ws, str) or not ws:
         raise UserError(f"{file}: search.warm_start must be a list of configs or the path of an earlier "
                         f"experiment's results folder, got {ws!r}")
+    check_path_text(ws, f"{file}: search.warm_start")
     folder = Path(ws).expanduser()
     if not folder.is_absolute() and exp.path is not None and not folder.exists():
         folder = Path(exp.path).parent / folder
@@ -804,10 +868,40 @@ def _check_warm_start(exp: Experiment, file: str) -> None:
         raise UserError(f"{file}: search.warm_start from a results folder seeds Optuna's study; set "
                         f"search.algorithm: optuna")
     exp.search.warm_start = str(folder.resolve())  # space.yaml keeps a path that works from anywhere
-    old = safe_yaml((folder / "space.yaml").read_text()) or {}
+    old = _read_warm_folder(folder, f"{file}: search.warm_start")
     if old.get("family") != exp.family:
         raise UserError(f"{file}: search.warm_start: {ws} searched family {old.get('family')!r}, this space "
                         f"family {exp.family!r}; their trials cannot seed this search")
+
+
+def _read_warm_folder(folder: Path, where: str) -> dict:
+    """A warm-start folder's space.yaml (a mapping), and its trials.csv readable as text (the search reads
+    the table itself, tuner.rundir.read_trials); a file that cannot be is one error naming it."""
+    from tuner.files import read_regular
+
+    for name in ("trials.csv", "space.yaml"):
+        path = folder / name
+        try:
+            text = read_regular(path, None if name == "trials.csv" else MAX_SPACE_BYTES).decode("utf-8")
+            data = safe_yaml(text, yaml.SafeLoader) if name == "space.yaml" else None  # as tuner wrote it
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, UserError) as exc:
+            raise UserError(f"{where}: {path}: cannot be read ({' '.join(str(exc).split())[:200]}); give the "
+                            f"results folder of a finished search") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: {folder / 'space.yaml'}: cannot be read (expected a mapping, found "
+                        f"{type(data).__name__}); give the results folder of a finished search")
+    return data
+
+
+def _check_pinned(exp: Experiment, cfg: dict, where: str) -> None:
+    """A warm-start value for a parameter that has one value (`fixed:`, or a constant in `space:`) must be
+    that value: every trial gets the constant, so another one would be dropped without a word."""
+    constants = exp.constants
+    for k, v in cfg.items():
+        if k in constants and not _same_value(v, constants[k]):
+            block = "fixed" if k in exp.fixed else "space"
+            raise UserError(f"{where}.{k}: {v!r}, but {block}.{k} pins it to {constants[k]!r} for every trial; "
+                            f"leave {k} out of the warm start or change {block}.{k}")
 
 
 def _same_value(a: Any, b: Any) -> bool:

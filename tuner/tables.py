@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from tuner.metrics import rank_key
+from tuner.metrics import best_index
 from tuner.rundir import RunDir, replace
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time_s"]
@@ -98,8 +98,7 @@ def write_tables(exp, rows: list[tuple[dict, pd.DataFrame | None]], exp_dir: Pat
         replace(run.pareto, public.loc[ok.index].to_csv(index=False))
     if ok.empty:
         return None
-    best_row = ok.loc[min(ok.index, key=lambda i: rank_key(exp.modes[0], ok.loc[i, "_metric"], ok.loc[i, "val_loss"],
-                                                          str(ok.loc[i, "trial_id"])))]
+    best_row = ok.loc[best_index(ok, exp.metrics, exp.modes, col="_metric")]  # as the plots mark it
     best = best_entry(exp, best_row, {k: _plain(v) for k, v in best_row["_config"].items()})
     run.write_best(best)
     return best

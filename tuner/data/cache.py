@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from tuner.errors import UserError
+from tuner.bounds import MAX_IMAGE_SIZE
 
 CHUNK = 64            # images per decode task: big enough to amortise the thread hand-off
 MAX_DEFAULT = 224     # image_size when the config gives none and the files are larger
-MAX_IMAGE_SIZE = 2048  # dataset.image_size above this is a mistake (100000 px would be 30 GB per image)
-VERSION = 2           # bump when decoding changes what an image becomes, so old entries are not reused
+VERSION = 3           # bump when decoding changes what an image becomes, so old entries are not reused
+                      # (3: EXIF orientation applied)
 
 
 def _open(item):
@@ -76,11 +77,14 @@ def convert(img, mode: str):
 
 def to_array(item, size: int, channels: int) -> np.ndarray:
     """Decode one image to size x size x channels uint8 (squashed, as the export's predict does)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     img = _open(item)
     if getattr(img, "format", None) == "JPEG":  # let libjpeg decode at 1/2, 1/4, 1/8 scale when that suffices
         img.draft("L" if channels == 1 else "RGB", (size, size))
+    # upright as a viewer shows it: a phone stores a portrait photo landscape with an EXIF Orientation tag
+    if img.getexif().get(0x0112, 1) != 1:  # (exif_transpose copies every image, turned or not)
+        img = ImageOps.exif_transpose(img)
     img = convert(img, "L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)

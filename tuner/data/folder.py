@@ -24,6 +24,15 @@ from tuner.errors import UserError
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
+# a data folder shows an image within its first few thousand entries; a walk that has seen this many files
+# and folders without one is not in a data folder (dataset.root: /usr walked the whole tree for a minute)
+SCAN_WITHOUT_IMAGE = 20_000
+
+
+class NotADataFolder(Exception):
+    """The walk gave up: SCAN_WITHOUT_IMAGE entries and no image."""
+
+
 LOOP_OR_OUTSIDE = "symlinks that loop or lead out of the folder"
 DUPLICATE = "duplicates (the same file twice)"
 NOT_REGULAR = "pipes, sockets or devices"
@@ -39,6 +48,7 @@ class Walk:
         self.seen_dirs: set[tuple[int, int]] = set()
         self.other = 0                  # non-image files
         self.why: Counter[str] = Counter()
+        self.scanned = 0                # entries looked at before the first image (then it stops counting)
 
     def _inside(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
@@ -76,6 +86,10 @@ class Walk:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
+            if self.scanned >= 0:
+                self.scanned += 1
+                if self.scanned > SCAN_WITHOUT_IMAGE:
+                    raise NotADataFolder
             path = Path(entry.path)
             try:
                 st = os.stat(path)  # follows links without opening anything
@@ -92,6 +106,7 @@ class Walk:
                 self.why[LOOP_OR_OUTSIDE] += 1
             else:
                 found.append((str(path), (st.st_dev, st.st_ino), entry.is_symlink()))
+                self.scanned = -1  # an image: this is a data folder, walk it all
         return found
 
     def once(self, found: list[tuple[str, tuple[int, int], bool]]) -> list[bool]:
@@ -127,6 +142,19 @@ def read_class_folders(root: Path, key: str = "dataset.root") -> Source:
     if not root.is_dir():
         raise UserError(f"{key} {root}: no such folder; put the images there in one folder per class "
                         f"(e.g. {root}/cat/1.jpg, {root}/dog/2.jpg)")
+    real = Path(os.path.realpath(root))
+    if real == Path(real.anchor) or real == Path(os.path.realpath(Path.home())):
+        raise UserError(f"{key} {root}: is the {'file-system root' if real == Path(real.anchor) else 'home folder'}, "
+                        f"not a data folder; give the folder that holds one sub-folder of images per class")
+    try:
+        return _read_class_folders(root, key)
+    except NotADataFolder:
+        raise UserError(f"{key} {root}: no image among the first {SCAN_WITHOUT_IMAGE} files and folders under it; "
+                        f"give the folder that holds one sub-folder of images per class "
+                        f"(e.g. {root}/cat/1.jpg)") from None
+
+
+def _read_class_folders(root: Path, key: str) -> Source:
     splits = split_dirs(root) or {"train": root}
     names = sorted({d.name for folder in splits.values() for d in _class_dirs(folder)})
     if not names:

@@ -19,7 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from tuner.report.figures import save as _save, short as _short  # noqa: E402
+from tuner.metrics import best_index, ranked as ranked_rows  # noqa: E402
 from tuner.report.importance import importance  # noqa: E402
+from tuner.report.search import metric_column  # noqa: E402
 from tuner.rundir import RunDir  # noqa: E402
 
 
@@ -53,13 +55,18 @@ def _flatten(space: dict, out: dict) -> None:
             out[k] = {old_kind: [min(old[0], args[0]), max(old[1], args[1])]}
 
 
-def ranked_trials(trials: pd.DataFrame, metric: str, mode: str) -> tuple[pd.DataFrame, str]:
-    """Finished trials, best first, and the trials.csv column they are ranked by."""
-    col = metric if metric in ("val_accuracy", "val_loss") else ("val_loss" if mode == "min" else "val_accuracy")
-    ok = trials[trials[col].notna()] if col in trials else trials.iloc[0:0]
-    if "status" in ok:
-        ok = ok[ok["status"] != "ERROR"]
-    return ok.sort_values(col, ascending=(mode == "min"), kind="stable"), col
+def ranked_trials(trials: pd.DataFrame, metric, mode) -> tuple[pd.DataFrame, str]:
+    """Finished trials, best first, and the trials.csv column they are ranked by (the first objective's).
+    The first is best.yaml's trial (`tuner.metrics.best_index`: feasible, on the Pareto front when `metric` is
+    a list of objectives), the rest follow in `tuner.metrics.ranked`'s order."""
+    metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric]
+    modes = list(mode) if isinstance(mode, (list, tuple)) else [mode] * len(metrics)
+    col = metric_column(trials, metrics[0], modes[0])
+    order = ranked_rows(trials, col, modes[0])
+    best = best_index(trials, metrics, modes, col)
+    if best is not None:
+        order = pd.concat([order.loc[[best]], order.drop(index=best)])
+    return order, col
 
 
 def experiment_plots(exp_dir: Path, top: int = 8) -> None:
@@ -71,10 +78,8 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     epochs = pd.read_csv(run.epochs, dtype={"trial_id": str})
     space = run.read_space()
     metrics, modes = space.get("metric", "val_accuracy"), space.get("mode", "max")
-    metric, mode = metrics, modes
-    if isinstance(metrics, list):  # several objectives: the plots rank by the first; the Pareto plot takes all
-        metric, mode = metrics[0], (modes[0] if isinstance(modes, list) else modes)
-    ranked, col = ranked_trials(trials, metric, mode)
+    mode = modes[0] if isinstance(modes, list) else modes  # several objectives: the plots follow the first
+    ranked, col = ranked_trials(trials, metrics, modes)
     searched = searched_params(space)
     name = space.get("name", run.name)
     plot_learning_curves(ranked, epochs, col, plots / "learning_curves.png", top=top, name=name)
@@ -85,7 +90,8 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     from tuner.report import search as search_plots  # parallel coordinates, contour, history, intermediate values, Pareto front
 
     search_plots.plot_search(trials, epochs, searched, metrics, modes, plots, name=name, importance=imp,
-                             max_epochs=(space.get("scheduler") or {}).get("max_epochs"))
+                             max_epochs=(space.get("scheduler") or {}).get("max_epochs"),
+                             best=str(ranked["trial_id"].iloc[0]) if len(ranked) else None)
 
 
 def plot_learning_curves(ranked: pd.DataFrame, epochs: pd.DataFrame, col: str, path: Path, top: int = 8,

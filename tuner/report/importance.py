@@ -14,7 +14,7 @@ def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> 
         return {}
     dists = {}
     for k, d in searched.items():
-        if k not in ok:
+        if k not in ok or ok[k].isna().all():  # a branch no trial drew (a nested option never reached)
             continue
         kind, args = next(iter(d.items()))
         if kind in ("choice", "grid"):

@@ -27,7 +27,7 @@ import matplotlib.tri as mtri  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tuner.metrics import pareto_front  # noqa: E402
+from tuner.metrics import best_index, pareto_front, ranked  # noqa: E402
 from tuner.report.figures import save, short  # noqa: E402
 
 LOG_KINDS = ("loguniform", "logint")
@@ -134,10 +134,14 @@ def _cmap(mode: str):
     return "viridis" if mode == "max" else "viridis_r"  # the better trials are the bright ones either way
 
 
-def _best_index(y: np.ndarray, mode: str) -> int | None:
-    if not np.isfinite(y).any():
-        return None
-    return int(np.nanargmax(y) if mode == "max" else np.nanargmin(y))
+def _best_position(trials: pd.DataFrame, col: str, mode: str, best: str | None = None) -> int | None:
+    """The row position of the best trial: `best` (best.yaml's trial id, which plot_search is given), else the
+    first of `tuner.metrics.ranked`, the order best.yaml follows; None when no trial finished."""
+    if best is None:
+        order = ranked(trials, col, mode)
+        best = str(order["trial_id"].iloc[0]) if len(order) else None
+    hits = np.flatnonzero(trials["trial_id"].astype(str).to_numpy() == best) if best is not None else []
+    return int(hits[0]) if len(hits) else None
 
 
 def _better(mode: str) -> str:
@@ -146,7 +150,7 @@ def _better(mode: str) -> str:
 
 # --------------------------------------------------------------------------- parallel coordinates
 def plot_parallel_coordinates(trials: pd.DataFrame, searched: dict, col: str, mode: str, path: Path,
-                              name: str = "") -> Path:
+                              name: str = "", best: str | None = None) -> Path:
     params = [k for k in searched if k in trials.columns]
     y = _finite(trials[col]) if col in trials else np.full(len(trials), np.nan)
     axes = [param_axis(k, searched[k], trials[k]) for k in params] + [metric_axis(col, y)]
@@ -169,7 +173,7 @@ def plot_parallel_coordinates(trials: pd.DataFrame, searched: dict, col: str, mo
         ax.plot(xs, lines[i], color="0.6", lw=1, ls="--", alpha=0.7)
     for i in np.flatnonzero(ok)[order]:
         ax.plot(xs, lines[i], color=cmap(norm(y[i])), lw=1.4, alpha=0.85)
-    best = _best_index(y, mode)
+    best = _best_position(trials, col, mode, best)
     if best is not None:
         ax.plot(xs, lines[best], color="red", lw=3, label=f"best trial {trials['trial_id'].iloc[best]}")
     for x, a in zip(xs, axes):
@@ -205,7 +209,7 @@ def contour_params(searched: dict, importance: dict[str, float] | None, trials: 
 
 
 def plot_contour(trials: pd.DataFrame, searched: dict, col: str, mode: str, path: Path, name: str = "",
-                 importance: dict[str, float] | None = None) -> Path | None:
+                 importance: dict[str, float] | None = None, best: str | None = None) -> Path | None:
     """The metric interpolated (linearly, over a Delaunay triangulation of the trials) across the two most
     important parameters, the trials on top. None (no file) when fewer than two parameters were searched."""
     pair = contour_params(searched, importance, trials)
@@ -231,8 +235,8 @@ def plot_contour(trials: pd.DataFrame, searched: dict, col: str, mode: str, path
         except (ValueError, RuntimeError):  # collinear or repeated points: the scatter alone says it
             filled = None
     sc = ax.scatter(x[ok], y[ok], c=z[ok], cmap=cmap, s=45, edgecolors="black", linewidths=0.6, zorder=3)
-    best = _best_index(np.where(ok, z, np.nan), mode)
-    if best is not None:
+    best = _best_position(trials, col, mode, best)
+    if best is not None and ok[best]:  # (a trial that did not draw one of the two parameters is not on it)
         ax.scatter([x[best]], [y[best]], marker="*", s=380, c="red", edgecolors="black", lw=0.8, zorder=4,
                    label=f"best: {col} {z[best]:.4g}")
         ax.legend(loc="best", fontsize=10)
@@ -316,7 +320,7 @@ def plot_history(trials: pd.DataFrame, epochs: pd.DataFrame, col: str, mode: str
 
 # --------------------------------------------------------------------------- intermediate values
 def plot_intermediate(trials: pd.DataFrame, epochs: pd.DataFrame, col: str, mode: str, path: Path,
-                      name: str = "", max_epochs: int | None = None) -> Path | None:
+                      name: str = "", max_epochs: int | None = None, best: str | None = None) -> Path | None:
     """Every trial's per-epoch metric. A trial that ended before max_epochs (stopped by the scheduler or by
     early stopping) ends in an orange cross, a failed one is dashed. None (no file) when the family
     evaluates once (knn, features): there are no intermediate values."""
@@ -327,8 +331,7 @@ def plot_intermediate(trials: pd.DataFrame, epochs: pd.DataFrame, col: str, mode
         return None
     top = int(max(max_epochs or 0, ep.max()))
     status = dict(zip(trials["trial_id"].astype(str), trials.get("status", pd.Series(["TERMINATED"] * len(trials)))))
-    final = _finite(trials[col]) if col in trials else np.full(len(trials), np.nan)
-    best = _best_index(final, mode)
+    best = _best_position(trials, metric_column(trials, col, mode), mode, best)
     best_id = str(trials["trial_id"].iloc[best]) if best is not None else None
     fig, ax = plt.subplots(figsize=(13, 7))
     counts = {"full": 0, "stopped": 0, "failed": 0}
@@ -419,26 +422,30 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, objectives: list[str]
 # --------------------------------------------------------------------------- all of them
 def plot_search(trials: pd.DataFrame, epochs: pd.DataFrame, searched: dict, metric, mode, plots: Path,
                 name: str = "", importance: dict[str, float] | None = None,
-                max_epochs: int | None = None) -> dict[str, Path]:
+                max_epochs: int | None = None, best: str | None = None) -> dict[str, Path]:
     """Every plot above into `plots/` (pareto.csv beside it, in the experiment folder, when `metric` is a list).
-    Returns the files written; the single-objective plots follow the first objective."""
+    Returns the files written; the single-objective plots follow the first objective, and mark `best` (a
+    trial id; by default best.yaml's choice, `tuner.metrics.best_index`) as the best trial."""
     plots = Path(plots)
     plots.mkdir(parents=True, exist_ok=True)
     metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric]
     modes = list(mode) if isinstance(mode, (list, tuple)) else [mode] * len(metrics)
     col, first_mode = metric_column(trials, metrics[0], modes[0]), modes[0]
+    if best is None:
+        i = best_index(trials, metrics, modes, col)
+        best = None if i is None else str(trials.at[i, "trial_id"])
     if importance is None:
         from tuner.report.importance import importance as fanova
 
         importance = fanova(trials[trials["status"] != "ERROR"] if "status" in trials else trials, searched, col,
                             first_mode)
     out = {"parallel_coordinates": plot_parallel_coordinates(trials, searched, col, first_mode,
-                                                             plots / "parallel_coordinates.png", name),
-           "contour": plot_contour(trials, searched, col, first_mode, plots / "contour.png", name, importance),
+                                                             plots / "parallel_coordinates.png", name, best),
+           "contour": plot_contour(trials, searched, col, first_mode, plots / "contour.png", name, importance, best),
            "history": plot_history(trials, epochs, col, first_mode, plots / "history.png", name),
            "intermediate": plot_intermediate(trials, epochs, col if col in epochs else
                                              metric_column(epochs, metrics[0], first_mode), first_mode,
-                                             plots / "intermediate.png", name, max_epochs)}
+                                             plots / "intermediate.png", name, max_epochs, best)}
     if len(metrics) > 1:
         write_pareto(trials, metrics, modes, plots.parent, name)
         out["pareto"] = plots / "pareto.png"

@@ -28,8 +28,9 @@ def has_dashboard() -> bool:
         return False
 
 
-def check_address(address: str) -> None:
-    """Fail in seconds on an address where nothing listens: ray.init would retry for minutes."""
+def check_address(address: str, where: str = "--address") -> None:
+    """Fail in seconds on an address where nothing listens: ray.init would retry for minutes. `where` names
+    where the address came from (--address, or the RAY_ADDRESS variable)."""
     import socket
 
     if address == "auto":
@@ -37,13 +38,13 @@ def check_address(address: str) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address {address}: expected auto, HOST:PORT (ray start's GCS port, 6379) "
+        raise UserError(f"{where} {address}: expected auto, HOST:PORT (ray start's GCS port, 6379) "
                         f"or ray://HOST:10001")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as exc:
-        raise UserError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
-                        f"with `ray start --head` or drop --address to run locally") from None
+        raise UserError(f"{where} {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                        f"with `ray start --head` or drop {where} to run locally") from None
 
 
 def _processes() -> dict[int, tuple[int, int]]:
@@ -135,7 +136,10 @@ def start_ray_watchdog() -> None:
 # get_node_ip_address) unless ray_constants.ENABLE_RAY_CLUSTER is false: Ray's single-machine mode, the
 # default on macOS and Windows. A search without --address is one machine, so start_local_ray uses that mode.
 # tuner reads no Prometheus metrics: no per-node metrics export server, no metrics sent by every worker.
-LOCAL_RAY = {"_node_ip_address": "127.0.0.1", "_system_config": {"enable_metrics_collection": False}}
+# address "local": always a new Ray of our own. Without it ray.init joins the cluster a `ray start --head` on
+# this machine left in <ray temp dir>/ray_current_cluster, and then refuses our _system_config.
+LOCAL_RAY = {"address": "local", "_node_ip_address": "127.0.0.1",
+             "_system_config": {"enable_metrics_collection": False}}
 
 
 def start_local_ray(kwargs: dict):
@@ -160,8 +164,14 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     # without --verbose the console is tuner's (tuner.search.console): Ray's warnings stay in its log files
     kwargs: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING if verbose else logging.ERROR,
                     "log_to_driver": verbose}
-    # with --address or RAY_ADDRESS ray.init joins that cluster: it is not ours to configure
-    local = not address and not os.environ.get("RAY_ADDRESS")
+    # with --address, or else RAY_ADDRESS (Ray's own variable, as `ray` commands read it), ray.init joins that
+    # cluster: it is not ours to configure. Without either, a new Ray of our own (LOCAL_RAY), even when a
+    # `ray start --head` cluster runs on this machine.
+    where = "--address" if address else "RAY_ADDRESS"
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        check_address(address, where)
+    local = not address
     if address:
         kwargs["address"] = address
     if local:
@@ -171,8 +181,8 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     try:
         ctx = start_local_ray(kwargs) if local else ray.init(**kwargs)
     except ConnectionError as exc:
-        raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
-                        f"`ray start --head` or drop --address to run locally") from None
+        raise UserError(f"{where} {address}: no Ray cluster answers there ({exc}); start one with "
+                        f"`ray start --head` or drop {where} to run locally") from None
     # Ray writes its dashboard token readable by everyone on the machine (0644); keep it ours
     token = Path.home() / ".ray" / "auth_token"
     if token.is_file() and token.stat().st_uid == os.getuid():

@@ -7,16 +7,19 @@ while the trial's config gets the plain name (`C`). The Tuner's param_space then
 """
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from ray.tune.search import Searcher
 
 from tuner.metrics import constraint_values
 from tuner.search.domains import DefineByRun, optuna_params
-from tuner.spaces import Experiment, grid_configs
+from tuner.spaces import Conditional, Experiment, grid_configs
 
 def constraint_attrs(values: list[float], constraints: dict[str, dict]) -> dict[str, float]:
     """`metrics.constraint_values` under Optuna 5's names: one `constraints:<metric>.<max|min>` system attr
@@ -25,7 +28,50 @@ def constraint_attrs(values: list[float], constraints: dict[str, dict]) -> dict[
     return {f"constraints:{k}": float(v) for k, v in zip(keys, values)}
 
 
+class PicklableLock:
+    """A threading.Lock that pickles as a new, unlocked one: Ray pickles the searcher, and so its sampler, into
+    every experiment snapshot, and a lock cannot be pickled."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def acquire(self, *args, **kwargs) -> bool:
+        return self._lock.acquire(*args, **kwargs)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._lock = threading.Lock()
+
+
+LOCK_TYPES = (type(threading.Lock()),)
+
+
+def picklable(sampler):
+    """The sampler with every plain lock it holds made picklable. Optuna 5.1's genetic samplers (nsga2) keep a
+    threading.Lock and define no __getstate__ (pickling them raises "cannot pickle '_thread.lock' object");
+    other versions and samplers hold none, and are returned as they are."""
+    for key, value in vars(sampler).items():
+        if isinstance(value, LOCK_TYPES):
+            setattr(sampler, key, PicklableLock())
+    return sampler
+
+
 def make_sampler(exp: Experiment):
+    return picklable(_sampler(exp))
+
+
+def _sampler(exp: Experiment):
     import optuna
 
     s = exp.search
@@ -94,8 +140,9 @@ def folder_trials(exp: Experiment) -> list[tuple]:
     ws = exp.search.warm_start
     if not isinstance(ws, str):
         return []
-    folder = Path(ws)
-    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
+    from tuner.rundir import read_trials
+
+    trials = read_trials(Path(ws) / "trials.csv")
     trials = trials[trials.get("status", "TERMINATED") != "ERROR"] if "status" in trials else trials
     names = exp.param_names + list(exp.constants)
     out = []
@@ -156,10 +203,7 @@ def build(exp: Experiment, exp_dir: Path):
                    seed_trials=folder_trials(exp), storage=storage(exp_dir), study_name=exp.name,
                    epoch_metric=exp.metrics[0], max_epochs=exp.scheduler.max_epochs), True
     if exp.search.algorithm == "grid" and exp.conditional:
-        # Ray's grid_search cannot branch: every config of the tree is handed over as a point to evaluate
-        points = warm_start_points(exp) + grid_configs(exp.searched, exp.search.grid_points)
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=exp.search.seed,
-                                     max_concurrent=exp.search.max_concurrent), True
+        return GridPoints(conditional_grid(exp)), True
     # max_concurrent here too: with no num_samples (a time budget) the generator would otherwise queue
     # trials without end, and the budget runs out before one of them starts
     return BasicVariantGenerator(points_to_evaluate=warm_start_points(exp) or None, random_state=exp.search.seed,
@@ -169,5 +213,53 @@ def build(exp: Experiment, exp_dir: Path):
 def num_samples(exp: Experiment) -> int:
     """Ray's num_samples: a conditional grid runs each of its points once (plus the warm-start configs)."""
     if exp.search.algorithm == "grid" and exp.conditional:
-        return len(warm_start_points(exp)) + len(grid_configs(exp.searched, exp.search.grid_points))
+        return len(conditional_grid(exp))
     return exp.num_samples
+
+
+# --------------------------------------------------------------------------- a grid over a conditional tree
+def conditional_grid(exp: Experiment) -> list[dict]:
+    """Every config a grid search over a conditional tree runs: the warm-start configs first, each completed
+    from the first grid config that picks the same options, then every config of the tree."""
+    grid = grid_configs(exp.searched, exp.search.grid_points)
+    options = {k for k, node in _walk_nodes(exp.searched) if isinstance(node, Conditional)}
+    points = []
+    for cfg in warm_start_points(exp):
+        base = next((g for g in grid if all(g[k] == cfg[k] for k in options & set(cfg) & set(g))), {})
+        points.append({**base, **cfg})
+    return points + grid
+
+
+def _walk_nodes(space: dict):
+    for k, node in space.items():
+        yield k, node
+        if isinstance(node, Conditional):
+            for _, sub in node.options:
+                yield from _walk_nodes(sub)
+
+
+class GridPoints(Searcher):
+    """Hands out a fixed list of complete configs, each once, then says it is finished: the grid of a
+    conditional tree. Ray's grid_search cannot branch, and Ray's points_to_evaluate need every key of a point
+    in the param_space (which holds only the constants here, so a branch's keys are not there)."""
+
+    def __init__(self, configs: list[dict]):
+        super().__init__()
+        self._configs, self._next = [dict(c) for c in configs], 0
+
+    def suggest(self, trial_id: str) -> dict | str:
+        if self._next >= len(self._configs):
+            return Searcher.FINISHED
+        self._next += 1
+        return dict(self._configs[self._next - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # a grid does not learn from results
+
+    # --resume: JSON, never a pickle (the configs are YAML values: numbers, words, lists)
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"configs": self._configs, "next": self._next}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self._configs, self._next = state["configs"], int(state["next"])
