@@ -209,7 +209,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()),
                      metric=exp.metrics[0], mode=exp.modes[0], objectives=tuple(exp.metrics[1:]),
-                     run_id=uuid.uuid4().hex)
+                     run_id=uuid.uuid4().hex, trials_root=ray_path)
     # the arrays go to the object store once; every trial on a node maps the same copy
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
     # Ray snapshots the experiment (trial states, the searcher) every 10 s by default; a driver killed
