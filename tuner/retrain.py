@@ -7,6 +7,7 @@ from typing import Callable
 
 import pandas as pd
 
+from tuner import interrupt
 from tuner.engine import pick_device
 from tuner.metrics import classification_metrics
 from tuner.errors import UserError
@@ -42,6 +43,7 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     learner = family.learner(config, data.info, ctx)
     history = []
     for m in learner.fit(data, exp.scheduler.max_epochs):
+        interrupt.signal_for_tests("retrain")
         history.append(m)
         if learner.checkpoint_every_epoch:  # an epoch of a trained family, not a one-step fit
             say(f"  retrain epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_accuracy {m['val_accuracy']:.4f}")
