@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -250,3 +252,48 @@ def test_load_of_weights_that_do_not_fit_is_a_user_error(results, tmp_path):
 def test_export_to_a_new_folder_still_works_and_loads(results, tmp_path):
     assert main(["best", "--results", str(results), "--export", str(tmp_path / "a" / "b")]) == 0
     assert tuner.load(tmp_path / "a" / "b").class_names == [str(i) for i in range(10)]
+
+
+# ------------------------------------------------------------------------------------ the value range predict reads
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images[:200], np.round(d.images[:200] * 255 / 16).astype(np.uint8)  # floats 0-16, as trained
+
+
+def test_predict_takes_digits_as_scikit_learn_gives_them(results):
+    # load_digits().images are floats 0-16; taken as 0-255 they were near-black and every one came out "1"
+    model = tuner.load(results / NAME / "best")
+    raw, as_trained = _digits()
+    want = model.predict(as_trained)
+    assert len(set(want)) > 3
+    assert model.predict(raw) == want and model.predict(raw / 16) == want  # 0-16 and 0-1 floats
+    assert model.predict(raw, value_range=(0, 16)) == want
+    assert model.predict(raw.astype(np.uint8), value_range=(0, 16)) == want
+
+
+@pytest.mark.parametrize("images, fragment", [
+    (lambda raw: raw.astype(np.uint8), "value_range=(0, 16)"),   # uint8 0-16: grey levels, or dark pixels?
+    (lambda raw: raw - 8, "pass value_range=(low, high)"),        # negative
+    (lambda raw: raw * 100, "pass value_range=(low, high)"),      # above 255
+])
+def test_predict_refuses_images_whose_range_it_cannot_tell_in_one_line(results, images, fragment):
+    model = tuner.load(results / NAME / "best")
+    with pytest.raises(UserError, match=re.escape(fragment)) as err:
+        model.predict(images(_digits()[0]))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value_range", [(16, 0), (0,), "0-16", (0, float("nan"))])
+def test_predict_refuses_a_value_range_that_is_not_low_high(results, value_range):
+    with pytest.raises(UserError, match="value_range"):
+        tuner.load(results / NAME / "best").predict(_digits()[0], value_range=value_range)
+
+
+def test_a_bundle_from_before_value_range_predicts_as_it_always_did(results, tmp_path):
+    old = tuner.load(_bundle(tmp_path, results, lambda b: b["preprocessing"].pop("value_range")))
+    raw, _ = _digits()
+    assert old.trained_range is None
+    # floats above 1 were taken as 0-255, as before (the bundle does not say otherwise)
+    assert old.predict(raw) == old.predict(np.clip(raw, 0, 255).astype(np.uint8))

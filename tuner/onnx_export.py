@@ -65,6 +65,10 @@ def preprocessing(predictor) -> dict:
         "resize": "bilinear to height x width before the model (as tuner.load's images() does)",
         "mean": list(predictor.info.mean), "std": list(predictor.info.std),
         "normalization": "inside the model: x / 255, then (x - mean) / std per channel",
+        # the pixel values of the training data as its data set gave them (digits: 0-16 grey levels)
+        "value_range": list(predictor.trained_range or (0, 255)),
+        "to_input": "images in value_range [lo, hi] become uint8 as round((x - lo) * 255 / (hi - lo)); "
+                    "0-255 images as they are",
         "class_names": list(predictor.class_names), "opset": OPSET,
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,9 +32,17 @@ class Predictor:
         self.learner = fam.learner(self.config, self.info, RunContext(device=device))
         self.learner.load_weights(bundle["weights"])
         self.metrics = bundle.get("metrics", {})
+        # the range of the pixel values the training images came in (digits: 0-16); None in older bundles
+        recorded = bundle["preprocessing"].get("value_range")
+        self.trained_range: tuple[float, float] | None = tuple(map(float, recorded)) if recorded else None
 
-    def images(self, x: Any) -> np.ndarray:
-        """PIL image(s) or arrays (HW, HWC or NHWC; uint8 0-255 or float 0-1) -> uint8 NHWC at the model's size."""
+    def images(self, x: Any, value_range: tuple[float, float] | None = None) -> np.ndarray:
+        """PIL image(s) or arrays (HW, HWC or NHWC) -> uint8 NHWC at the model's size.
+
+        An array's values are taken in `value_range` (lo, hi) when given; else uint8 as 0-255, and other
+        dtypes as 0-1 floats, as the range the training images came in (the bundle's `value_range`: digits
+        0-16), or as 0-255: the narrowest that holds them all. What fits none, or uint8 that fits the training
+        range too (0-16 grey levels or dark 0-255 pixels?), is a UserError saying what to pass."""
         from PIL import Image
 
         if isinstance(x, Image.Image):
@@ -45,11 +53,15 @@ class Predictor:
             a = np.asarray(x)
             single = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3, 4))  # HW or HWC; else a batch
             items = [a] if single else list(a)
+        arrays = [np.asarray(i) for i in items if not isinstance(i, Image.Image)]
+        scale = self._scale(arrays, value_range) if self.trained_range or value_range else None
         out = np.empty((len(items), *self.size, self.channels), dtype=np.uint8)
         for i, item in enumerate(items):
             if not isinstance(item, Image.Image):
                 a = np.asarray(item)
-                if a.dtype != np.uint8:
+                if scale is not None:
+                    a = scale(a)
+                elif a.dtype != np.uint8:  # a bundle from before value_range: as it always was
                     a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
                 if a.ndim == 3 and a.shape[-1] == 1:
                     a = a[..., 0]
@@ -61,11 +73,55 @@ class Predictor:
             out[i] = arr[..., None] if arr.ndim == 2 else arr
         return out
 
-    def predict_proba(self, x: Any) -> np.ndarray:
-        return self.learner.predict_proba(self.images(x))
+    def _scale(self, arrays: list[np.ndarray], value_range) -> Callable[[np.ndarray], np.ndarray]:
+        """array -> uint8 0-255, from `value_range` or the range `input_range` reads off all the arrays."""
+        lo, hi = check_range(value_range) if value_range is not None else input_range(arrays, self.trained_range)
+        if arrays and value_range is not None:
+            low, high = min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays)
+            if low < lo or high > hi:
+                raise UserError(f"images: values from {low:g} to {high:g} are outside value_range=({lo:g}, "
+                                f"{hi:g}); pass the range they are in")
+        if (lo, hi) == (0, 255):
+            return lambda a: a if a.dtype == np.uint8 else np.clip(np.round(a), 0, 255).astype(np.uint8)
+        factor = 255.0 / (hi - lo)
+        return lambda a: np.clip(np.round((a.astype(np.float64) - lo) * factor), 0, 255).astype(np.uint8)
 
-    def predict(self, x: Any) -> list[str]:
-        return [self.class_names[i] for i in self.predict_proba(x).argmax(1)]
+    def predict_proba(self, x: Any, value_range: tuple[float, float] | None = None) -> np.ndarray:
+        return self.learner.predict_proba(self.images(x, value_range))
+
+    def predict(self, x: Any, value_range: tuple[float, float] | None = None) -> list[str]:
+        """Class names. `value_range`: the range an array's values are in, when not the one guessed (images())."""
+        return [self.class_names[i] for i in self.predict_proba(x, value_range).argmax(1)]
+
+
+def check_range(value_range) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise UserError(f"value_range={value_range!r}: give (low, high), two finite numbers with low < high, "
+                        f"such as (0, 255) or (0, 1)")
+    return lo, hi
+
+
+def input_range(arrays: list[np.ndarray], trained: tuple[float, float]) -> tuple[float, float]:
+    """The range images are in, read off their values: see Predictor.images."""
+    if not arrays:
+        return 0.0, 255.0
+    low, high = min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays)
+    is_uint8 = all(a.dtype == np.uint8 for a in arrays)
+    narrower = trained != (0, 255) and 1 < trained[1] < 255  # e.g. digits' 0-16 grey levels
+    if is_uint8 and narrower and high <= trained[1]:
+        raise UserError(f"images: uint8 values from {low:g} to {high:g}, and the model was trained on images "
+                        f"in {trained[0]:g}-{trained[1]:g}; pass value_range=({trained[0]:g}, {trained[1]:g}) "
+                        f"if they are in that range, or value_range=(0, 255)")
+    candidates = [(0.0, 255.0)] if is_uint8 else [(0.0, 1.0), tuple(map(float, trained)), (0.0, 255.0)]
+    for lo, hi in sorted(set(candidates), key=lambda r: r[1] - r[0]):
+        if lo <= low and high <= hi:
+            return lo, hi
+    raise UserError(f"images: values from {low:g} to {high:g} fit none of 0-1, 0-255 or the training images' "
+                    f"{trained[0]:g}-{trained[1]:g}; pass value_range=(low, high), the range they are in")
 
 
 def load(path: str | Path, device: str | None = None) -> Predictor:
