@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tuner.atomic import writing
 from tuner.errors import UserError
 from tuner.types import DataInfo
 
@@ -19,8 +20,9 @@ FORMAT = "tuner-bundle/1"
 
 
 def save_bundle(path: Path, exp, config: dict, learner, data, metrics: dict | None = None) -> None:
+    """`path` (model.pt), whole or not at all (tuner.atomic): a full disk leaves no 0-byte bundle."""
     info = data.info
-    torch.save({
+    bundle = {
         "format": FORMAT, "family": exp.family, "experiment": exp.name, "config": dict(config),
         "class_names": list(data.class_names),
         "preprocessing": {"height": info.height, "width": info.width, "channels": info.channels,
@@ -28,7 +30,9 @@ def save_bundle(path: Path, exp, config: dict, learner, data, metrics: dict | No
                           # the pixel values the data set gave (digits 0-16): predict reads arrays in it
                           "value_range": [float(v) for v in getattr(data, "value_range", (0, 255))]},
         "weights": learner.weights(), "metrics": dict(metrics or {}),
-    }, path)
+    }
+    with writing(path) as tmp:
+        torch.save(bundle, tmp)
 
 
 def read_bundle(path: str | Path) -> dict:

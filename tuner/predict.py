@@ -2,6 +2,7 @@
 and `tuner best --export`'s copy of the retrained model into a deployable folder."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tuner.atomic import writing
 from tuner.bundle import data_info, read_bundle
 from tuner.engine import pick_device
 from tuner.errors import UserError
@@ -145,11 +147,13 @@ def check_destination(exp_dir: Path, dest: Path) -> None:
     if target == src or src in target.parents:
         raise UserError(f"--export {dest}: is the experiment's own best/ folder (the export is copied from "
                         f"it); give another folder, or leave DIR out for {RunDir(exp_dir).export}")
+    probe = dest / ".tuner-write-check"
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        probe = dest / ".tuner-write-check"
-        probe.write_bytes(b"")
-        probe.unlink()
+        try:
+            probe.write_bytes(b"")
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:  # the CLI says "disk full" in one place
             raise
@@ -157,13 +161,20 @@ def check_destination(exp_dir: Path, dest: Path) -> None:
 
 
 def export(exp_dir: Path, dest: Path) -> Path:
-    """Copy the retrained best model and its reports into a deployable folder."""
+    """Copy the retrained best model and its reports into a deployable folder, whole or not at all: every
+    file is copied to a temporary name first (tuner.atomic) and only once all are, they replace the old ones;
+    a full disk leaves the folder as it was, never a 0-byte model.pt or a new metrics.json beside an old model."""
     check_destination(exp_dir, dest)
     src = RunDir(exp_dir).best
     try:
-        for f in src.iterdir():
-            if f.is_file():
-                shutil.copy2(f, dest / f.name)
+        with contextlib.ExitStack() as staged:
+            for f in sorted(src.iterdir()):
+                if f.is_file():
+                    tmp = staged.enter_context(writing(dest / f.name))
+                    # not shutil.copy2: on a full disk it names the file copied from, not the one written
+                    with open(f, "rb") as src_file, open(tmp, "wb") as out:
+                        shutil.copyfileobj(src_file, out)
+                    shutil.copystat(f, tmp)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from tuner import interrupt
+from tuner.atomic import writing
 from tuner.errors import UserError
 from tuner.families import get_family
 from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
@@ -197,7 +198,8 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     t0 = time.perf_counter()
     interrupt.signal_for_tests("prepare")
     data = prepare(exp.dataset, cache_dir=cache_dir())
-    np.savez(run_dir.split, **data.indices)
+    with writing(run_dir.split) as tmp:
+        np.savez(tmp, **data.indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
         f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s)")

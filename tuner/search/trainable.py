@@ -4,6 +4,7 @@ Everything else (families, engine, data) is plain PyTorch and runs the same with
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -78,11 +79,15 @@ def _remember_failure(spec: "TrialSpec", trial_id: str, why: str) -> None:
         return
     try:
         fs, path = _failure_marker(spec, trial_id)
+    except (OSError, pyarrow.ArrowException):
+        return
+    try:
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(f"{spec.run_id}\n{why}".encode())
-    except (OSError, pyarrow.ArrowException):
-        pass  # a retry then repeats the failure once, as it would without the file
+    except (OSError, pyarrow.ArrowException):  # a full disk: a retry then repeats the failure once, as it
+        with contextlib.suppress(OSError, pyarrow.ArrowException):  # would without the file; none half-written
+            fs.delete_file(path)
 
 
 @dataclass(frozen=True)
