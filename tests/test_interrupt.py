@@ -74,6 +74,10 @@ NOTHING_SAVED = "before anything was saved: nothing to resume"
     ("fit:SIGINT,SIGINT", 130, "--resume` continues"),
     ("retrain:SIGINT", 130, "--resume` continues"),
     ("retrain:SIGTERM,SIGINT", 143, "--resume` continues"),
+    # SIGTERM to every process of the search, Ray's too, as a batch system sends it: Ray's shutdown without
+    # its GCS waited 60 s and exited 1; tuner is gone within tuner.interrupt.SIGTERM_GRACE_S
+    ("fit:-SIGTERM", 143, "--resume` continues"),
+    ("retrain:-SIGTERM", 143, "--resume` continues"),
 ], ids=lambda v: str(v).replace(" ", "") if isinstance(v, str) else "")
 def test_a_signal_at_any_moment_of_a_search_stops_it_with_one_line(tmp_path, hook, status, says):
     code, out, results = _search(tmp_path, hook)

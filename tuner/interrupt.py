@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# after SIGTERM the process is gone within this many seconds, saved or not: a batch system (Slurm) sends it
+# to every process of the job, Ray's too, and with its GCS gone Ray's shutdown waits 60 s and exits 1
+SIGTERM_GRACE_S = 20.0
 TEST_HOOK = "TUNER_TEST_SIGNAL"  # tests only: see signal_for_tests
 
 
@@ -85,7 +88,6 @@ def restore(previous: dict) -> None:
 def exiting() -> None:
     """The command has returned: a signal while the process shuts down (Ray's, in atexit) exits quietly."""
     _state.raised = _state.said = True
-    _state.first = _state.first or signal.SIGINT
 
 
 def note_resumable(check: Callable[[], bool] | None) -> None:
@@ -116,6 +118,10 @@ def _on_signal(signum: int, frame) -> None:
         _exit_now(_state.first or signum)
     if _state.first is None:
         _state.first = signum
+        if signum == signal.SIGTERM:  # the stop may hang on Ray's processes, ended by the same SIGTERM
+            timer = threading.Timer(SIGTERM_GRACE_S, _exit_now, (signum,))
+            timer.daemon = True
+            timer.start()
         if _state.forward is not None and _state.forward():
             return  # Tune stops and saves; the driver raises once it has (raise_received)
     _state.raised = True
@@ -200,6 +206,7 @@ def signal_for_tests(phase: str) -> None:
     """Tests only: with TUNER_TEST_SIGNAL=PHASE[+SECONDS]:SIG[,SIG...] (e.g. `prepare:SIGINT`,
     `ray+1:SIGTERM`, `fit:SIGINT,SIGINT`) the process sends itself those signals on reaching PHASE, the
     first SECONDS later (default 0), then 0.3 s apart; so a test interrupts a named moment, not a lucky one.
+    `-SIGTERM` sends it to the whole process group, Ray's processes included, as a batch system does.
     Phases: start (cli), prepare (the data), ray (its start), fit (the first trial result), retrain."""
     want, _, sigs = os.environ.get(TEST_HOOK, "").partition(":")
     name, _, delay = want.partition("+")
@@ -211,6 +218,9 @@ def signal_for_tests(phase: str) -> None:
         time.sleep(float(delay or 0))
         for i, sig in enumerate(sigs.split(",")):
             time.sleep(0.3 if i else 0)
-            os.kill(os.getpid(), getattr(signal, sig))
+            if sig.startswith("-"):
+                os.killpg(os.getpgrp(), getattr(signal, sig[1:]))
+            else:
+                os.kill(os.getpid(), getattr(signal, sig))
 
     threading.Thread(target=send, daemon=True).start()
