@@ -67,8 +67,10 @@ NOTHING_SAVED = "before anything was saved: nothing to resume"
     ("prepare:SIGINT", 130, NOTHING_SAVED),       # data preparation
     ("prepare:SIGTERM", 143, NOTHING_SAVED),
     ("prepare:SIGINT,SIGINT", 130, NOTHING_SAVED),  # a second Ctrl-C 0.3 s later: no traceback either
-    ("ray+1:SIGINT", 130, NOTHING_SAVED),         # a second into Ray's start (it forks a dozen processes)
-    ("ray+1:SIGTERM", 143, NOTHING_SAVED),
+    # Ray's start: inside the at-fork hook of its first process, where Python drops what a handler raises
+    ("ray+fork:SIGINT", 130, NOTHING_SAVED),
+    ("ray+fork:SIGTERM", 143, NOTHING_SAVED),     # ray.init's own handler has SIGTERM then
+    ("ray+fork:SIGINT,SIGINT", 130, NOTHING_SAVED),
     ("fit:SIGINT", 130, "--resume` continues"),   # a trial has reported: Tune saves, --resume continues
     ("fit:SIGTERM", 143, "--resume` continues"),
     ("fit:SIGINT,SIGINT", 130, "--resume` continues"),

@@ -132,8 +132,11 @@ def _unraisable(unraisable) -> None:
     """Python drops an exception raised where nothing can catch it (a fork's at-fork hook, __del__, a weakref
     callback) with an "Exception ignored in" traceback. A signal handled there raised its Interrupted into
     the void: Ray's start forks a dozen processes, and a Ctrl-C during it was lost that way while the search
-    ran on. So the signal is sent again a moment later, to be raised where the program is then."""
+    ran on. So the signal is sent again a moment later, to be raised where the program is then. The same
+    for SIGTERM while ray.init holds it (its handler raises SystemExit(SIGTERM): tuner.search.cluster)."""
     exc = unraisable.exc_value
+    if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and not _state.said:
+        exc = Interrupted(signal.SIGTERM)
     if isinstance(exc, Interrupted) and not _state.said:
         _state.resend = True
         timer = threading.Timer(0.05, os.kill, (os.getpid(), exc.signum))
@@ -203,24 +206,37 @@ def _exit_now(signum: int) -> None:
 
 
 def signal_for_tests(phase: str) -> None:
-    """Tests only: with TUNER_TEST_SIGNAL=PHASE[+SECONDS]:SIG[,SIG...] (e.g. `prepare:SIGINT`,
-    `ray+1:SIGTERM`, `fit:SIGINT,SIGINT`) the process sends itself those signals on reaching PHASE, the
-    first SECONDS later (default 0), then 0.3 s apart; so a test interrupts a named moment, not a lucky one.
-    `-SIGTERM` sends it to the whole process group, Ray's processes included, as a batch system does.
+    """Tests only: with TUNER_TEST_SIGNAL=PHASE[+WHEN]:SIG[,SIG...] (e.g. `prepare:SIGINT`, `fit:SIGINT,SIGINT`,
+    `ray+fork:SIGTERM`) the process sends itself those signals on reaching PHASE, 0.3 s apart; so a test
+    interrupts a named moment, not a lucky one. WHEN: SECONDS later, or `fork`: the first one handled inside
+    the at-fork hook of the next process this one starts (Ray's start: where Python drops what a handler
+    raises). `-SIGTERM` goes to the whole process group, Ray's processes included, as a batch system sends it.
     Phases: start (cli), prepare (the data), ray (its start), fit (the first trial result), retrain."""
     want, _, sigs = os.environ.get(TEST_HOOK, "").partition(":")
-    name, _, delay = want.partition("+")
+    name, _, when = want.partition("+")
     if name != phase or not sigs:
         return
     os.environ.pop(TEST_HOOK)  # once
+    names = sigs.split(",")
 
-    def send():
-        time.sleep(float(delay or 0))
-        for i, sig in enumerate(sigs.split(",")):
+    def send(names: list[str], delay: float) -> None:
+        time.sleep(delay)
+        for i, sig in enumerate(names):
             time.sleep(0.3 if i else 0)
             if sig.startswith("-"):
                 os.killpg(os.getpgrp(), getattr(signal, sig[1:]))
             else:
                 os.kill(os.getpid(), getattr(signal, sig))
 
-    threading.Thread(target=send, daemon=True).start()
+    if when != "fork":
+        threading.Thread(target=send, args=(names, float(when or 0)), daemon=True).start()
+        return
+    armed = [True]
+
+    def after_fork() -> None:
+        if armed:
+            armed.clear()
+            threading.Thread(target=send, args=(names[1:], 0.3), daemon=True).start()
+            signal.raise_signal(getattr(signal, names[0]))  # handled here, inside the hook
+
+    os.register_at_fork(after_in_parent=after_fork)
