@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import tuner
+from tuner import interrupt
 from tuner.cli import build_parser, main
 from tuner.errors import UserError
 
@@ -173,6 +174,7 @@ def test_dashboard_port_0_is_refused_and_65535_accepted_by_the_parser():
 @pytest.mark.parametrize("resume", [[], ["--resume"], ["--resum"]])
 def test_ctrl_c_during_search_prints_the_users_own_command_with_resume_once(monkeypatch, capsys, resume):
     def interrupted(args):
+        interrupt.note_resumable(lambda: True)  # as the driver does: Ray has saved the experiment
         raise KeyboardInterrupt
 
     monkeypatch.setattr("tuner.commands.search", interrupted)
@@ -184,6 +186,21 @@ def test_ctrl_c_during_search_prints_the_users_own_command_with_resume_once(monk
     assert lines[0].startswith("interrupted; `") and lines[0].endswith("` continues where this stopped")
     command = lines[0].split("`")[1]
     assert shlex.split(command) == ["tuner", *argv] + ([] if resume else ["--resume"])  # runnable as printed
+
+
+@pytest.mark.parametrize("resume", [[], ["--resum", "--retry-failed"]])
+def test_ctrl_c_before_anything_was_saved_says_nothing_to_resume_and_how_to_start_again(monkeypatch, capsys,
+                                                                                        resume):
+    def interrupted(args):
+        interrupt.note_resumable(lambda: False)  # Ray has saved nothing yet (data preparation, Ray's start)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuner.commands.search", interrupted)
+    argv = shlex.split("search --space s.yaml --results 'out dir' --set search.num_samples=2")
+    assert main(argv + resume) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "nothing to resume" in lines[0] and lines[0].endswith("starts the search again")
+    assert shlex.split(lines[0].split("`")[1]) == ["tuner", *argv]
 
 
 def test_output_into_a_closed_pipe_ends_quietly_like_a_unix_tool(tmp_path):

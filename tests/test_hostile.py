@@ -1,17 +1,24 @@
 """Hostile input and faults (issue 11): each mistake is exit 2 and one `error:` line, through the real CLI.
 
-The table covers bad space files and `--set` values, corrupt results files, unusable `--results` and
-`--export` folders and a full disk; bundles (read by `tuner.load`, not the CLI) are checked after it. The results folder is a real one: a digits linear
-experiment whose best config is retrained (1 epoch, no Ray) by the same `retrain_best` a search calls.
+The table covers bad space files and `--set` values, corrupt results files and unusable `--results` and
+`--export` folders; bundles (read by `tuner.load`, not the CLI), the value range `predict` reads and a real
+full disk (a small tmpfs: `best --export`, `--format onnx`, `compare`, a search) are checked after it. The
+results folder is a real one: a digits linear experiment whose best config is retrained (1 epoch, no Ray) by
+the same `retrain_best` a search calls. (A full disk was a comparison.md linked to /dev/full; every file is
+now written to a temporary and renamed, which replaces such a link, so the real one is used.)
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -118,11 +125,6 @@ def _bundle(tmp: Path, results: Path, change) -> str:
     return str(tmp / "model.pt")
 
 
-def _full_disk(results: Path) -> None:
-    (results / "comparison.md").unlink(missing_ok=True)
-    (results / "comparison.md").symlink_to("/dev/full")
-
-
 # (id, argv with {tmp} {results} {digits} {space}, prepare(tmp, results) -> value of {space} or None, fragment)
 TABLE = [
     # the space file and --set
@@ -220,8 +222,6 @@ TABLE = [
      None, "own best/ folder"),
     ("best --export to a read-only folder", ["best", "--results", "{results}", "--export", "{tmp}/ro"], "read-only",
      "cannot write"),
-    ("full disk writing the comparison", ["compare", "--results", "{results}"], lambda t, r: _full_disk(r),
-     "the disk is full"),
 ]
 
 
@@ -320,3 +320,150 @@ def test_a_fifo_in_place_of_a_results_file_is_refused_without_waiting(results, c
     if (command, rel) == ("best", "trials.csv"):  # read because it is there: refused, naming it
         assert proc.returncode == 2 and lines[0].startswith("error:") and "not a regular file" in lines[0]
         assert str(path) in lines[0]
+
+
+# ------------------------------------------------------------------------------------ the value range predict reads
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images[:200], np.round(d.images[:200] * 255 / 16).astype(np.uint8)  # floats 0-16, as trained
+
+
+def test_predict_takes_digits_as_scikit_learn_gives_them(results):
+    # load_digits().images are floats 0-16; taken as 0-255 they were near-black and every one came out "1"
+    model = tuner.load(results / NAME / "best")
+    raw, as_trained = _digits()
+    want = model.predict(as_trained)
+    assert len(set(want)) > 3
+    assert model.predict(raw) == want and model.predict(raw / 16) == want  # 0-16 and 0-1 floats
+    assert model.predict(raw, value_range=(0, 16)) == want
+    assert model.predict(raw.astype(np.uint8), value_range=(0, 16)) == want
+
+
+@pytest.mark.parametrize("images, fragment", [
+    (lambda raw: raw.astype(np.uint8), "value_range=(0, 16)"),   # uint8 0-16: grey levels, or dark pixels?
+    (lambda raw: raw - 8, "pass value_range=(low, high)"),        # negative
+    (lambda raw: raw * 100, "pass value_range=(low, high)"),      # above 255
+])
+def test_predict_refuses_images_whose_range_it_cannot_tell_in_one_line(results, images, fragment):
+    model = tuner.load(results / NAME / "best")
+    with pytest.raises(UserError, match=re.escape(fragment)) as err:
+        model.predict(images(_digits()[0]))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value_range", [(16, 0), (0,), "0-16", (0, float("nan"))])
+def test_predict_refuses_a_value_range_that_is_not_low_high(results, value_range):
+    with pytest.raises(UserError, match="value_range"):
+        tuner.load(results / NAME / "best").predict(_digits()[0], value_range=value_range)
+
+
+def test_a_bundle_from_before_value_range_predicts_as_it_always_did(results, tmp_path):
+    old = tuner.load(_bundle(tmp_path, results, lambda b: b["preprocessing"].pop("value_range")))
+    raw, _ = _digits()
+    assert old.trained_range is None
+    # floats above 1 were taken as 0-255, as before (the bundle does not say otherwise)
+    assert old.predict(raw) == old.predict(np.clip(raw, 0, 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------ a real full disk
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real file system of 4 MiB (tmpfs) to fill: a full disk as a user meets it. Needs root to mount."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _pages(n: int) -> int:
+    page = os.sysconf("SC_PAGE_SIZE")
+    return -(-n // page) * page
+
+
+def _fill(disk: Path, leave: int = 0) -> None:
+    """Fill the disk but `leave` bytes (tmpfs counts whole pages, written zeros too)."""
+    st = os.statvfs(disk)
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - leave))
+
+
+def _half_written(folder: Path) -> list[Path]:
+    """tuner's 0-byte files and left temporaries under `folder` (Ray's own folder ray/ is Ray's)."""
+    return [p for p in folder.rglob("*") if p.is_file() and "ray" not in p.relative_to(folder).parts[:-1]
+            and p.name != "filler" and (p.stat().st_size == 0 or ".tmp" in p.name)]
+
+
+def _disk_full_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the disk is full"), err
+    return err[0]
+
+
+def test_best_export_onto_a_full_disk_leaves_no_0_byte_bundle(results, small_disk, capsys):
+    dest = small_disk / "export"
+    _fill(small_disk)
+    assert main(["best", "--results", str(results), "--export", str(dest)]) == 2
+    line = _disk_full_line(capsys)
+    assert str(dest) in line and ".tmp" not in line  # the file's own name, not its temporary's
+    assert not _half_written(small_disk)
+    with pytest.raises(UserError, match="no model bundle there"):  # not a torch error on a 0-byte model.pt
+        tuner.load(dest)
+
+
+def test_an_export_over_an_older_one_on_a_full_disk_leaves_the_older_one_whole(results, small_disk, capsys):
+    dest = small_disk / "export"
+    assert main(["best", "--results", str(results), "--export", str(dest)]) == 0
+    old = {p.name: p.read_bytes() for p in dest.iterdir()}
+    metrics = results / NAME / "best" / "metrics.json"  # a newer retrain's metrics, to export over the old
+    metrics.write_text(metrics.read_text().replace("{", '{"newer": 1, ', 1))
+    _fill(small_disk, leave=_pages(1))  # room for one small file, not for all of them
+    capsys.readouterr()
+    assert main(["best", "--results", str(results), "--export", str(dest)]) == 2
+    _disk_full_line(capsys)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == old  # no new metrics.json beside the old model
+    assert not _half_written(small_disk)
+
+
+def test_onnx_export_onto_a_full_disk_writes_no_half_model_onnx(results, small_disk, capsys):
+    pytest.importorskip("onnx")
+    dest = small_disk / "export"
+    best = [f for f in (results / NAME / "best").iterdir() if f.is_file()]
+    _fill(small_disk, leave=sum(_pages(f.stat().st_size) for f in best))  # the bundle fits, model.onnx not
+    assert main(["best", "--results", str(results), "--export", str(dest), "--format", "onnx"]) == 2
+    assert "model.onnx" in _disk_full_line(capsys)
+    assert not (dest / "model.onnx").exists() and not (dest / "preprocessing.json").exists()
+    assert not _half_written(small_disk)
+    assert tuner.load(dest).class_names == [str(i) for i in range(10)]  # the bundle itself is whole
+
+
+@pytest.mark.parametrize("fmt", ["md", "html", "csv"])
+def test_compare_on_a_full_disk_leaves_no_empty_table(results, small_disk, capsys, fmt):
+    on_disk = Path(shutil.copytree(results, small_disk / "results"))
+    assert main(["compare", "--results", str(on_disk)]) == 0  # the tables as they were
+    before = {p.name: p.read_bytes() for p in on_disk.glob("comparison.*")}
+    (on_disk / NAME / "best" / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "num_params": 1}))
+    _fill(small_disk)
+    capsys.readouterr()
+    assert main(["compare", "--results", str(on_disk), "--format", fmt]) == 2
+    _disk_full_line(capsys)
+    assert {p.name: p.read_bytes() for p in on_disk.glob("comparison.*")} == before
+    assert not _half_written(small_disk)
+
+
+@pytest.mark.slow
+def test_a_search_that_fills_the_disk_says_so_in_one_line_and_leaves_no_half_file(small_disk):
+    results = small_disk / "results"
+    _fill(small_disk, leave=400 << 10)  # room for the data split and the first tables, not for the trials
+    r = subprocess.run([sys.executable, "-m", "tuner", "search", "--space", str(DIGITS), "--results", str(results),
+                        "--no-dashboard", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    err = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert r.returncode == 2 and err[-1].startswith("error: the disk is full"), r.stderr[-3000:]
+    # Ray printed the failed trial's 40-line worker traceback after it ("Unhandled error")
+    assert "Traceback" not in r.stderr + r.stdout and "Unhandled error" not in r.stderr, r.stderr[-3000:]
+    assert not _half_written(results)  # a .epochs.csv.*.tmp was left

@@ -58,7 +58,8 @@ def test_only_the_search_package_imports_ray():
     assert not offenders, f"ray imported outside tuner/search/: {sorted(offenders)}"
 
 
-@pytest.mark.parametrize("leaf", ["tuner.errors", "tuner.types", "tuner.settings", "tuner.bounds", "tuner.files"])
+@pytest.mark.parametrize("leaf", ["tuner.errors", "tuner.types", "tuner.settings", "tuner.bounds", "tuner.files",
+                                  "tuner.atomic", "tuner.interrupt"])
 def test_leaf_modules_import_nothing_from_tuner(leaf):
     assert leaf in GRAPH, f"{leaf} is missing"
     assert not _tuner_imports(leaf), f"{leaf} imports {sorted(_tuner_imports(leaf))}"

@@ -49,6 +49,13 @@ def assert_onnx_matches_load(folder: Path, data) -> None:
                             "shape": ["batch", info.height, info.width, info.channels], "range": [0, 255]}
     assert pre["class_names"] == list(data.class_names) and pre["mean"] == list(info.mean)
     assert pre["std"] == list(info.std) and (pre["height"], pre["width"]) == (info.height, info.width)
+    # the training images' own range (digits: 0-16 grey levels) and how such images become the input
+    assert pre["value_range"] == [0, 16] and "round((x - lo) * 255 / (hi - lo))" in pre["to_input"]
+    if (info.height, info.width) == (8, 8):  # the images as scikit-learn gives them, not resized
+        from sklearn.datasets import load_digits
+
+        raw = load_digits().images[data.indices["test"]]  # floats 0-16
+        assert np.abs(onnx_proba(model, predictor.images(raw)) - expected).max() < 1e-4
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ bundle back into a working model needs the family registry and is `tuner.predict
 """
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
 import torch
 
+from tuner.atomic import writing
 from tuner.errors import UserError
 from tuner.types import DataInfo
 
@@ -18,14 +20,19 @@ FORMAT = "tuner-bundle/1"
 
 
 def save_bundle(path: Path, exp, config: dict, learner, data, metrics: dict | None = None) -> None:
+    """`path` (model.pt), whole or not at all (tuner.atomic): a full disk leaves no 0-byte bundle."""
     info = data.info
-    torch.save({
+    bundle = {
         "format": FORMAT, "family": exp.family, "experiment": exp.name, "config": dict(config),
         "class_names": list(data.class_names),
         "preprocessing": {"height": info.height, "width": info.width, "channels": info.channels,
-                          "mean": list(info.mean), "std": list(info.std), "dataset": data.name},
+                          "mean": list(info.mean), "std": list(info.std), "dataset": data.name,
+                          # the pixel values the data set gave (digits 0-16): predict reads arrays in it
+                          "value_range": [float(v) for v in getattr(data, "value_range", (0, 255))]},
         "weights": learner.weights(), "metrics": dict(metrics or {}),
-    }, path)
+    }
+    with writing(path) as tmp:
+        torch.save(bundle, tmp)
 
 
 def read_bundle(path: str | Path) -> dict:
@@ -66,6 +73,12 @@ def _check_bundle(bundle: dict, path: Path) -> None:
             if not isinstance(block[key], typ) or isinstance(block[key], bool):
                 raise UserError(f"{path}: the bundle's {where}{key} is not a {typ.__name__}; "
                                 f"export it again with `tuner best --export`")
+    value_range = bundle["preprocessing"].get("value_range")  # bundles from before it have none
+    if value_range is not None and not (isinstance(value_range, list) and len(value_range) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value_range)
+            and value_range[0] < value_range[1]):
+        raise UserError(f"{path}: the bundle's preprocessing.value_range is not [low, high]; "
+                        f"export it again with `tuner best --export`")
 
 
 def data_info(bundle: dict) -> DataInfo:

@@ -1,6 +1,7 @@
 """`tuner search | best | compare | validate | list`: argument parsing only; each command returns an exit status.
 
-0 success, 2 a user error (one `error:` line, no traceback), 1 anything unexpected.
+0 success, 2 a user error (one `error:` line, no traceback), 1 anything unexpected, 130 Ctrl-C (SIGINT),
+143 SIGTERM (tuner.interrupt), 141 a closed output pipe.
 """
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import argparse
 import errno
 import os
 import shlex
+import signal
 import sys
 import traceback
 
+from tuner import interrupt
 from tuner.errors import UserError
 
 
@@ -97,10 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """The `tuner` command. With `argv` None it is the program itself (python -m tuner, the console script):
+    SIGINT and SIGTERM then stay tuner's until the process has exited, Ray's shutdown included; called with
+    a list (from Python, tests) the caller's handlers come back when it returns."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
+    previous = interrupt.begin(lambda signum: _interrupted_line(signum, argv, args))
     try:
+        interrupt.signal_for_tests("start")
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.version:
             from tuner import __version__
@@ -125,24 +134,42 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno != errno.ENOSPC:
             traceback.print_exc()
             return 1
-        # a full disk is the one OSError a user fixes: say so in one line, and that nothing was rolled back
-        where = f" writing {exc.filename}" if exc.filename else ""
-        again = (resume_command(argv, args.resume) if getattr(args, "command", None) == "search"
-                 else "tuner search --resume")
-        print(f"error: the disk is full{where}; what was written before it is kept, a search's finished trials "
-              f"included: free some space and run the command again (`{again}` continues a search)",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if getattr(args, "command", None) == "search":  # the user's own arguments, which --resume needs again
-            print(f"interrupted; `{resume_command(argv, args.resume)}` continues where this stopped",
-                  file=sys.stderr)
-        else:
-            print("interrupted", file=sys.stderr)
-        return 130
+        return _disk_full(exc, argv, args)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (tuner.interrupt): one line, 130 or 143
+        return interrupt.finish(exc)
     except Exception:  # noqa: BLE001 - the one place that turns a bug into exit status 1
         traceback.print_exc()
         return 1
+    finally:
+        if program:
+            interrupt.exiting()
+        else:
+            interrupt.restore(previous)
+
+
+def _disk_full(exc: OSError, argv: list[str], args) -> int:
+    # a full disk is the one OSError a user fixes: say so in one line, and that nothing was rolled back
+    where = f" writing {exc.filename}" if exc.filename else ""
+    again = (resume_command(argv, args.resume) if getattr(args, "command", None) == "search"
+             else "tuner search --resume")
+    print(f"error: the disk is full{where}; what was written before it is kept, a search's finished trials "
+          f"included: free some space and run the command again (`{again}` continues a search)", file=sys.stderr)
+    return 2
+
+
+def _interrupted_line(signum: int, argv: list[str], args) -> str:
+    """What an interrupted command says: for a search, the command that continues it, or, when nothing was
+    saved yet, the one that starts it again."""
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    if (getattr(args, "command", None) or (argv or [None])[0]) != "search":  # args: None while parsing
+        return what
+    resumed = bool(getattr(args, "resume", "--resume" in argv))
+    if interrupt.resumable(default=resumed):  # the user's own arguments, which --resume needs again
+        return f"{what}; `{resume_command(argv, resumed)}` continues where this stopped"
+    options = ("--resume", "--retry-failed")  # or a prefix argparse took for one
+    again = resume_command([a for a in argv if not any(a.startswith(o[:6]) and o.startswith(a) for o in options)],
+                           resumed=True)
+    return f"{what} before anything was saved: nothing to resume; `{again}` starts the search again"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tuner.atomic import write_text
 from tuner.families import Family, Param, shipped_families
 
 FAMILIES_MD = Path(__file__).resolve().parent.parent / "docs" / "families.md"
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else FAMILIES_MD
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render())
+    write_text(path, render())
     print(f"wrote {path}")
     return 0
 

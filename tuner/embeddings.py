@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tuner.atomic import writing
+
 
 def cache_path(cache_dir: str | os.PathLike, data_key: str, extractor_key: str) -> Path:
     digest = hashlib.sha1(f"{data_key}|{extractor_key}".encode()).hexdigest()[:16]
@@ -88,8 +90,7 @@ def cached(data, extractor_key: str, extractor: Callable, pre: Callable, device=
                 f.unlink()  # written for other images under the same key (a hand-edited cache): never reuse it
             if not f.is_file():
                 feats = compute(extractor, pre, data.split(s)[0], device, batch_size)
-                tmp = folder / f".{s}.{os.getpid()}.npy"
-                np.save(tmp, feats)
-                os.replace(tmp, f)  # atomic: a reader never sees half a file
+                with writing(f) as tmp:  # a reader never sees half a file
+                    np.save(tmp, feats)
             out[s] = np.load(f, mmap_mode="r")
     return out

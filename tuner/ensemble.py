@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from tuner.atomic import write_text
 from tuner.errors import UserError
 from tuner.rundir import RunDir
 
@@ -115,7 +116,7 @@ def build(results: Path, name: str, members: list[str], say: Callable[[str], Non
     metrics = classification_metrics(y_test, proba)
     metrics.update(num_params=num_params, train_time_s=round(train_time, 3))
     out.write_json(out.metrics, metrics)
-    out.ensemble.write_text(yaml.safe_dump(
+    write_text(out.ensemble, yaml.safe_dump(
         {"name": name, "family": "ensemble", "combine": "mean of class probabilities", "members": per_member,
          "dataset": ms[0].dir.read_space()["dataset"]}, sort_keys=False))
     test_report(out.best, y_test, proba, class_names, history=None)

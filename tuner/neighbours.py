@@ -6,7 +6,6 @@ Numerics only (torch, numpy, scikit-learn for the manhattan fallback): no family
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tuner.atomic import writing
 
 K_TABLE = 64          # neighbours kept per query: every searched k up to this is a look-up
 
@@ -146,9 +147,8 @@ class TableCache:
                         table = None
                 if table is None:
                     table = neighbours(train, query, kind, want, device)
-                    tmp = folder / f".{f.stem}.{os.getpid()}.npz"
-                    np.savez(tmp, idx=table.idx, **{f"dist_{m}": v for m, v in table.dist.items()})
-                    os.replace(tmp, f)
+                    with writing(f) as tmp:
+                        np.savez(tmp, idx=table.idx, **{f"dist_{m}": v for m, v in table.dist.items()})
         self.tables[full] = table
         while len(self.tables) > self.size:
             self.tables.popitem(last=False)

@@ -11,6 +11,8 @@ training set and a scikit-learn model in the bundle and are used through `tuner.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from tuner.atomic import writing
 from tuner.errors import UserError
 
 ONNX_FAMILIES = ("linear", "mlp", "cnn", "transfer")
@@ -65,6 +68,10 @@ def preprocessing(predictor) -> dict:
         "resize": "bilinear to height x width before the model (as tuner.load's images() does)",
         "mean": list(predictor.info.mean), "std": list(predictor.info.std),
         "normalization": "inside the model: x / 255, then (x - mean) / std per channel",
+        # the pixel values of the training data as its data set gave them (digits: 0-16 grey levels)
+        "value_range": list(predictor.trained_range or (0, 255)),
+        "to_input": "images in value_range [lo, hi] become uint8 as round((x - lo) * 255 / (hi - lo)); "
+                    "0-255 images as they are",
         "class_names": list(predictor.class_names), "opset": OPSET,
     }
 
@@ -83,14 +90,18 @@ def export_onnx(bundle_dir: Path) -> Path:
     h, w = predictor.size
     example = torch.zeros(2, h, w, predictor.channels, dtype=torch.uint8)
     path = bundle_dir / "model.onnx"
+    graph = io.BytesIO()  # built in memory, then written whole or not at all with its preprocessing.json
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter: the dynamo one needs onnxscript, and this graph has nothing it needs
         # (torch warns that the exporter is legacy; that is for torch's developers, not for our users)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=[INPUT],
+        torch.onnx.export(net, (example,), graph, dynamo=False, opset_version=OPSET, input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
-    onnx.checker.check_model(onnx.load(str(path)))
-    (bundle_dir / "preprocessing.json").write_text(json.dumps(preprocessing(predictor), indent=2) + "\n")
+    onnx.checker.check_model(onnx.load_from_string(graph.getvalue()))
+    with contextlib.ExitStack() as staged:  # both are replaced only once both are written
+        staged.enter_context(writing(path)).write_bytes(graph.getvalue())
+        staged.enter_context(writing(bundle_dir / "preprocessing.json")).write_text(
+            json.dumps(preprocessing(predictor), indent=2) + "\n")
     return path
 
 

@@ -7,6 +7,8 @@ from typing import Callable
 
 import pandas as pd
 
+from tuner import interrupt
+from tuner.atomic import write_text
 from tuner.engine import pick_device
 from tuner.metrics import classification_metrics
 from tuner.errors import UserError
@@ -42,6 +44,7 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     learner = family.learner(config, data.info, ctx)
     history = []
     for m in learner.fit(data, exp.scheduler.max_epochs):
+        interrupt.signal_for_tests("retrain")
         history.append(m)
         if learner.checkpoint_every_epoch:  # an epoch of a trained family, not a one-step fit
             say(f"  retrain epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_accuracy {m['val_accuracy']:.4f}")
@@ -50,8 +53,10 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     proba = learner.predict_proba(data.x_test)
     metrics = classification_metrics(data.y_test, proba)
     metrics.update(num_params=int(learner.num_params), train_time_s=round(train_time, 3))
-    run.write_json(run.metrics, metrics)
-    pd.DataFrame(history).to_csv(run.history, index=False)
-    test_report(run.best, data.y_test, proba, data.class_names, history)
+    # metrics.json last: `compare` and `list` take it as the sign of a finished retrain, so a write that
+    # fails before it (a full disk) leaves no row for a model that is not there
     save_bundle(run.model, exp, config, learner, data, metrics)
+    write_text(run.history, pd.DataFrame(history).to_csv(index=False))
+    test_report(run.best, data.y_test, proba, data.class_names, history)
+    run.write_json(run.metrics, metrics)
     return metrics

@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from tuner import files
+from tuner.atomic import write_text
 from tuner.errors import UserError
 from tuner.spaces import check_name
 
@@ -160,11 +161,8 @@ def _start_ticks(pid: int) -> str | None:
 
 
 def replace(path: Path, text: str) -> None:
-    """Write `text` to a temporary name beside `path` and move it into place: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write `text` as `path`, whole or not at all (tuner.atomic): a reader never sees half a file."""
+    write_text(path, text)
 
 
 # --------------------------------------------------------------------------- reading results

@@ -177,4 +177,4 @@ def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
         x_train=arrays["train"], y_train=labels["train"], x_val=arrays["val"], y_val=labels["val"],
         x_test=arrays["test"], y_test=labels["test"], class_names=list(source.class_names), mean=mean, std=std,
         name=cfg.name, key=f"{cfg.name}:{content.hexdigest()[:32]}",
-        indices=indices, skipped=skipped)
+        indices=indices, skipped=skipped, value_range=source.value_range)

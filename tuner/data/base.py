@@ -38,6 +38,7 @@ class Source:
     val: SplitSource | None = None    # an official validation split (image folders with val/)
     skipped: int = 0                  # files the reader passed over (non-image ones and those below)
     skipped_why: dict[str, int] = field(default_factory=dict)  # e.g. {"duplicate": 2}: part of `skipped`
+    value_range: tuple[float, float] = (0, 255)  # the pixel values as the data set gives them (digits: 0-16)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class ImageData:
     key: str = ""                     # a hash of the decoded images, splits and labels (for feature caches)
     indices: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: int = 0                  # unreadable or non-image files left out
+    value_range: tuple[float, float] = (0, 255)  # the source's pixel values (Source.value_range); the arrays are 0-255
 
     @property
     def info(self) -> DataInfo:

@@ -263,17 +263,22 @@ def _build(e: Entry, images, progress: bool) -> None:
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                    shape=(len(e.rows), e.size, e.size, e.channels))
-    valid = np.ones(len(e.rows), dtype=bool)
-    _decode_into(out, valid, images, e.rows, e.size, e.channels, e.label, progress)
-    out.flush()
-    content = content_hash(out, valid)
-    del out
-    np.save(tmp / "valid.npy", valid)
-    (tmp / "meta.json").write_text(json.dumps(e.meta | {"count": int(len(e.rows)), "invalid": int((~valid).sum()),
-                                                        "content": content}, indent=1))
-    os.replace(tmp, folder)
+    try:  # built in a folder beside it, then moved into place: whole or not at all, as tuner.atomic
+        out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                        shape=(len(e.rows), e.size, e.size, e.channels))
+        valid = np.ones(len(e.rows), dtype=bool)
+        _decode_into(out, valid, images, e.rows, e.size, e.channels, e.label, progress)
+        out.flush()
+        content = content_hash(out, valid)
+        del out
+        np.save(tmp / "valid.npy", valid)
+        (tmp / "meta.json").write_text(json.dumps(e.meta | {"count": int(len(e.rows)),
+                                                            "invalid": int((~valid).sum()), "content": content},
+                                                  indent=1))
+        os.replace(tmp, folder)
+    except BaseException:  # a full disk, Ctrl-C: no half-built folder stays to fill the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def decode_split(cfg, split: str, src, needed: np.ndarray, cache_dir=None, progress: bool = True,

@@ -14,4 +14,4 @@ def read_digits(cfg) -> Source:
     # 0..16 grey levels -> 0..255 uint8, one channel, so digits go through the same path as photos
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     return Source(class_names=[str(c) for c in d.target_names],
-                  train=SplitSource(images=images, labels=d.target.astype(np.int64)))
+                  train=SplitSource(images=images, labels=d.target.astype(np.int64)), value_range=(0, 16))

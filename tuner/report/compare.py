@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from tuner.atomic import write_text
 from tuner.errors import UserError
 from tuner.rundir import CorruptResult, RunDir, read_result, warn
 
@@ -82,7 +83,7 @@ def write_comparison(results: Path, names: list[str] | None = None, fmt: str | N
     for f in {"md", "csv", fmt or "md"}:
         path = results / f"comparison.{f}"
         try:
-            path.write_text(render(df, f, results) + "\n")
+            write_text(path, render(df, f, results) + "\n")
         except OSError as exc:
             if exc.errno == errno.ENOSPC:  # the CLI says "disk full" for every write in one place
                 raise

@@ -8,12 +8,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tuner.atomic import writing  # noqa: E402
+
 DPI = 100
 
 
 def save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    """The figure as `path` (whole or not at all: tuner.atomic), then closed."""
+    try:
+        with writing(path) as tmp:
+            fig.savefig(tmp, dpi=DPI)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tuner.atomic import write_text  # noqa: E402
 from tuner.report.figures import save as _save, short as _short  # noqa: E402
 
 NUMBERS_UP_TO = 30  # classes: past this a confusion matrix gets no per-cell numbers nor class names
@@ -27,10 +28,10 @@ def test_report(out: Path, y_true: np.ndarray, proba: np.ndarray, class_names: l
     k = len(class_names)
     pred = proba.argmax(1)
     cm = confusion_matrix(y_true, pred, labels=np.arange(k))
-    pd.DataFrame(cm, index=class_names, columns=class_names).to_csv(out / "confusion_matrix.csv")
+    write_text(out / "confusion_matrix.csv", pd.DataFrame(cm, index=class_names, columns=class_names).to_csv())
     rep = classification_report(y_true, pred, labels=np.arange(k), target_names=class_names, output_dict=True,
                                 zero_division=0)
-    pd.DataFrame(rep).T.to_csv(out / "classification_report.csv")
+    write_text(out / "classification_report.csv", pd.DataFrame(rep).T.to_csv())
     plot_confusion(cm, class_names, out / "confusion_matrix.png")
     if history:
         plot_history(history, out / "curves.png", title="retrained best config")

@@ -27,6 +27,7 @@ import matplotlib.tri as mtri  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tuner.atomic import write_text  # noqa: E402
 from tuner.metrics import best_index, pareto_front, ranked  # noqa: E402
 from tuner.report.figures import save, short  # noqa: E402
 
@@ -377,7 +378,7 @@ def write_pareto(trials: pd.DataFrame, objectives: list[str], modes: list[str], 
     exp_dir = Path(exp_dir)
     (exp_dir / "plots").mkdir(parents=True, exist_ok=True)
     front = pareto_front(trials, objectives, modes)
-    front.to_csv(exp_dir / "pareto.csv", index=False)
+    write_text(exp_dir / "pareto.csv", front.to_csv(index=False))
     plot_pareto(trials, front, objectives, modes, exp_dir / "plots" / "pareto.png", name=name)
     return front
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+from tuner import interrupt
 from tuner.errors import UserError
 from tuner.spaces import check_name
 
@@ -178,11 +179,19 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
         kwargs["include_dashboard"] = bool(dashboard and has_dashboard())
         if kwargs["include_dashboard"]:
             kwargs["dashboard_host"] = "127.0.0.1"  # never on a public interface unless the user says so
+    interrupt.signal_for_tests("ray")
     try:
         ctx = start_local_ray(kwargs) if local else ray.init(**kwargs)
     except ConnectionError as exc:
         raise UserError(f"{where} {address}: no Ray cluster answers there ({exc}); start one with "
                         f"`ray start --head` or drop {where} to run locally") from None
+    except SystemExit as exc:  # ray.init's own SIGTERM handler, until it connects: sys.exit(SIGTERM)
+        if exc.code == signal.SIGTERM:
+            raise interrupt.stop(signal.SIGTERM) from None
+        raise
+    finally:
+        # Ray's driver replaces tuner's SIGTERM handler with one that aborts with a stack dump: take it back
+        interrupt.reinstall()
     # Ray writes its dashboard token readable by everyone on the machine (0644); keep it ours
     token = Path.home() / ".ray" / "auth_token"
     if token.is_file() and token.stat().st_uid == os.getuid():

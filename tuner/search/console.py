@@ -50,6 +50,11 @@ def quiet_ray(verbose: bool) -> None:
     # Ray's new output engine prints its configuration table and result paths even at verbose=0; the
     # legacy one prints nothing there. Read by Ray when the run starts.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    if not verbose:
+        # a trial's error reaches the console as one line (its traceback is in its error.txt); Ray would
+        # also print the whole worker traceback again when the failed result is dropped, after tuner's own
+        # last line (a full disk showed 40 lines after "error: the disk is full"). Read when Ray reports it.
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
     import optuna
 
     # "A new study created ..." and a line a trial

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +15,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tuner import interrupt
+from tuner.atomic import writing
 from tuner.errors import UserError
 from tuner.families import get_family
 from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
@@ -56,35 +59,30 @@ def resolve_storage(exp: Experiment, exp_dir: Path, storage: str | None, resume:
 
 
 @contextlib.contextmanager
-def _sigint_stops_tune():
-    """Ctrl-C during fit(): let Tune stop and save its state, and tell us it happened.
+def _signals_stop_tune():
+    """Ctrl-C or SIGTERM during fit(): let Tune stop and save its state; tuner.interrupt raises it after.
 
-    Tune's own SIGINT handler ends fit() as if the search were over; the result looks finished. So we take
-    SIGINT ourselves (TUNE_DISABLE_SIGINT_HANDLER) and pass it on as SIGUSR1, which Tune always handles the
-    same way. A second Ctrl-C stops at once.
+    Tune's own SIGINT handler ends fit() as if the search were over; the result looks finished. So tuner
+    keeps SIGINT (TUNE_DISABLE_SIGINT_HANDLER) and passes the first signal on as SIGUSR1, which Tune always
+    handles the same way. A second one stops at once.
     """
     import signal
-    import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    seen: list[int] = []
-
-    def on_sigint(sig, frame):
-        if seen or not callable(signal.getsignal(signal.SIGUSR1)):  # before Tune listens, or a second time
-            raise KeyboardInterrupt
-        seen.append(sig)
+    def to_tune() -> bool:
+        if not callable(signal.getsignal(signal.SIGUSR1)):  # Tune does not listen yet
+            return False
         signal.raise_signal(signal.SIGUSR1)
+        return True
 
-    old_int, old_usr1 = signal.signal(signal.SIGINT, on_sigint), signal.getsignal(signal.SIGUSR1)
+    old_usr1 = signal.getsignal(signal.SIGUSR1)
     old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield lambda: bool(seen)
+        with interrupt.forwarding(to_tune):
+            yield
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGUSR1, old_usr1)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, old_usr1)
         if old_env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
@@ -184,7 +182,8 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     run_dir = RunDir(exp_dir)
     exp.storage = resolve_storage(exp, exp_dir, storage, resume)
     ray_path = f"{exp.storage}/{exp.name}" if exp.storage else str(run_dir.ray)
-    if resume and not ((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)):
+    interrupt.note_resumable(lambda: _saved(exp, ray_path))  # what an interrupted run's hint offers
+    if resume and not _saved(exp, ray_path):
         raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
                         f"experiment {exp.name!r}")
     if not resume and exp.storage:  # first: it may refuse, and then nothing is removed
@@ -197,8 +196,10 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         replace(run_dir.space, resolved_yaml(exp))
 
     t0 = time.perf_counter()
+    interrupt.signal_for_tests("prepare")
     data = prepare(exp.dataset, cache_dir=cache_dir())
-    np.savez(run_dir.split, **data.indices)
+    with writing(run_dir.split) as tmp:
+        np.savez(tmp, **data.indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
         f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s)")
@@ -209,7 +210,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()),
                      metric=exp.metrics[0], mode=exp.modes[0], objectives=tuple(exp.metrics[1:]),
-                     run_id=uuid.uuid4().hex)
+                     run_id=uuid.uuid4().hex, trials_root=ray_path)
     # the arrays go to the object store once; every trial on a node maps the same copy
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
     # Ray snapshots the experiment (trial states, the searcher) every 10 s by default; a driver killed
@@ -253,7 +254,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
         )
     t_fit = time.perf_counter()
-    with _sigint_stops_tune() as interrupted:
+    with _signals_stop_tune():
         grid = tuner.fit()
     fit_s = time.perf_counter() - t_fit
     # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/),
@@ -261,9 +262,8 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     before = _search_s_so_far(run_dir) if resume else {"search_s": 0.0, "runs": 0}
     run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(before["search_s"] + fit_s, 3),
                                           "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1})
-    if interrupted():
-        # Tune saved its state and ended fit() as if done: nothing here is a finished search to retrain
-        raise KeyboardInterrupt
+    # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
+    interrupt.raise_received()
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
     best = write_results(exp, grid, exp_dir, live_results.results)
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
@@ -273,6 +273,13 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         for _, row in failed.iterrows():
             say(f"  {row['trial_id']}: {row['error']}")
     return data, best, failed
+
+
+def _saved(exp: Experiment, ray_path: str) -> bool:
+    """Has Ray saved this experiment (its tuner.pkl, written when the Tuner is made), so --resume can go on?"""
+    from ray import tune
+
+    return bool((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path))
 
 
 def _search_s_so_far(run_dir: RunDir) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import Callback
 
+from tuner import interrupt
 from tuner.rundir import RunDir
 from tuner.tables import read_epochs, trial_row, write_tables
 
@@ -49,6 +50,7 @@ class LiveResults(Callback):
         RunDir(self.exp_dir).clear_running()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        interrupt.signal_for_tests("fit")
         self.results.setdefault(trial.trial_id, []).append(result)
         self.config[trial.trial_id] = trial.config
         self._maybe_write()

@@ -4,6 +4,7 @@ Everything else (families, engine, data) is plain PyTorch and runs the same with
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -18,7 +19,7 @@ from tuner.errors import TrialFailed, UserError
 from tuner.families import Family, RunContext
 
 STATE_FILE = "state.pt"
-FAILED_FILE = ".tuner-failed"  # in the trial's folder: "<run_id>\n<why>" after a failure a retry would repeat
+FAILED_FILE = ".tuner-failed"  # in the trial's folder on the storage: "<run_id>\n<why>" after a failure a retry would repeat
 
 
 def final_failures_callback():
@@ -42,23 +43,51 @@ def final_failures_callback():
     return FinalFailures()
 
 
-def _failed_before(trial_dir: str, run_id: str) -> str | None:
+def _failure_marker(spec: "TrialSpec", trial_id: str):
+    """(file system, path) of the trial's FAILED_FILE in the experiment's own folder on its storage.
+
+    Not `tune.get_context().get_trial_dir()`: Ray gives a fresh actor one folder (the driver staging path)
+    and an actor reused from another trial another (the working directory, FunctionTrainable.reset_config),
+    so a retry that ran on the other kind of actor found no marker and trained again. The trial's folder
+    on the storage (`_trial_dirname` names it) is the same for every attempt, on every node."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(spec.trials_root)
+    return fs, f"{root.rstrip('/')}/trial_{trial_id}/{FAILED_FILE}"
+
+
+def _failed_before(spec: "TrialSpec", trial_id: str) -> str | None:
     """Why this trial failed deterministically earlier in this same search run, or None. A `--resume` is
     another run (another run_id): `--retry-failed` then really retries."""
-    try:
-        with open(os.path.join(trial_dir, FAILED_FILE)) as f:
-            saved_id, _, why = f.read().partition("\n")
-    except OSError:
+    import pyarrow
+
+    if not (spec.run_id and spec.trials_root):
         return None
-    return why if run_id and saved_id == run_id else None
-
-
-def _remember_failure(trial_dir: str, run_id: str, why: str) -> None:
     try:
-        with open(os.path.join(trial_dir, FAILED_FILE), "w") as f:
-            f.write(f"{run_id}\n{why}")
-    except OSError:
-        pass  # a retry then repeats the failure once, as it would without the file
+        fs, path = _failure_marker(spec, trial_id)
+        with fs.open_input_stream(path) as f:
+            saved_id, _, why = f.read().decode(errors="replace").partition("\n")
+    except (OSError, pyarrow.ArrowException):
+        return None
+    return why if saved_id == spec.run_id else None
+
+
+def _remember_failure(spec: "TrialSpec", trial_id: str, why: str) -> None:
+    import pyarrow
+
+    if not (spec.run_id and spec.trials_root):
+        return
+    try:
+        fs, path = _failure_marker(spec, trial_id)
+    except (OSError, pyarrow.ArrowException):
+        return
+    try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(f"{spec.run_id}\n{why}".encode())
+    except (OSError, pyarrow.ArrowException):  # a full disk: a retry then repeats the failure once, as it
+        with contextlib.suppress(OSError, pyarrow.ArrowException):  # would without the file; none half-written
+            fs.delete_file(path)
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,7 @@ class TrialSpec:
     mode: str = "max"
     objectives: tuple = ()        # further objectives: reported as best_<m>, their value at metric's best epoch
     run_id: str = ""              # this driver run's id: a deterministic failure is not retried within it
+    trials_root: str = ""         # the folder (or URI) holding the trial_<id> folders: Ray's experiment folder
 
 
 def measure_latency(learner, images, batch: int, repeats: int = 3) -> float:
@@ -110,8 +140,8 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     family = spec.family
     ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment)
     node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
-    trial_dir = tune.get_context().get_trial_dir()
-    why = _failed_before(trial_dir, spec.run_id)
+    trial_id = tune.get_context().get_trial_id()
+    why = _failed_before(spec, trial_id)
     if why is not None:  # Tune's one queued retry of a NaN / OOM / bad value: it would fail the same way
         raise TrialFailed(why)
     try:
@@ -158,9 +188,9 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
         torch.cuda.empty_cache()
         why = (f"CUDA out of memory (batch_size={config.get('batch_size')}, GPU share {spec.gpus}): "
                f"lower batch_size or raise resources.gpu so fewer trials share a GPU")
-        _remember_failure(trial_dir, spec.run_id, why)
+        _remember_failure(spec, trial_id, why)
         raise TrialFailed(why) from None
     except (TrialFailed, UserError) as exc:
-        _remember_failure(trial_dir, spec.run_id, str(exc))
+        _remember_failure(spec, trial_id, str(exc))
         raise
 
