@@ -35,51 +35,81 @@ def check_results_dir(results: Path) -> Path:
     return results
 
 
-def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = None, resume: bool = False,
-               retrain: bool = True, dashboard: bool = True, storage: str | None = None,
-               say: Callable[[str], None] = print, retry_failed: bool = False, verbose: bool = False) -> Path:
-    """One experiment end to end: checks -> search (tuner.search.driver) -> plots -> retrain -> comparison.
-    Returns the experiment's results folder."""
-    from tuner.families import get_family
-    from tuner.report.compare import write_comparison
-    from tuner.report.experiment import experiment_plots
-    from tuner.retrain import retrain_best
-    from tuner.rundir import check_replaceable, experiment_dir, search_lock
-    from tuner.search import driver
-    from tuner.search.cluster import storage_lock
+def check_can_start(exp: spaces.Experiment, results: Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """What a search checks before it touches its folder, for every member of a suite before the first runs:
+    a new search never replaces a finished or interrupted one unasked, nor warm-starts from the folder it is
+    about to empty. Returns the experiment's folder."""
+    from tuner.rundir import check_replaceable, experiment_dir
 
-    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
-    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     exp_dir = experiment_dir(results, exp.name)
     run = RunDir(exp_dir)
     if resume and not run.space.is_file():
         raise UserError(f"--resume: nothing to resume in {exp_dir}; run without --resume to start "
                         f"experiment {exp.name!r}")
-    if not resume:
-        check_replaceable(exp_dir)
+    if resume:
+        return exp_dir
+    ws = exp.search.warm_start
+    if isinstance(ws, str) and Path(ws).resolve() == exp_dir.resolve():
+        raise UserError(f"search.warm_start: {ws} is this experiment's own folder, which a new search empties "
+                        f"first; warm-start from a copy of it, or search under another --name")
+    check_replaceable(exp_dir, overwrite)
+    return exp_dir
+
+
+def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = None, resume: bool = False,
+               retrain: bool = True, dashboard: bool = True, storage: str | None = None,
+               say: Callable[[str], None] = print, retry_failed: bool = False, verbose: bool = False,
+               overwrite: bool = False, smoke: bool = False) -> Path:
+    """One experiment end to end: checks -> search (tuner.search.driver) -> plots -> retrain -> comparison.
+    Returns the experiment's results folder. `overwrite`: replace a search of the same name; `smoke`: record
+    that this run is a --smoke one, which a later search may replace unasked."""
+    from tuner.families import get_family
+    from tuner.rundir import remove_if_empty
+
+    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
+    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
+    exp_dir = check_can_start(exp, results, resume=resume, overwrite=overwrite)
+    created = not exp_dir.exists()
+    try:
+        _search_locked(exp, results, exp_dir, address=address, resume=resume, retrain=retrain,
+                       dashboard=dashboard, storage=storage, say=say, retry_failed=retry_failed,
+                       verbose=verbose, smoke=smoke)
+    finally:
+        if created:  # refused before anything was written (missing data, say): leave no stub behind
+            remove_if_empty(exp_dir)
+    say(f"results: {exp_dir}")
+    return exp_dir
+
+
+def _search_locked(exp, results: Path, exp_dir: Path, *, resume: bool, retrain: bool, say, **run) -> None:
+    from tuner.report.compare import write_comparison
+    from tuner.report.experiment import experiment_plots
+    from tuner.retrain import retrain_best
+    from tuner.rundir import search_lock
+    from tuner.search import driver
+    from tuner.search.cluster import storage_lock
+
+    run_dir = RunDir(exp_dir)
     # the locks are taken before anything is removed: a second search of the same name must not delete the
     # first's, in the results folder or on a shared storage folder
-    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, storage, resume), exp.name):
-        data, best, failed = driver.run(exp, results, exp_dir, address=address, resume=resume, dashboard=dashboard,
-                                        storage=storage, say=say, retry_failed=retry_failed, verbose=verbose)
+    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, run["storage"], resume), exp.name):
+        data, best, failed = driver.run(exp, results, exp_dir, resume=resume, say=say, **run)
         experiment_plots(exp_dir)
         if best is None:
             # nothing to retrain: say so with the exit status too, not only in the log
             why = f" (first error: {failed['error'].iloc[0]})" if len(failed) else ""
-            raise UserError(f"{run.trials}: no {'feasible ' if exp.constraints else ''}trial finished "
+            raise UserError(f"{run_dir.trials}: no {'feasible ' if exp.constraints else ''}trial finished "
                             f"with {exp.metrics[0]}{why}; "
                             f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
         say(f"best trial {best['trial_id']}: " + ", ".join(f"{m} = {best['metrics'][m]:.4g}" for m in exp.metrics))
         if exp.multi:
             import pandas as pd
 
-            say(f"Pareto front: {len(pd.read_csv(run.pareto))} trials -> {run.pareto}")
+            say(f"Pareto front: {len(pd.read_csv(run_dir.pareto))} trials -> {run_dir.pareto}")
         if retrain:
             metrics = retrain_best(exp_dir, data=data, say=say)
-            say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run.best}")
+            say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run_dir.best}")
             write_comparison(results)
-    say(f"results: {exp_dir}")
-    return exp_dir
 
 
 def search(args) -> int:
@@ -101,22 +131,21 @@ def search(args) -> int:
 
         done = {p.name for p in results.iterdir() if RunDir(p).model.is_file()} if results.is_dir() else set()
         ensemble.check_names(suite.ensemble, {e.name for e in exps} | done, f"{suite.path}: ensemble")
-    names = []
-    for exp in exps:
+    for i, exp in enumerate(exps):
         if args.name and suite is None:
             exp.name = args.name
         if args.smoke:
-            exp = spaces.smoke(exp)
-        trials = (f"{exp.num_samples} trial{'s' if exp.num_samples != 1 else ''}" if exp.num_samples >= 0
-                  else "trials until the time budget ends")
-        budget = f" within {exp.search.time_budget:g} s" if exp.search.time_budget and exp.num_samples >= 0 else ""
-        from tuner.families import get_family
-
-        steps = f"up to {exp.scheduler.max_epochs} epochs" if get_family(exp.family).iterative else "one fit each"
-        _say(f"== {exp.name} ({exp.family}, {trials}{budget}, {steps})")
+            exps[i] = spaces.smoke(exp)
+    overwrite = getattr(args, "overwrite", False)
+    for exp in exps:  # no member replaces a search unasked: all are checked before the first runs
+        check_can_start(exp, results, resume=args.resume, overwrite=overwrite)
+    names = []
+    for exp in exps:
+        _say(_header(exp))
         run_search(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
                    dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
-                   retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False))
+                   retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False),
+                   overwrite=overwrite, smoke=args.smoke)
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:
@@ -127,6 +156,18 @@ def search(args) -> int:
         df = write_comparison(results, names)
         _say(to_markdown(df))
     return 0
+
+
+def _header(exp: spaces.Experiment) -> str:
+    """`== name (family, N trials, up to E epochs)`: N is what will run (a grid's every point)."""
+    from tuner.families import get_family
+    from tuner.search.searchers import planned_trials
+
+    n = planned_trials(exp)
+    trials = f"{n} trial{'s' if n != 1 else ''}" if n is not None else "trials until the time budget ends"
+    budget = f" within {exp.search.time_budget:g} s" if exp.search.time_budget and n is not None else ""
+    steps = f"up to {exp.scheduler.max_epochs} epochs" if get_family(exp.family).iterative else "one fit each"
+    return f"== {exp.name} ({exp.family}, {trials}{budget}, {steps})"
 
 
 def _results_dir(results: Path) -> Path | None:

@@ -168,7 +168,7 @@ def param_space(exp: Experiment, constants_only: bool = False) -> dict:
 # --------------------------------------------------------------------------- the run
 def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = None, resume: bool = False,
         dashboard: bool = True, storage: str | None = None, say: Callable[[str], None] = print,
-        retry_failed: bool = False, verbose: bool = False) -> tuple:
+        retry_failed: bool = False, verbose: bool = False, smoke: bool = False) -> tuple:
     """The search itself, in `exp_dir` (checked and locked by the caller, `commands.run_search`): prepare the
     data, start Ray, run Tune, write the tables. Returns (data, best, failed): the prepared data (the retrain
     reuses it), best.yaml's content or None when no trial finished, the failed trials' rows."""
@@ -187,17 +187,18 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     if resume and not ((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)):
         raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
                         f"experiment {exp.name!r}")
-    if not resume and exp.storage:  # first: it may refuse, and then nothing is removed
-        remove_experiment(exp.storage, exp.name)
-    if not resume:
-        clear(exp_dir)  # a new search of the same name replaces the old one
     if resume:
         _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
-    else:
-        replace(run_dir.space, resolved_yaml(exp))
-
     t0 = time.perf_counter()
+    # the data first: a data set that is missing or unreadable stops the search before anything is removed
     data = prepare(exp.dataset, cache_dir=cache_dir())
+    if not resume and exp.storage:  # it may refuse, and then nothing is removed
+        remove_experiment(exp.storage, exp.name)
+    if not resume:
+        clear(exp_dir)  # a new search of the same name replaces the old one (checked: commands.check_can_start)
+        replace(run_dir.space, resolved_yaml(exp))
+        # a --smoke run says so, so that a later search may replace it unasked (RunDir.was_smoke)
+        run_dir.write_json(run_dir.run_json, {"smoke": smoke, "runs": 0, "search_s": 0.0})
     np.savez(run_dir.split, **data.indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
@@ -257,9 +258,10 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     fit_s = time.perf_counter() - t_fit
     # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/),
     # over every run of it: an interrupted one and each --resume add theirs
-    before = _search_s_so_far(run_dir) if resume else {"search_s": 0.0, "runs": 0}
+    before = _search_s_so_far(run_dir)
     run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(before["search_s"] + fit_s, 3),
-                                          "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1})
+                                          "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1,
+                                          "smoke": before["smoke"]})
     if interrupted():
         # Tune saved its state and ended fit() as if done: nothing here is a finished search to retrain
         raise KeyboardInterrupt
@@ -279,7 +281,8 @@ def _search_s_so_far(run_dir: RunDir) -> dict:
         saved = read_result(run_dir.run_json) if run_dir.run_json.is_file() else {}
     except CorruptResult:  # a broken run.json only loses the earlier runs' seconds
         saved = {}
-    return {"search_s": float(saved.get("search_s", 0.0)), "runs": int(saved.get("runs", 1 if saved else 0))}
+    return {"search_s": float(saved.get("search_s", 0.0)), "runs": int(saved.get("runs", 1 if saved else 0)),
+            "smoke": saved.get("smoke") is True}
 
 
 def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list[dict]] | None = None) -> dict | None:

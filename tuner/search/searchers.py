@@ -171,3 +171,17 @@ def num_samples(exp: Experiment) -> int:
     if exp.search.algorithm == "grid" and exp.conditional:
         return len(warm_start_points(exp)) + len(grid_configs(exp.searched, exp.search.grid_points))
     return exp.num_samples
+
+
+def planned_trials(exp: Experiment) -> int | None:
+    """How many trials the search runs, None when the time budget decides. A grid runs each of its points
+    num_samples times (Ray's grid_search), a warm-start config once with the grid of the keys it leaves out."""
+    if exp.num_samples < 0:
+        return None
+    if exp.search.algorithm != "grid" or exp.conditional:
+        return num_samples(exp)
+    sizes = {k: len(grid_configs({k: d}, exp.search.grid_points)) for k, d in exp.searched.items()}
+    warm = warm_start_points(exp)
+    seeded = sum(int(np.prod([n for k, n in sizes.items() if k not in p])) for p in warm)
+    return seeded + max(exp.num_samples - len(warm), 0) * int(np.prod(list(sizes.values())))
+
