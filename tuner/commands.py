@@ -193,7 +193,7 @@ def _experiment_dir(results: Path, name: str | None) -> Path:
 
 def best(args) -> int:
     from tuner import predict
-    from tuner.retrain import retrain_best
+    from tuner.bundle import bundle_config
     from tuner.rundir import read_trials
 
     d = _experiment_dir(Path(args.results), args.experiment)
@@ -230,24 +230,43 @@ def best(args) -> int:
         dest = Path(args.export) if args.export else run.export
         predict.check_destination(d, dest)  # before a retrain, which can take hours
     metrics = run.read_metrics() if run.metrics.is_file() else None
-    if chosen is not None:  # best.yaml becomes that trial, so the retrain and the export take it
-        run.write_best(chosen)
-        info = run.read_best()
     if run.running_note():  # the search is still going: best.yaml is the best of the trials finished so far
         _say(run.running_note())
-    _say(yaml.safe_dump(info, sort_keys=False).rstrip())
-    if metrics is not None:
+    if chosen is not None and dest is None:
+        # only a look: best.yaml and best/ stay as they are (changing one alone made them disagree)
+        _say(yaml.safe_dump(chosen, sort_keys=False).rstrip())
+        _say(f"(not written anywhere: `tuner best --trial {args.trial} --export` retrains and exports it)")
+        return 0
+    _say(yaml.safe_dump(chosen or info, sort_keys=False).rstrip())
+    retrained = bundle_config(run.model)  # the config best/ holds a model of, None if none
+    if metrics is not None and retrained == info["config"]:
         _say(f"test metrics: {run.metrics}")
+    elif metrics is not None:
+        _say(f"{run.best} holds the retrain of another config than best.yaml's; --export retrains best.yaml's")
     if dest is not None:
-        if args.trial or not run.model.is_file():
-            _say(f"retraining trial {args.trial}'s config first" if args.trial else
-                 "no retrained model yet: retraining the best config first")
-            retrain_best(d, say=_say)
-        predict.export(d, dest)
-        _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
-        if onnx:
-            _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
+        _retrain_and_export(d, chosen or info, chosen is not None, retrained, dest, onnx)
     return 0
+
+
+def _retrain_and_export(d: Path, entry: dict, chosen: bool, retrained: dict | None, dest: Path, onnx: bool) -> None:
+    """best/ retrained from `entry` unless it already holds that config's model, then copied to `dest`.
+    A --trial's entry becomes best.yaml once its model is in best/: the two never name different trials."""
+    from tuner import predict
+    from tuner.retrain import retrain_best
+
+    run = RunDir(d)
+    if retrained != entry["config"]:
+        _say(f"retraining trial {entry['trial_id']}'s config first" if chosen else
+             "no retrained model of best.yaml's config yet: retraining it first")
+        retrain_best(d, say=_say, entry=entry)
+    if chosen:
+        run.write_best(entry)
+    predict.export(d, dest)
+    _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
+    if onnx:
+        from tuner import onnx_export
+
+        _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
 
 
 def _trial_entry(d: Path, trial_id: str) -> dict:

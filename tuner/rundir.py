@@ -269,6 +269,7 @@ def check_replaceable(exp_dir: Path, overwrite: bool = False) -> None:
     """A new search replaces an old experiment only when told to (--overwrite) or when the old one was a
     --smoke run, and never a folder that only happens to have the same name."""
     run = RunDir(exp_dir)
+    check_unlocked(exp_dir)
     if exp_dir.is_dir() and not run.is_experiment() and set(os.listdir(exp_dir)) - {LOCK_FILE}:
         raise UserError(f"{exp_dir}: exists but is not a tuner experiment (no space.yaml); pick another name "
                         f"or remove it by hand")
@@ -290,9 +291,21 @@ def search_lock(exp_dir: Path):
     """One search per experiment folder at a time. An OS lock: it dies with the process, so a killed search
     never leaves a stale lock behind and --resume works after it."""
     exp_dir.mkdir(exist_ok=True)
-    with os_lock(exp_dir / LOCK_FILE, f"{exp_dir}: another search of this experiment is running ({{who}}); "
-                                      f"wait for it, stop it, or pick another --name"):
+    with os_lock(exp_dir / LOCK_FILE, _busy(exp_dir)):
         yield
+
+
+def check_unlocked(exp_dir: Path) -> None:
+    """The error search_lock would give, before anything else is said about the folder: a running search is
+    the first thing to know about it."""
+    if (exp_dir / LOCK_FILE).is_file():
+        with os_lock(exp_dir / LOCK_FILE, _busy(exp_dir)):
+            pass
+
+
+def _busy(exp_dir: Path) -> str:
+    return (f"{exp_dir}: another search of this experiment is running ({{who}}); wait for it, stop it, or pick "
+            f"another --name")
 
 
 @contextlib.contextmanager
