@@ -275,8 +275,7 @@ def _trial_entry(d: Path, trial_id: str) -> dict:
     Writes nothing: best() writes it once every other option is checked."""
     import pandas as pd
 
-    from tuner.search.searchers import _from_csv
-    from tuner.tables import best_entry
+    from tuner.tables import best_entry, row_config
 
     run = RunDir(d)
     exp = run.experiment()
@@ -288,9 +287,7 @@ def _trial_entry(d: Path, trial_id: str) -> dict:
     row = rows.iloc[0]
     if row.get("status") == "ERROR" or pd.isna(row.get("val_accuracy")):
         raise UserError(f"--trial {trial_id}: that trial did not finish; pick one with metrics in trials.csv")
-    names = exp.param_names + [k for k in exp.constants if k not in exp.param_names]
-    config = {k: _from_csv(row[k]) for k in names if k in row and not pd.isna(row[k])}
-    return best_entry(exp, row, config) | {"chosen": f"--trial {trial_id}"}
+    return best_entry(exp, row, row_config(exp, row)) | {"chosen": f"--trial {trial_id}"}
 
 
 def dashboard(args) -> int:

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import yaml
+from ray.tune import Stopper
 
 from tuner.errors import UserError
 from tuner.families import get_family
@@ -220,38 +221,22 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     from tuner.search import console, live, searchers, study
 
     console.quiet_ray(verbose)
-    search_alg, constants_only = searchers.build(exp, exp_dir)
     live_results = live.LiveResults(exp, exp_dir)
-    callbacks = [live_results] + ([] if isinstance(search_alg, study.StudySearch) else
-                                  [study.StudyRecorder(exp, exp_dir)])
+    recorder = [] if searchers.uses_optuna(exp) else [study.StudyRecorder(exp, exp_dir, live_results)]
+    callbacks = [live_results] + recorder  # the recorder after the live tables: it records their rows
     callbacks += [] if verbose else [console.Console(exp, say)]
     callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
     console.header(exp, exp_dir, results, say)
     # ---
     if resume:
+        study.repair(exp, exp_dir, say)  # a damaged journal is rebuilt from the tables before anything reads it
         # errored trials stay failed (a NaN comes back the same) unless --retry-failed, which reruns them
         # from their last checkpoint; unfinished ones go on from their checkpoints
         tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=retry_failed)
-        console.restored(tuner, callbacks, verbose)
+        _continue_here(tuner, exp, exp_dir, ray_path, callbacks, verbose, say)
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(exp, constants_only),
-            tune_config=tune.TuneConfig(
-                # the searcher and scheduler each name their metric (tuner.search.searchers, _scheduler)
-                search_alg=search_alg, scheduler=_scheduler(exp),
-                num_samples=searchers.num_samples(exp), max_concurrent_trials=exp.search.max_concurrent,
-                reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
-            run_config=tune.RunConfig(
-                name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
-                verbose=1 if verbose else 0, callbacks=callbacks,
-                # 2 per trial; PBT keeps all: Ray's PBT can hand a trial a checkpoint of the trial it copies
-                # that the copied one has pruned since (seen here with 4 kept: "Could not recover from
-                # checkpoint as it does not exist on storage anymore", ray-project/ray#8441)
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.name == "pbt" else 2),
-                failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
-        )
+        tuner = _new_tuner(exp, exp_dir, trainable, callbacks, verbose)
     t_fit = time.perf_counter()
     with _sigint_stops_tune() as interrupted:
         grid = tuner.fit()
@@ -267,6 +252,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         raise KeyboardInterrupt
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
     best = write_results(exp, grid, exp_dir, live_results.results)
+    study.reconcile(exp, exp_dir, say)  # the study ends equal to the tables, whatever faults came between
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
     failed = failed[failed["status"] == "ERROR"]
     if len(failed):
@@ -274,6 +260,104 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         for _, row in failed.iterrows():
             say(f"  {row['trial_id']}: {row['error']}")
     return data, best, failed
+
+
+def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbose: bool):
+    from ray import tune
+
+    from tuner.search import searchers
+
+    search_alg, constants_only = searchers.build(exp, exp_dir)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(exp, constants_only),
+        tune_config=tune.TuneConfig(
+            # the searcher and scheduler each name their metric (tuner.search.searchers, _scheduler); the
+            # search algorithm keeps to search.max_concurrent itself (searchers.build)
+            search_alg=search_alg, scheduler=_scheduler(exp), num_samples=searchers.num_samples(exp),
+            reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
+        run_config=tune.RunConfig(
+            name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
+            verbose=1 if verbose else 0, callbacks=callbacks,
+            # 2 per trial; PBT keeps all: Ray's PBT can hand a trial a checkpoint of the trial it copies
+            # that the copied one has pruned since (seen here with 4 kept: "Could not recover from
+            # checkpoint as it does not exist on storage anymore", ray-project/ray#8441)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.name == "pbt" else 2),
+            failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
+    )
+
+
+def _continue_here(tuner, exp: Experiment, exp_dir: Path, ray_path: str, callbacks: list, verbose: bool,
+                   say: Callable[[str], None]) -> None:
+    """A restored Tuner set to go on in this folder as an uninterrupted search would: this run's callbacks
+    and verbosity; new trials and the study in the folder being resumed, not the one Ray's pickled state
+    names (a copied or moved results folder); ASHA's rungs as they were (Ray does not save the scheduler);
+    trials the tables say ended, which a SIGKILLed driver's older snapshot may still count as running,
+    stopped where they ended."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from tuner.search import adapters, study
+
+    tune_config, run_config = adapters.restored_configs(tuner)
+    if run_config is not None:  # through a ray:// client the first run's stay
+        run_config.callbacks, run_config.verbose = callbacks, 1 if verbose else 0
+        run_config.stop = EndedTrials.of(RunDir(exp_dir))
+    if tune_config is None:
+        return
+    if isinstance(tune_config.search_alg, adapters.FolderSearchGenerator | adapters.FolderVariantGenerator) \
+            and "://" not in ray_path:  # a remote storage is the same place from any copy of the results
+        tune_config.search_alg.home = (str(Path(ray_path).parent), Path(ray_path).name)
+    searcher = tune_config.search_alg
+    while hasattr(searcher, "searcher"):  # SearchGenerator -> ConcurrencyLimiter -> StudySearch
+        searcher = searcher.searcher
+    if isinstance(searcher, study.StudySearch):
+        searcher.reopen(study.storage(exp_dir))
+    if isinstance(tune_config.scheduler, AsyncHyperBandScheduler):
+        n = adapters.restore_asha(tune_config.scheduler, rung_scores(exp, RunDir(exp_dir)))
+        if n:
+            say(f"asha: {n} rung scores restored from epochs.csv")
+
+
+def rung_scores(exp: Experiment, run_dir: RunDir) -> dict[str, dict[int, float]]:
+    """Each trial's score at each epoch in epochs.csv as the trial reported it to the scheduler: the running
+    best of the first metric (`best_<metric>`; a NaN epoch never becomes the best)."""
+    from tuner.tables import read_epochs
+
+    epochs = read_epochs(run_dir)
+    metric = exp.metrics[0]
+    if metric not in epochs or epochs.empty:
+        return {}
+    out: dict[str, dict[int, float]] = {}
+    for tid, rows in epochs.sort_values("epoch").groupby(epochs["trial_id"].astype(str)):
+        best = None
+        for epoch, v in zip(rows["epoch"], rows[metric]):
+            if v == v and (best is None or (v > best if exp.modes[0] == "max" else v < best)):
+                best = float(v)
+            out.setdefault(tid, {})[int(epoch)] = best if best is not None else float(v)
+    return out
+
+
+class EndedTrials(Stopper):
+    """The stopper of a resumed run (`RunConfig.stop`): a trial trials.csv records as ended stops at the
+    epoch it ended at, should Ray run it again."""
+
+    def __init__(self, ended: dict[str, int]):
+        self.ended = ended
+
+    @classmethod
+    def of(cls, run_dir: RunDir) -> "EndedTrials":
+        if not run_dir.trials.is_file():
+            return cls({})
+        trials = run_dir.read_trials()
+        done = trials[(trials["status"] == "TERMINATED") & (trials["epochs"] > 0)] if "epochs" in trials else trials[0:0]
+        return cls({str(t): int(e) for t, e in zip(done["trial_id"], done["epochs"])})
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        end = self.ended.get(trial_id)
+        return end is not None and int(result.get("epoch", result.get("training_iteration", 0))) >= end
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def _search_s_so_far(run_dir: RunDir) -> dict:
