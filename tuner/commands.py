@@ -272,7 +272,7 @@ def _retrain_and_export(d: Path, entry: dict, chosen: bool, retrained: dict | No
 def _trial_entry(d: Path, trial_id: str) -> dict:
     """`--trial ID`: best.yaml's entry for that trial (its config rebuilt from trials.csv), for the retrain and
     the export to take instead of the search's own pick; a UserError if trials.csv has no finished trial ID.
-    Writes nothing: best() writes it once every other option is checked."""
+    Writes nothing: with --export, best.yaml becomes it once best/ holds its retrained model."""
     import pandas as pd
 
     from tuner.tables import best_entry, row_config
