@@ -311,6 +311,10 @@ def _continue_here(tuner, exp: Experiment, exp_dir: Path, ray_path: str, callbac
     while hasattr(searcher, "searcher"):  # SearchGenerator -> ConcurrencyLimiter -> StudySearch
         searcher = searcher.searcher
     if isinstance(searcher, study.StudySearch):
+        if "_rule" not in vars(searcher):  # pickled by a tuner before the study was reopened on resume
+            raise UserError(f"--resume: {exp_dir} was interrupted by an older version of tuner, whose saved "
+                            f"searcher this one cannot continue; resume it with that version, or search again "
+                            f"with --overwrite")
         searcher.reopen(study.storage(exp_dir))
     if isinstance(tune_config.scheduler, AsyncHyperBandScheduler):
         n = adapters.restore_asha(tune_config.scheduler, rung_scores(exp, RunDir(exp_dir)))
