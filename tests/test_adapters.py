@@ -93,6 +93,18 @@ def test_the_optuna_search_pickles_without_its_study_and_reopens_it_by_ray_trial
     assert back.known() == {"r1"} and back.optuna_trial("r1").number == s.optuna_trial("r1").number
 
 
+def test_a_restored_search_draws_on_from_its_snapshots_sampler_not_the_first_runs(tmp_path):
+    s = _optuna_search(tmp_path)
+    as_first_pickled = pickle.loads(pickle.dumps(s))  # tuner.pkl: the searcher before any trial
+    first = s.suggest("r1")
+    s.on_trial_complete("r1", {"m": 0.5})
+    s.save(str(tmp_path / "snap.pkl"))
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    as_first_pickled.reopen(journal)  # what the driver does after Tuner.restore, before Ray restores the snapshot
+    as_first_pickled.restore(str(tmp_path / "snap.pkl"))
+    assert as_first_pickled.suggest("r2") != first  # the seeded sampler went on; it did not start over
+
+
 def test_a_frozen_trials_storage_id_reaches_the_same_trial_and_fail_unfinished_fails_it():
     study = optuna.create_study()
     asked = study.ask()
