@@ -39,8 +39,12 @@ def check_can_start(exp: spaces.Experiment, results: Path, *, resume: bool = Fal
     """What a search checks before it touches its folder, for every member of a suite before the first runs:
     a new search never replaces a finished or interrupted one unasked, nor warm-starts from the folder it is
     about to empty. Returns the experiment's folder."""
+    from tuner.families import get_family
     from tuner.rundir import check_replaceable, experiment_dir
 
+    # what `validate` leaves to the machine that runs: are the weights files and bundles here? (before the
+    # results folder is made)
+    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     exp_dir = experiment_dir(results, exp.name)
     run = RunDir(exp_dir)
     if resume and not run.space.is_file():
@@ -63,11 +67,8 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
     """One experiment end to end: checks -> search (tuner.search.driver) -> plots -> retrain -> comparison.
     Returns the experiment's results folder. `overwrite`: replace a search of the same name; `smoke`: record
     that this run is a --smoke one, which a later search may replace unasked."""
-    from tuner.families import get_family
     from tuner.rundir import remove_if_empty
 
-    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
-    get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     exp_dir = check_can_start(exp, results, resume=resume, overwrite=overwrite)
     created = not exp_dir.exists()
     try:
