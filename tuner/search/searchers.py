@@ -10,18 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from tuner.metrics import constraint_values
 from tuner.search.domains import DefineByRun, optuna_params
 from tuner.spaces import Experiment, grid_configs
-
-
-def constraint_attrs(values: list[float], constraints: dict[str, dict]) -> dict[str, float]:
-    """`metrics.constraint_values` under Optuna 5's names: one `constraints:<metric>.<max|min>` system attr
-    each, which every constrained sampler reads (Trial.set_constraint; `constraints_func` is deprecated)."""
-    keys = [f"{name}.{side}" for name, bound in constraints.items() for side in ("max", "min") if side in bound]
-    return {f"constraints:{k}": float(v) for k, v in zip(keys, values)}
 
 
 def make_sampler(exp: Experiment):
@@ -53,40 +44,6 @@ def warm_start_points(exp: Experiment) -> list[dict]:
     return [dict(c) for c in ws] if isinstance(ws, list) else []
 
 
-def folder_trials(exp: Experiment) -> list[tuple]:
-    """An earlier experiment's finished trials, as (params, distributions, values, constraints) under this
-    space; trials whose config this space cannot express are left out."""
-    from tuner.tables import row_config
-
-    ws = exp.search.warm_start
-    if not isinstance(ws, str):
-        return []
-    folder = Path(ws)
-    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
-    trials = trials[trials.get("status", "TERMINATED") != "ERROR"] if "status" in trials else trials
-    out = []
-    for _, row in trials.iterrows():
-        if any(m not in row or pd.isna(row[m]) for m in exp.metrics):
-            continue
-        fit = optuna_params(exp.searched, row_config(exp, row))
-        if fit is None or not fit[0]:
-            continue
-        values = [float(row[m]) for m in exp.metrics]
-        cons = constraint_values(row.to_dict(), exp.constraints) if exp.constraints else None
-        out.append((fit[0], fit[1], values, cons))
-    return out
-
-
-def seed_trials(exp: Experiment) -> list:
-    """`folder_trials` as the study's finished trials, marked `warm_start` (not trials of this search)."""
-    import optuna
-
-    return [optuna.trial.create_trial(params=params, distributions=dists, values=values,
-                                      user_attrs={"warm_start": True},
-                                      system_attrs=constraint_attrs(cons, exp.constraints) if cons is not None else {})
-            for params, dists, values, cons in folder_trials(exp)]
-
-
 # --------------------------------------------------------------------------- the searcher
 def uses_optuna(exp: Experiment) -> bool:
     """Whether the search's searcher is Optuna's (its study is the journal), not Ray's random or grid."""
@@ -105,7 +62,7 @@ def build(exp: Experiment, exp_dir: Path):
 
     from tuner.metrics import best_key
     from tuner.search.adapters import FolderSearchGenerator, FolderVariantGenerator
-    from tuner.search.study import Rule, StudySearch, storage
+    from tuner.search.study import Rule, StudySearch, seed_trials, storage
 
     if uses_optuna(exp):
         import optuna

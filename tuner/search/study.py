@@ -26,6 +26,7 @@ from tuner.errors import UserError
 from tuner.metrics import best_key, constraint_values
 from tuner.rundir import RunDir
 from tuner.search.adapters import OptunaSearchAdapter, fail_unfinished
+from tuner.search.domains import optuna_params
 from tuner.tables import EPOCH_COLUMNS, read_epochs, row_config
 
 
@@ -38,6 +39,47 @@ def storage(exp_dir: Path, path: Path | None = None):
 
 def _directions(metrics, modes) -> list[str]:
     return ["maximize" if m == "max" else "minimize" for m in modes]
+
+
+def constraint_attrs(values: list[float], constraints: dict[str, dict]) -> dict[str, float]:
+    """`metrics.constraint_values` under Optuna 5's names: one `constraints:<metric>.<max|min>` system attr
+    each, which every constrained sampler reads (Trial.set_constraint; `constraints_func` is deprecated)."""
+    keys = [f"{name}.{side}" for name, bound in constraints.items() for side in ("max", "min") if side in bound]
+    return {f"constraints:{k}": float(v) for k, v in zip(keys, values)}
+
+
+
+# --------------------------------------------------------------------------- warm starts from a folder
+def folder_trials(exp) -> list[tuple]:
+    """An earlier experiment's finished trials, as (params, distributions, values, constraints) under this
+    space; trials whose config this space cannot express are left out."""
+    ws = exp.search.warm_start
+    if not isinstance(ws, str):
+        return []
+    folder = Path(ws)
+    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
+    trials = trials[trials.get("status", "TERMINATED") != "ERROR"] if "status" in trials else trials
+    out = []
+    for _, row in trials.iterrows():
+        if any(m not in row or pd.isna(row[m]) for m in exp.metrics):
+            continue
+        fit = optuna_params(exp.searched, row_config(exp, row))
+        if fit is None or not fit[0]:
+            continue
+        values = [float(row[m]) for m in exp.metrics]
+        cons = constraint_values(row.to_dict(), exp.constraints) if exp.constraints else None
+        out.append((fit[0], fit[1], values, cons))
+    return out
+
+
+def seed_trials(exp) -> list:
+    """`folder_trials` as the study's finished trials, marked `warm_start` (not trials of this search)."""
+    import optuna
+
+    return [optuna.trial.create_trial(params=params, distributions=dists, values=values,
+                                      user_attrs={"warm_start": True},
+                                      system_attrs=constraint_attrs(cons, exp.constraints) if cons is not None else {})
+            for params, dists, values, cons in folder_trials(exp)]
 
 
 # --------------------------------------------------------------------------- one rule for every writer
@@ -81,8 +123,6 @@ def table_trial(exp, rule: Rule, row, epochs: pd.DataFrame | None):
     """The study's trial for a trials.csv row (a Series or trial_row's dict) and its epochs."""
     import optuna
 
-    from tuner.search.domains import optuna_params
-
     config = row_config(exp, row)
     state, values = rule.outcome(error=row.get("status") == "ERROR", values=[row.get(m) for m in exp.metrics],
                                  epochs=int(row.get("epochs") or 0), best_epoch=row.get("best_epoch"), config=config)
@@ -99,8 +139,6 @@ def table_trial(exp, rule: Rule, row, epochs: pd.DataFrame | None):
         values = None if last is None else [last]
     system = {}
     if exp.constraints and state == optuna.trial.TrialState.COMPLETE:
-        from tuner.search.searchers import constraint_attrs
-
         system = constraint_attrs(constraint_values(dict(row), exp.constraints), exp.constraints)
     params, dists = optuna_params(exp.searched, config) or ({}, {})
     return optuna.trial.create_trial(state=state, values=values, params=params, distributions=dists,
@@ -190,8 +228,6 @@ def _seeds(exp, exp_dir: Path) -> list:
     try:
         return [t for t in load(exp, exp_dir).get_trials() if t.user_attrs.get("warm_start")]
     except Exception:  # noqa: BLE001 - unreadable: the warm-start folder still has them
-        from tuner.search.searchers import seed_trials
-
         return seed_trials(exp)
 
 
@@ -300,8 +336,6 @@ class StudySearch(OptunaSearchAdapter):
         result = result or {}
         self._report(trial_id, result)  # the result that stopped it is still an epoch's value
         if self._constraints and result:
-            from tuner.search.searchers import constraint_attrs
-
             for key, v in constraint_attrs(constraint_values(result, self._constraints), self._constraints).items():
                 ot_trial.set_constraint(key.split(":", 1)[1], v)
         config = self._configs.get(trial_id, self._constants)
