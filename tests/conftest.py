@@ -69,3 +69,39 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture()
 def results(tmp_path):
     return tmp_path / "results"
+
+
+@pytest.fixture()
+def study_matches_tables():
+    """Check that a results folder's optuna.journal holds what its trials.csv and epochs.csv hold, read
+    independently of tuner.search.study: each row one trial (by its ray_trial_id), FAIL for an error, PRUNED
+    (with its best-epoch score) when it ran fewer than max_epochs, else COMPLETE at val_accuracy, and the
+    per-epoch val_accuracy as intermediate values. Warm-start seeds (from another folder) are left out."""
+    def check(exp_dir: Path, max_epochs: int) -> None:
+        import optuna
+        import pandas as pd
+        import pytest as _pytest
+        import yaml
+
+        name = yaml.safe_load((exp_dir / "space.yaml").read_text())["name"]
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal")))
+        journal = [t for t in optuna.load_study(study_name=name, storage=storage).trials
+                   if not t.user_attrs.get("warm_start")]
+        trials = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+        epochs = pd.read_csv(exp_dir / "epochs.csv", dtype={"trial_id": str})
+        ids = [t.user_attrs.get("ray_trial_id") for t in journal]
+        assert sorted(ids) == sorted(trials.index), f"journal {sorted(ids)} != trials.csv {sorted(trials.index)}"
+        for t in journal:
+            tid = t.user_attrs["ray_trial_id"]
+            row = trials.loc[tid]
+            if row["status"] == "ERROR":
+                assert t.state.name == "FAIL", (tid, t.state)
+                continue
+            if row["epochs"] >= max_epochs:
+                assert t.state.name == "COMPLETE" and t.value == _pytest.approx(row["val_accuracy"]), (tid, t, row)
+            else:
+                assert t.state.name == "PRUNED", (tid, t.state, row["epochs"])
+                assert t.user_attrs["best_val_accuracy"] == _pytest.approx(row["val_accuracy"]), (tid, t, row)
+            mine = epochs[epochs["trial_id"] == tid]
+            assert t.intermediate_values == _pytest.approx(dict(zip(mine["epoch"], mine["val_accuracy"]))), tid
+    return check

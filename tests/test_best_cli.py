@@ -246,3 +246,39 @@ def test_best_export_to_a_file_is_refused_before_anything_is_printed_or_written(
     assert lines == [f"error: --export {afile}: is a file; give a folder (it is created if missing)"]
     assert afile.read_text() == "mine"
     assert (written / "digits_linear" / "best.yaml").read_text() == best_yaml  # --trial did not replace the best
+
+
+def test_best_trial_only_prints_and_an_export_never_ships_a_model_of_another_config(written, tmp_path, capsys):
+    from tuner.bundle import bundle_config
+
+    d = written / "digits_linear"
+    best = ["best", "--results", str(written), "--experiment", "digits_linear"]
+    assert main(best + ["--export"]) == 0  # best/ and export/ now hold t0's model, as after a search
+    original = (d / "best.yaml").read_bytes()
+    kept = {p: p.read_bytes() for p in [d / "best.yaml", *sorted((d / "best").iterdir())]}
+    capsys.readouterr()
+
+    # --trial alone is a look: it prints that trial and changes nothing
+    assert main(best + ["--trial", "t1"]) == 0
+    assert "trial_id: t1" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in kept} == kept
+    # so the next export ships best.yaml's trial, from the model best/ already holds
+    assert main(best + ["--export", str(tmp_path / "a")]) == 0
+    assert "retraining" not in capsys.readouterr().out
+    assert tuner.load(tmp_path / "a").config["lr"] == 0.05
+
+    # --trial with --export: that trial's config, and best.yaml and best/ both name it afterwards
+    assert main(best + ["--trial", "t1", "--export", str(tmp_path / "b")]) == 0
+    assert tuner.load(tmp_path / "b").config["lr"] == 0.01
+    chosen = yaml.safe_load((d / "best.yaml").read_text())
+    assert chosen["trial_id"] == "t1" and chosen["chosen"] == "--trial t1"
+    assert bundle_config(d / "best" / "model.pt") == chosen["config"]
+
+    # a --resume writes the search's own best back into best.yaml: the next export retrains it rather than
+    # shipping t1's model under t0's name
+    (d / "best.yaml").write_bytes(original)
+    assert main(best) == 0
+    assert "holds the retrain of another config" in capsys.readouterr().out  # not t1's test metrics as t0's
+    assert main(best + ["--export", str(tmp_path / "c")]) == 0
+    assert tuner.load(tmp_path / "c").config["lr"] == 0.05
+    assert bundle_config(d / "best" / "model.pt") == yaml.safe_load(original)["config"]

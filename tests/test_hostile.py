@@ -222,6 +222,14 @@ TABLE = [
      None, "own best/ folder"),
     ("best --export to a read-only folder", ["best", "--results", "{results}", "--export", "{tmp}/ro"], "read-only",
      "cannot write"),
+    # a search never replaces another unasked, nor warm-starts from the folder it would empty
+    ("search over a finished experiment", ["search", "--space", "{linear}", "--smoke", "--results", "{results}",
+                                           "--no-dashboard"], None, "--overwrite replaces it"),
+    ("warm start from its own folder", ["search", "--space", "{linear}", "--overwrite", "--results", "{results}",
+                                        "--no-dashboard", "--set", "search.warm_start={results}/" + NAME], None,
+     "own folder"),
+    ("dashboard: a folder in place of optuna.journal", ["dashboard", "--experiment", NAME, "--results", "{results}"],
+     lambda t, r: (r / NAME / "optuna.journal").mkdir(), "is a folder"),
 ]
 
 
@@ -235,7 +243,8 @@ def test_hostile_input_exits_2_with_one_error_line(tmp_path, results, capsys, ar
             stack.enter_context(read_only(tmp / "ro"))
         elif prepare is not None:
             space = prepare(tmp, results)
-        subs = {"{tmp}": str(tmp), "{results}": str(results), "{digits}": str(DIGITS), "{space}": str(space)}
+        subs = {"{tmp}": str(tmp), "{results}": str(results), "{digits}": str(DIGITS), "{space}": str(space),
+                "{linear}": str(ROOT / "search_spaces" / "digits_linear.yaml")}
         for key, value in subs.items():
             argv = [a.replace(key, value) for a in argv]
         capsys.readouterr()

@@ -66,7 +66,7 @@ def test_conditional_two_objective_search_with_a_constraint_and_warm_start(tmp_p
     # a later search seeded with this folder: its finished trials are in the study before the first trial
     exp2 = _exp(tmp_path, COND.replace("name: cond", "name: cond2"),
                 ["search.num_samples=2", f"search.warm_start={d}"])
-    from tuner.search.searchers import folder_trials
+    from tuner.search.study import folder_trials
 
     seeded = folder_trials(exp2)
     assert len(seeded) == len(trials)
@@ -120,7 +120,8 @@ def test_constraint_values_reach_optunas_samplers_without_the_deprecated_constra
     import optuna
 
     from tuner.metrics import constraint_values
-    from tuner.search.searchers import constraint_attrs, make_sampler
+    from tuner.search.searchers import make_sampler
+    from tuner.search.study import constraint_attrs
 
     flat = "name: flat\ndataset: {name: digits}\nfamily: linear\nspace: {lr: {loguniform: [1.0e-3, 1.0]}}\n"
     exp = _exp(tmp_path, flat, [f"search.sampler={sampler}", "constraints={num_params: {max: 700}}"]

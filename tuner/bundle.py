@@ -35,6 +35,16 @@ def save_bundle(path: Path, exp, config: dict, learner, data, metrics: dict | No
         torch.save(bundle, tmp)
 
 
+def bundle_config(path: str | Path) -> dict | None:
+    """The config a bundle's model was trained with (its weights are mapped, not read), or None when there is
+    no readable bundle: `tuner best` compares it with best.yaml's before it ships best/."""
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - missing, damaged or refused: in every case not best.yaml's model
+        return None
+    return bundle.get("config") if isinstance(bundle, dict) else None
+
+
 def read_bundle(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():

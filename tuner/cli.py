@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "such as s3://bucket/path (default <results>/<name>/ray)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted experiment of the same name")
     s.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed trials again")
+    s.add_argument("--overwrite", action="store_true", help="replace a search of the same name and its export "
+                   "(without it that is refused; a --smoke result is replaced freely)")
     s.add_argument("--smoke", action="store_true", help="2 trials, 1 epoch, a small subset: check a file end to end")
     s.add_argument("--no-retrain", action="store_true", help="stop after the search")
     s.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")

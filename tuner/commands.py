@@ -35,22 +35,15 @@ def check_results_dir(results: Path) -> Path:
     return results
 
 
-def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = None, resume: bool = False,
-               retrain: bool = True, dashboard: bool = True, storage: str | None = None,
-               say: Callable[[str], None] = print, retry_failed: bool = False, verbose: bool = False) -> Path:
-    """One experiment end to end: checks -> search (tuner.search.driver) -> plots -> retrain -> comparison.
-    Returns the experiment's results folder."""
+def check_can_start(exp: spaces.Experiment, results: Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """What a search checks before it touches its folder, for every member of a suite before the first runs:
+    a new search never replaces a finished or interrupted one unasked, nor warm-starts from the folder it is
+    about to empty. Returns the experiment's folder."""
     from tuner.families import get_family
-    from tuner.report.compare import write_comparison
-    from tuner.report.experiment import experiment_plots
-    from tuner.report.webpage import write_report
-    from tuner.retrain import retrain_best
-    from tuner.rundir import check_replaceable, experiment_dir, search_lock
-    from tuner.search import driver
-    from tuner.search import tracking
-    from tuner.search.cluster import storage_lock
+    from tuner.rundir import check_replaceable, experiment_dir
 
-    # what `validate` leaves to the machine that runs: are the weights files and bundles here?
+    # what `validate` leaves to the machine that runs: are the weights files and bundles here? (before the
+    # results folder is made)
     get_family(exp.family).preflight(exp.constants, exp.searched, str(exp.path or exp.name))
     if exp.tracking is not None:  # its packages, before anything is created or started
         from tuner import tracking as tracking_config
@@ -61,36 +54,73 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
     if resume and not run.space.is_file():
         raise UserError(f"--resume: nothing to resume in {exp_dir}; run without --resume to start "
                         f"experiment {exp.name!r}")
-    if not resume:
-        check_replaceable(exp_dir)
+    if resume:
+        return exp_dir
+    ws = exp.search.warm_start
+    if isinstance(ws, str) and Path(ws).resolve() == exp_dir.resolve():
+        raise UserError(f"search.warm_start: {ws} is this experiment's own folder, which a new search empties "
+                        f"first; warm-start from a copy of it, or search under another --name")
+    check_replaceable(exp_dir, overwrite)
+    return exp_dir
+
+
+def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = None, resume: bool = False,
+               retrain: bool = True, dashboard: bool = True, storage: str | None = None,
+               say: Callable[[str], None] = print, retry_failed: bool = False, verbose: bool = False,
+               overwrite: bool = False, smoke: bool = False) -> Path:
+    """One experiment end to end: checks -> search (tuner.search.driver) -> plots -> retrain -> comparison.
+    Returns the experiment's results folder. `overwrite`: replace a search of the same name; `smoke`: record
+    that this run is a --smoke one, which a later search may replace unasked."""
+    from tuner.rundir import remove_if_empty
+
+    exp_dir = check_can_start(exp, results, resume=resume, overwrite=overwrite)
+    created = not exp_dir.exists()
+    try:
+        _search_locked(exp, results, exp_dir, address=address, resume=resume, retrain=retrain,
+                       dashboard=dashboard, storage=storage, say=say, retry_failed=retry_failed,
+                       verbose=verbose, smoke=smoke)
+    finally:
+        if created:  # refused before anything was written (missing data, say): leave no stub behind
+            remove_if_empty(exp_dir)
+    say(f"results: {exp_dir}")
+    return exp_dir
+
+
+def _search_locked(exp, results: Path, exp_dir: Path, *, resume: bool, retrain: bool, say, **run) -> None:
+    from tuner.report.compare import write_comparison
+    from tuner.report.experiment import experiment_plots
+    from tuner.report.webpage import write_report
+    from tuner.retrain import retrain_best
+    from tuner.rundir import search_lock
+    from tuner.search import driver, tracking
+    from tuner.search.cluster import storage_lock
+
+    run_dir = RunDir(exp_dir)
     # the locks are taken before anything is removed: a second search of the same name must not delete the
     # first's, in the results folder or on a shared storage folder
-    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, storage, resume), exp.name), \
+    with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, run["storage"], resume), exp.name), \
             tracking.session(exp, exp_dir, resume, say) as tracked:
-        data, best, failed = driver.run(exp, results, exp_dir, address=address, resume=resume, dashboard=dashboard,
-                                        storage=storage, say=say, retry_failed=retry_failed, verbose=verbose,
-                                        callbacks=tracked.callbacks())
+        data, best, failed = driver.run(exp, results, exp_dir, resume=resume, say=say, callbacks=tracked.callbacks(),
+                                        **run)
         experiment_plots(exp_dir)
         if best is None:
             # nothing to retrain: say so with the exit status too, not only in the log
             why = f" (first error: {failed['error'].iloc[0]})" if len(failed) else ""
-            raise UserError(f"{run.trials}: no {'feasible ' if exp.constraints else ''}trial finished "
+            raise UserError(f"{run_dir.trials}: no {'feasible ' if exp.constraints else ''}trial finished "
                             f"with {exp.metrics[0]}{why}; "
                             f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
         say(f"best trial {best['trial_id']}: " + ", ".join(f"{m} = {best['metrics'][m]:.4g}" for m in exp.metrics))
         if exp.multi:
             import pandas as pd
 
-            say(f"Pareto front: {len(pd.read_csv(run.pareto))} trials -> {run.pareto}")
+            say(f"Pareto front: {len(pd.read_csv(run_dir.pareto))} trials -> {run_dir.pareto}")
         metrics = None
         if retrain:
             metrics = retrain_best(exp_dir, data=data, say=say)
-            say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run.best}")
+            say(f"retrained best config: test accuracy {metrics['accuracy']:.4f} -> {run_dir.best}")
             write_comparison(results)
         say(f"report: {write_report(exp_dir)}")
         tracked.finish(exp_dir, best, metrics)
-    say(f"results: {exp_dir}")
-    return exp_dir
 
 
 def search(args) -> int:
@@ -112,22 +142,21 @@ def search(args) -> int:
 
         done = {p.name for p in results.iterdir() if RunDir(p).model.is_file()} if results.is_dir() else set()
         ensemble.check_names(suite.ensemble, {e.name for e in exps} | done, f"{suite.path}: ensemble")
-    names = []
-    for exp in exps:
+    for i, exp in enumerate(exps):
         if args.name and suite is None:
             exp.name = args.name
         if args.smoke:
-            exp = spaces.smoke(exp)
-        trials = (f"{exp.num_samples} trial{'s' if exp.num_samples != 1 else ''}" if exp.num_samples >= 0
-                  else "trials until the time budget ends")
-        budget = f" within {exp.search.time_budget:g} s" if exp.search.time_budget and exp.num_samples >= 0 else ""
-        from tuner.families import get_family
-
-        steps = f"up to {exp.scheduler.max_epochs} epochs" if get_family(exp.family).iterative else "one fit each"
-        _say(f"== {exp.name} ({exp.family}, {trials}{budget}, {steps})")
+            exps[i] = spaces.smoke(exp)
+    overwrite = getattr(args, "overwrite", False)
+    for exp in exps:  # no member replaces a search unasked: all are checked before the first runs
+        check_can_start(exp, results, resume=args.resume, overwrite=overwrite)
+    names = []
+    for exp in exps:
+        _say(_header(exp))
         run_search(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
                    dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
-                   retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False))
+                   retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False),
+                   overwrite=overwrite, smoke=args.smoke)
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:
@@ -148,6 +177,18 @@ def _terminal_table(df, results: Path) -> str:
     note = (f"\n({len(df.columns) - len(kept)} more columns in {Path(results) / 'comparison.md'})"
             if len(kept) < len(df.columns) else "")
     return to_markdown(df[kept]) + note
+
+
+def _header(exp: spaces.Experiment) -> str:
+    """`== name (family, N trials, up to E epochs)`: N is what will run (a grid's every point)."""
+    from tuner.families import get_family
+    from tuner.search.searchers import planned_trials
+
+    n = planned_trials(exp)
+    trials = f"{n} trial{'s' if n != 1 else ''}" if n is not None else "trials until the time budget ends"
+    budget = f" within {exp.search.time_budget:g} s" if exp.search.time_budget and n is not None else ""
+    steps = f"up to {exp.scheduler.max_epochs} epochs" if get_family(exp.family).iterative else "one fit each"
+    return f"== {exp.name} ({exp.family}, {trials}{budget}, {steps})"
 
 
 def _results_dir(results: Path) -> Path | None:
@@ -173,7 +214,7 @@ def _experiment_dir(results: Path, name: str | None) -> Path:
 
 def best(args) -> int:
     from tuner import predict
-    from tuner.retrain import retrain_best
+    from tuner.bundle import bundle_config
     from tuner.rundir import read_trials
 
     d = _experiment_dir(Path(args.results), args.experiment)
@@ -210,24 +251,22 @@ def best(args) -> int:
         dest = Path(args.export) if args.export else run.export
         predict.check_destination(d, dest)  # before a retrain, which can take hours
     metrics = run.read_metrics() if run.metrics.is_file() else None
-    if chosen is not None:  # best.yaml becomes that trial, so the retrain and the export take it
-        run.write_best(chosen)
-        info = run.read_best()
     if run.running_note():  # the search is still going: best.yaml is the best of the trials finished so far
         _say(run.running_note())
-    _say(yaml.safe_dump(info, sort_keys=False).rstrip())
-    if metrics is not None:
+    if chosen is not None and dest is None:
+        # only a look: best.yaml and best/ stay as they are (changing one alone made them disagree)
+        _say(yaml.safe_dump(chosen, sort_keys=False).rstrip())
+        _say(f"(not written anywhere: `tuner best --trial {args.trial} --export` retrains and exports it)")
+        return 0
+    _say(yaml.safe_dump(chosen or info, sort_keys=False).rstrip())
+    retrained = bundle_config(run.model)  # the config best/ holds a model of, None if none
+    if metrics is not None and retrained == info["config"]:
         _say(test_metrics_line(run))
+    elif metrics is not None:
+        _say(f"{run.best} holds the retrain of another config than best.yaml's; --export retrains best.yaml's")
     if dest is not None:
-        if args.trial or not run.model.is_file():
-            _say(f"retraining trial {args.trial}'s config first" if args.trial else
-                 "no retrained model yet: retraining the best config first")
-            retrain_best(d, say=_say)
-        predict.export(d, dest)
-        _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
-        if onnx:
-            _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
-        if metrics is None and run.metrics.is_file():  # retrained just now
+        _retrain_and_export(d, chosen or info, chosen is not None, retrained, dest, onnx)
+        if retrained != (chosen or info)["config"] and run.metrics.is_file():  # retrained just now
             _say(test_metrics_line(run))
     if dest is not None or not run.report.is_file():  # the report names the bundle, and the page is cheap
         from tuner.report.webpage import write_report
@@ -246,14 +285,34 @@ def test_metrics_line(run: RunDir) -> str:
     return f"test metrics: {shown} ({run.metrics})"
 
 
+def _retrain_and_export(d: Path, entry: dict, chosen: bool, retrained: dict | None, dest: Path, onnx: bool) -> None:
+    """best/ retrained from `entry` unless it already holds that config's model, then copied to `dest`.
+    A --trial's entry becomes best.yaml once its model is in best/: the two never name different trials."""
+    from tuner import predict
+    from tuner.retrain import retrain_best
+
+    run = RunDir(d)
+    if retrained != entry["config"]:
+        _say(f"retraining trial {entry['trial_id']}'s config first" if chosen else
+             "no retrained model of best.yaml's config yet: retraining it first")
+        retrain_best(d, say=_say, entry=entry)
+    if chosen:
+        run.write_best(entry)
+    predict.export(d, dest)
+    _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
+    if onnx:
+        from tuner import onnx_export
+
+        _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
+
+
 def _trial_entry(d: Path, trial_id: str) -> dict:
     """`--trial ID`: best.yaml's entry for that trial (its config rebuilt from trials.csv), for the retrain and
     the export to take instead of the search's own pick; a UserError if trials.csv has no finished trial ID.
-    Writes nothing: best() writes it once every other option is checked."""
+    Writes nothing: with --export, best.yaml becomes it once best/ holds its retrained model."""
     import pandas as pd
 
-    from tuner.search.searchers import _from_csv
-    from tuner.tables import best_entry
+    from tuner.tables import best_entry, row_config
 
     run = RunDir(d)
     exp = run.experiment()
@@ -265,9 +324,7 @@ def _trial_entry(d: Path, trial_id: str) -> dict:
     row = rows.iloc[0]
     if row.get("status") == "ERROR" or pd.isna(row.get("val_accuracy")):
         raise UserError(f"--trial {trial_id}: that trial did not finish; pick one with metrics in trials.csv")
-    names = exp.param_names + [k for k in exp.constants if k not in exp.param_names]
-    config = {k: _from_csv(row[k]) for k in names if k in row and not pd.isna(row[k])}
-    return best_entry(exp, row, config) | {"chosen": f"--trial {trial_id}"}
+    return best_entry(exp, row, row_config(exp, row)) | {"chosen": f"--trial {trial_id}"}
 
 
 def dashboard(args) -> int:

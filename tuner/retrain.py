@@ -17,8 +17,9 @@ from tuner.families import RunContext, get_family
 from tuner.rundir import RunDir
 
 
-def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -> dict:
-    """Fit the best trial's config on the training split, keep the best validation epoch, test once.
+def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print, entry: dict | None = None) -> dict:
+    """Fit the best trial's config (or `entry`'s, a best.yaml entry of another trial) on the training split,
+    keep the best validation epoch, test once.
 
     Writes `best/`: model.pt, metrics.json, confusion_matrix.csv/.png, classification_report.csv, curves.png.
     """
@@ -28,9 +29,9 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print) -
     from tuner.report.model import test_report
 
     run = RunDir(exp_dir)
-    if not run.best_yaml.is_file():
+    if entry is None and not run.best_yaml.is_file():
         raise UserError(f"{run.path}: no best.yaml; run `tuner search` for this experiment first")
-    best = run.read_best()
+    best = entry if entry is not None else run.read_best()
     exp = run.experiment()
     if data is None:
         data = prepare(exp.dataset, cache_dir=cache_dir())

@@ -6,7 +6,7 @@ experiment). What a trials.csv row or best.yaml holds is tuner/tables.py's.
     results/<name>/
       space.yaml            the experiment as it ran (what --resume, the retrain and ensembles read back)
       split.npz             the train/val/test indices of the search
-      run.json              the search's timings
+      run.json              the search's timings, and whether it was a --smoke run
       trials.csv            one row per trial
       epochs.csv            one row per trial and epoch
       best.yaml             the best trial: id, config, metrics
@@ -59,7 +59,7 @@ class RunDir:
 
     space = _path("space.yaml", "the experiment as it ran")
     split = _path("split.npz", "the search's train/val/test indices")
-    run_json = _path("run.json", "the search's timings")
+    run_json = _path("run.json", "the search's timings, and whether it was a --smoke run")
     trials = _path("trials.csv", "one row per trial")
     epochs = _path("epochs.csv", "one row per trial and epoch")
     best_yaml = _path("best.yaml", "the best trial: id, config, metrics")
@@ -115,6 +115,13 @@ class RunDir:
 
     def read_metrics(self) -> dict:
         return read_result(self.metrics)
+
+    def was_smoke(self) -> bool:
+        """Whether the search here was a --smoke run (run.json says so): one that may be replaced unasked."""
+        try:
+            return self.run_json.is_file() and read_result(self.run_json).get("smoke") is True
+        except CorruptResult:
+            return False
 
     # the writers: a reader never sees half a file
     def write_best(self, entry: dict) -> None:
@@ -263,11 +270,30 @@ def experiment_dir(results: Path, name: str) -> Path:
     return exp_dir
 
 
-def check_replaceable(exp_dir: Path) -> None:
-    """A new search replaces an old experiment, never a folder that only happens to have the same name."""
-    if exp_dir.is_dir() and not RunDir(exp_dir).is_experiment() and set(os.listdir(exp_dir)) - {LOCK_FILE}:
+# what a search leaves that its user would not want thrown away unasked: its tables, its retrained and
+# exported models, and Ray's state (what --resume continues)
+KEPT = ("trials.csv", "best.yaml", "best", "export", "ray")
+
+
+def check_replaceable(exp_dir: Path, overwrite: bool = False) -> None:
+    """A new search replaces an old experiment only when told to (--overwrite) or when the old one was a
+    --smoke run, and never a folder that only happens to have the same name."""
+    run = RunDir(exp_dir)
+    check_unlocked(exp_dir)
+    if exp_dir.is_dir() and not run.is_experiment() and set(os.listdir(exp_dir)) - {LOCK_FILE}:
         raise UserError(f"{exp_dir}: exists but is not a tuner experiment (no space.yaml); pick another name "
                         f"or remove it by hand")
+    if overwrite or not run.is_experiment() or run.was_smoke():
+        return
+    there = [f"{name}/" if (exp_dir / name).is_dir() else name for name in KEPT if (exp_dir / name).exists()]
+    if not there:  # a search that stopped before it wrote anything worth keeping
+        return
+    try:
+        there[0] = f"{len(run.read_trials())} trials in trials.csv" if there[0] == "trials.csv" else there[0]
+    except CorruptResult:
+        pass
+    raise UserError(f"{exp_dir}: holds a search of {run.name} ({', '.join(there)}); --resume continues it, "
+                    f"--overwrite replaces it and its export, --name OTHER searches beside it")
 
 
 @contextlib.contextmanager
@@ -275,9 +301,21 @@ def search_lock(exp_dir: Path):
     """One search per experiment folder at a time. An OS lock: it dies with the process, so a killed search
     never leaves a stale lock behind and --resume works after it."""
     exp_dir.mkdir(exist_ok=True)
-    with os_lock(exp_dir / LOCK_FILE, f"{exp_dir}: another search of this experiment is running ({{who}}); "
-                                      f"wait for it, stop it, or pick another --name"):
+    with os_lock(exp_dir / LOCK_FILE, _busy(exp_dir)):
         yield
+
+
+def check_unlocked(exp_dir: Path) -> None:
+    """The error search_lock would give, before anything else is said about the folder: a running search is
+    the first thing to know about it."""
+    if (exp_dir / LOCK_FILE).is_file():
+        with os_lock(exp_dir / LOCK_FILE, _busy(exp_dir)):
+            pass
+
+
+def _busy(exp_dir: Path) -> str:
+    return (f"{exp_dir}: another search of this experiment is running ({{who}}); wait for it, stop it, or pick "
+            f"another --name")
 
 
 @contextlib.contextmanager
@@ -299,6 +337,17 @@ def os_lock(path: Path, busy: str):
         yield
     finally:
         f.close()  # releases the lock; the file stays, empty of meaning
+
+
+def remove_if_empty(exp_dir: Path) -> None:
+    """Remove a folder a search created and left holding nothing but its lock file (a search refused before
+    it wrote anything, e.g. for missing data): no stub that `tuner list` and `tuner best` would show."""
+    try:
+        if set(os.listdir(exp_dir)) <= {LOCK_FILE}:
+            (exp_dir / LOCK_FILE).unlink(missing_ok=True)
+            exp_dir.rmdir()
+    except OSError:
+        pass  # not ours to fight over: another search may have just started in it
 
 
 def clear(exp_dir: Path) -> None:

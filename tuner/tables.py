@@ -124,6 +124,24 @@ def _plain(v):
     return v
 
 
+def csv_value(v):
+    """A trials.csv cell back as the value the trial had: a list from its YAML flow text ("[256, 128]"), a
+    numpy scalar as Python's, a whole float as an int (pandas reads an int column with a gap as floats)."""
+    if isinstance(v, str) and v.startswith("["):
+        return yaml.safe_load(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v) if abs(v) < 2**53 else v
+    return v
+
+
+def row_config(exp, row) -> dict:
+    """A trials.csv row's config: every searched parameter it drew and every constant, as the trial had them."""
+    names = exp.param_names + [k for k in exp.constants if k not in exp.param_names]
+    return {k: csv_value(row[k]) for k in names if k in row and not pd.isna(row[k])}
+
+
 def one_line(error) -> str:
     text = str(error).strip().splitlines()
     # Ray wraps the trial's exception in its own traceback: keep the line that says what went wrong

@@ -160,18 +160,19 @@ def start_local_ray(kwargs: dict):
 def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = print, verbose: bool = True) -> None:
     import ray
 
+    # with --address, or else RAY_ADDRESS (Ray's own variable, as `ray` commands read it), ray.init joins that
+    # cluster: it is not ours to configure. Without either, a new Ray of our own (LOCAL_RAY), even when a
+    # `ray start --head` cluster runs on this machine. The address is checked first, even when this process
+    # has a Ray already: a wrong RAY_ADDRESS is the user's error whatever ran before.
+    where = "--address" if address else "RAY_ADDRESS"
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        check_address(address, where)
     if ray.is_initialized():
         return
     # without --verbose the console is tuner's (tuner.search.console): Ray's warnings stay in its log files
     kwargs: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING if verbose else logging.ERROR,
                     "log_to_driver": verbose}
-    # with --address, or else RAY_ADDRESS (Ray's own variable, as `ray` commands read it), ray.init joins that
-    # cluster: it is not ours to configure. Without either, a new Ray of our own (LOCAL_RAY), even when a
-    # `ray start --head` cluster runs on this machine.
-    where = "--address" if address else "RAY_ADDRESS"
-    if not address and os.environ.get("RAY_ADDRESS"):
-        address = os.environ["RAY_ADDRESS"]
-        check_address(address, where)
     local = not address
     if address:
         kwargs["address"] = address

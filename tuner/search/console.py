@@ -64,19 +64,6 @@ def quiet_ray(verbose: bool) -> None:
     logging.getLogger("ray.tune").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 
-def restored(tuner, callbacks: list, verbose: bool) -> None:
-    """A restored Tuner runs with the callbacks and verbosity pickled by the first run; use this run's.
-
-    Ray's Tuner.restore takes no RunConfig, so this sets the restored one (local runs; through a
-    ray:// client the first run's stay).
-    """
-    internal = getattr(tuner, "_local_tuner", None)
-    config = getattr(internal, "_run_config", None)
-    if config is not None:
-        config.callbacks = callbacks
-        config.verbose = 1 if verbose else 0
-
-
 def header(exp, exp_dir: Path, results: Path, say: Callable[[str], None]) -> None:
     """Where the results go and the ways to watch the search (the Ray dashboard line comes from init_ray)."""
     res = "" if Path(results) == Path("results") else f" --results {_short(results)}"

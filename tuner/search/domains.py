@@ -6,6 +6,7 @@ from typing import Any
 
 from ray import tune
 
+from tuner.search.adapters import contains
 from tuner.spaces import Conditional, Distribution
 
 
@@ -121,7 +122,7 @@ def optuna_params(space: dict, config: dict, prefix: str = "") -> tuple[dict, di
                 return None
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             v = int(round(v)) if node.kind in ("int", "logint") else float(v)
-            if not dist._contains(dist.to_internal_repr(v)):
+            if not contains(dist, v):
                 return None
         else:
             return None

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import yaml
+from ray.tune import Stopper
 
 from tuner import interrupt
 from tuner.atomic import writing
@@ -166,7 +167,7 @@ def param_space(exp: Experiment, constants_only: bool = False) -> dict:
 # --------------------------------------------------------------------------- the run
 def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = None, resume: bool = False,
         dashboard: bool = True, storage: str | None = None, say: Callable[[str], None] = print,
-        retry_failed: bool = False, verbose: bool = False, callbacks: list = ()) -> tuple:
+        retry_failed: bool = False, verbose: bool = False, smoke: bool = False, callbacks: list = ()) -> tuple:
     """The search itself, in `exp_dir` (checked and locked by the caller, `commands.run_search`): prepare the
     data, start Ray, run Tune, write the tables. Returns (data, best, failed): the prepared data (the retrain
     reuses it), best.yaml's content or None when no trial finished, the failed trials' rows."""
@@ -186,18 +187,19 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     if resume and not _saved(exp, ray_path):
         raise UserError(f"--resume: nothing to resume in {ray_path}; run without --resume to start "
                         f"experiment {exp.name!r}")
-    if not resume and exp.storage:  # first: it may refuse, and then nothing is removed
-        remove_experiment(exp.storage, exp.name)
-    if not resume:
-        clear(exp_dir)  # a new search of the same name replaces the old one
     if resume:
         _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
-    else:
-        replace(run_dir.space, resolved_yaml(exp))
-
     t0 = time.perf_counter()
+    # the data first: a data set that is missing or unreadable stops the search before anything is removed
     interrupt.signal_for_tests("prepare")
     data = prepare(exp.dataset, cache_dir=cache_dir())
+    if not resume and exp.storage:  # it may refuse, and then nothing is removed
+        remove_experiment(exp.storage, exp.name)
+    if not resume:
+        clear(exp_dir)  # a new search of the same name replaces the old one (checked: commands.check_can_start)
+        replace(run_dir.space, resolved_yaml(exp))
+        # a --smoke run says so, so that a later search may replace it unasked (RunDir.was_smoke)
+        run_dir.write_json(run_dir.run_json, {"smoke": smoke, "runs": 0, "search_s": 0.0})
     with writing(run_dir.split) as tmp:
         np.savez(tmp, **data.indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
@@ -220,52 +222,38 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     from tuner.search import console, live, searchers, study
 
     console.quiet_ray(verbose)
-    search_alg, constants_only = searchers.build(exp, exp_dir)
     live_results = live.LiveResults(exp, exp_dir)
-    extra, callbacks = list(callbacks), [live_results] + ([] if isinstance(search_alg, study.StudySearch) else
-                                                          [study.StudyRecorder(exp, exp_dir)])
+    recorder = [] if searchers.uses_optuna(exp) else [study.StudyRecorder(exp, exp_dir, live_results)]
+    extra, callbacks = list(callbacks), [live_results] + recorder  # the recorder after the live tables: it records their rows
     callbacks += extra  # the caller's (tuner.search.tracking: MLflow, W&B)
     callbacks += [] if verbose else [console.Console(exp, say)]
     callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
     console.header(exp, exp_dir, results, say)
     # ---
     if resume:
+        study.repair(exp, exp_dir, say)  # a damaged journal is rebuilt from the tables before anything reads it
         # errored trials stay failed (a NaN comes back the same) unless --retry-failed, which reruns them
         # from their last checkpoint; unfinished ones go on from their checkpoints
         tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=retry_failed)
-        console.restored(tuner, callbacks, verbose)
+        _continue_here(tuner, exp, exp_dir, ray_path, callbacks, verbose, say)
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(exp, constants_only),
-            tune_config=tune.TuneConfig(
-                # the searcher and scheduler each name their metric (tuner.search.searchers, _scheduler)
-                search_alg=search_alg, scheduler=_scheduler(exp),
-                num_samples=searchers.num_samples(exp), max_concurrent_trials=exp.search.max_concurrent,
-                reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
-            run_config=tune.RunConfig(
-                name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
-                verbose=1 if verbose else 0, callbacks=callbacks,
-                # 2 per trial; PBT keeps all: Ray's PBT can hand a trial a checkpoint of the trial it copies
-                # that the copied one has pruned since (seen here with 4 kept: "Could not recover from
-                # checkpoint as it does not exist on storage anymore", ray-project/ray#8441)
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.name == "pbt" else 2),
-                failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
-        )
+        tuner = _new_tuner(exp, exp_dir, trainable, callbacks, verbose)
     t_fit = time.perf_counter()
     with _signals_stop_tune():
         grid = tuner.fit()
     fit_s = time.perf_counter() - t_fit
     # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/),
     # over every run of it: an interrupted one and each --resume add theirs
-    before = _search_s_so_far(run_dir) if resume else {"search_s": 0.0, "runs": 0}
+    before = _search_s_so_far(run_dir)
     run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(before["search_s"] + fit_s, 3),
-                                          "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1})
+                                          "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1,
+                                          "smoke": before["smoke"]})
     # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
     interrupt.raise_received()
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
     best = write_results(exp, grid, exp_dir, live_results.results)
+    study.reconcile(exp, exp_dir, say)  # the study ends equal to the tables, whatever faults came between
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
     failed = failed[failed["status"] == "ERROR"]
     if len(failed):
@@ -282,12 +270,115 @@ def _saved(exp: Experiment, ray_path: str) -> bool:
     return bool((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path))
 
 
+def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbose: bool):
+    from ray import tune
+
+    from tuner.search import searchers
+
+    search_alg, constants_only = searchers.build(exp, exp_dir)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(exp, constants_only),
+        tune_config=tune.TuneConfig(
+            # the searcher and scheduler each name their metric (tuner.search.searchers, _scheduler); the
+            # search algorithm keeps to search.max_concurrent itself (searchers.build)
+            search_alg=search_alg, scheduler=_scheduler(exp), num_samples=searchers.num_samples(exp),
+            reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
+        run_config=tune.RunConfig(
+            name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
+            verbose=1 if verbose else 0, callbacks=callbacks,
+            # 2 per trial; PBT keeps all: Ray's PBT can hand a trial a checkpoint of the trial it copies
+            # that the copied one has pruned since (seen here with 4 kept: "Could not recover from
+            # checkpoint as it does not exist on storage anymore", ray-project/ray#8441)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.name == "pbt" else 2),
+            failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
+    )
+
+
+def _continue_here(tuner, exp: Experiment, exp_dir: Path, ray_path: str, callbacks: list, verbose: bool,
+                   say: Callable[[str], None]) -> None:
+    """A restored Tuner set to go on in this folder as an uninterrupted search would: this run's callbacks
+    and verbosity; new trials and the study in the folder being resumed, not the one Ray's pickled state
+    names (a copied or moved results folder); ASHA's rungs as they were (Ray does not save the scheduler);
+    trials the tables say ended, which a SIGKILLed driver's older snapshot may still count as running,
+    stopped where they ended."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from tuner.search import adapters, study
+
+    tune_config, run_config = adapters.restored_configs(tuner)
+    if run_config is not None:  # through a ray:// client the first run's stay
+        run_config.callbacks, run_config.verbose = callbacks, 1 if verbose else 0
+        run_config.stop = EndedTrials.of(RunDir(exp_dir))
+    if tune_config is None:
+        return
+    if isinstance(tune_config.search_alg, adapters.FolderSearchGenerator | adapters.FolderVariantGenerator) \
+            and "://" not in ray_path:  # a remote storage is the same place from any copy of the results
+        tune_config.search_alg.home = (str(Path(ray_path).parent), Path(ray_path).name)
+    searcher = tune_config.search_alg
+    while hasattr(searcher, "searcher"):  # SearchGenerator -> ConcurrencyLimiter -> StudySearch
+        searcher = searcher.searcher
+    if isinstance(searcher, study.StudySearch):
+        if "_rule" not in vars(searcher):  # pickled by a tuner before the study was reopened on resume
+            raise UserError(f"--resume: {exp_dir} was interrupted by an older version of tuner, whose saved "
+                            f"searcher this one cannot continue; resume it with that version, or search again "
+                            f"with --overwrite")
+        searcher.reopen(study.storage(exp_dir))
+    if isinstance(tune_config.scheduler, AsyncHyperBandScheduler):
+        n = adapters.restore_asha(tune_config.scheduler, rung_scores(exp, RunDir(exp_dir)))
+        if n:
+            say(f"asha: {n} rung scores restored from epochs.csv")
+
+
+def rung_scores(exp: Experiment, run_dir: RunDir) -> dict[str, dict[int, float]]:
+    """Each trial's score at each epoch in epochs.csv as the trial reported it to the scheduler: the running
+    best of the first metric (`best_<metric>`; a NaN epoch never becomes the best)."""
+    from tuner.tables import read_epochs
+
+    epochs = read_epochs(run_dir)
+    metric = exp.metrics[0]
+    if metric not in epochs or epochs.empty:
+        return {}
+    out: dict[str, dict[int, float]] = {}
+    for tid, rows in epochs.sort_values("epoch").groupby(epochs["trial_id"].astype(str)):
+        best = None
+        for epoch, v in zip(rows["epoch"], rows[metric]):
+            if v == v and (best is None or (v > best if exp.modes[0] == "max" else v < best)):
+                best = float(v)
+            out.setdefault(tid, {})[int(epoch)] = best if best is not None else float(v)
+    return out
+
+
+class EndedTrials(Stopper):
+    """The stopper of a resumed run (`RunConfig.stop`): a trial trials.csv records as ended stops at the
+    epoch it ended at, should Ray run it again."""
+
+    def __init__(self, ended: dict[str, int]):
+        self.ended = ended
+
+    @classmethod
+    def of(cls, run_dir: RunDir) -> "EndedTrials":
+        if not run_dir.trials.is_file():
+            return cls({})
+        trials = run_dir.read_trials()
+        done = trials[(trials["status"] == "TERMINATED") & (trials["epochs"] > 0)] if "epochs" in trials else trials[0:0]
+        return cls({str(t): int(e) for t, e in zip(done["trial_id"], done["epochs"])})
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        end = self.ended.get(trial_id)
+        return end is not None and int(result.get("epoch", result.get("training_iteration", 0))) >= end
+
+    def stop_all(self) -> bool:
+        return False
+
+
 def _search_s_so_far(run_dir: RunDir) -> dict:
     try:
         saved = read_result(run_dir.run_json) if run_dir.run_json.is_file() else {}
     except CorruptResult:  # a broken run.json only loses the earlier runs' seconds
         saved = {}
-    return {"search_s": float(saved.get("search_s", 0.0)), "runs": int(saved.get("runs", 1 if saved else 0))}
+    return {"search_s": float(saved.get("search_s", 0.0)), "runs": int(saved.get("runs", 1 if saved else 0)),
+            "smoke": saved.get("smoke") is True}
 
 
 def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list[dict]] | None = None) -> dict | None:

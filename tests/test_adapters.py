@@ -1,0 +1,200 @@
+"""Each Ray / Optuna internal tuner uses (tuner/search/adapters.py) is still there with the shape it relies on,
+so an upgrade that changes one fails here, naming it; and ASHA's restored rungs make the decisions an
+uninterrupted ASHA makes (deterministic: a fixed sequence of results, no Ray run)."""
+from __future__ import annotations
+
+import pickle
+import random
+
+import optuna
+import pytest
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from tuner.search import adapters
+
+
+def test_the_checked_versions_are_the_installed_ones_or_the_checks_below_still_hold():
+    # informative: a newer Ray or Optuna than the one the docstrings name is fine while this file passes
+    assert adapters.RAY_CHECKED and adapters.OPTUNA_CHECKED
+    assert ray.__version__ and optuna.__version__
+
+
+def test_a_tuner_keeps_its_tune_and_run_config_where_restored_configs_reads_them(tmp_path):
+    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(num_samples=3),
+                       run_config=tune.RunConfig(name="x", storage_path=str(tmp_path)))
+    tune_config, run_config = adapters.restored_configs(tuner)
+    assert isinstance(tune_config, tune.TuneConfig) and tune_config.num_samples == 3
+    assert isinstance(run_config, tune.RunConfig) and run_config.name == "x"
+    assert hasattr(tune_config, "search_alg") and hasattr(tune_config, "scheduler")
+    assert hasattr(run_config, "callbacks") and hasattr(run_config, "stop") and hasattr(run_config, "verbose")
+
+
+def test_in_folder_moves_a_trials_storage_as_ray_moves_restored_trials(tmp_path):
+    from ray.train._internal.storage import StorageContext
+
+    old = StorageContext(storage_path=str(tmp_path / "A" / "exp"), experiment_dir_name="ray", trial_dir_name="trial_1")
+    new = adapters.in_folder(old, str(tmp_path / "B" / "exp"), "ray")
+    assert new.trial_fs_path == str(tmp_path / "B" / "exp" / "ray" / "trial_1")
+    assert old.trial_fs_path == str(tmp_path / "A" / "exp" / "ray" / "trial_1")  # a copy: the old one unchanged
+
+
+@pytest.mark.parametrize("cls", [adapters.FolderSearchGenerator, adapters.FolderVariantGenerator])
+def test_the_search_algorithms_create_trials_in_next_trial_and_restore_in_set_state(cls):
+    # _InFolder overrides these two; both must still be the methods Ray's controller and restore call
+    for name in ("next_trial", "set_state", "get_state", "save_to_dir", "restore_from_dir"):
+        assert callable(getattr(cls, name)), name
+    assert cls.next_trial is adapters._InFolder.next_trial and cls.set_state is adapters._InFolder.set_state
+
+
+def test_a_variant_generators_trials_go_to_home_and_home_survives_set_state(tmp_path):
+    from ray.tune.experiment import Experiment
+
+    gen = adapters.FolderVariantGenerator(max_concurrent=0)
+    gen.add_configurations([Experiment("exp", lambda config: None, num_samples=2, config={"x": 1},
+                                       storage_path=str(tmp_path / "A"))])
+    state = gen.get_state()
+    gen.home = (str(tmp_path / "B"), "exp")
+    gen.set_state(state)  # a restore from the first run's snapshot keeps this run's home
+    assert gen.home == (str(tmp_path / "B"), "exp")
+    trial = gen.next_trial()
+    assert trial.storage.storage_fs_path == str(tmp_path / "B") and trial.storage.experiment_dir_name == "exp"
+
+
+def _optuna_search(tmp_path) -> adapters.OptunaSearchAdapter:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    return adapters.OptunaSearchAdapter(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m",
+                                        mode="max", storage=storage, study_name="s",
+                                        sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def test_ray_optuna_search_keeps_its_state_in_the_attributes_the_adapter_names(tmp_path):
+    s = _optuna_search(tmp_path)
+    for name in adapters.OptunaSearchAdapter._REOPENED + ("_completed_trials", "_sampler", "_study_name", "_mode"):
+        assert name in s.__dict__, name
+    s.suggest("r1")
+    assert isinstance(s.optuna_trial("r1"), optuna.Trial) and s.known() == {"r1"} and isinstance(s.study, optuna.Study)
+    s.on_trial_complete("r1", {"m": 0.5})
+    assert s.is_completed("r1")
+
+
+def test_the_optuna_search_pickles_without_its_study_and_reopens_it_by_ray_trial_id(tmp_path):
+    s = _optuna_search(tmp_path)
+    s.suggest("r1")
+    s.optuna_trial("r1").set_user_attr("ray_trial_id", "r1")
+    back = pickle.loads(pickle.dumps(s))
+    assert back.study is None and back.known() == set()  # nothing of the journal's path travels
+    s.save(str(tmp_path / "snap.pkl"))
+    back.restore(str(tmp_path / "snap.pkl"))
+    assert back.__dict__.pop("_snapshot_known") == ["r1"] and back.study is None
+    back.reopen(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    assert back.known() == {"r1"} and back.optuna_trial("r1").number == s.optuna_trial("r1").number
+
+
+def test_a_restored_search_draws_on_from_its_snapshots_sampler_not_the_first_runs(tmp_path):
+    s = _optuna_search(tmp_path)
+    as_first_pickled = pickle.loads(pickle.dumps(s))  # tuner.pkl: the searcher before any trial
+    first = s.suggest("r1")
+    s.on_trial_complete("r1", {"m": 0.5})
+    s.save(str(tmp_path / "snap.pkl"))
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    as_first_pickled.reopen(journal)  # what the driver does after Tuner.restore, before Ray restores the snapshot
+    as_first_pickled.restore(str(tmp_path / "snap.pkl"))
+    assert as_first_pickled.suggest("r2") != first  # the seeded sampler went on; it did not start over
+
+
+def test_a_frozen_trials_storage_id_reaches_the_same_trial_and_fail_unfinished_fails_it():
+    study = optuna.create_study()
+    asked = study.ask()
+    frozen = study.trials[0]
+    assert optuna.trial.Trial(study, adapters.storage_id(frozen)).number == asked.number
+    adapters.fail_unfinished(study, frozen)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_contains_tells_a_value_inside_a_distribution_from_one_outside():
+    dist = optuna.distributions.FloatDistribution(0.1, 0.2, log=True)
+    assert adapters.contains(dist, 0.15) and not adapters.contains(dist, 0.3)
+    assert adapters.contains(optuna.distributions.IntDistribution(1, 3), 2)
+
+
+def test_asha_keeps_rungs_of_milestone_and_recorded_scores_per_bracket():
+    asha = ASHAScheduler(metric="m", mode="max", max_t=9, grace_period=1, reduction_factor=3)
+    rungs = adapters.asha_rungs(asha)
+    assert [m for m, _ in rungs] == [9, 3, 1] and all(r == {} for _, r in rungs)
+    assert asha._metric_op == 1.0 and ASHAScheduler(metric="m", mode="min")._metric_op == -1.0
+    trial = Trial("tuner_test", stub=True, trial_id="a")
+    asha.on_trial_add(None, trial)
+    asha.on_trial_result(None, trial, {"training_iteration": 1, "m": 0.5})
+    assert adapters.asha_rungs(asha)[2][1] == {"a": 0.5}  # a reported score lands in its rung's dict
+
+
+# ------------------------------------------------------------------ ASHA resumed = ASHA uninterrupted
+def _results(seed: int, trials: int = 8, max_t: int = 9) -> list[tuple[str, int, float]]:
+    """Interleaved (trial, epoch, running best) results, in arrival order: trials start one after another
+    and report at different paces, as concurrent trials do."""
+    rng = random.Random(seed)
+    best = {f"t{i}": 0.0 for i in range(trials)}
+    pending = {f"t{i}": 1 for i in range(trials)}
+    out = []
+    while pending:
+        tid = rng.choice(sorted(pending)[:3])  # at most 3 running at once
+        best[tid] = max(best[tid], rng.random())
+        out.append((tid, pending[tid], best[tid]))
+        pending[tid] += 1
+        if pending[tid] > max_t:
+            del pending[tid]
+    return out
+
+
+def _decide(asha, results, added: set) -> dict[tuple[str, int], str]:
+    """Feed results to ASHA as Ray would (a stopped trial reports nothing more); its decision for each."""
+    out, stopped = {}, set()
+    for tid, epoch, score in results:
+        if tid in stopped:
+            continue
+        trial = Trial("tuner_test", stub=True, trial_id=tid)
+        if tid not in added:
+            asha.on_trial_add(None, trial)
+            added.add(tid)
+        out[tid, epoch] = asha.on_trial_result(None, trial, {"training_iteration": epoch, "m": score})
+        if out[tid, epoch] == TrialScheduler.STOP:
+            stopped.add(tid)
+    return out
+
+
+def _asha(mode: str = "max") -> ASHAScheduler:
+    return ASHAScheduler(metric="m", mode=mode, max_t=9, grace_period=1, reduction_factor=3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_restored_rungs_make_the_decisions_an_uninterrupted_asha_makes(seed):
+    results = _results(seed)
+    whole = _decide(_asha(), results, set())
+    stopped_at = {tid: e for (tid, e), d in whole.items() if d == TrialScheduler.STOP}
+    ran = [(t, e, s) for t, e, s in results if e <= stopped_at.get(t, 99)]  # what an uninterrupted search ran
+    cut = len(ran) // 2
+    before, after = ran[:cut], ran[cut:]
+    scores: dict[str, dict[int, float]] = {}
+    for tid, epoch, score in before:  # what epochs.csv holds at the interruption
+        scores.setdefault(tid, {})[epoch] = score
+    resumed = _asha()
+    added = set()
+    for tid in scores:  # Ray adds every restored trial to the scheduler again
+        resumed.on_trial_add(None, Trial("tuner_test", stub=True, trial_id=tid))
+        added.add(tid)
+    assert adapters.restore_asha(resumed, scores) > 0
+    again = _decide(resumed, after, added)
+    assert again == {k: whole[k] for k in again}
+    # and the rungs had to be restored for that: an ASHA that forgot them lets on some trial it would stop
+    forgetful = _decide(_asha(), after, set())
+    assert forgetful != {k: whole[k] for k in forgetful}
+
+
+def test_restore_asha_records_the_first_epoch_at_or_past_each_milestone_in_the_schedulers_sign():
+    asha = _asha("min")
+    n = adapters.restore_asha(asha, {"a": {1: 0.9, 2: 0.8, 4: 0.5}, "b": {1: 0.7}})
+    rungs = dict(adapters.asha_rungs(asha))
+    assert rungs[1] == {"a": -0.9, "b": -0.7} and rungs[3] == {"a": -0.5} and rungs[9] == {} and n == 3

@@ -1,0 +1,173 @@
+"""Every use of a Ray Tune or Optuna internal in tuner, in one module: what it is, why tuner needs it, and the
+version it was checked against. tests/test_adapters.py checks each one (the attribute is there, with the
+shape used here), so an upgrade that changes one fails a test rather than a user's search.
+
+Checked against Ray 2.60.0 and Optuna 5.1.0.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import optuna
+from ray.tune.search import SearchGenerator
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+RAY_CHECKED, OPTUNA_CHECKED = "2.60.0", "5.1.0"
+
+
+# --------------------------------------------------------------------------- the restored Tuner
+def restored_configs(tuner) -> tuple:
+    """(TuneConfig, RunConfig) of a Tuner made by Tuner.restore, as unpickled from tuner.pkl: restore() takes
+    neither, so --resume sets this run's callbacks, stopper, searcher and scheduler state on them before
+    fit(). `Tuner._local_tuner._tune_config` / `._run_config` (Ray 2.60); (None, None) through ray://."""
+    internal = getattr(tuner, "_local_tuner", None)
+    return getattr(internal, "_tune_config", None), getattr(internal, "_run_config", None)
+
+
+# --------------------------------------------------------------------------- new trials in the resumed folder
+def in_folder(storage, storage_path: str, name: str):
+    """A copy of a trial's StorageContext pointing at `storage_path/name`: what Ray 2.60's
+    TuneController._restore_trials does to the trials it restores (`storage_fs_path`,
+    `experiment_dir_name`). Ray does not do it for the trials a restored searcher creates: their context is
+    the one pickled with the searcher's experiment spec, so a copied results folder's --resume put its new
+    trials' checkpoints in the original folder."""
+    new = copy.copy(storage)
+    new.storage_fs_path = storage_path
+    new.experiment_dir_name = name
+    return new
+
+
+class _InFolder:
+    """A search algorithm whose new trials live in `home` = (storage path, experiment folder name), set by
+    the driver on --resume, whatever folder the pickled state names. Kept across set_state (BasicVariant's
+    restores its whole __dict__)."""
+
+    home: tuple[str, str] | None = None
+
+    def next_trial(self):
+        trial = super().next_trial()
+        if trial is not None and self.home is not None:
+            trial.storage = in_folder(trial.storage, *self.home)  # no disk was touched yet (init_local_path)
+        return trial
+
+    def set_state(self, state) -> None:
+        home = self.home
+        super().set_state(state)
+        self.home = home
+
+
+class FolderSearchGenerator(_InFolder, SearchGenerator):
+    """Ray's SearchGenerator (wrapping a Searcher), its new trials in `home` on --resume."""
+
+
+class FolderVariantGenerator(_InFolder, BasicVariantGenerator):
+    """Ray's BasicVariantGenerator (random, grid, PBT's population), its new trials in `home` on --resume."""
+
+
+# --------------------------------------------------------------------------- Ray's OptunaSearch
+class OptunaSearchAdapter(OptunaSearch):
+    """Ray's OptunaSearch with its state behind names tuner owns, and a study that is never pickled.
+
+    Ray 2.60 keeps the Optuna trial of each Ray trial in `_ot_trials`, the study in `_ot_study` (over the
+    storage in `_storage`), the ids it has told in `_completed_trials`, and pickles all of it, the storage's
+    absolute journal path and replay state included, into tuner.pkl and each searcher snapshot. Here the
+    study is left out of both and reopened by `reopen(storage)` from the journal of the folder being
+    resumed: a copied or moved folder resumes in itself, and a journal rebuilt from the tables is read as
+    it is now, its trials found by their `ray_trial_id` attribute.
+    """
+
+    _REOPENED = ("_storage", "_ot_study", "_ot_trials")
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def optuna_trial(self, trial_id: str) -> optuna.Trial | None:
+        return self._ot_trials.get(trial_id)
+
+    def known(self) -> set[str]:
+        return set(self._ot_trials)
+
+    def is_completed(self, trial_id: str) -> bool:
+        return trial_id in self._completed_trials
+
+    def mark_completed(self, trial_id: str) -> None:
+        self._completed_trials.add(trial_id)
+
+    def reopen(self, storage) -> None:
+        """The study in `storage` (created if it is not there), each trial that has a `ray_trial_id` user
+        attribute the Optuna trial of that Ray trial."""
+        self._storage = storage
+        directions = ({"directions": ["minimize" if m == "min" else "maximize" for m in self._mode]}
+                      if isinstance(self._mode, list) else {"direction": "minimize" if self._mode == "min" else "maximize"})
+        self._ot_study = optuna.create_study(storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
+                                             study_name=self._study_name, load_if_exists=True, **directions)
+        self._ot_trials = {t.user_attrs["ray_trial_id"]: optuna.trial.Trial(self._ot_study, storage_id(t))
+                           for t in self._ot_study.get_trials(deepcopy=False)
+                           if "ray_trial_id" in t.user_attrs and not t.user_attrs.get("warm_start")}
+
+    def __getstate__(self) -> dict:  # tuner.pkl
+        return {k: v for k, v in self.__dict__.items() if k not in self._REOPENED}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({k: v for k, v in state.items() if k not in self._REOPENED})
+        self._storage, self._ot_study, self._ot_trials = None, None, {}
+
+    def save(self, checkpoint_path: str) -> None:
+        # Ray's own file format (a pickled dict its restore() would read too), less the study, plus the Ray
+        # trials this snapshot knows: on resume, a trial the journal has and they lack was asked for after it
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({**self.__getstate__(), "_snapshot_known": sorted(self._ot_trials)}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            saved = pickle.load(f)
+        # the study stays the one reopen() opened in this folder (an older snapshot also pickled Ray's own),
+        # reopened with the snapshot's sampler: its random state goes on from the draws already made
+        self.__dict__.update({k: v for k, v in saved.items() if k not in self._REOPENED})
+        if self._storage is not None:
+            self.reopen(self._storage)
+
+
+# --------------------------------------------------------------------------- Optuna's storage
+def storage_id(trial: optuna.trial.FrozenTrial) -> int:
+    """The storage's id of a trial (`FrozenTrial._trial_id`, Optuna 5.1): what `optuna.trial.Trial(study, id)`
+    and the storage's setters take; Optuna gives no public way from a FrozenTrial to it."""
+    return trial._trial_id
+
+
+def fail_unfinished(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Mark a RUNNING trial FAIL without a Trial object (`Study._storage`, Optuna 5.1)."""
+    study._storage.set_trial_state_values(storage_id(trial), optuna.trial.TrialState.FAIL)
+
+
+def contains(dist: optuna.distributions.BaseDistribution, value) -> bool:
+    """Whether a distribution holds a value (`BaseDistribution._contains` over `to_internal_repr`, Optuna 5.1):
+    a warm-start config outside today's range is left out rather than refused by create_trial."""
+    return dist._contains(dist.to_internal_repr(value))
+
+
+# --------------------------------------------------------------------------- ASHA's rungs
+def asha_rungs(scheduler) -> list[tuple[float, dict]]:
+    """ASHA's rungs, each (milestone, {trial id: recorded score}) over every bracket: Ray 2.60's
+    `AsyncHyperBandScheduler._brackets[i]._rungs`, scores stored as `_metric_op * metric` (higher is better).
+    TuneController.save_to_dir leaves the scheduler out of the experiment state, so a resumed ASHA starts
+    with empty rungs and lets on trials an uninterrupted one would stop."""
+    return [rung for bracket in scheduler._brackets for rung in bracket._rungs]
+
+
+def restore_asha(scheduler, scores: dict[str, dict[int, float]]) -> int:
+    """Record each trial's score at each rung it reached, as ASHA had before the interruption: its reported
+    metric at the first epoch at or past the milestone (`scores`: trial id -> {epoch: metric as reported}).
+    Returns how many scores were recorded."""
+    op = scheduler._metric_op
+    n = 0
+    for milestone, recorded in asha_rungs(scheduler):
+        for trial_id, by_epoch in scores.items():
+            reached = [e for e in by_epoch if e >= milestone]
+            if reached and trial_id not in recorded:
+                recorded[trial_id] = op * by_epoch[min(reached)]
+                n += 1
+    return n
