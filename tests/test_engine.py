@@ -8,7 +8,8 @@ import torch
 from tuner import embeddings, spaces
 from tuner.data import prepare
 from tuner.settings import cache_dir
-from tuner.engine import _fused, amp_dtype, eval_batches, make_optimizer, place, precision, train_batches
+from tuner.engine import amp_dtype, eval_batches, make_optimizer, place, precision, train_batches
+from tuner.engine.optim import _fused
 from tuner.families import get_family
 
 

@@ -52,7 +52,7 @@ def test_amp_and_channels_last_training_reaches_the_cpu_accuracy_band(digits):
 
 def test_two_learners_share_one_gpu_each_within_its_share(digits):
     device = pick_device(0.5)
-    assert device.type == "cuda" and engine._GPU_SHARE == 0.5
+    assert device.type == "cuda" and engine.device._GPU_SHARE == 0.5
     assert resident_budget(device) <= torch.cuda.mem_get_info(device)[1] * 0.5 / 3
     fam = get_family("cnn")
     a = fam.learner(CNN, digits.info, RunContext(device=device))
