@@ -1,16 +1,20 @@
 """engine: fixed batch shapes, padded evaluation, one precision policy, host arrays kept on the CPU."""
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import tuner.engine
 from tuner import embeddings, spaces
 from tuner.data import prepare
-from tuner.settings import cache_dir
-from tuner.engine import amp_dtype, eval_batches, make_optimizer, place, precision, train_batches
+from tuner.engine import amp_dtype, eval_batches, gpu_share, make_optimizer, place, precision, train_batches
 from tuner.engine.optim import _fused
-from tuner.families import get_family
+from tuner.families import RunContext, get_family
+from tuner.settings import cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,18 @@ def test_the_cpu_trains_in_float32_and_keeps_host_arrays_where_they_are(digits):
     with precision("cpu", exact=False):
         assert not torch.is_autocast_enabled("cpu")
     arrays = [digits.x_train, digits.y_train]
-    assert all(a is b for a, b in zip(place(arrays, torch.device("cpu")), arrays))
+    assert all(a is b for a, b in zip(place(arrays, torch.device("cpu"), 1.0), arrays))
+
+
+def test_the_gpu_share_travels_with_the_run_not_in_a_module_global(digits):
+    # resources.gpu of a trial -> RunContext.gpu_share -> the learner, which places its data within it
+    assert (gpu_share(None), gpu_share(0.25), gpu_share(2), gpu_share(0)) == (1.0, 0.25, 1.0, 0.0)
+    learner = get_family("mlp").learner({"hidden": [8]}, digits.info, RunContext(gpu_share=0.25))
+    assert learner.gpu_share == 0.25
+    engine_dir = Path(tuner.engine.__file__).parent
+    held = [f"{p.name}:{n.lineno}" for p in engine_dir.glob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.Global)]
+    assert not held, f"module globals written in tuner/engine: {held}"
 
 
 def test_extraction_is_float32_and_equals_running_the_extractor_in_one_batch(digits):

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from tuner import neighbours
-from tuner import cli, embeddings, engine, spaces
+from tuner import cli, embeddings, spaces
 from tuner.data import prepare
 from tuner.settings import cache_dir
-from tuner.engine import Preprocess, amp_dtype, pick_device, resident_budget
+from tuner.engine import Preprocess, amp_dtype, gpu_share, pick_device, resident_budget
 from tuner.bundle import save_bundle
 from tuner.predict import load
 from tuner.families import RunContext, get_family
@@ -32,12 +32,6 @@ def digits():
     return prepare(exp.dataset, cache_dir=cache_dir())
 
 
-@pytest.fixture(autouse=True)
-def _whole_gpu():
-    yield
-    pick_device(None)  # a test that took a share gives it back
-
-
 def test_amp_and_channels_last_training_reaches_the_cpu_accuracy_band(digits):
     fam = get_family("cnn")
     gpu = fam.learner(CNN, digits.info, RunContext(device="cuda"))
@@ -52,11 +46,11 @@ def test_amp_and_channels_last_training_reaches_the_cpu_accuracy_band(digits):
 
 def test_two_learners_share_one_gpu_each_within_its_share(digits):
     device = pick_device(0.5)
-    assert device.type == "cuda" and engine.device._GPU_SHARE == 0.5
-    assert resident_budget(device) <= torch.cuda.mem_get_info(device)[1] * 0.5 / 3
+    assert device.type == "cuda" and gpu_share(0.5) == 0.5
+    assert resident_budget(device, 0.5) <= torch.cuda.mem_get_info(device)[1] * 0.5 / 3
     fam = get_family("cnn")
-    a = fam.learner(CNN, digits.info, RunContext(device=device))
-    b = fam.learner({**CNN, "seed": 1}, digits.info, RunContext(device=device))
+    a = fam.learner(CNN, digits.info, RunContext(device=str(device), gpu_share=0.5))
+    b = fam.learner({**CNN, "seed": 1}, digits.info, RunContext(device=str(device), gpu_share=0.5))
     last = list(zip(a.fit(digits, 4), b.fit(digits, 4)))[-1]  # interleaved epochs, one GPU
     assert all(m["val_accuracy"] > 0.8 for m in last)
 

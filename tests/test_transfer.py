@@ -177,8 +177,10 @@ def test_frozen_head_trains_on_features_computed_once_and_shared(data, tmp_path)
     assert len(list((tmp_path / "embeddings").iterdir())) == 1
     # the head on cached features and the whole model on images agree
     lr = learners[0]
-    _, _, on_features = lr.evaluate(lr.feature_set.x_val, lr.feature_set.y_val)
+    _, _, on_features = lr.evaluate(lr.feature_set.x_val, lr.feature_set.y_val, via=lr.on_features)
     assert np.allclose(on_features, lr.predict_proba(data.x_val), atol=1e-4)
+    _, _, on_images = lr.evaluate(data.x_val, data.y_val)  # outside its training loop it takes images, as any learner
+    assert np.allclose(on_images, on_features, atol=1e-4)
 
 
 def test_frozen_checkpoints_hold_the_head_only_and_resume_exactly(data, tmp_path):

@@ -9,7 +9,7 @@ import pandas as pd
 
 from tuner import interrupt
 from tuner.atomic import write_text
-from tuner.engine import pick_device
+from tuner.engine import gpu_share, pick_device
 from tuner.metrics import classification_metrics
 from tuner.errors import UserError
 from tuner.bundle import save_bundle
@@ -40,8 +40,9 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print, e
     run.best.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     # the same learner the trials trained; `resources: auto` retrains on whatever GPU the driver sees
-    device = pick_device(None if exp.resources.auto else exp.resources.gpu)
-    ctx = RunContext(device=str(device), cache_dir=str(cache_dir()), augment=exp.dataset.augment, keep_best=True)
+    gpus = None if exp.resources.auto else exp.resources.gpu
+    ctx = RunContext(device=str(pick_device(gpus)), cache_dir=str(cache_dir()), augment=exp.dataset.augment,
+                     keep_best=True, gpu_share=gpu_share(gpus))
     learner = family.learner(config, data.info, ctx)
     history = []
     for m in learner.fit(data, exp.scheduler.max_epochs):

@@ -86,12 +86,15 @@ class RunContext:
         None: the machine's default (`tuner.settings.cache_dir()`).
     augment: the data set's `AugmentConfig` (None: no augmentation); iterative families apply it per batch.
     keep_best: remember the best validation epoch's weights so `Learner.restore_best` can return to them.
+    gpu_share: the part of its GPU this run may fill (`resources.gpu` of a trial; 1.0 alone on it): a learner
+        keeps its data on the GPU only when it fits that part (`tuner.engine.place`).
     """
 
     device: str = "cpu"
     cache_dir: str | None = None
     augment: Any = None
     keep_best: bool = False
+    gpu_share: float = 1.0
 
 
 class Learner(ABC):

@@ -7,7 +7,7 @@ forces a re-decode, and on CUDA it runs on the GPU.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

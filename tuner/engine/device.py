@@ -8,21 +8,20 @@ import numpy as np
 import torch
 
 
-_GPU_SHARE = 1.0  # the share of its GPU this process was given, as last told to pick_device
-
-
 def pick_device(gpus: float | None = None) -> torch.device:
     """The device for a share of `gpus` GPUs; None = any GPU that is visible.
 
     Inside a trial Ray hides every GPU but the trial's own (CUDA_VISIBLE_DEVICES), so "cuda" is that GPU.
     A trial given no GPU stays on the CPU even where one is visible: it would take a share nobody gave it.
-    The share is remembered (a trial runs alone in its worker process) so that `resident_budget` keeps a
-    trial's data within its part of a GPU that other trials share.
     """
-    global _GPU_SHARE
     wants = gpus is None or gpus > 0
-    _GPU_SHARE = 1.0 if gpus is None else min(1.0, max(float(gpus), 0.0))
     return torch.device("cuda" if wants and torch.cuda.is_available() else "cpu")
+
+
+def gpu_share(gpus: float | None = None) -> float:
+    """The part of its GPU a trial given `gpus` GPUs may fill (None: all of it), for `RunContext.gpu_share`:
+    `resident_budget` keeps a trial's data within it when other trials share the GPU."""
+    return 1.0 if gpus is None else min(1.0, max(float(gpus), 0.0))
 
 
 def amp_dtype(device: torch.device | str) -> torch.dtype | None:
@@ -60,19 +59,19 @@ def precision(device: torch.device | str, exact: bool):
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
 
 
-def resident_budget(device: torch.device) -> int:
-    """Bytes of a trial's images (or features) that may live on its GPU: a third of its share of the
+def resident_budget(device: torch.device, share: float) -> int:
+    """Bytes of a trial's images (or features) that may live on its GPU: a third of its `share` of the
     GPU's memory (the model, activations and optimiser state need the rest), and at most a third of what
     is free right now (other trials may have taken theirs)."""
     free, total = torch.cuda.mem_get_info(device)
-    return int(min(total * _GPU_SHARE, free) / 3)
+    return int(min(total * share, free) / 3)
 
 
-def place(arrays: list, device: torch.device) -> list:
-    """A trial's splits on its GPU when all of them fit `resident_budget`: batches are then gathered on
-    the GPU and nothing crosses PCIe per batch. Else (and on the CPU) they stay host arrays, and each
-    batch is copied through pinned memory without blocking."""
-    if device.type != "cuda" or sum(a.nbytes for a in arrays) > resident_budget(device):
+def place(arrays: list, device: torch.device, share: float) -> list:
+    """A trial's splits on its GPU when all of them fit `resident_budget(device, share)`: batches are then
+    gathered on the GPU and nothing crosses PCIe per batch. Else (and on the CPU) they stay host arrays,
+    and each batch is copied through pinned memory without blocking."""
+    if device.type != "cuda" or sum(a.nbytes for a in arrays) > resident_budget(device, share):
         return list(arrays)
     return [_upload(a, device) for a in arrays]
 

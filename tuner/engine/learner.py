@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class TorchLearner(Learner):
         augment_cfg, keep_best = ctx.augment, ctx.keep_best
         self.cfg = cfg
         self.device = torch.device(ctx.device)
+        self.gpu_share = ctx.gpu_share
         self.info = info
         self.model = model.to(self.device)
         self.pre = Preprocess(info.mean, info.std, info.channels, in_channels_wanted).to(self.device)
@@ -67,6 +68,7 @@ class TorchLearner(Learner):
         self.loss_fn = make_loss(cfg)
         self.optimizer = make_optimizer(self.param_groups(), cfg)
         self.schedule = None
+        self.loaded_schedule: dict | None = None  # a checkpoint's schedule state, until `start` makes the schedule
         self.gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
         self.epoch = 0
         self.best = -math.inf
@@ -83,7 +85,7 @@ class TorchLearner(Learner):
     def train_mode(self) -> None:
         self.model.train()
 
-    # -------------------------------------------------------------------------------------------
+    # what a batch goes through: this learner on images, or another `via` (a frozen head on features) --------
     def inputs(self, x: np.ndarray | torch.Tensor, train: bool) -> torch.Tensor:
         """A raw uint8 NHWC batch (host array or on the device) -> the model's input on the device."""
         t = self.pre(to_device(x, self.device))
@@ -91,13 +93,16 @@ class TorchLearner(Learner):
             t = augment(t, self.augment_cfg, self.gen)
         return t.contiguous(memory_format=self.memory_format) if t.dim() == 4 else t
 
-    def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """The model on a batch of `inputs`, in the precision `exact` asks for (`precision`)."""
         with precision(self.device, exact):
             return (self.model if exact else self.train_model)(x)
 
-    def train_epoch(self, x, y, batch_size: int) -> tuple[float, float]:
-        """One pass over (x, y), host arrays or resident tensors. Loss and hits add up on the device and are
-        read once at the end: a `.item()` per batch would make the CPU wait for the GPU at every step."""
+    def train_epoch(self, x, y, batch_size: int, via=None) -> tuple[float, float]:
+        """One pass over (x, y), host arrays or resident tensors, through `via` (an object with this learner's
+        `inputs` and `logits`; None: this learner). Loss and hits add up on the device and are read once at
+        the end: a `.item()` per batch would make the CPU wait for the GPU at every step."""
+        via = via or self
         self.train_mode()
         order = train_batches(len(x), batch_size, self.gen)
         if isinstance(x, torch.Tensor):
@@ -105,9 +110,9 @@ class TorchLearner(Learner):
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for idx in order:
-            xb = self.inputs(take(x, idx, self.device), train=True)
+            xb = via.inputs(take(x, idx, self.device), train=True)
             yb = take(y, idx, self.device).long()
-            logits = self._forward(xb)
+            logits = via.logits(xb)
             loss = self.loss_fn(logits, yb)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -119,24 +124,26 @@ class TorchLearner(Learner):
         return total.item() / seen, correct.item() / seen
 
     @torch.no_grad()
-    def _proba(self, x, exact: bool, batch_size: int | None = None) -> torch.Tensor:
+    def _proba(self, x, exact: bool, batch_size: int | None = None, via=None) -> torch.Tensor:
         """Class probabilities on the device, in fixed-shape batches (the padding rows dropped)."""
+        via = via or self
         self.model.eval()
         n = len(x)
         bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)))
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         for start, idx, real in eval_batches(n, bs, where):
-            logits = self._forward(self.inputs(take(x, idx, self.device), train=False), exact=exact)
+            logits = via.logits(via.inputs(take(x, idx, self.device), train=False), exact=exact)
             out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
         return out
 
     @torch.no_grad()
-    def evaluate(self, x, y) -> tuple[float, float, np.ndarray]:
-        """The validation pass of a trial: in the training precision (it steers the search, and is timed)."""
+    def evaluate(self, x, y, via=None) -> tuple[float, float, np.ndarray]:
+        """The validation pass of a trial, through `via` as `train_epoch`: in the training precision (it steers
+        the search, and is timed)."""
         if not len(y):
             return float("nan"), float("nan"), np.zeros((0, self.info.num_classes), dtype=np.float32)
-        proba = self._proba(x, exact=False)
+        proba = self._proba(x, exact=False, via=via)
         # labels from the object store are read-only arrays: a copy (small) keeps torch from warning about it
         yt = y.long() if isinstance(y, torch.Tensor) else torch.from_numpy(np.array(y, dtype=np.int64))
         yt = yt.to(self.device)
@@ -152,7 +159,8 @@ class TorchLearner(Learner):
 
     def _placed(self, data) -> list:
         if self.resident is None or self.resident[0] is not data:
-            self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
+            self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device,
+                                             self.gpu_share))
         return self.resident[1]
 
     def start(self, max_epochs: int) -> None:
@@ -160,8 +168,8 @@ class TorchLearner(Learner):
         at the point a loaded checkpoint left it."""
         if self.schedule is None:
             self.schedule = make_schedule(self.optimizer, self.cfg, max_epochs)
-            if getattr(self, "_pending_schedule", None):
-                self.schedule.load_state_dict(self._pending_schedule)
+            if self.schedule is not None and self.loaded_schedule:
+                self.schedule.load_state_dict(self.loaded_schedule)
 
     def end_epoch(self, val_loss: float, val_acc: float) -> bool:
         """After an epoch's validation (here and in the fused trainer, so both keep the same books): step the
@@ -182,16 +190,17 @@ class TorchLearner(Learner):
         patience = int(self.cfg.get("early_stopping", 0))
         return bool(patience) and self.bad_epochs >= patience
 
-    def fit(self, data, max_epochs: int) -> Iterator[dict]:
+    def fit(self, data, max_epochs: int, via=None) -> Iterator[dict]:
+        """`Learner.fit`; `via` as `train_epoch` (a frozen transfer learner trains its head on features)."""
         self.start(max_epochs)
         batch_size = int(self.cfg.get("batch_size", 64))
         x_train, y_train, x_val, y_val = self._placed(data)
         while self.epoch < max_epochs:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = self.train_epoch(x_train, y_train, batch_size)
+            train_loss, train_acc = self.train_epoch(x_train, y_train, batch_size, via)
             check_finite(train_loss, self.epoch, lr)
-            val_loss, val_acc, _ = self.evaluate(x_val, y_val)
+            val_loss, val_acc, _ = self.evaluate(x_val, y_val, via)
             stop = self.end_epoch(val_loss, val_acc)
             yield {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
@@ -215,7 +224,9 @@ class TorchLearner(Learner):
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._pending_schedule = state.get("schedule")
+        self.loaded_schedule = state.get("schedule")
+        if self.schedule is not None and self.loaded_schedule:  # loaded between two epochs (a fused member)
+            self.schedule.load_state_dict(self.loaded_schedule)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
@@ -260,8 +271,3 @@ class TorchLearner(Learner):
                 if key in schedule:
                     schedule[key] = [v * r for v in schedule[key]]
         return state
-
-
-    def _hparams(learner) -> dict:
-        cfg = getattr(learner, "cfg", {}) or {}
-        return {k: float(cfg[k]) for k in OPTIMIZER_HPARAMS if isinstance(cfg.get(k), (int, float))}

@@ -1,7 +1,7 @@
 """Losses, optimisers and learning-rate schedules made from a trial's resolved config."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

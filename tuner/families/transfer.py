@@ -90,9 +90,9 @@ class TransferLearner(TorchLearner):
             backbones.load_weights(body, self.cfg["weights"])
             self._pretrained_pending = False
 
-    def fit(self, data, max_epochs: int):
+    def fit(self, data, max_epochs: int, via=None):
         self._ensure_pretrained()
-        yield from super().fit(data, max_epochs)
+        yield from super().fit(data, max_epochs, via)
 
     @torch.no_grad()
     def predict_proba(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -108,12 +108,29 @@ class TransferLearner(TorchLearner):
         self._pretrained_pending = False
 
 
+class HeadOnFeatures:
+    """A frozen learner's head as the thing its training loop runs (`TorchLearner.train_epoch`'s `via`): float
+    rows of cached body features in, logits out; no body, no image augmentation (the cache holds the views)."""
+
+    def __init__(self, learner: FrozenLearner):
+        self.learner = learner
+
+    def inputs(self, x, train: bool) -> torch.Tensor:
+        return to_device(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x,
+                         self.learner.device).float()
+
+    def logits(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        with precision(self.learner.device, exact):
+            return self.learner.model.head(x)
+
+
 class FrozenLearner(TransferLearner):
-    """trainable_layers: 0 -- the head trains on cached body features; images go through the body once."""
+    """trainable_layers: 0 -- the head trains on cached body features (`HeadOnFeatures`); images go through the
+    body once. Its other methods (`predict_proba`, `evaluate`) take images through the whole model."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._on_features = False
+        self.on_features = HeadOnFeatures(self)
         self.feature_set = None  # the cached body features this trial trains its head on (public: tests read it)
 
     def feature_key(self) -> str:
@@ -160,35 +177,9 @@ class FrozenLearner(TransferLearner):
         self.model.body, self.model.units, self.frozen_modules = nn.Sequential(), [], []
         self._pretrained_pending = False
 
-    def fit(self, data, max_epochs: int):
+    def fit(self, data, max_epochs: int, via=None):
         # TorchLearner.fit places the features (small: N x D floats) on the GPU once for the whole trial
-        yield from TorchLearner.fit(self, self.train_data(data), max_epochs)
-
-    # TorchLearner's loop, on features: the body is skipped, and so is image augmentation
-    def train_epoch(self, x, y, batch_size):
-        self._on_features = True
-        try:
-            return super().train_epoch(x, y, batch_size)
-        finally:
-            self._on_features = False
-
-    def evaluate(self, x, y):
-        self._on_features = True
-        try:
-            return super().evaluate(x, y)
-        finally:
-            self._on_features = False
-
-    def inputs(self, x, train: bool) -> torch.Tensor:
-        if self._on_features:
-            return to_device(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x, self.device).float()
-        return super().inputs(x, train)
-
-    def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        if self._on_features:
-            with precision(self.device, exact):
-                return self.model.head(x)
-        return super()._forward(x, exact)
+        yield from super().fit(self.train_data(data), max_epochs, via or self.on_features)
 
     def state_dict(self) -> dict:
         # the body is frozen and comes from `weights`: checkpoints hold the head only

@@ -139,7 +139,7 @@ class FusedGroup:
         if self._placed is None or self._placed[0] is not data:
             source = self.members[0].learner.train_data(data) if self.frozen else data
             arrays = [source.x_train, source.y_train, source.x_val, source.y_val]
-            self._placed = (data, place(arrays, self.device))
+            self._placed = (data, place(arrays, self.device, self.ctx.gpu_share))
         return self._placed[1]
 
     def fit(self, data, max_epochs: int) -> Iterator[list[MemberReport]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tuner.engine import pick_device, set_threads
+from tuner.engine import gpu_share, pick_device, set_threads
 from tuner.errors import TrialFailed, UserError
 from tuner.families import Family, RunContext
 
@@ -138,7 +138,8 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     set_threads(spec.cpus)
     family = spec.family
-    ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment)
+    ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment,
+                     gpu_share=gpu_share(spec.gpus))
     node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
     trial_id = tune.get_context().get_trial_id()
     why = _failed_before(spec, trial_id)
