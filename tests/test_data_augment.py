@@ -7,6 +7,7 @@ import torch
 
 from tuner.types import RunContext
 from tuner.engine import TorchLearner, augment
+from tuner.families import get_family
 from tuner.families.base import DataInfo
 from tuner.spaces import AugmentConfig
 
@@ -54,7 +55,8 @@ def test_hflip_mirrors_some_images_and_leaves_the_others():
 def test_learner_augments_training_batches_only():
     info = DataInfo(num_classes=2, channels=3, height=8, width=8, mean=(0.5,) * 3, std=(0.5,) * 3)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
-    learner = TorchLearner(model, {"optimizer": "sgd", "lr": 0.1}, info, RunContext(augment=ALL))
+    cfg = get_family("linear").resolve({"optimizer": "sgd", "lr": 0.1})  # a learner takes a resolved config
+    learner = TorchLearner(model, cfg, info, RunContext(augment=ALL))
     x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     plain = learner.pre(torch.from_numpy(x))
     assert torch.equal(learner.inputs(x, train=False), plain)  # evaluation and prediction see the image as is

@@ -11,7 +11,8 @@ import torch
 import tuner.engine
 from tuner import embeddings, spaces
 from tuner.data import prepare
-from tuner.engine import amp_dtype, eval_batches, gpu_share, make_optimizer, place, precision, train_batches
+from tuner.engine import (COMMON_PARAMS, amp_dtype, eval_batches, gpu_share, make_optimizer, place, precision,
+                          train_batches)
 from tuner.engine.optim import _fused
 from tuner.families import RunContext, get_family
 from tuner.settings import cache_dir
@@ -118,14 +119,30 @@ def test_extraction_is_float32_and_equals_running_the_extractor_in_one_batch(dig
     assert embeddings.compute(net, pre, digits.x_train[:0]).shape == (0, 0)
 
 
+def test_the_engine_reads_the_resolved_config_and_keeps_no_defaults_of_its_own():
+    params = [torch.nn.Parameter(torch.zeros(3, 3))]
+    cfg = get_family("linear").resolve({"optimizer": "sgd"})  # where a trial's config is completed, once
+    assert make_optimizer([{"params": params}], cfg).defaults["momentum"] == COMMON_PARAMS["momentum"].default
+    with pytest.raises(KeyError):  # an incomplete config is a bug to see, not one to paper over with a fallback
+        make_optimizer([{"params": params}], {"optimizer": "sgd", "lr": 0.1})
+    # nor does any learner keep a fallback beside the parameter's default: `cfg.get(key, default)`
+    root = Path(tuner.engine.__file__).parents[1]
+    fallbacks = [f"{p.relative_to(root)}:{n.lineno}" for folder in ("engine", "families") for p in (root / folder).glob("*.py")
+                 for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Call) and len(n.args) == 2
+                 and isinstance(n.func, ast.Attribute) and n.func.attr == "get"
+                 and ast.unparse(n.func.value) in ("cfg", "config", "self.cfg", "constants")]
+    assert not fallbacks, f"defaults said twice: {fallbacks}"
+
+
 def test_adam_adamw_and_sgd_take_their_fused_kernel_and_an_optimiser_without_one_still_builds():
     params = [torch.nn.Parameter(torch.zeros(3, 3))]
     for name in ("adam", "adamw", "sgd"):
-        opt = make_optimizer([{"params": params}], {"optimizer": name, "lr": 0.1, "momentum": 0.9})
+        opt = make_optimizer([{"params": params}], get_family("linear").resolve({"optimizer": name, "lr": 0.1}))
         assert opt.defaults.get("fused") is True, name
     # RMSprop has no fused kernel (no `fused` argument): the plain one is built instead of an error
     assert isinstance(_fused(torch.optim.RMSprop, [{"params": params}], lr=0.1), torch.optim.RMSprop)
-    assert isinstance(make_optimizer([{"params": params}], {"optimizer": "rmsprop", "lr": 0.1}), torch.optim.RMSprop)
+    assert isinstance(make_optimizer([{"params": params}], get_family("linear").resolve({"optimizer": "rmsprop", "lr": 0.1})),
+                      torch.optim.RMSprop)
 
 
 def test_a_cnn_trains_channels_last_on_the_cpu_as_the_contiguous_model_predicts_and_an_mlp_does_not(digits):

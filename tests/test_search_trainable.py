@@ -91,11 +91,11 @@ class CrashOnceLearner(TorchLearner):
             f.write(f"{self.epoch}\n")  # the epoch this attempt starts from
         yield from super().fit(data, max_epochs)
 
-    def train_epoch(self, x, y, batch_size):
+    def train_epoch(self, x, y, batch_size, via=None):
         if self.epoch == 2 and not Path(self.marker).exists():
             Path(self.marker).write_text("crashed")
             raise RuntimeError("simulated worker crash in epoch 3")
-        return super().train_epoch(x, y, batch_size)
+        return super().train_epoch(x, y, batch_size, via)
 
 
 @register_family
@@ -132,10 +132,10 @@ def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, resul
 class BigBatchOOMLearner(TorchLearner):
     """Raises what PyTorch raises when a batch does not fit on the GPU (this machine has none)."""
 
-    def train_epoch(self, x, y, batch_size):
+    def train_epoch(self, x, y, batch_size, via=None):
         if batch_size >= 64:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().train_epoch(x, y, batch_size)
+        return super().train_epoch(x, y, batch_size, via)
 
 
 @register_family

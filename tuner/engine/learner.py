@@ -64,12 +64,12 @@ class TorchLearner(Learner):
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         # opt-in: compiling takes longer than a short trial saves; used for training and validation steps
         # only (exact predictions run the plain module, so their float32 graph is never compiled too)
-        self.train_model = torch.compile(self.model, dynamic=False) if cfg.get("compile") else self.model
+        self.train_model = torch.compile(self.model, dynamic=False) if cfg["compile"] else self.model
         self.loss_fn = make_loss(cfg)
         self.optimizer = make_optimizer(self.param_groups(), cfg)
         self.schedule = None
         self.loaded_schedule: dict | None = None  # a checkpoint's schedule state, until `start` makes the schedule
-        self.gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+        self.gen = torch.Generator().manual_seed(int(cfg["seed"]))
         self.epoch = 0
         self.best = -math.inf
         self.bad_epochs = 0
@@ -129,7 +129,7 @@ class TorchLearner(Learner):
         via = via or self
         self.model.eval()
         n = len(x)
-        bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)))
+        bs = batch_size or eval_batch_size(int(self.cfg["batch_size"]))
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         for start, idx, real in eval_batches(n, bs, where):
@@ -187,20 +187,20 @@ class TorchLearner(Learner):
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             self.bad_epochs += 1
-        patience = int(self.cfg.get("early_stopping", 0))
+        patience = int(self.cfg["early_stopping"])
         return bool(patience) and self.bad_epochs >= patience
 
     def fit(self, data, max_epochs: int, via=None) -> Iterator[dict]:
         """`Learner.fit`; `via` as `train_epoch` (a frozen transfer learner trains its head on features)."""
         self.start(max_epochs)
-        batch_size = int(self.cfg.get("batch_size", 64))
+        batch_size = int(self.cfg["batch_size"])
         x_train, y_train, x_val, y_val = self._placed(data)
         while self.epoch < max_epochs:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = self.train_epoch(x_train, y_train, batch_size, via)
+            train_loss, train_acc = self.train_epoch(x_train, y_train, batch_size, via=via)
             check_finite(train_loss, self.epoch, lr)
-            val_loss, val_acc, _ = self.evaluate(x_val, y_val, via)
+            val_loss, val_acc, _ = self.evaluate(x_val, y_val, via=via)
             stop = self.end_epoch(val_loss, val_acc)
             yield {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
@@ -245,7 +245,7 @@ class TorchLearner(Learner):
         self.model.load_state_dict(w["model"])
 
     def hparams(self) -> dict[str, float]:
-        return {k: float(self.cfg[k]) for k in OPTIMIZER_HPARAMS if isinstance(self.cfg.get(k), (int, float))}
+        return {k: float(self.cfg[k]) for k in OPTIMIZER_HPARAMS}
 
     def adapt_state(self, state: dict, old: dict[str, float]) -> dict:
         """A checkpoint made under `old` hyperparameters, continued under `new` ones (PBT's exploit step).

@@ -1,4 +1,6 @@
-"""Losses, optimisers and learning-rate schedules made from a trial's resolved config."""
+"""Losses, optimisers and learning-rate schedules made from a trial's resolved config: every key of
+`COMMON_PARAMS` is there (`Family.resolve` filled in the defaults), so these index it and hold no defaults
+of their own that could drift from the parameters'."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,9 +10,9 @@ import torch.nn.functional as F
 
 
 def make_loss(cfg: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    smoothing = float(cfg.get("label_smoothing", 0.0))
-    if cfg.get("loss", "ce") == "focal":
-        gamma = float(cfg.get("focal_gamma", 2.0))
+    smoothing = float(cfg["label_smoothing"])
+    if cfg["loss"] == "focal":
+        gamma = float(cfg["focal_gamma"])
 
         def focal(logits, y):
             logp = F.log_softmax(logits.float(), dim=1)
@@ -23,16 +25,16 @@ def make_loss(cfg: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_optimizer(groups, cfg: dict) -> torch.optim.Optimizer:
-    name, lr, wd = cfg["optimizer"], float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
-    eps = float(cfg.get("eps", 1e-8))
+    name, lr, wd = cfg["optimizer"], float(cfg["lr"]), float(cfg["weight_decay"])
+    eps, momentum = float(cfg["eps"]), float(cfg["momentum"])
     if name == "sgd":
-        return _fused(torch.optim.SGD, groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd,
-                      nesterov=bool(cfg.get("nesterov")) and float(cfg.get("momentum", 0)) > 0)
+        return _fused(torch.optim.SGD, groups, lr=lr, momentum=momentum, weight_decay=wd,
+                      nesterov=bool(cfg["nesterov"]) and momentum > 0)
     if name == "adam":
         return _fused(torch.optim.Adam, groups, lr=lr, weight_decay=wd, eps=eps)
     if name == "adamw":
         return _fused(torch.optim.AdamW, groups, lr=lr, weight_decay=wd, eps=eps)
-    return torch.optim.RMSprop(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd, eps=eps)
+    return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=wd, eps=eps)
 
 
 def _fused(cls, groups, **kw) -> torch.optim.Optimizer:
@@ -47,14 +49,14 @@ def _fused(cls, groups, **kw) -> torch.optim.Optimizer:
 
 
 def make_schedule(opt, cfg: dict, max_epochs: int):
-    kind = cfg.get("lr_schedule", "none")
+    kind = cfg["lr_schedule"]
     if kind == "step":
-        step = int(cfg.get("lr_step") or max(1, max_epochs // 3))
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=float(cfg.get("lr_gamma", 0.1)))
+        step = int(cfg["lr_step"]) or max(1, max_epochs // 3)  # lr_step 0: a third of the epochs
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=float(cfg["lr_gamma"]))
     if kind == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=float(cfg.get("lr_gamma", 0.1)), patience=int(cfg.get("lr_patience", 2)),
-            threshold=float(cfg.get("lr_threshold", 1e-4)))
+            opt, mode="min", factor=float(cfg["lr_gamma"]), patience=int(cfg["lr_patience"]),
+            threshold=float(cfg["lr_threshold"]))
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
     return None

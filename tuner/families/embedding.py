@@ -30,10 +30,11 @@ def backbone_params() -> dict[str, Param]:
 
 def check_backbone(constants: dict, searched: dict, file: str) -> None:
     """Before Ray starts (not at `validate`, so a space can be checked before its bundle exists): pixels
-    needs nothing; every arch's weights file and every bundle path the search may use must be here."""
-    names = list(searched["backbone"].args) if "backbone" in searched else [constants.get("backbone", PIXELS)]
+    needs nothing; every arch's weights file and every bundle path the search may use must be here.
+    constants: resolved (`Family.resolve`: the backbone keys at their defaults when the file leaves them out)."""
+    names = list(searched["backbone"].args) if "backbone" in searched else [constants["backbone"]]
     weights = (list(searched["backbone_weights"].args) if "backbone_weights" in searched
-               else [constants.get("backbone_weights", "imagenet")])
+               else [constants["backbone_weights"]])
     for b in names:
         for w in weights:
             _check_one_backbone(str(b), str(w), file)

@@ -170,7 +170,7 @@ class Features(Family):
                 raise UserError(f"{file}: gamma {g!r}: expected scale, auto or a number > 0")
 
     def preflight(self, constants: dict, searched: dict, file: str) -> None:
-        check_backbone(constants, searched, file)
+        check_backbone(self.resolve(constants), searched, file)
 
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> FeaturesLearner:
         return FeaturesLearner(self.resolve(config), info, ctx)

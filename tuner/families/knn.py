@@ -127,7 +127,7 @@ class Knn(Family):
         super().validate(constants, searched, file)
 
     def preflight(self, constants: dict, searched: dict, file: str) -> None:
-        check_backbone(constants, searched, file)
+        check_backbone(self.resolve(constants), searched, file)
 
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> KnnLearner:
         return KnnLearner(self.resolve(config), info, ctx)

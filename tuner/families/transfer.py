@@ -51,13 +51,13 @@ class TransferNet(nn.Module):
 def head_config(cfg: dict) -> dict:
     """Built-in defaults < the `head:` block < top-level keys (which is what a search varies)."""
     h = dict(HEAD_DEFAULTS)
-    h.update(cfg.get("head") or {})
-    h.update({k: cfg[k] for k in HEAD_DEFAULTS if cfg.get(k) is not None})
+    h.update(cfg["head"] or {})
+    h.update({k: cfg[k] for k in HEAD_DEFAULTS if cfg[k] is not None})
     return h
 
 
 def is_frozen(cfg: dict) -> bool:
-    return cfg.get("trainable_layers", 0) == 0 and not isinstance(cfg.get("trainable_layers", 0), bool)
+    return cfg["trainable_layers"] == 0 and not isinstance(cfg["trainable_layers"], bool)
 
 
 # --------------------------------------------------------------------------- learners
@@ -234,14 +234,15 @@ class Transfer(TorchFamily):
 
     def validate(self, constants: dict, searched: dict, file: str) -> None:
         super().validate(constants, searched, file)
-        archs = [constants.get("arch", self.params["arch"].default)]
+        cfg = self.resolve(constants)
+        archs = [cfg["arch"]]
         if "arch" in searched:
             archs = list(searched["arch"].args) if searched["arch"].kind in ("choice", "grid") else [None]
             if archs == [None]:
                 raise UserError(f"{file}: space.arch takes names; use choice: [...]")
             for a in archs:
                 backbones.check_arch(a, f"{file}: space.arch")
-        if constants.get("drop_stages") and any(backbones.timm_backbones.is_timm(a) for a in archs):
+        if cfg["drop_stages"] and any(backbones.timm_backbones.is_timm(a) for a in archs):
             raise UserError(f"{file}: drop_stages cuts torchvision bodies only; a timm model keeps its stages "
                             f"(set drop_stages: 0, or pick a smaller timm model)")
         if "trainable_layers" in searched:
@@ -249,8 +250,7 @@ class Transfer(TorchFamily):
             values = list(d.args)
             for v in values:
                 _check_trainable(v, f"{file}: space.trainable_layers")
-        weights = ([constants.get("weights", self.params["weights"].default)] if "weights" not in searched
-                   else list(searched["weights"].args))
+        weights = [cfg["weights"]] if "weights" not in searched else list(searched["weights"].args)
         for w in weights:
             for a in archs:
                 backbones.check_weights(a, w, f"{file}: weights", imagenet_file_needed=False)
@@ -258,17 +258,18 @@ class Transfer(TorchFamily):
     def preflight(self, constants: dict, searched: dict, file: str) -> None:
         """Before Ray starts a search: are the ImageNet files of every arch it may build on this machine?
         (fetched into the hub cache when missing; `validate` checks the file alone, so a space can be checked on a laptop and run on a cluster.)"""
-        archs = list(searched["arch"].args) if "arch" in searched else [constants.get("arch", "resnet50")]
-        weights = list(searched["weights"].args) if "weights" in searched else [constants.get("weights", "imagenet")]
+        cfg = self.resolve(constants)
+        archs = list(searched["arch"].args) if "arch" in searched else [cfg["arch"]]
+        weights = list(searched["weights"].args) if "weights" in searched else [cfg["weights"]]
         for w in weights:
             for a in archs:
                 backbones.check_weights(a, w, f"{file}: weights", fetch=True)
 
     def check_config(self, constants: dict, file: str) -> None:
-        backbones.check_arch(constants.get("arch", self.params["arch"].default), f"{file}: arch")
-        if "trainable_layers" in constants:
-            _check_trainable(constants["trainable_layers"], f"{file}: trainable_layers")
-        for k, v in (constants.get("head") or {}).items():
+        cfg = self.resolve(constants)
+        backbones.check_arch(cfg["arch"], f"{file}: arch")
+        _check_trainable(cfg["trainable_layers"], f"{file}: trainable_layers")
+        for k, v in cfg["head"].items():
             if k not in HEAD_DEFAULTS:
                 raise UserError(f"{file}: head.{k} is not a head setting; use {', '.join(HEAD_DEFAULTS)}")
             check_param(self.params[k], v, f"{file}: head.{k}")
@@ -289,7 +290,7 @@ class Transfer(TorchFamily):
 
     def fusable(self, config: dict) -> bool:
         # heads on one frozen body's cached features; a random body (weights: none) is another body per seed
-        return is_frozen(config) and config.get("weights") != "none"
+        return is_frozen(config) and config["weights"] != "none"
 
     def features(self, learner: TransferLearner) -> nn.Module:
         """The body and its pooling: the head is the classifier."""
