@@ -212,44 +212,62 @@ def _experiment_dir(results: Path, name: str | None) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime).parent
 
 
-def best(args) -> int:
-    from tuner import predict
-    from tuner.bundle import bundle_config
-    from tuner.rundir import read_trials
-
-    d = _experiment_dir(Path(args.results), args.experiment)
-    run = RunDir(d)
+def _read_results(d: Path, run: RunDir) -> dict:
+    """best.yaml's entry, once every results file has been read: an unreadable file is exit 2 and one `error:`
+    line before anything is printed, never half an answer (the messages are `list`'s warnings)."""
     if not run.best_yaml.is_file():
         if run.running_note():
             raise UserError(f"{d}: {run.running_note().split(':')[0]}, no trial has finished yet; try again shortly")
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
-    # every results file is read, and every option checked, before anything is printed: an unreadable file or a
-    # bad --export is exit 2 and one `error:` line, never half an answer (the messages are `list`'s warnings)
     run.read_space()
     if run.trials.exists():
         run.read_trials()
-    info = run.read_best()
-    if args.pareto:
-        if not run.pareto.is_file():
-            raise UserError(f"{d}: no pareto.csv; --pareto is for a search with several objectives "
-                            f"(metric: [val_accuracy, latency_ms])")
-        front = read_trials(run.pareto)
-        # the front holds no failed trial: its empty error column would print as NaN
-        empty = ["error"] if "error" in front and front["error"].isna().all() else []
-        _say(front.drop(columns=empty).to_string(index=False))
-        return 0
-    chosen = _trial_entry(d, args.trial) if args.trial else None
+    return run.read_best()
+
+
+def _print_pareto(d: Path, run: RunDir) -> int:
+    from tuner.rundir import read_trials
+
+    if not run.pareto.is_file():
+        raise UserError(f"{d}: no pareto.csv; --pareto is for a search with several objectives "
+                        f"(metric: [val_accuracy, latency_ms])")
+    front = read_trials(run.pareto)
+    # the front holds no failed trial: its empty error column would print as NaN
+    empty = ["error"] if "error" in front and front["error"].isna().all() else []
+    _say(front.drop(columns=empty).to_string(index=False))
+    return 0
+
+
+def _export_destination(args, d: Path, run: RunDir, info: dict) -> tuple[Path | None, bool]:
+    """(where --export writes, None without it; ONNX or not), every option checked before a retrain, which can
+    take hours. --format onnx implies --export."""
+    from tuner import predict
+
     onnx = getattr(args, "format", "bundle") == "onnx"
     if onnx:
         from tuner import onnx_export
 
-        onnx_export.check_family(info.get("family", ""))  # before any retrain
+        onnx_export.check_family(info.get("family", ""))
         onnx_export.require_onnx()
         args.export = "" if args.export is None else args.export
     dest = None
     if args.export is not None:
         dest = Path(args.export) if args.export else run.export
-        predict.check_destination(d, dest)  # before a retrain, which can take hours
+        predict.check_destination(d, dest)
+    return dest, onnx
+
+
+def best(args) -> int:
+    from tuner.bundle import bundle_config
+
+    d = _experiment_dir(Path(args.results), args.experiment)
+    run = RunDir(d)
+    # every results file is read, and every option checked, before anything is printed
+    info = _read_results(d, run)
+    if args.pareto:
+        return _print_pareto(d, run)
+    chosen = _trial_entry(d, args.trial) if args.trial else None
+    dest, onnx = _export_destination(args, d, run, info)
     metrics = run.read_metrics() if run.metrics.is_file() else None
     if run.running_note():  # the search is still going: best.yaml is the best of the trials finished so far
         _say(run.running_note())

@@ -104,65 +104,22 @@ def _check_classes(cfg, labels: np.ndarray, class_names: list[str], where: str) 
 
 def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     """Read, split, decode once and normalise the data set a `DatasetConfig` describes."""
-    from tuner.data.cache import check_image_size, check_memory, check_space, decode_split, plan
+    from tuner.data.cache import check_image_size
 
     check_image_size(cfg.image_size)
-    if not cfg.root and cfg.download and cfg.name != "digits":  # torchvision needs a folder to download into
-        base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "tuner"
-        cfg = dataclasses.replace(cfg, root=str(base / "datasets" / cfg.name))
+    cfg = _with_download_root(cfg, cache_dir)
     source = get_reader(cfg.name)(cfg)
     all_labels = np.concatenate([s.labels for s in (source.train, source.val, source.test) if s is not None])
     _check_classes(cfg, all_labels, source.class_names, "")
     shipped, parts = plan_splits(source, cfg)
-
-    # decode, per shipped split, the images some part needs (all of them unless dataset.limit / --smoke)
     offsets = np.cumsum([0] + [len(s.labels) for s in shipped.values()])
-    decoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    used = np.unique(np.concatenate(list(parts.values())))
-    locals_ = {k: used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j] for j, k in enumerate(shipped)}
-    # everything that will be written, against the free space, before the first byte is
-    entries = {k: plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size) for k, local in locals_.items() if len(local)}
-    check_space(sum(e.nbytes for e in entries.values() if e is not None and not e.built), cache_dir)
-    if cache_dir is not None:  # the images used are also copied into memory (without a cache: checked above)
-        check_memory(sum(len(locals_[k]) * e.size * e.size * e.channels for k, e in entries.items() if e is not None))
     content = hashlib.sha256(f"{cfg.name}|{cfg.image_size}".encode())
-    for k, local in locals_.items():
-        if len(local):
-            arr, ok, digest = decode_split(cfg, k, shipped[k], local, cache_dir=cache_dir, progress=progress,
-                                           size=cfg.image_size)
-            decoded[k] = (local, arr, ok)
-            content.update(f"|{k}:{digest}".encode())
+    decoded = _decode(cfg, shipped, parts, offsets, cache_dir, progress, content)
     skipped = source.skipped + sum(int((~ok).sum()) for _, _, ok in decoded.values())
-    if skipped:
-        plural = "s" if skipped != 1 else ""
-        unreadable = skipped - sum(source.skipped_why.values())
-        why = ([f"{unreadable} unreadable or non-image"] if unreadable else []) + \
-              [f"{n} {reason}" for reason, n in source.skipped_why.items() if n]
-        what = f"file{plural}: {', '.join(why)}" if source.skipped_why else f"unreadable or non-image file{plural}"
-        print(f"warning: dataset.root {cfg.root}: skipped {skipped} {what}", file=sys.stderr)
-
+    _warn_skipped(cfg, source, skipped)
     arrays, labels, indices = {}, {}, {}
     for part in PARTS:
-        xs, ys, keep_idx = [], [], []
-        for j, (k, s) in enumerate(shipped.items()):
-            g = parts[part][(parts[part] >= offsets[j]) & (parts[part] < offsets[j + 1])]
-            if not len(g):
-                continue
-            local, arr, ok = decoded[k]
-            pos = np.searchsorted(local, g - offsets[j])
-            good = ok[pos]
-            pos, g = pos[good], g[good]
-            # the whole entry in order: keep the memory map instead of copying it
-            whole = len(pos) == len(arr) and (len(pos) == 0 or (pos[0] == 0 and pos[-1] == len(arr) - 1))
-            xs.append(arr if whole else np.ascontiguousarray(arr[pos]))
-            ys.append(s.labels[g - offsets[j]].astype(np.int64))
-            keep_idx.append(g)
-        if not xs:  # an empty part (split.test: 0); keep the shape of the others
-            ref = next(iter(decoded.values()))[1]
-            xs, ys, keep_idx = [ref[:0]], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        arrays[part] = xs[0] if len(xs) == 1 else np.concatenate(xs)
-        labels[part] = np.concatenate(ys)
-        indices[part] = np.concatenate(keep_idx)
+        arrays[part], labels[part], indices[part] = _gather(parts[part], shipped, offsets, decoded)
     _check_classes(cfg, labels["train"], source.class_names, " in the training split")
     if len(arrays["val"]) == 0:
         raise UserError("dataset.split.val is 0: the search needs a validation split; set it to e.g. 0.2")
@@ -178,3 +135,69 @@ def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
         x_test=arrays["test"], y_test=labels["test"], class_names=list(source.class_names), mean=mean, std=std,
         name=cfg.name, key=f"{cfg.name}:{content.hexdigest()[:32]}",
         indices=indices, skipped=skipped, value_range=source.value_range)
+
+
+def _with_download_root(cfg, cache_dir):
+    """cfg, with a folder for torchvision to download into when it names none (digits needs none)."""
+    if not cfg.root and cfg.download and cfg.name != "digits":
+        base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "tuner"
+        cfg = dataclasses.replace(cfg, root=str(base / "datasets" / cfg.name))
+    return cfg
+
+
+def _decode(cfg, shipped: dict[str, SplitSource], parts: dict[str, np.ndarray], offsets: np.ndarray, cache_dir,
+            progress: bool, content) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Decode, per shipped split, the images some part needs (all of them unless dataset.limit / --smoke):
+    split -> (its indices decoded, the images, which of them decoded). `content` takes each split's digest."""
+    from tuner.data.cache import check_memory, check_space, decode_split, plan
+
+    used = np.unique(np.concatenate(list(parts.values())))
+    locals_ = {k: used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j] for j, k in enumerate(shipped)}
+    # everything that will be written, against the free space, before the first byte is
+    entries = {k: plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size) for k, local in locals_.items() if len(local)}
+    check_space(sum(e.nbytes for e in entries.values() if e is not None and not e.built), cache_dir)
+    if cache_dir is not None:  # the images used are also copied into memory (without a cache: checked above)
+        check_memory(sum(len(locals_[k]) * e.size * e.size * e.channels for k, e in entries.items() if e is not None))
+    decoded = {}
+    for k, local in locals_.items():
+        if len(local):
+            arr, ok, digest = decode_split(cfg, k, shipped[k], local, cache_dir=cache_dir, progress=progress,
+                                           size=cfg.image_size)
+            decoded[k] = (local, arr, ok)
+            content.update(f"|{k}:{digest}".encode())
+    return decoded
+
+
+def _warn_skipped(cfg, source: Source, skipped: int) -> None:
+    """One warning line for the files the reader or the decoder skipped, saying why."""
+    if not skipped:
+        return
+    plural = "s" if skipped != 1 else ""
+    unreadable = skipped - sum(source.skipped_why.values())
+    why = ([f"{unreadable} unreadable or non-image"] if unreadable else []) + \
+          [f"{n} {reason}" for reason, n in source.skipped_why.items() if n]
+    what = f"file{plural}: {', '.join(why)}" if source.skipped_why else f"unreadable or non-image file{plural}"
+    print(f"warning: dataset.root {cfg.root}: skipped {skipped} {what}", file=sys.stderr)
+
+
+def _gather(part: np.ndarray, shipped: dict[str, SplitSource], offsets: np.ndarray,
+            decoded: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One part's (images, labels, indices) from the decoded splits, the images that did not decode left out."""
+    xs, ys, keep_idx = [], [], []
+    for j, (k, s) in enumerate(shipped.items()):
+        g = part[(part >= offsets[j]) & (part < offsets[j + 1])]
+        if not len(g):
+            continue
+        local, arr, ok = decoded[k]
+        pos = np.searchsorted(local, g - offsets[j])
+        good = ok[pos]
+        pos, g = pos[good], g[good]
+        # the whole entry in order: keep the memory map instead of copying it
+        whole = len(pos) == len(arr) and (len(pos) == 0 or (pos[0] == 0 and pos[-1] == len(arr) - 1))
+        xs.append(arr if whole else np.ascontiguousarray(arr[pos]))
+        ys.append(s.labels[g - offsets[j]].astype(np.int64))
+        keep_idx.append(g)
+    if not xs:  # an empty part (split.test: 0); keep the shape of the others
+        ref = next(iter(decoded.values()))[1]
+        xs, ys, keep_idx = [ref[:0]], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    return (xs[0] if len(xs) == 1 else np.concatenate(xs)), np.concatenate(ys), np.concatenate(keep_idx)

@@ -161,26 +161,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
         has = vals.notna()
         best_has = bool(len(has)) and bool(has.iloc[0])
         vals, y, ep_k = vals[has], ranked[col][has], ep[has]
-        if kind in ("choice", "grid"):
-            order = [str(v) for v in next(iter(dist.values()))]
-            cats = [str(v) for v in vals]
-            order += sorted({c for c in cats if c not in order})
-            x = np.array([order.index(c) for c in cats], dtype=float)
-            x += rng.uniform(-0.12, 0.12, len(x))  # jitter so equal choices do not hide each other
-            ax.set_xticks(range(len(order)), [_short(o, 16) for o in order], rotation=20, ha="right", fontsize=8)
-            ax.set_xlim(-0.5, len(order) - 0.5)
-        else:
-            x = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=float)
-            if kind in ("loguniform", "logint"):
-                ax.set_xscale("log")
-                # decades only: the minor labels (2x10^-4, 3x10^-4, ...) print over each other
-                ax.xaxis.set_major_locator(LogLocator(base=10))
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            if kind in ("int", "logint"):
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                lo, hi = next(iter(dist.values()))[:2]
-                if hi - lo <= 10:  # few values: jitter so trials with the same value do not hide each other
-                    x = x + rng.uniform(-0.06, 0.06, len(x))
+        x = _parameter_axis(ax, kind, next(iter(dist.values())), vals, rng)
         sc = ax.scatter(x, y, c=ep_k if vmax > 1 else "tab:blue", cmap="viridis" if vmax > 1 else None,
                         vmin=0 if vmax > 1 else None, vmax=vmax if vmax > 1 else None, s=28, alpha=0.85,
                         edgecolors="none")
@@ -203,6 +184,32 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
         fig.colorbar(sc, cax=cax, label="epochs reached")
     _save(fig, path)
     return scales
+
+
+def _parameter_axis(ax, kind: str, args: list, vals: pd.Series, rng: np.random.Generator) -> np.ndarray:
+    """Set up `ax`'s x axis for a parameter searched with distribution `kind` (`args` its bounds or choices);
+    returns where the trials' values `vals` go on it (categories by index; jittered where values repeat)."""
+    if kind in ("choice", "grid"):
+        order = [str(v) for v in args]
+        cats = [str(v) for v in vals]
+        order += sorted({c for c in cats if c not in order})
+        x = np.array([order.index(c) for c in cats], dtype=float)
+        x += rng.uniform(-0.12, 0.12, len(x))  # jitter so equal choices do not hide each other
+        ax.set_xticks(range(len(order)), [_short(o, 16) for o in order], rotation=20, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(order) - 0.5)
+        return x
+    x = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=float)
+    if kind in ("loguniform", "logint"):
+        ax.set_xscale("log")
+        # decades only: the minor labels (2x10^-4, 3x10^-4, ...) print over each other
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if kind in ("int", "logint"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        lo, hi = args[:2]
+        if hi - lo <= 10:  # few values: jitter so trials with the same value do not hide each other
+            x = x + rng.uniform(-0.06, 0.06, len(x))
+    return x
 
 
 def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, name: str = "") -> None:

@@ -128,16 +128,72 @@ def measure_latency(learner, images, batch: int, repeats: int = 3) -> float:
     return best * 1000 / batch
 
 
+def _resumed(learner) -> tuple[float | None, dict]:
+    """Load the trial's checkpoint (after a failure, on --resume, or a PBT exploit) into `learner`; returns the
+    best epoch's metric so far and the other objectives at that epoch (None, {} when there is none to go on)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, {}
+    with checkpoint.as_directory() as d:
+        # weights_only: a checkpoint on shared storage must not be able to run code when loaded
+        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    learner.load_state_dict(learner.adapt_state(saved["learner"], saved.get("hparams")))
+    if saved.get("hparams") != learner.hparams():  # a PBT donor's history, not this trial's own
+        return None, {}
+    return saved.get("best"), saved.get("at_best") or {}
+
+
+def _with_best(metrics: dict, spec: TrialSpec, best, at_best: dict) -> tuple[float | None, dict]:
+    """Add the running best (`best_<metric>`, `best_epoch`, `best_<objective>`) to an epoch's metrics; returns
+    the new (best, at_best). A NaN epoch never becomes the best; the other objectives are read at the best."""
+    from tuner.metrics import best_key
+
+    pick = max if spec.mode == "max" else min
+    value = metrics.get(spec.metric)
+    if value is not None and value == value and (best is None or pick(best, value) != best):
+        best = value
+        at_best = {**{m: metrics.get(m) for m in spec.objectives}, "epoch": metrics.get("epoch")}
+    metrics[best_key(spec.metric)] = best if best is not None else value
+    # kept in the checkpoint with `best`, so the console names the right epoch after a --resume too
+    metrics["best_epoch"] = at_best.get("epoch") or metrics.get("epoch")
+    metrics.update({best_key(m): at_best.get(m, metrics.get(m)) for m in spec.objectives})
+    return best, at_best
+
+
+def _train(learner, data, spec: TrialSpec, node: str) -> None:
+    """The trial's epochs, each reported to Tune with its running best, and with a checkpoint when the learner
+    trains in epochs; the model's size and speed are measured once, at the first report."""
+    from ray import tune
+
+    best, at_best = _resumed(learner)
+    t_start = time.perf_counter()
+    measured: dict = {}
+    for metrics in learner.fit(data, spec.max_epochs):
+        if not measured:
+            measured = {"num_params": int(learner.num_params),
+                        "latency_ms": measure_latency(learner, data.x_val, 1),
+                        "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
+        metrics = {**metrics, **measured, "train_time_s": time.perf_counter() - t_start, "node_id": node}
+        best, at_best = _with_best(metrics, spec, best, at_best)
+        if not learner.checkpoint_every_epoch:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"learner": learner.state_dict(), "hparams": learner.hparams(), "best": best,
+                        "at_best": at_best},
+                       os.path.join(d, STATE_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
 def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     import ray
     from ray import tune
 
-    from tuner.metrics import best_key
-
     # Ray's worker logs every saved checkpoint at INFO: one line per trial and epoch buries the progress table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     set_threads(spec.cpus)
-    family = spec.family
     ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment,
                      gpu_share=gpu_share(spec.gpus))
     node = ray.get_runtime_context().get_node_id()  # which machine ran it (several nodes may share one IP)
@@ -146,42 +202,8 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     if why is not None:  # Tune's one queued retry of a NaN / OOM / bad value: it would fail the same way
         raise TrialFailed(why)
     try:
-        learner = family.learner(config, data.info, ctx)
-        best = None  # the best epoch's metric so far: the trial's score for the searcher, ASHA and the tables
-        at_best: dict = {}  # the other objectives at that epoch
-        checkpoint = tune.get_checkpoint()  # after a failure, on --resume, or a PBT exploit
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                # weights_only: a checkpoint on shared storage must not be able to run code when loaded
-                saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-            learner.load_state_dict(learner.adapt_state(saved["learner"], saved.get("hparams")))
-            if saved.get("hparams") == learner.hparams():  # this trial's own history, not a PBT donor's
-                best, at_best = saved.get("best"), saved.get("at_best") or {}
-        pick = max if spec.mode == "max" else min
-        t_start = time.perf_counter()
-        measured: dict = {}  # the model's size and speed do not change between epochs: measured once
-        for metrics in learner.fit(data, spec.max_epochs):
-            if not measured:
-                measured = {"num_params": int(learner.num_params),
-                            "latency_ms": measure_latency(learner, data.x_val, 1),
-                            "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
-            metrics = {**metrics, **measured, "train_time_s": time.perf_counter() - t_start, "node_id": node}
-            value = metrics.get(spec.metric)
-            if value is not None and value == value and (best is None or pick(best, value) != best):
-                best = value  # a NaN epoch never becomes the best; the others are read at this epoch
-                at_best = {**{m: metrics.get(m) for m in spec.objectives}, "epoch": metrics.get("epoch")}
-            metrics[best_key(spec.metric)] = best if best is not None else value
-            # kept in the checkpoint with `best`, so the console names the right epoch after a --resume too
-            metrics["best_epoch"] = at_best.get("epoch") or metrics.get("epoch")
-            metrics.update({best_key(m): at_best.get(m, metrics.get(m)) for m in spec.objectives})
-            if not learner.checkpoint_every_epoch:
-                tune.report(metrics)
-                continue
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"learner": learner.state_dict(), "hparams": learner.hparams(), "best": best,
-                            "at_best": at_best},
-                           os.path.join(d, STATE_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        learner = spec.family.learner(config, data.info, ctx)
+        _train(learner, data, spec, node)
     except torch.cuda.OutOfMemoryError:
         # give the memory back at once: other trials may share this GPU (fractional resources.gpu)
         learner = None
