@@ -32,7 +32,11 @@ OPTIMIZER_HPARAMS = ("lr", "momentum", "weight_decay")
 
 
 class TorchLearner(Learner):
-    """Trains an `nn.Module` on uint8 image arrays, one epoch per `fit` step; checkpointable."""
+    """Trains an `nn.Module` on uint8 image arrays, one epoch per `fit` step; checkpointable.
+
+    cfg: the trial's resolved config (`Family.resolve`: every `COMMON_PARAMS` key is there, and is read as is).
+    ctx: device, GPU share, augmentation and keep-best (`RunContext`).
+    """
 
     def __init__(self, model: nn.Module, cfg: dict, info, ctx: RunContext | None = None,
                  in_channels_wanted: int | None = None):
