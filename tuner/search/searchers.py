@@ -167,7 +167,12 @@ def build(exp: Experiment, exp_dir: Path):
 
 
 def num_samples(exp: Experiment) -> int:
-    """Ray's num_samples: a conditional grid runs each of its points once (plus the warm-start configs)."""
+    """Ray's num_samples: a conditional grid runs each of its points once (plus the warm-start configs).
+    A plain grid's warm-start configs come on top of its passes: Ray counts each point to evaluate as one
+    of num_samples, and for a grid one sample is a whole pass, so cars_knn.yaml's one warm start used to
+    replace its 120-configuration grid."""
     if exp.search.algorithm == "grid" and exp.conditional:
         return len(warm_start_points(exp)) + len(grid_configs(exp.searched, exp.search.grid_points))
+    if exp.search.algorithm == "grid" and exp.num_samples > 0:
+        return exp.num_samples + len(warm_start_points(exp))
     return exp.num_samples
