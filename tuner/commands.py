@@ -65,10 +65,7 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
         experiment_plots(exp_dir)
         if best is None:
             # nothing to retrain: say so with the exit status too, not only in the log
-            why = f" (first error: {failed['error'].iloc[0]})" if len(failed) else ""
-            raise UserError(f"{run.trials}: no {'feasible ' if exp.constraints else ''}trial finished "
-                            f"with {exp.metrics[0]}{why}; "
-                            f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
+            raise UserError(_nothing_finished(exp, run, failed))
         say(f"best trial {best['trial_id']}: " + ", ".join(f"{m} = {best['metrics'][m]:.4g}" for m in exp.metrics))
         if exp.multi:
             import pandas as pd
@@ -80,6 +77,27 @@ def run_search(exp: spaces.Experiment, results: Path, *, address: str | None = N
             write_comparison(results)
     say(f"results: {exp_dir}")
     return exp_dir
+
+
+def _nothing_finished(exp: spaces.Experiment, run: RunDir, failed) -> str:
+    """Why a search ended without a best trial, and what to change: the first error when trials failed, the
+    time budget when it ended the search before any trial reported (slow epochs, not a bad space)."""
+    head = f"{run.trials}: no {'feasible ' if exp.constraints else ''}trial finished with {exp.metrics[0]}"
+    if len(failed):
+        return (f"{head} (first error: {failed['error'].iloc[0]}); "
+                f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
+    budget = exp.search.time_budget
+    from tuner.rundir import CorruptResult, read_result
+
+    try:
+        searched = float(read_result(run.run_json).get("search_s", 0.0)) if run.run_json.is_file() else 0.0
+    except (CorruptResult, TypeError, ValueError):
+        searched = 0.0
+    if budget and searched >= 0.9 * budget:
+        return (f"{head} within search.time_budget ({budget:g} s; the search ran {searched:.0f} s): raise "
+                f"search.time_budget, or make an epoch cheaper (a smaller dataset.image_size, dataset.limit, "
+                f"a smaller model) and search again")
+    return f"{head}; fix the space (a narrower lr range, a smaller batch_size, ...) and search again"
 
 
 def search(args) -> int:
