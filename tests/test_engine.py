@@ -134,3 +134,22 @@ def test_a_cnn_trains_channels_last_on_the_cpu_as_the_contiguous_model_predicts_
     assert get_family("mlp").learner({"hidden": [16]}, rgb).inputs(images, train=False).is_contiguous()
     assert get_family("cnn").learner({"channels": 8}, rgb).inputs(images, train=False).is_contiguous(
         memory_format=torch.channels_last)
+
+
+def test_splits_placed_on_a_device_are_kept_for_the_next_trial_on_the_same_data():
+    # a reused actor's next trial finds the splits on the GPU instead of uploading them again while the GPU
+    # waits; another data set replaces them. (Where the splits go is a GPU matter; the keeping is tested here.)
+    from tuner import engine
+
+    engine._RESIDENT.clear()
+    made = []
+
+    def upload():
+        made.append(1)
+        return [torch.zeros(2)]
+
+    first = engine.resident(("data-a", "cuda"), upload)
+    assert engine.resident(("data-a", "cuda"), upload) is first and len(made) == 1
+    engine.resident(("data-b", "cuda"), upload)
+    assert len(made) == 2 and list(engine._RESIDENT) == [("data-b", "cuda")]
+    engine._RESIDENT.clear()

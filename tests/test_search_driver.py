@@ -303,3 +303,39 @@ def test_two_node_cluster_runs_trials_on_both_nodes(results):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_search_the_time_budget_ends_before_any_trial_reports_names_the_budget(tmp_path, results, capsys):
+    # a trial's first epoch needs its actor started and torch imported, which takes longer than 1 s: the
+    # budget, not the space, is what left the search without a trial (the hint once said "a narrower lr range")
+    space = tmp_path / "budget.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "budget", "family": "cnn", "dataset": {"name": "digits"},
+        "search": {"algorithm": "random", "num_samples": 2, "time_budget": 1},
+        "scheduler": {"name": "fifo", "max_epochs": 50}, "space": {"lr": {"loguniform": [0.001, 0.01]}}}))
+    assert cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no trial finished" in last
+    assert "within search.time_budget (1 s" in last and "raise search.time_budget" in last
+    assert "narrower lr range" not in last
+
+
+def test_a_grid_with_a_warm_start_runs_it_and_the_whole_grid_on_tables_the_driver_made_with_progress(
+        tmp_path, results, capsys):
+    # Ray counts a point to evaluate as one of num_samples, and one grid sample is a whole pass: cars_knn.yaml's
+    # warm start used to be its only trial. The embeddings and neighbour tables are made before the trials,
+    # in the driver, with progress on the console (a trial's output does not reach it)
+    space = tmp_path / "g.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "g", "family": "knn", "dataset": {"name": "digits", "limit": 200},
+        "search": {"algorithm": "grid", "max_concurrent": 2, "warm_start": [{"k": 3, "metric": "cosine"}]},
+        "scheduler": {"name": "fifo", "max_epochs": 1},
+        "space": {"k": {"grid": [1, 3]}, "metric": {"grid": ["euclidean", "cosine"]}}}))
+    assert cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard",
+                     "--no-retrain"]) == 0
+    trials = pd.read_csv(results / "g" / "trials.csv")
+    assert len(trials) == 5 and set(trials["status"]) == {"TERMINATED"}
+    captured = capsys.readouterr()
+    assert "embedding train" in captured.err and re.search(r"embedded \d+ images in", captured.err)
+    assert "neighbour table euclidean-none: " in captured.err and "neighbour table cosine: " in captured.err
+    assert "warm-up: knn's embeddings and tables ready" in captured.out

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tuner.errors import TrialFailed
+from tuner.progress import bar
 
 from tuner.types import Learner, Param, RunContext
 
@@ -116,6 +117,21 @@ def place(arrays: list, device: torch.device) -> list:
     if device.type != "cuda" or sum(a.nbytes for a in arrays) > resident_budget(device):
         return list(arrays)
     return [_upload(a, device) for a in arrays]
+
+
+_RESIDENT: dict = {}  # (data key, device) -> the splits as `place` left them: one data set per process
+
+
+def resident(key: tuple, make: Callable[[], list]) -> list:
+    """The splits `make` places on the GPU, kept for the next trial in this process. Ray reuses a trial's
+    actor (reuse_actors) for the next trial, which trains on the same data: it finds them here instead of
+    copying them to the device again while the GPU waits. Another data set replaces them (one is kept)."""
+    if key not in _RESIDENT:
+        _RESIDENT.clear()  # the old set's memory goes back before the new one is placed
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _RESIDENT[key] = make()
+    return _RESIDENT[key]
 
 
 def _upload(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -307,6 +323,7 @@ class TorchLearner(Learner):
                  in_channels_wanted: int | None = None):
         ctx = ctx or RunContext()
         augment_cfg, keep_best = ctx.augment, ctx.keep_best
+        self.progress = ctx.progress
         self.cfg = cfg
         self.device = torch.device(ctx.device)
         self.info = info
@@ -373,6 +390,7 @@ class TorchLearner(Learner):
             order = to_device(order, x.device)  # one copy per epoch; batches are then gathered on the device
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        shown = bar(len(order), f"epoch {self.epoch + 1}", self.progress, unit="batch", leave=False)
         for idx in order:
             xb = self.inputs(take(x, idx, self.device), train=True)
             yb = take(y, idx, self.device).long()
@@ -384,6 +402,8 @@ class TorchLearner(Learner):
             self.scaler.update()
             total += loss.detach().float() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
+            shown.update(1)
+        shown.close()
         seen = max(order.numel(), 1)
         return total.item() / seen, correct.item() / seen
 
@@ -395,9 +415,12 @@ class TorchLearner(Learner):
         bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)))
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+        shown = bar(n, "testing" if exact else "validating", self.progress, leave=False)
         for start, idx, real in eval_batches(n, bs, where):
             logits = self._forward(self.inputs(take(x, idx, self.device), train=False), exact=exact)
             out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
+            shown.update(real)
+        shown.close()
         return out
 
     @torch.no_grad()
@@ -421,7 +444,12 @@ class TorchLearner(Learner):
 
     def _placed(self, data) -> list:
         if self.resident is None or self.resident[0] is not data:
-            self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
+            def upload():
+                return place([data.x_train, data.y_train, data.x_val, data.y_val], self.device)
+
+            key = getattr(data, "key", "")  # an ImageData's content hash; features (frozen transfer) have none
+            placed = resident((key, str(self.device)), upload) if key and self.cuda else upload()
+            self.resident = (data, placed)
         return self.resident[1]
 
     def fit(self, data, max_epochs: int) -> Iterator[dict]:

@@ -82,12 +82,15 @@ class RunContext:
         None: the machine's default (`tuner.settings.cache_dir()`).
     augment: the data set's `AugmentConfig` (None: no augmentation); iterative families apply it per batch.
     keep_best: remember the best validation epoch's weights so `Learner.restore_best` can return to them.
+    progress: show progress on stderr for long one-off work (embedding the images, neighbour tables, the
+        batches of an epoch, a test pass): the driver's warm-up and the retrain; never in a trial.
     """
 
     device: str = "cpu"
     cache_dir: str | None = None
     augment: Any = None
     keep_best: bool = False
+    progress: bool = False
 
 
 class Learner(ABC):

@@ -113,12 +113,12 @@ class Backbone:
         self.key = f"{key}|mean={tuple(info.mean)}|std={tuple(info.std)}|{info.height}x{info.width}"
         self.num_params = sum(p.numel() for p in self.module.parameters())
 
-    def splits(self, data, cache_dir: str | None) -> dict[str, np.ndarray]:
+    def splits(self, data, cache_dir: str | None, progress: bool = False) -> dict[str, np.ndarray]:
         """Features of train/val/test, embedded at most once per data set, backbone and image size."""
-        return embeddings.cached(data, self.key, self.module, self.pre, self.device, cache_dir)
+        return embeddings.cached(data, self.key, self.module, self.pre, self.device, cache_dir, progress=progress)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return embeddings.compute(self.module, self.pre, images, self.device)
+    def __call__(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        return embeddings.compute(self.module, self.pre, images, self.device, progress="embedding" if progress else None)
 
 
 class EmbeddingLearner(Learner):
@@ -131,6 +131,7 @@ class EmbeddingLearner(Learner):
         ctx = ctx or RunContext()
         self.cfg, self.info, self.cache_dir = cfg, info, ctx.cache_dir
         self.device = torch.device(ctx.device)
+        self.progress = ctx.progress
         self._backbone: Backbone | None = None
         self._backbone_state: dict | None = None   # from a bundle, before the backbone is built
         self.x_train: np.ndarray | None = None
@@ -146,7 +147,7 @@ class EmbeddingLearner(Learner):
         return self._backbone
 
     def embed(self, data) -> dict[str, np.ndarray]:
-        feats = self.backbone.splits(data, self.cache_dir)
+        feats = self.backbone.splits(data, self.cache_dir, self.progress)
         self.x_train, self.y_train = feats["train"], np.asarray(data.y_train, dtype=np.int64)
         self._test = (data.x_test, feats["test"])
         self.data_key = f"{data.key}|{self.backbone.key}"
@@ -156,7 +157,7 @@ class EmbeddingLearner(Learner):
         """Features of images to predict, and the cache key of their split when they are the test split."""
         if self._test is not None and images is self._test[0]:
             return self._test[1], f"{self.data_key}|test"
-        return self.backbone(images), None
+        return self.backbone(images, self.progress), None
 
     def weights(self) -> dict:
         """The bundle: the training embeddings and labels (plus the backbone's own weights)."""
@@ -178,3 +179,14 @@ class EmbeddingLearner(Learner):
 
     def load_state_dict(self, state: dict) -> None:
         self.load_weights(state)
+
+
+def warm_embeddings(family, constants: dict, searched: dict, data, ctx: RunContext) -> None:
+    """Embed the images with every backbone the space can draw (`Family.warm_up` of the features family)."""
+    from tuner.families.base import values
+
+    backbone = values("backbone", constants, searched, PIXELS) or []
+    weights = values("backbone_weights", constants, searched, "imagenet") or []
+    for b in backbone:
+        for w in weights:
+            family.learner({**constants, "backbone": b, "backbone_weights": w}, data.info, ctx).embed(data)

@@ -14,13 +14,14 @@ neighbour tables are `tuner.neighbours`.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Iterator
 
 import numpy as np
 
 from tuner.errors import UserError
-from tuner.families.base import DataInfo, Family, Param, RunContext, register_family
+from tuner.families.base import DataInfo, Family, Param, RunContext, register_family, values
 from tuner.families.embedding import EmbeddingLearner, backbone_params, check_backbone
 from tuner.metrics import proba_metrics
 from tuner.neighbours import TABLES, neighbours, table_kind, vote, without_self
@@ -57,12 +58,12 @@ class KnnLearner(EmbeddingLearner):
             self.y_train = np.concatenate([self.y_train, np.asarray(data.y_val, dtype=np.int64)])
             self._check_k(extra=1)
             table = without_self(TABLES.get(f"{self.data_key}|loo", self.x_train, self.x_train, self.kind,
-                                              self.k + 1, self.device, self.cache_dir))
+                                              self.k + 1, self.device, self.cache_dir, self.progress))
             y_eval = self.y_train
         else:
             self._check_k()
             table = TABLES.get(f"{self.data_key}|val", self.x_train, feats["val"], self.kind, self.k,
-                                 self.device, self.cache_dir)
+                                 self.device, self.cache_dir, self.progress)
             y_eval = np.asarray(data.y_val)
         proba = vote(table, self.y_train, self.k, self.metric, self.weighting, self.info.num_classes)
         val_loss, val_acc = proba_metrics(proba, y_eval)
@@ -74,9 +75,9 @@ class KnnLearner(EmbeddingLearner):
         self._check_k()
         feats, key = self.query(images)
         if key is not None:
-            table = TABLES.get(key, self.x_train, feats, self.kind, self.k, self.device, self.cache_dir)
+            table = TABLES.get(key, self.x_train, feats, self.kind, self.k, self.device, self.cache_dir, self.progress)
         else:
-            table = neighbours(self.x_train, feats, self.kind, self.k, self.device)
+            table = neighbours(self.x_train, feats, self.kind, self.k, self.device, progress=self.progress)
         return vote(table, self.y_train, self.k, self.metric, self.weighting, self.info.num_classes).astype(np.float32)
 
 
@@ -119,3 +120,22 @@ class Knn(Family):
 
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> KnnLearner:
         return KnnLearner(self.resolve(config), info, ctx)
+
+    def warm_up(self, constants: dict, searched: dict, data, ctx: RunContext) -> None:
+        """The embeddings and one neighbour table per (metric, normalisation) the space can draw: every trial is
+        then a look-up. A k range or a metric left to a numeric range is not enumerable: those tables wait."""
+        def vals(key):
+            return values(key, constants, searched, self.params[key].default)
+
+        ks = vals("k") or [searched["k"].args[1]]
+        pairs = [(m, n) for m in vals("metric") or [] for n in vals("normalize") or []]
+        kinds = {table_kind(m, n): (m, n) for m, n in pairs}
+        for backbone, weights, validation in itertools.product(vals("backbone") or [], vals("backbone_weights") or [],
+                                                               vals("validation") or []):
+            for m, n in kinds.values():
+                cfg = {**constants, "backbone": backbone, "backbone_weights": weights, "validation": validation,
+                       "metric": m, "normalize": n, "k": max(int(k) for k in ks)}
+                try:
+                    list(self.learner(cfg, data.info, ctx).fit(data))
+                except UserError:
+                    pass  # k larger than the training set: the trials that draw it say so themselves
