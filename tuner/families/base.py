@@ -88,7 +88,8 @@ class Family:
     A subclass sets `name` (what a space file's `family:` says), `params` (every key it takes, with its
     default, type and bounds: `validate`, the JSON schema and docs/families.md are made from them) and
     implements `learner`. The other methods have defaults; override them for family-specific checks
-    (`check_config`, `preflight`), embeddings (`features`, `input_channels`) or a one-step fit (`iterative`).
+    (`check_config`, `preflight`), embeddings (`features`, `input_channels`), one-off work the driver does
+    before the trials start (`warm_up`) or a one-step fit (`iterative`).
     """
 
     name: ClassVar[str] = ""
