@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -688,3 +689,21 @@ def test_the_space_estimate_is_what_the_cache_then_holds(tmp_path):
     prepare(conf, cache_dir=tmp_path / "c", progress=False)
     written = np.load(e.folder / "images.npy", mmap_mode="r")
     assert e.built and e.nbytes == written.nbytes == len(x) * 24 * 24 * 3
+
+
+def test_decoding_and_embedding_show_progress_and_say_what_they_took(tmp_path, capsys):
+    import torch.nn as nn
+
+    from tuner import embeddings
+    from tuner.engine import Preprocess
+
+    x, y = digit_images(n_per_class=10)
+    d = prepare(cfg("imagefolder", write_class_folders(tmp_path / "f", x, y), image_size=16), cache_dir=tmp_path / "c")
+    assert "decoding imagefolder train at 16px: 100%|" in capsys.readouterr().err
+    pre = Preprocess(d.mean, d.std, 3)
+    embeddings.cached(d, "flat", nn.Flatten(), pre, cache_dir=tmp_path / "c", progress=True)
+    err = capsys.readouterr().err
+    assert "embedding train: 100%|" in err and "embedding test: 100%|" in err
+    assert re.search(r"embedded 30 images in [\d.]+ s \(\d+ img/s\) -> ", err)
+    embeddings.cached(d, "flat", nn.Flatten(), pre, cache_dir=tmp_path / "c", progress=True)
+    assert "embedding" not in capsys.readouterr().err  # cached: nothing to show
