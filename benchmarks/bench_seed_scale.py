@@ -13,7 +13,8 @@ Stages: `decode` (the whole set at 224 px, alone, as `tuner.data.prepare` does i
 transfer search (`--quick`: 4 trials of mobilenet_v3_small at 64 px, 2 epochs), its retrain, test and
 export (`tuner best --export`); the knn search over that export's embeddings of every image (the shipped
 120-configuration grid), its retrain (a fit), test and export; scikit-learn refits on the same embeddings.
-`--concurrency 2,4` adds a memory probe: N trials at once (an mlp at 224 px, so each reads every image).
+`--concurrency 2,4` adds a memory probe: N trials at once (an mlp at 224 px, so each reads every image);
+`--memory-only` runs just that probe, `--probe-size 512` on a 12.7 GB decoded set.
 
 Every figure is printed in one table and written by `--json PATH`. Memory: peak RSS of the driver and of each
 trial worker, with USS and PSS beside it (RSS counts the shared, memory-mapped cache pages a process
@@ -204,10 +205,10 @@ def sklearn_refits(run: Run, results: Path, name: str, folder: Path) -> dict:
             "knn_configs": len(trials)}
 
 
-def concurrency_stage(folder: Path, n: int, results: Path, env: dict, nbytes: int) -> dict:
-    """N trials at once, each reading every image (an mlp at 224 px, one epoch): what each holds."""
+def concurrency_stage(folder: Path, n: int, results: Path, env: dict, nbytes: int, size: int = 224) -> dict:
+    """N trials at once, each reading every image (an mlp, one epoch): what each holds."""
     space = results / f"concurrency{n}.yaml"
-    space.write_text(f"name: c{n}\ndataset: {{name: imagefolder, root: {folder}, image_size: 224, normalize: imagenet,"
+    space.write_text(f"name: c{n}\ndataset: {{name: imagefolder, root: {folder}, image_size: {size}, normalize: imagenet,"
                      f" split: {{val: 0.2, test: official, seed: 0}}}}\nfamily: mlp\n"
                      f"search: {{algorithm: random, num_samples: {n}, max_concurrent: {n}}}\n"
                      f"scheduler: {{name: fifo, max_epochs: 1}}\nresources: {{cpu: {round(2 / n, 3)}, gpu: 0}}\n"
@@ -331,12 +332,45 @@ def table(out: dict) -> str:
              ("knn: neighbour tables", f"{kn['tables_s']} s", ""),
              ("knn vs scikit-learn refits", f"{out['knn_vs_sklearn']}x", f"sklearn {kn['sklearn_refits_s']} s for "
               f"{kn['knn_configs']} configs; same accuracy: {kn['sklearn_agrees']}")]
-    for c in out.get("concurrency", []):
-        rows.append((f"{c['concurrent']} concurrent trials (set {gb(c['set_bytes'])})",
-                     "RSS " + ", ".join(gb(v) for v in c["trial_rss"]),
-                     "USS " + ", ".join(gb(v) for v in c["trial_uss"]) + "; PSS " + ", ".join(gb(v) for v in c["trial_pss"])))
+    return _rows(rows + _concurrency_rows(out))
+
+
+def _concurrency_rows(out: dict) -> list[tuple[str, str, str]]:
+    gb = lambda b: "-" if b is None else f"{b / 1e9:.2f}"  # noqa: E731
+    return [(f"{c['concurrent']} concurrent trials, set {gb(c['set_bytes'])} GB",
+             f"driver RSS {gb(c['driver_rss'])} GB", "trials' RSS " + ", ".join(gb(v) for v in c["trial_rss"])
+             + " GB; USS " + ", ".join(gb(v) for v in c["trial_uss"]) + "; PSS " + ", ".join(gb(v) for v in c["trial_pss"])
+             + f"; object store {gb(c['object_store_bytes'])}") for c in out.get("concurrency", [])]
+
+
+def concurrency_table(out: dict) -> str:
+    return _rows(_concurrency_rows(out))
+
+
+def _rows(rows: list[tuple[str, str, str]]) -> str:
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{w}}  {b:>24}  {c}" for a, b, c in rows)
+
+
+def memory_only(args) -> dict:
+    """The --concurrency probes alone, on the made folder, in a fresh cache (decoded once, by the first)."""
+    from tuner.settings import cache_dir
+
+    base = cache_dir() / "bench"
+    folder = base / f"cars_like-{args.images}"
+    make_cars_like(folder, images=args.images, say=log)
+    work = base / f"run-{os.getpid()}-{int(time.time())}"
+    (work / "results").mkdir(parents=True)
+    env = {**os.environ, "TUNER_CACHE": str(work / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    size = args.probe_size
+    nbytes = args.images * size * size * 3
+    try:
+        return {"images": args.images, "machine": machine(), "probe_size": size, "concurrency":
+                [concurrency_stage(folder, n, work / "results", env, nbytes, size) for n in args.concurrency]}
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv=None) -> dict:
@@ -349,9 +383,11 @@ def main(argv=None) -> dict:
                    help="also measure N concurrent trials' memory, e.g. 2,4")
     p.add_argument("--transfer-set", action="append", default=[], help="one more --set for cars_transfer.yaml")
     p.add_argument("--knn-set", action="append", default=[], help="one more --set for cars_knn.yaml")
+    p.add_argument("--memory-only", action="store_true", help="only the --concurrency probes (no searches)")
+    p.add_argument("--probe-size", type=int, default=224, help="--memory-only: image size (512: a 12.7 GB set)")
     args = p.parse_args(argv)
-    out = run_all(args)
-    print(table(out))
+    out = memory_only(args) if args.memory_only else run_all(args)
+    print(table(out) if not args.memory_only else concurrency_table(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
     return out

@@ -4,6 +4,8 @@ vectors. Its features are computed once per data set and image size by `tuner.em
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -64,10 +66,8 @@ def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, i
     """
     if isinstance(backbone, str) and backbone in backbones.supported_archs():
         return backbones.extractor(backbone, weights, info)
+    key = extractor_key(backbone, weights, info)
     p = backbones.resolve_path(str(backbone))
-    if not p.exists():
-        raise UserError(f"backbone: {backbone!r} is neither a supported torchvision arch nor an existing bundle "
-                        f"path; use e.g. resnet50, mobilenet_v2, vgg19 or a folder exported by `tuner best --export`")
     b = read_bundle(p)
     binfo = data_info(b)
     fam = get_family(b["family"], where=f"backbone: {p}: family")
@@ -84,8 +84,39 @@ def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, i
     module = nn.Sequential(backbones.Renormalize(pc(info.mean, wanted), pc(info.std, wanted),
                                                  pc(binfo.mean, wanted), pc(binfo.std, wanted)),
                            feats, nn.Flatten())
-    key = f"bundle:{backbones.weights_key(str(p))}:{backbones.norm_key(info)}"
     return backbones.frozen(module.cpu()), wanted, key
+
+
+def extractor_key(backbone: str, weights: str, info: DataInfo) -> str:
+    """`extractor`'s key without building the network: the arch's or the bundle file's identity (a stat)."""
+    if isinstance(backbone, str) and backbone in backbones.supported_archs():
+        return backbones.extractor_key(backbone, weights, info)
+    p = backbones.resolve_path(str(backbone))
+    if not p.exists():
+        raise UserError(f"backbone: {backbone!r} is neither a supported torchvision arch nor an existing bundle "
+                        f"path; use e.g. resnet50, mobilenet_v2, vgg19 or a folder exported by `tuner best --export`")
+    return f"bundle:{backbones.weights_key(str(p))}:{backbones.norm_key(info)}"
+
+
+# networks built in this process, by their key and device: Ray reuses a trial's actor for the next trial,
+# which then finds its backbone here. Building one from a bundle was most of a KNN trial (2-5 s of a 2.1-5.8 s
+# trial on the shared 2-core machine, with the embeddings and tables already cached). Frozen: safe to share.
+_BUILT: "OrderedDict[tuple[str, str], tuple[nn.Module, int]]" = OrderedDict()
+BUILT_KEPT = 2
+
+
+def built(backbone: str, weights: str, info: DataInfo, device: torch.device) -> tuple[nn.Module, int, str]:
+    """`extractor`'s (module on `device`, channels, key), built once per process."""
+    key = extractor_key(backbone, weights, info)
+    hit = _BUILT.get((key, str(device)))
+    if hit is None:
+        module, channels, _ = extractor(backbone, weights, info)
+        hit = (module.to(device).eval(), channels)
+        _BUILT[(key, str(device))] = hit
+        while len(_BUILT) > BUILT_KEPT:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end((key, str(device)))
+    return hit[0], hit[1], key
 
 
 class Backbone:
@@ -101,12 +132,11 @@ class Backbone:
         self.device = torch.device(device)
         if name == PIXELS:
             module, channels, key = nn.Flatten(), info.channels, PIXELS
-        elif state is not None and name in backbones.supported_archs():
-            module, channels, key = extractor(name, "none", info)
-        else:
-            module, channels, key = extractor(name, weights, info)
-        if state is not None and name != PIXELS:
+        elif state is not None:  # a bundle's own weights: this learner's alone
+            module, channels, key = extractor(name, "none" if name in backbones.supported_archs() else weights, info)
             module.load_state_dict(state)
+        else:
+            module, channels, key = built(name, weights, info, self.device)
         self.module = module.to(self.device).eval()
         self.pre = Preprocess(info.mean, info.std, info.channels, channels).to(self.device)
         # the data key says which images; this says what was done to them (the normalisation is not in data.key)
