@@ -151,3 +151,9 @@ class Learner(ABC):
     def adapt_state(self, state: dict, old: dict[str, float]) -> dict:
         """A `state_dict` made under hparams `old`, made fit to continue under this learner's `hparams()`."""
         return state
+
+    def latency_key(self) -> str | None:
+        """Learners whose inference costs the same return the same key, and a trial's actor then measures
+        `latency_ms` once for them all (a reused actor runs trial after trial); None (the default): every
+        trial measures its own."""
+        return None

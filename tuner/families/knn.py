@@ -37,6 +37,13 @@ class KnnLearner(EmbeddingLearner):
         self.k, self.metric, self.weighting = int(cfg["k"]), cfg["metric"], cfg["weights"]
         self.kind = table_kind(self.metric, cfg["normalize"])
 
+    def latency_key(self) -> str | None:
+        """Inference is the backbone on the new images, then one neighbour search of the table's kind against
+        the reference set; k and the vote weighting change the vote over at most K_TABLE columns only. So
+        one measurement per (backbone, table kind, reference set, device): with the backbone's forward
+        passes it was nearly all of a KNN trial (2.7 of 2.8 s on the shared 2-core machine, 121 trials)."""
+        return f"knn|{self.backbone.key}|{self.kind}|{self.cfg['validation']}|{self.device}"
+
     @property
     def num_params(self) -> int:
         stored = 0 if self.x_train is None else int(self.x_train.size)
