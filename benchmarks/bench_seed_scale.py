@@ -91,8 +91,10 @@ class Run:
         return (hits[-1] if last else hits[0]) if hits else None
 
     def between(self, a: str, b: str) -> float | None:
-        ta, tb = self.at(a), self.at(b, last=True)
-        return round(tb[0] - ta[0], 2) if ta and tb else None
+        """Seconds from the first line matching `a` to the first after it matching `b`."""
+        ta = self.at(a)
+        tb = next((t for t, line in self.lines if ta and t >= ta[0] and re.search(b, line)), None)
+        return round(tb - ta[0], 2) if ta and tb else None
 
 
 def search(space: Path, sets: list[str], name: str, results: Path, env: dict) -> tuple[Run, dict]:
@@ -125,7 +127,7 @@ def decode_stage(folder: Path, size: int, cache: Path, env: dict) -> dict:
     if proc.returncode:
         raise SystemExit(f"[bench] decode: exited {proc.returncode}")
     stats = json.loads(out.split("STATS ", 1)[1])
-    stats["peak_rss"], stats["peak_uss"] = mon.root.rss, mon.root.uss
+    stats["peak_rss"], stats["peak_uss"], stats["peak_anon"] = mon.root.rss, mon.root.uss, mon.root.anon
     return stats
 
 
@@ -134,6 +136,8 @@ def trial_memory(run: Run) -> dict:
     return {"trial_workers": len(trials), "peak_rss_trial_bytes": max((p.rss for p in trials), default=None),
             "peak_uss_trial_bytes": max((p.uss for p in trials), default=None),
             "peak_pss_trial_bytes": max((p.pss for p in trials), default=None),
+            "peak_anon_trial_bytes": max((p.anon for p in trials), default=None),
+            "peak_file_trial_bytes": max((p.file for p in trials), default=None),
             "peak_gpu_trial_bytes": [p.gpu for p in trials] if run.monitor.gpu.present else None,
             "object_store_bytes": max((p.shm for p in run.monitor.of("raylet")), default=None)}
 
@@ -156,6 +160,7 @@ def search_figures(run: Run, info: dict, results: Path, name: str) -> dict:
            "retrain_epochs": len([1 for _, line in run.lines if re.match(r"\s+retrain epoch \d+", line)]),
            "test_s": run.between(r"^testing on", r"^retrained best config"),
            "peak_rss_driver_bytes": run.monitor.root.rss, "peak_uss_driver_bytes": run.monitor.root.uss,
+           "peak_anon_driver_bytes": run.monitor.root.anon, "peak_file_driver_bytes": run.monitor.root.file,
            "gpu_busy_fraction": run.monitor.busy(t_start[0], t_end[0]) if t_start and t_end else None}
     test = run.at(r"^testing on (\d+) images")
     if test and out["test_s"]:
@@ -217,8 +222,9 @@ def concurrency_stage(folder: Path, n: int, results: Path, env: dict, nbytes: in
               f"{n} concurrent")
     trials = run.monitor.of("trial")
     return {"concurrent": n, "set_bytes": nbytes, "driver_rss": run.monitor.root.rss,
-            "trial_rss": sorted(p.rss for p in trials), "trial_uss": sorted(p.uss for p in trials),
-            "trial_pss": sorted(p.pss for p in trials),
+            "driver_anon": run.monitor.root.anon, "trial_rss": sorted(p.rss for p in trials),
+            "trial_uss": sorted(p.uss for p in trials), "trial_pss": sorted(p.pss for p in trials),
+            "trial_anon": sorted(p.anon for p in trials), "trial_file": sorted(p.file for p in trials),
             "object_store_bytes": max((p.shm for p in run.monitor.of("raylet")), default=None)}
 
 
@@ -267,7 +273,8 @@ def run_all(args) -> dict:
         out.update(decode_s=round(d["decode_s"], 2), prepare_s=round(d["prepare_s"], 2), decoded_bytes=d["nbytes"],
                    decode_img_per_s=round(d["decoded"] / d["decode_s"], 1),
                    decode_img_per_s_per_core=round(d["decoded"] / d["decode_s"] / os.cpu_count(), 1),
-                   peak_rss_prepare_bytes=d["peak_rss"], cache_bytes=du(cache / "decode"))
+                   peak_rss_prepare_bytes=d["peak_rss"], peak_anon_prepare_bytes=d["peak_anon"],
+                   cache_bytes=du(cache / "decode"))
         out["stages"] |= {"decode": out["decode_s"], "prepare": out["prepare_s"]}
         shutil.rmtree(cache / "decode")  # the searches below decode on their own (a fresh cache each run)
         log("cars_transfer: search, retrain, test")
@@ -316,7 +323,8 @@ def table(out: dict) -> str:
              f"{out['decode_img_per_s_per_core']} per core"),
             ("data preparation (all, before Ray)", f"{out['prepare_s']} s",
              f"{out['prepare_s'] / max(out['decode_s'], 1e-9):.2f}x the decode"),
-            ("decoded set / cache on disk", gb(out["decoded_bytes"]), gb(out["cache_bytes"]))]
+            ("decoded set / cache on disk", gb(out["decoded_bytes"]), gb(out["cache_bytes"])),
+            ("decode: peak RSS / anon", gb(out["peak_rss_prepare_bytes"]), gb(out["peak_anon_prepare_bytes"]))]
     for side, f in (("transfer", tr), ("knn", kn)):
         rows += [(f"{side}: prepare / Ray start / warm-up", f"{f['prepare_s']} / {f['ray_start_s']} / {f['warm_up_s']} s", ""),
                  (f"{side}: search", f"{f['search_s']} s", f"{f['trials']} trials ({f['trials_per_hour']}/h), "
@@ -325,7 +333,8 @@ def table(out: dict) -> str:
                   f"{f['test_s']} s", f"{f['retrain_epochs']} epochs; test {f.get('test_img_per_s', '-')} img/s"),
                  (f"{side}: export", f"{f['export_s']} s", ""),
                  (f"{side}: peak RSS driver / largest trial", f"{gb(f['peak_rss_driver_bytes'])} / "
-                  f"{gb(f['peak_rss_trial_bytes'])}", f"trial USS {gb(f['peak_uss_trial_bytes'])}, PSS "
+                  f"{gb(f['peak_rss_trial_bytes'])}", f"anon (own heap) {gb(f['peak_anon_driver_bytes'])} / "
+                  f"{gb(f['peak_anon_trial_bytes'])}; trial USS {gb(f['peak_uss_trial_bytes'])}, PSS "
                   f"{gb(f['peak_pss_trial_bytes'])}; object store {gb(f['object_store_bytes'])}"),
                  (f"{side}: GPU busy / trial GPU memory", str(f["gpu_busy_fraction"]), str(f["peak_gpu_trial_bytes"]))]
     rows += [("knn: extraction", f"{kn.get('extraction_s')} s", f"{kn.get('extraction_img_per_s')} img/s"),
@@ -339,7 +348,8 @@ def _concurrency_rows(out: dict) -> list[tuple[str, str, str]]:
     gb = lambda b: "-" if b is None else f"{b / 1e9:.2f}"  # noqa: E731
     return [(f"{c['concurrent']} concurrent trials, set {gb(c['set_bytes'])} GB",
              f"driver RSS {gb(c['driver_rss'])} GB", "trials' RSS " + ", ".join(gb(v) for v in c["trial_rss"])
-             + " GB; USS " + ", ".join(gb(v) for v in c["trial_uss"]) + "; PSS " + ", ".join(gb(v) for v in c["trial_pss"])
+             + " GB; anon " + ", ".join(gb(v) for v in c["trial_anon"]) + "; USS "
+             + ", ".join(gb(v) for v in c["trial_uss"]) + "; PSS " + ", ".join(gb(v) for v in c["trial_pss"])
              + f"; object store {gb(c['object_store_bytes'])}") for c in out.get("concurrency", [])]
 
 
