@@ -158,10 +158,12 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        # one float copy of the batch, normalised in place: `(x - mean) / std` made two more, 1.2 GB for an
+        # evaluation batch of 1,024 images at 224 px (a trial's memory held 2.5 GB of such temporaries)
+        x = x.permute(0, 3, 1, 2).to(torch.float32, copy=True).div_(255.0)
         if self.repeat > 1:
             x = x.repeat(1, self.repeat, 1, 1)
-        return (x - self.mean) / self.std
+        return x.sub_(self.mean).div_(self.std)
 
 
 def augment(x: torch.Tensor, aug, gen: torch.Generator) -> torch.Tensor:
