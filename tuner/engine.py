@@ -227,10 +227,15 @@ def train_batches(n: int, batch_size: int, gen: torch.Generator) -> torch.Tensor
     return order[:nb * bs].view(nb, bs).sort(dim=1).values
 
 
-def eval_batch_size(batch_size: int) -> int:
-    """Evaluation batch: 4x the training batch, at most 1024. Inference keeps a layer or two of
+EVAL_BATCH_BYTES = 256 << 20  # an evaluation batch's float input at most this (1,024 images at 224 px: 616 MB)
+
+
+def eval_batch_size(batch_size: int, image_bytes: int = 0) -> int:
+    """Evaluation batch: 4x the training batch, at most 1024, and at most EVAL_BATCH_BYTES of float input for
+    images of `image_bytes` values (never below the training batch). Inference keeps a layer or two of
     activations alive where training keeps all of them, so this fits wherever training did."""
-    return max(batch_size, min(1024, 4 * batch_size))
+    cap = EVAL_BATCH_BYTES // (4 * image_bytes) if image_bytes else 1024
+    return max(batch_size, min(1024, 4 * batch_size, cap))
 
 
 def eval_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor, int]]:
@@ -414,7 +419,8 @@ class TorchLearner(Learner):
         """Class probabilities on the device, in fixed-shape batches (the padding rows dropped)."""
         self.model.eval()
         n = len(x)
-        bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)))
+        i = self.info
+        bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)), i.height * i.width * i.channels)
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         shown = bar(n, "testing" if exact else "validating", self.progress, leave=False)
