@@ -153,7 +153,6 @@ def test_pbt_tables_keep_every_trials_own_epochs_and_perturbed_values_stay_in_th
 
 def _pbt_copies(policy: Path) -> set[tuple[int, int]]:
     """(the trial's epoch, the copied trial's epoch) of each copy Ray's PBT logged for this trial."""
-
     lines = policy.read_text().splitlines() if policy.is_file() else []
     return {(int(p[2]), int(p[3])) for p in map(json.loads, lines)}
 
