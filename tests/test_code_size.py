@@ -17,7 +17,7 @@ MAX_FUNCTION, MAX_MODULE = 60, 500
 ALLOWED = {
     "tuner/spaces.py": 1000,
     "tuner/spaces.py:parse_experiment": 72,
-    "tuner/search/driver.py:run": 96,
+    "tuner/search/driver.py:run": 103,
 }
 
 

@@ -86,6 +86,8 @@ class RunContext:
         None: the machine's default (`tuner.settings.cache_dir()`).
     augment: the data set's `AugmentConfig` (None: no augmentation); iterative families apply it per batch.
     keep_best: remember the best validation epoch's weights so `Learner.restore_best` can return to them.
+    progress: show progress on stderr for long one-off work (embedding the images, neighbour tables, the
+        batches of an epoch, a test pass): the driver's warm-up and the retrain; never in a trial.
     gpu_share: the part of its GPU this run may fill (`resources.gpu` of a trial; 1.0 alone on it): a learner
         keeps its data on the GPU only when it fits that part (`tuner.engine.place`).
     """
@@ -94,6 +96,7 @@ class RunContext:
     cache_dir: str | None = None
     augment: Any = None
     keep_best: bool = False
+    progress: bool = False
     gpu_share: float = 1.0
 
 
@@ -155,3 +158,9 @@ class Learner(ABC):
     def adapt_state(self, state: dict, old: dict[str, float]) -> dict:
         """A `state_dict` made under hparams `old`, made fit to continue under this learner's `hparams()`."""
         return state
+
+    def latency_key(self) -> str | None:
+        """Learners whose inference costs the same return the same key, and a trial's actor then measures
+        `latency_ms` once for them all (a reused actor runs trial after trial); None (the default): every
+        trial measures its own."""
+        return None

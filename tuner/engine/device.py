@@ -2,6 +2,7 @@
 the trial's data placed on the GPU when it fits, and the CPU threads a trial may use."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -74,6 +75,21 @@ def place(arrays: list, device: torch.device, share: float) -> list:
     if device.type != "cuda" or sum(a.nbytes for a in arrays) > resident_budget(device, share):
         return list(arrays)
     return [_upload(a, device) for a in arrays]
+
+
+_RESIDENT: dict = {}  # (data key, device) -> the splits as `place` left them: one data set per process
+
+
+def resident(key: tuple, make: Callable[[], list]) -> list:
+    """The splits `make` places on the GPU, kept for the next trial in this process. Ray reuses a trial's
+    actor (reuse_actors) for the next trial, which trains on the same data: it finds them here instead of
+    copying them to the device again while the GPU waits. Another data set replaces them (one is kept)."""
+    if key not in _RESIDENT:
+        _RESIDENT.clear()  # the old set's memory goes back before the new one is placed
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _RESIDENT[key] = make()
+    return _RESIDENT[key]
 
 
 def _upload(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from tuner.engine.augmentation import augment
 from tuner.engine.batches import Preprocess, eval_batch_size, eval_batches, take, train_batches
-from tuner.engine.device import amp_dtype, place, precision, to_device
+from tuner.engine.device import amp_dtype, place, precision, resident, to_device
 from tuner.engine.optim import make_loss, make_optimizer, make_schedule
 from tuner.errors import TrialFailed
+from tuner.progress import bar
 from tuner.types import Learner, RunContext
 
 
@@ -42,6 +43,7 @@ class TorchLearner(Learner):
                  in_channels_wanted: int | None = None):
         ctx = ctx or RunContext()
         augment_cfg, keep_best = ctx.augment, ctx.keep_best
+        self.progress = ctx.progress
         self.cfg = cfg
         self.device = torch.device(ctx.device)
         self.gpu_share = ctx.gpu_share
@@ -113,6 +115,7 @@ class TorchLearner(Learner):
             order = to_device(order, x.device)  # one copy per epoch; batches are then gathered on the device
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        shown = bar(len(order), f"epoch {self.epoch + 1}", self.progress, unit="batch", leave=False)
         for idx in order:
             xb = via.inputs(take(x, idx, self.device), train=True)
             yb = take(y, idx, self.device).long()
@@ -124,6 +127,8 @@ class TorchLearner(Learner):
             self.scaler.update()
             total += loss.detach().float() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
+            shown.update(1)
+        shown.close()
         seen = max(order.numel(), 1)
         return total.item() / seen, correct.item() / seen
 
@@ -133,12 +138,16 @@ class TorchLearner(Learner):
         via = via or self
         self.model.eval()
         n = len(x)
-        bs = batch_size or eval_batch_size(int(self.cfg["batch_size"]))
+        i = self.info
+        bs = batch_size or eval_batch_size(int(self.cfg["batch_size"]), i.height * i.width * i.channels)
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+        shown = bar(n, "testing" if exact else "validating", self.progress, leave=False)
         for start, idx, real in eval_batches(n, bs, where):
             logits = via.logits(via.inputs(take(x, idx, self.device), train=False), exact=exact)
             out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
+            shown.update(real)
+        shown.close()
         return out
 
     @torch.no_grad()
@@ -163,8 +172,12 @@ class TorchLearner(Learner):
 
     def _placed(self, data) -> list:
         if self.resident is None or self.resident[0] is not data:
-            self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device,
-                                             self.gpu_share))
+            def upload():
+                return place([data.x_train, data.y_train, data.x_val, data.y_val], self.device, self.gpu_share)
+
+            key = getattr(data, "key", "")  # an ImageData's content hash; features (frozen transfer) have none
+            placed = resident((key, str(self.device)), upload) if key and self.cuda else upload()
+            self.resident = (data, placed)
         return self.resident[1]
 
     def start(self, max_epochs: int) -> None:

@@ -128,6 +128,20 @@ def measure_latency(learner, images, batch: int, repeats: int = 3) -> float:
     return best * 1000 / batch
 
 
+_LATENCY: dict[str, tuple[float, float]] = {}  # per process: see `Learner.latency_key`
+
+
+def latencies(learner, images) -> tuple[float, float]:
+    """(latency_ms at batch 1, at batch 64), measured, or as measured for a learner of the same key."""
+    key = learner.latency_key()
+    if key is not None and key in _LATENCY:
+        return _LATENCY[key]
+    value = (measure_latency(learner, images, 1), measure_latency(learner, images, 64))
+    if key is not None:
+        _LATENCY[key] = value
+    return value
+
+
 def _resumed(learner) -> tuple[float | None, dict]:
     """Load the trial's checkpoint (after a failure, on --resume, or a PBT exploit) into `learner`; returns the
     best epoch's metric so far and the other objectives at that epoch (None, {} when there is none to go on)."""
@@ -172,9 +186,8 @@ def _train(learner, data, spec: TrialSpec, node: str) -> None:
     measured: dict = {}
     for metrics in learner.fit(data, spec.max_epochs):
         if not measured:
-            measured = {"num_params": int(learner.num_params),
-                        "latency_ms": measure_latency(learner, data.x_val, 1),
-                        "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
+            one, many = latencies(learner, data.x_val)
+            measured = {"num_params": int(learner.num_params), "latency_ms": one, "latency_ms_b64": many}
         metrics = {**metrics, **measured, "train_time_s": time.perf_counter() - t_start, "node_id": node}
         best, at_best = _with_best(metrics, spec, best, at_best)
         if not learner.checkpoint_every_epoch:
