@@ -99,7 +99,7 @@ class Family:
         """Check a space file's values for this family, from the file alone (`tuner validate`).
 
         constants: key -> value (the `fixed:` block and constant `space:` entries).
-        searched: key -> `spaces.Distribution` (has `kind` and `args`).
+        searched: key -> `spaces.Distribution` (its `kind`, `args`, `is_categorical`, `low` and `high`).
         file: the space file's name, for the message.
         Raises a `UserError` naming the file and key for a key this family does not take, or a value (or
         searched bound or choice) outside its `Param`; then runs `check_config` on the constants.
@@ -112,15 +112,15 @@ class Family:
             check_param(self.params[key], value, f"{file}: {key}")
         for key, dist in searched.items():
             param = self.params[key]
-            if dist.kind in ("choice", "grid"):
+            if dist.is_categorical:
                 for v in dist.args:
                     check_param(param, v, f"{file}: space.{key}")
             elif param.type not in ("float", "int", "any"):
                 raise UserError(f"{file}: space.{key} takes {param.type} values; use choice: [...] instead of "
                                 f"{dist.kind}")
             else:
-                check_param(param, dist.args[0], f"{file}: space.{key} lower bound")
-                check_param(param, dist.args[1], f"{file}: space.{key} upper bound")
+                check_param(param, dist.low, f"{file}: space.{key} lower bound")
+                check_param(param, dist.high, f"{file}: space.{key} upper bound")
         self.check_config({k: v for k, v in constants.items()}, file)
 
     def check_config(self, constants: dict, file: str) -> None:

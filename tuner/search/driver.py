@@ -118,13 +118,10 @@ def _scheduler(exp: Experiment):
     mutations = {k: to_tune(d) for k, d in exp.searched.items() if k in perturbable}
     if not mutations:
         raise UserError(f"{exp.path}: scheduler pbt needs at least one of {', '.join(perturbable)} in space:")
-    bounds = {k: d.args for k, d in exp.searched.items() if k in mutations and d.kind in NUMERIC}
+    bounds = {k: d.args for k, d in exp.searched.items() if k in mutations and d.is_numeric}
     return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
                                    hyperparam_mutations=mutations, synch=False, metric=exp.metric, mode=exp.mode,
                                    custom_explore_fn=ClipToSpace(bounds))
-
-
-NUMERIC = ("uniform", "loguniform", "int", "logint")
 
 
 @dataclass

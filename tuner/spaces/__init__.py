@@ -18,149 +18,16 @@ import yaml
 
 from tuner.bounds import MAX_IMAGE_SIZE, Bound, bound_of, bounded
 from tuner.errors import UserError
+from tuner.spaces.distributions import (DISTRIBUTIONS, INT_LIMIT, KINDS, Conditional, Distribution, Kind, Node,
+                                        finite as _finite, grid_configs, is_searched, node_yaml,
+                                        parse_distribution, same_value as _same_value)
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 # the choices of the blocks' str fields (`tuner schema` lists them as enums). Data set and family names are
 # not here: they are the keys of the registries (`tuner.data.READERS`, `tuner.families.FAMILIES`), read when a
 # file is parsed, so `import tuner.spaces` loads neither numpy nor torch
 NORMALIZATIONS = ("imagenet", "dataset", "half", "none")   # tuner.data.base.normalization's presets
 ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "median", "pbt", "fifo", "hyperband")
-
-
-# --------------------------------------------------------------------------- distributions
-@dataclass(frozen=True)
-class Distribution:
-    """One searched parameter: `{loguniform: [1e-4, 1e-1]}` and friends."""
-
-    kind: str
-    args: tuple
-
-    @property
-    def is_log(self) -> bool:
-        return self.kind in ("loguniform", "logint")
-
-    def grid_values(self, points: int) -> list:
-        """Finite values for a grid search: the listed ones, or `points` evenly (log-)spaced ones."""
-        if self.kind in ("choice", "grid"):
-            return list(self.args)
-        lo, hi = self.args
-        if self.is_log:
-            vals = [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / max(points - 1, 1))
-                    for i in range(points)]
-        else:
-            vals = [lo + i * (hi - lo) / max(points - 1, 1) for i in range(points)]
-        if self.kind in ("int", "logint"):
-            return sorted({int(round(v)) for v in vals})
-        return [float(f"{v:.6g}") for v in vals]
-
-    def to_yaml(self) -> dict:
-        return {self.kind: list(self.args)}
-
-
-def _finite(x: int | float) -> bool:
-    """A number that is neither NaN nor infinite and fits a float (YAML ints have no size limit)."""
-    try:
-        return math.isfinite(x)
-    except OverflowError:
-        return False
-
-
-@dataclass(frozen=True)
-class Conditional:
-    """A `choice` written as a mapping: each option brings its own sub-space, searched only when drawn.
-
-    `options` maps an option's value to its sub-space (name -> Distribution, Conditional or constant).
-    """
-
-    options: tuple  # ((value, {name: node}), ...) in file order
-
-    kind = "conditional"
-
-    @property
-    def args(self) -> tuple:
-        return tuple(v for v, _ in self.options)
-
-    def names(self) -> list[str]:
-        """Every parameter name a branch may set, nested ones included, in file order."""
-        out: list[str] = []
-        for _, sub in self.options:
-            for k, node in sub.items():
-                for n in [k] + (node.names() if isinstance(node, Conditional) else []):
-                    if n not in out:
-                        out.append(n)
-        return out
-
-    def grid(self, key: str, grid_points: int) -> list[dict]:
-        """Every config of the tree for a grid search: each option, times the grid of its sub-space."""
-        out = []
-        for value, sub in self.options:
-            out += [{key: value, **cfg} for cfg in grid_configs(sub, grid_points)]
-        return out
-
-    def to_yaml(self) -> dict:
-        return {"choice": {v: {k: node_yaml(n) for k, n in sub.items()} for v, sub in self.options}}
-
-
-def node_yaml(node: Any) -> Any:
-    return node.to_yaml() if isinstance(node, (Distribution, Conditional)) else node
-
-
-def grid_configs(space: dict, grid_points: int) -> list[dict]:
-    """The cartesian product of a (sub-)space's values: what a grid search over a conditional tree runs."""
-    configs: list[dict] = [{}]
-    for k, node in space.items():
-        if isinstance(node, Conditional):
-            values = node.grid(k, grid_points)
-        elif isinstance(node, Distribution):
-            values = [{k: v} for v in node.grid_values(grid_points)]
-        else:
-            values = [{k: node}]
-        configs = [{**c, **v} for c in configs for v in values]
-    return configs
-
-
-def parse_distribution(value: Any, where: str) -> Union[Distribution, Conditional, Any]:
-    """`{kind: [args]}` -> Distribution; `{choice: {option: {sub-space}}}` -> Conditional; else a constant."""
-    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("choice"), dict):
-        if not value["choice"]:
-            raise UserError(f"{where}.choice: a conditional choice needs at least one option")
-        options = []
-        for opt, sub in value["choice"].items():
-            sub = {} if sub is None else sub
-            if not isinstance(sub, dict):
-                raise UserError(f"{where}.choice.{opt}: an option's sub-space is a mapping of parameter: "
-                                f"distribution (or {{}} for none), got {sub!r}")
-            options.append((opt, {k: parse_distribution(v, f"{where}.choice.{opt}.{k}") for k, v in sub.items()}))
-        return Conditional(tuple(options))
-    if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
-        if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
-            kind = next(iter(value))
-            raise UserError(f"{where}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
-        return value
-    kind, args = next(iter(value.items()))
-    if not isinstance(args, list) or not args:
-        raise UserError(f"{where}: {kind} needs a non-empty list, e.g. {{{kind}: [..]}}")
-    if kind in ("choice", "grid"):
-        return Distribution(kind, tuple(args))
-    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
-        raise UserError(f"{where}: {kind} needs two numbers [lo, hi], got {args!r}")
-    lo, hi = args
-    if not (_finite(lo) and _finite(hi)):
-        raise UserError(f"{where}: {kind} bounds must be finite numbers, got {args!r}")
-    if lo > hi:
-        raise UserError(f"{where}: {kind} bounds are reversed ({lo} > {hi}); write [{hi}, {lo}]")
-    if kind in ("loguniform", "logint") and lo <= 0:
-        raise UserError(f"{where}: {kind} needs bounds > 0, got {lo}; use uniform/int for ranges that include 0")
-    if kind in ("int", "logint"):
-        if int(lo) != lo or int(hi) != hi:
-            raise UserError(f"{where}: {kind} bounds must be whole numbers, got {args!r}")
-        if max(abs(lo), abs(hi)) > INT_LIMIT:
-            raise UserError(f"{where}: {kind} bounds must lie within +-2**53, got {args!r}")
-        lo, hi = int(lo), int(hi)
-    else:
-        lo, hi = float(lo), float(hi)
-    return Distribution(kind, (lo, hi))
 
 
 # --------------------------------------------------------------------------- config blocks
@@ -275,7 +142,7 @@ class Experiment:
     @property
     def searched(self) -> dict[str, Union[Distribution, Conditional]]:
         """Parameters that vary between trials (a `fixed` key wins over the same `space` key, at any depth)."""
-        return {k: v for k, v in pin(self.space, self.fixed).items() if isinstance(v, (Distribution, Conditional))}
+        return {k: v for k, v in pin(self.space, self.fixed).items() if is_searched(v)}
 
     @property
     def conditional(self) -> bool:
@@ -307,7 +174,7 @@ class Experiment:
     def constants(self) -> dict[str, Any]:
         """Every parameter with one value: constants in `space` (and in the option of a choice `fixed` pins),
         then `fixed` on top."""
-        out = {k: v for k, v in pin(self.space, self.fixed).items() if not isinstance(v, (Distribution, Conditional))}
+        out = {k: v for k, v in pin(self.space, self.fixed).items() if not is_searched(v)}
         out.update(self.fixed)
         return out
 
@@ -502,7 +369,6 @@ MAX_FAILURES = Bound(min=-1, says="a whole number >= 0 (retries of a crashed tri
                                   "trials forever")
 STORAGE = Bound(pattern=r"\S", says="a folder or a URI such as s3://bucket/path")
 CONSTRAINT_SIDES = ("min", "max")
-INT_LIMIT = 2**53  # int / logint bounds: past this floats skip integers and Ray's sampler overflows
 
 TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler", "resources", "fixed", "space",
             "max_failures", "storage", "constraints", "tracking"}
@@ -672,8 +538,8 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
     for k, v in list(exp.constants.items()) + [(k, a) for k, d in exp.searched.items() for a in d.args]:
         if isinstance(v, float) and not math.isfinite(v):
             raise UserError(f"{file}: {k} is {v}; give a finite number")
-    if search.algorithm == "optuna" and any(d.kind == "grid" for d in exp.searched.values()):
-        bad = next(k for k, d in exp.searched.items() if d.kind == "grid")
+    if search.algorithm == "optuna" and any(d.is_grid for d in exp.searched.values()):
+        bad = next(k for k, d in exp.searched.items() if d.is_grid)
         raise UserError(f"{file}: space.{bad} is a grid, which Optuna cannot enumerate; "
                         f"use choice, or set search.algorithm to grid or random")
     _validate_tree(family, exp.constants, exp.searched, file, "space")
@@ -787,20 +653,20 @@ def pin(space: dict, fixed: dict) -> dict:
 def _validate_tree(family, constants: dict, searched: dict, file: str, where: str) -> None:
     """The family checks each level: a conditional's option values as a choice, then every option's
     sub-space on top of the constants (a key in several branches is checked in each with its own range)."""
-    flat = {k: (Distribution("choice", v.args) if isinstance(v, Conditional) else v) for k, v in searched.items()}
+    flat = {k: (v.as_choice() if isinstance(v, Conditional) else v) for k, v in searched.items()}
     family.validate(constants, flat, file)
     for k, node in searched.items():
         if not isinstance(node, Conditional):
             continue
         for opt, sub in node.options:
             here = f"{file}: {where}.{k}.choice.{opt}"
-            consts = {**constants, k: opt, **{n: v for n, v in sub.items() if not isinstance(v, (Distribution, Conditional))}}
-            _validate_tree(family, consts, {n: v for n, v in sub.items() if isinstance(v, (Distribution, Conditional))},
+            consts = {**constants, k: opt, **{n: v for n, v in sub.items() if not is_searched(v)}}
+            _validate_tree(family, consts, {n: v for n, v in sub.items() if is_searched(v)},
                            here, where)
 
 
 def _has_categorical_only(exp: Experiment) -> bool:
-    return all(isinstance(d, Conditional) or d.kind in ("choice", "grid") for d in exp.searched.values())
+    return all(d.is_categorical for d in exp.searched.values())
 
 
 def _check_search_power(exp: Experiment, file: str) -> None:
@@ -904,10 +770,6 @@ def _check_pinned(exp: Experiment, cfg: dict, where: str) -> None:
                             f"leave {k} out of the warm start or change {block}.{k}")
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    return a == b and isinstance(a, bool) == isinstance(b, bool)  # YAML's true is not the option 1
-
-
 def point_problem(space: dict, config: dict) -> tuple[str, str] | None:
     """The first searched value of `config` (a warm-start point) that this space cannot draw, as (key, what it
     allows); None when every given value fits. A key may be missing (the searcher draws it), but not set for a
@@ -917,23 +779,20 @@ def point_problem(space: dict, config: dict) -> tuple[str, str] | None:
     def walk(sub: dict, where: str) -> tuple[str, str] | None:
         for k, node in sub.items():
             drawn.add(k)
-            if k not in config or not isinstance(node, (Distribution, Conditional)):
+            if k not in config or not is_searched(node):
                 continue
             v = config[k]
-            if node.kind in ("choice", "grid", "conditional"):
+            if node.is_categorical:
                 if not any(_same_value(v, a) for a in node.args):
                     return k, f"{where}.{k} is one of {', '.join(map(str, node.args))}"
                 if isinstance(node, Conditional):
-                    branch = next(b for o, b in node.options if _same_value(v, o))
-                    found = walk(branch, f"{where}.{k}.{v}")
+                    found = walk(node.branch(v), f"{where}.{k}.{v}")
                     if found:
                         return found
                 continue
-            lo, hi = node.args
-            number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            whole = node.kind in ("int", "logint")
-            if not number or not lo <= v <= hi or (whole and not float(v).is_integer()):
-                return k, f"{where}.{k} is {node.kind} [{lo}, {hi}]" + (" (whole numbers)" if whole else "")
+            if not node.contains(v):
+                whole = " (whole numbers)" if node.is_int else ""
+                return k, f"{where}.{k} is {node.kind} [{node.low}, {node.high}]{whole}"
         return None
 
     found = walk(space, "space")
