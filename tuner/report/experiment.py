@@ -23,6 +23,7 @@ from tuner.metrics import best_index, ranked as ranked_rows  # noqa: E402
 from tuner.report.importance import importance  # noqa: E402
 from tuner.report.search import metric_column  # noqa: E402
 from tuner.rundir import RunDir  # noqa: E402
+from tuner.search.schedulers import SCHEDULERS  # noqa: E402  (its flags; no Ray)
 from tuner.spaces.distributions import KINDS, Distribution  # noqa: E402
 
 
@@ -179,7 +180,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
                 ax.xaxis.set_minor_formatter(NullFormatter())
             if dist.is_int:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                if dist.high - dist.low <= 10:  # few values: jitter so trials with the same value do not hide each other
+                if dist.high - dist.low <= 10:  # few values: jitter so equal values do not hide each other
                     x = x + rng.uniform(-0.06, 0.06, len(x))
         sc = ax.scatter(x, y, c=ep_k if vmax > 1 else "tab:blue", cmap="viridis" if vmax > 1 else None,
                         vmin=0 if vmax > 1 else None, vmax=vmax if vmax > 1 else None, s=28, alpha=0.85,
@@ -226,8 +227,10 @@ def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, 
 
 
 def rung_epochs(scheduler: dict) -> list[int]:
-    """ASHA's milestones: grace_period * reduction_factor^k below max_epochs."""
-    if scheduler.get("name") != "asha":
+    """The milestones of a scheduler that stops trials at rungs (ASHA's flag `rungs`): grace_period *
+    reduction_factor^k below max_epochs."""
+    entry = SCHEDULERS.get(scheduler.get("name"))
+    if entry is None or not entry.rungs:
         return []
     grace, rf, top = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3), scheduler.get("max_epochs", 1)
     out, r = [], float(grace)

@@ -18,6 +18,9 @@ import yaml
 
 from tuner.bounds import MAX_IMAGE_SIZE, Bound, bound_of, bounded
 from tuner.errors import UserError
+# the sampler and scheduler registries: their flags say what goes together; neither module imports Ray or Optuna
+from tuner.search.samplers import DEFAULT_SAMPLER, SAMPLERS, sampler_names
+from tuner.search.schedulers import SCHEDULERS, scheduler_names
 from tuner.spaces.distributions import (DISTRIBUTIONS, INT_LIMIT, KINDS, Conditional, Distribution, Kind, Node,
                                         finite as _finite, grid_configs, is_searched, node_yaml,
                                         parse_distribution, same_value as _same_value)
@@ -27,7 +30,6 @@ from tuner.spaces.distributions import (DISTRIBUTIONS, INT_LIMIT, KINDS, Conditi
 # file is parsed, so `import tuner.spaces` loads neither numpy nor torch
 NORMALIZATIONS = ("imagenet", "dataset", "half", "none")   # tuner.data.base.normalization's presets
 ALGORITHMS = ("optuna", "random", "grid")
-SCHEDULERS = ("asha", "median", "pbt", "fifo", "hyperband")
 
 
 # --------------------------------------------------------------------------- config blocks
@@ -84,7 +86,6 @@ class DatasetConfig:
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # `30s`, `10m`, `1.5h`, `.5d`: ASCII digits only (str.isdigit would take '²', which float() refuses)
 DURATION = r"^\s*(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[smhd]\s*$"
-SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "qmc", "random")
 
 
 @dataclass
@@ -94,7 +95,7 @@ class SearchConfig:
     max_concurrent: int = bounded(2, min=1)
     seed: int = bounded(0, **SEED)
     grid_points: int = bounded(3, min=2)           # values per continuous parameter when algorithm is grid
-    sampler: str = bounded("tpe", choices=SAMPLERS)  # algorithm: optuna only
+    sampler: str = bounded(DEFAULT_SAMPLER, choices=sampler_names)  # algorithm: optuna only (tuner.search.samplers)
     # seconds; the file may say 30s / 10m / 2h (parse_duration reads it)
     time_budget: float | str | None = bounded(None, above=0, pattern=DURATION,
                                               says="seconds > 0 or a duration such as 30s, 10m or 2h")
@@ -106,7 +107,7 @@ class SearchConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = bounded("asha", choices=SCHEDULERS)
+    name: str = bounded("asha", choices=scheduler_names)  # tuner.search.schedulers
     max_epochs: int = bounded(10, min=1)
     grace_period: int = bounded(1, min=1)  # and <= max_epochs
     reduction_factor: float = bounded(3, above=1)
@@ -670,29 +671,14 @@ def _has_categorical_only(exp: Experiment) -> bool:
 
 
 def _check_search_power(exp: Experiment, file: str) -> None:
-    """Samplers, schedulers, objectives, budgets and warm starts that cannot work together: said before Ray."""
-    s, sched = exp.search, exp.scheduler.name
-    if s.sampler != "tpe" and s.algorithm != "optuna":
+    """Samplers, schedulers, objectives, budgets and warm starts that cannot work together: said before Ray.
+    What a sampler or scheduler can do is its registry entry's flags (tuner.search.samplers, .schedulers)."""
+    s = exp.search
+    if s.sampler != DEFAULT_SAMPLER and s.algorithm != "optuna":
         raise UserError(f"{file}: search.sampler {s.sampler} is for algorithm: optuna (algorithm is {s.algorithm})")
     if s.algorithm == "optuna":
-        if s.sampler == "nsga2" and not exp.multi:
-            raise UserError(f"{file}: search.sampler nsga2 is a multi-objective sampler; give metric a list "
-                            f"(e.g. [val_accuracy, latency_ms]) or use tpe")
-        if s.sampler == "cmaes" and exp.searched and _has_categorical_only(exp):
-            raise UserError(f"{file}: search.sampler cmaes searches numbers only and every parameter in space: is "
-                            f"a choice; use tpe, or make a parameter uniform/loguniform/int")
-        if s.sampler in ("gp", "cmaes", "qmc") and exp.conditional:
-            raise UserError(f"{file}: search.sampler {s.sampler} needs one fixed set of parameters, and space: "
-                            f"has a conditional choice; use tpe or random")
-        if s.sampler == "cmaes" and exp.multi:
-            raise UserError(f"{file}: search.sampler cmaes has one objective; use nsga2 or tpe for "
-                            f"metric {exp.metric!r}")
-    if exp.multi and sched not in ("fifo", "asha"):
-        raise UserError(f"{file}: scheduler.name {sched} stops or copies trials by one metric, and metric is a "
-                        f"list; use fifo, or asha (which stops trials by the first objective, {exp.metrics[0]})")
-    if exp.scheduler.name == "pbt" and exp.conditional:
-        raise UserError(f"{file}: scheduler pbt mutates one fixed set of parameters; a conditional choice in "
-                        f"space: cannot go with it")
+        _check_sampler(exp, SAMPLERS[s.sampler], file)
+    _check_scheduler(exp, SCHEDULERS[exp.scheduler.name], file)
     if exp.constraints and s.algorithm != "optuna":
         raise UserError(f"{file}: constraints need search.algorithm optuna (its sampler steers away from "
                         f"infeasible trials); algorithm is {s.algorithm}")
@@ -700,10 +686,43 @@ def _check_search_power(exp: Experiment, file: str) -> None:
         _check_warm_start(exp, file)
 
 
+def _names(entries: dict, flag: str) -> str:
+    """The registered names whose `flag` holds, for a message's "use ..."."""
+    names = [n for n, e in entries.items() if getattr(e, flag)]
+    return names[-1] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _check_sampler(exp: Experiment, entry, file: str) -> None:
+    name = f"search.sampler {entry.name}"
+    if not entry.single_objective and not exp.multi:
+        raise UserError(f"{file}: {name} is a multi-objective sampler; give metric a list "
+                        f"(e.g. [val_accuracy, latency_ms]) or use {DEFAULT_SAMPLER}")
+    if entry.needs_numeric and exp.searched and _has_categorical_only(exp):
+        raise UserError(f"{file}: {name} searches numbers only and every parameter in space: is a choice; use "
+                        f"{DEFAULT_SAMPLER}, or make a parameter uniform/loguniform/int")
+    if not entry.conditional and exp.conditional:
+        raise UserError(f"{file}: {name} needs one fixed set of parameters, and space: has a conditional choice; "
+                        f"use {_names(SAMPLERS, 'conditional')}")
+    if not entry.multi_objective and exp.multi:
+        raise UserError(f"{file}: {name} has one objective; use {_names(SAMPLERS, 'multi_objective')} for "
+                        f"metric {exp.metric!r}")
+
+
+def _check_scheduler(exp: Experiment, entry, file: str) -> None:
+    if exp.multi and not entry.multi_objective:
+        raise UserError(f"{file}: scheduler.name {entry.name} stops or copies trials by one metric, and metric is "
+                        f"a list; use {_names(SCHEDULERS, 'multi_objective')} (which stop trials, if at all, by "
+                        f"the first objective, {exp.metrics[0]})")
+    if exp.conditional and not entry.conditional:
+        raise UserError(f"{file}: scheduler {entry.name} needs one fixed set of parameters; a conditional choice "
+                        f"in space: cannot go with it")
+
+
 def _check_warm_start(exp: Experiment, file: str) -> None:
     ws = exp.search.warm_start
-    if exp.scheduler.name == "pbt":
-        raise UserError(f"{file}: search.warm_start does not go with scheduler pbt (its population starts at random)")
+    if SCHEDULERS[exp.scheduler.name].mutates:
+        raise UserError(f"{file}: search.warm_start does not go with scheduler {exp.scheduler.name} (its population "
+                        f"starts at random and changes its own parameters)")
     if isinstance(ws, list):
         names = set(exp.param_names) | set(exp.constants)
         for i, cfg in enumerate(ws):
