@@ -39,7 +39,7 @@ def _plain(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- the config blocks
 def type_schema(tp: Any) -> dict:
-    """A dataclass field's annotation -> its schema (the types `spaces._check_type` accepts; a number finite)."""
+    """A dataclass field's annotation -> its schema (the types `spaces.check_type` accepts; a number finite)."""
     if dataclasses.is_dataclass(tp):
         return dataclass_schema(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -57,7 +57,7 @@ def type_schema(tp: Any) -> dict:
 def dataclass_schema(cls) -> dict:
     """A config block: its fields, their types, bounds (`tuner.bounds`, as `validate` checks them) and
     defaults, nothing else (a mapping or empty)."""
-    hints = typing.get_type_hints(cls, vars(spaces))
+    hints = typing.get_type_hints(cls)
     props = {}
     for f in dataclasses.fields(cls):
         s = type_schema(hints[f.name])
