@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from tuner import docs, schema, spaces
@@ -34,8 +35,8 @@ def registered():
     """Registers test entries; removes them again whatever the test does."""
     added: list[tuple[dict, str]] = []
 
-    def add(table: dict, name: str, register, **flags):
-        register(name, **flags)(lambda exp: None)
+    def add(table: dict, name: str, register, build=None, **flags):
+        register(name, **flags)(build or (lambda exp: None))
         added.append((table, name))
 
     yield add
@@ -89,3 +90,64 @@ def test_validation_reads_the_flags_without_ray_or_optuna():
             "bad = [m for m in ('ray', 'optuna') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------- the contracts (tuner.testing)
+# every shipped scheduler and sampler, named here so that a new one cannot skip its contract check
+SCHEDULER_CASES = ("fifo", "asha", "hyperband", "median", "pbt")
+SAMPLER_CASES = ("tpe", "gp", "cmaes", "nsga2", "qmc", "random")
+
+
+def test_every_registered_scheduler_and_sampler_is_in_the_contract_tables():
+    assert set(SCHEDULER_CASES) == set(schedulers.SCHEDULERS), "add the new scheduler to SCHEDULER_CASES"
+    assert set(SAMPLER_CASES) == set(samplers.SAMPLERS), "add the new sampler to SAMPLER_CASES"
+
+
+@pytest.mark.parametrize("name", SCHEDULER_CASES)
+def test_shipped_scheduler_keeps_the_contract(name):
+    from tuner.testing import check_scheduler
+
+    check_scheduler(name)
+
+
+@pytest.mark.parametrize("name", SAMPLER_CASES)
+def test_shipped_sampler_keeps_the_contract(name):
+    from tuner.testing import check_sampler
+
+    check_sampler(name)
+
+
+class FixedNames(optuna.samplers.RandomSampler):
+    """Random draws that refuse a conditional branch's parameters (their names hold a dot)."""
+
+    def sample_independent(self, study, trial, name, dist):
+        if "." in name:  # a branch parameter (optimizer.sgd.momentum)
+            raise RuntimeError(f"{name} is not in my fixed set of parameters")
+        return super().sample_independent(study, trial, name, dist)
+
+
+def test_the_contract_catches_a_sampler_whose_flags_overclaim(registered):
+    """A sampler registered as taking conditional choices that cannot draw a branch's parameters."""
+    from tuner.testing import check_sampler
+
+    def fixed_names(exp):
+        """Random draws over a fixed set of names."""
+        return FixedNames(seed=0)
+
+    registered(samplers.SAMPLERS, "fixed_names", samplers.register_sampler, build=fixed_names,
+               multi_objective=False, constraints=False, conditional=True)
+    with pytest.raises(RuntimeError, match="not in my fixed set"):
+        check_sampler("fixed_names", trials=12)
+
+
+def test_the_contract_catches_a_scheduler_that_builds_no_ray_scheduler(registered):
+    from tuner.testing import check_scheduler
+
+    def not_one(exp):
+        """Builds a name instead of a scheduler."""
+        return "asha"
+
+    registered(schedulers.SCHEDULERS, "not_one", schedulers.register_scheduler, build=not_one,
+               multi_objective=False, conditional=False, needs_epochs=True)
+    with pytest.raises(AssertionError, match="built str"):
+        check_scheduler("not_one")

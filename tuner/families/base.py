@@ -60,7 +60,8 @@ class NearestCentroid(Family):
 `nearest_centroid` can then be a space file's `family:` (with `space: {temperature: {loguniform: [0.01, 1]}}`).
 To ship a family, put its module in tuner/families/, import it in tuner/families/__init__.py, add a small
 config for it to `CASES` in tests/test_families_contract.py, and run `python -m tuner.docs` so
-docs/families.md lists its parameters. A gradient-trained network subclasses `trained.TorchFamily`
+docs/families.md lists its parameters (a family kept outside tuner runs the same checks:
+`tuner.testing.check_family`). A gradient-trained network subclasses `trained.TorchFamily`
 instead and only `build`s its `nn.Module` (see linear.py); the training loop, checkpoints,
 PBT and bundles then come from `tuner.engine.TorchLearner`.
 """
