@@ -2,7 +2,8 @@
 
 Nothing here is a second copy of the grammar: the schema is built from the definitions that validate a
 space file. The blocks (dataset, search, scheduler, resources) come from the dataclasses of `tuner.spaces`,
-their annotated types and their fields' `tuner.bounds.Bound`s (which `_build` checks), the top-level keys
+their annotated types and their fields' `tuner.bounds.Bound`s (which `spaces.build_block` checks; the
+scheduler and sampler choices are their registries' names), the top-level keys
 from `spaces.TOP_KEYS` and their Bounds and patterns (MAX_FAILURES, STORAGE, NAME_PATTERN, OBJECTIVES), the
 distributions from
 `spaces.KINDS`, and each family's `fixed:` and `space:` keys from its registered `Param`s (one
