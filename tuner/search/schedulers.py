@@ -81,14 +81,7 @@ def _ranked(exp) -> dict:
     return {"metric": best_key(exp.metrics[0]), "mode": exp.modes[0]}
 
 
-@register_scheduler("fifo", multi_objective=True, conditional=True, needs_epochs=False)
-def fifo(exp):
-    """Every trial runs to `max_epochs`."""
-    from ray.tune.schedulers import FIFOScheduler
-
-    return FIFOScheduler()
-
-
+# in the order `tuner schema` and the messages list them
 @register_scheduler("asha", multi_objective=True, conditional=True, needs_epochs=True, rungs=True)
 def asha(exp):
     """Asynchronous successive halving: at each rung (`grace_period` times a power of `reduction_factor`
@@ -98,16 +91,6 @@ def asha(exp):
     s = exp.scheduler
     return ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs, grace_period=s.grace_period,
                          reduction_factor=s.reduction_factor, **_ranked(exp))
-
-
-@register_scheduler("hyperband", multi_objective=False, conditional=True, needs_epochs=True)
-def hyperband(exp):
-    """HyperBand: successive halving in brackets that start trials with different budgets."""
-    from ray.tune.schedulers import HyperBandScheduler
-
-    s = exp.scheduler
-    return HyperBandScheduler(time_attr="training_iteration", max_t=s.max_epochs,
-                              reduction_factor=s.reduction_factor, **_ranked(exp))
 
 
 @register_scheduler("median", multi_objective=False, conditional=True, needs_epochs=True)
@@ -140,6 +123,24 @@ def pbt(exp):
                                    perturbation_interval=exp.scheduler.perturbation_interval,
                                    hyperparam_mutations=mutations, synch=False, metric=exp.metric, mode=exp.mode,
                                    custom_explore_fn=ClipToSpace(bounds))
+
+
+@register_scheduler("fifo", multi_objective=True, conditional=True, needs_epochs=False)
+def fifo(exp):
+    """Every trial runs to `max_epochs`."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+@register_scheduler("hyperband", multi_objective=False, conditional=True, needs_epochs=True)
+def hyperband(exp):
+    """HyperBand: successive halving in brackets that start trials with different budgets."""
+    from ray.tune.schedulers import HyperBandScheduler
+
+    s = exp.scheduler
+    return HyperBandScheduler(time_attr="training_iteration", max_t=s.max_epochs,
+                              reduction_factor=s.reduction_factor, **_ranked(exp))
 
 
 @dataclass
