@@ -165,8 +165,8 @@ def render_search_algorithms() -> str:
                 f"({one_step}). " + ", ".join(f"`{n}`" for n, e in SCHEDULERS.items() if e.mutates)
             + " changes the parameters of running trials: it takes no warm start, and every checkpoint is kept.\n",
             "## Samplers\n", f"The default is `{DEFAULT_SAMPLER}`.\n",
-            "| `search.sampler` | what it is | several objectives | one objective | steers by constraints | "
-            "conditional choices | needs a numeric parameter |", "|---|---|---|---|---|---|---|"]
+            ("| `search.sampler` | what it is | several objectives | one objective | steers by constraints | "
+             "conditional choices | needs a numeric parameter |"), "|---|---|---|---|---|---|---|"]
     for name, e in SAMPLERS.items():
         out.append(f"| `{name}` | {_cell(e.doc)} | {_yes(e.multi_objective)} | {_yes(e.single_objective)} | "
                    f"{_yes(e.constraints)} | {_yes(e.conditional)} | {_yes(e.needs_numeric)} |")

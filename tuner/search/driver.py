@@ -3,7 +3,6 @@ results tables. The pipeline around it (checks, lock, plots, retrain, comparison
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import os
 import threading
 import time
