@@ -6,7 +6,7 @@ not a cluster allocation. Every error is a `UserError` naming the file and the d
     distributions.py  the `space:` grammar: typed Distribution / Conditional, the grid of a tree
     names.py          experiment names and paths a file gives
     yamlfile.py       the hardened YAML loader and `--set`
-    blocks.py         the config blocks (dataset, search, scheduler, resources), each built and checked
+    blocks.py         the config blocks (dataset, search, scheduler, resources), each parsing and checking itself
     experiment.py     Experiment and Suite
     rules.py          rules across keys: objectives, constraints, the conditional tree, sampler/scheduler flags
     warm.py           search.warm_start
@@ -25,7 +25,7 @@ from tuner.search.samplers import DEFAULT_SAMPLER, SAMPLERS, sampler_names  # no
 from tuner.search.schedulers import SCHEDULERS, scheduler_names  # noqa: F401
 from tuner.spaces.blocks import (ALGORITHMS, DURATION, DURATION_UNITS, FRACTION, NORMALIZATIONS, SEED,  # noqa: F401
                                  AugmentConfig, DatasetConfig, ResourcesConfig, SchedulerConfig, SearchConfig,
-                                 SplitConfig, build_block, check_blocks, check_type, parse_duration)
+                                 SplitConfig, build_block, check_type, parse_duration)
 from tuner.spaces.distributions import (DISTRIBUTIONS, INT_LIMIT, KINDS, Conditional, Distribution, Kind,  # noqa: F401
                                         Node, finite, grid_configs, is_searched, node_yaml, parse_distribution,
                                         same_value)

@@ -1,5 +1,6 @@
 """The config blocks of a space file (dataset, search, scheduler, resources): dataclasses whose fields carry
-their type (the annotation) and bounds (`bounded(...)`), built and checked from YAML by `build_block`."""
+their type (the annotation) and bounds (`bounded(...)`). Each block `parse`s itself from its YAML mapping
+(`build_block` checks every key's type and bounds) and `check`s the rules between its own keys."""
 from __future__ import annotations
 
 import dataclasses
@@ -79,6 +80,22 @@ class DatasetConfig:
     normalize: str = bounded("dataset", choices=NORMALIZATIONS)
     limit: int | None = bounded(None, min=1, says="a whole number >= 1 (images per split)")  # quick runs
 
+    @classmethod
+    def parse(cls, raw: Any, file: str) -> DatasetConfig:
+        """The dataset: block: every key of its type and within its bounds (`check` adds the rules across keys)."""
+        return build_block(cls, raw, "dataset", file)
+
+    def check(self, file: str) -> None:
+        """What the fields' bounds cannot say alone: a split that leaves images to train on, a data folder."""
+        sp = self.split
+        if not isinstance(sp.test, str) and sp.val + sp.test >= 1:
+            raise UserError(f"{file}: dataset.split: val + test = {sp.val + sp.test} leaves nothing to train on")
+        if self.root is not None:
+            check_path_text(self.root, f"{file}: dataset.root")
+        if self.name not in ("digits",) and not self.root and not self.download:
+            raise UserError(f"{file}: dataset.root is not set for {self.name}; "
+                            f"set dataset.root to the data folder (or dataset.download: true where allowed)")
+
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -103,6 +120,20 @@ class SearchConfig:
         {"type": "array", "items": {"type": "object", "minProperties": 1}}, {"type": "string", "minLength": 1},
         {"type": "null"}]})
 
+    @classmethod
+    def parse(cls, raw: Any, file: str) -> SearchConfig:
+        """The search: block; time_budget (seconds or a duration) and warm_start (configs or a folder, checked
+        with the space: tuner.spaces.warm) are the two keys a scalar type cannot say."""
+        search_raw = dict(raw or {}) if isinstance(raw or {}, dict) else raw
+        budget = warm = None
+        if isinstance(search_raw, dict):
+            budget, warm = search_raw.pop("time_budget", None), search_raw.pop("warm_start", None)
+        search = build_block(cls, search_raw, "search", file)
+        if budget is not None:
+            search.time_budget = parse_duration(budget, f"{file}: search.time_budget")
+        search.warm_start = warm
+        return search
+
 
 @dataclass
 class SchedulerConfig:
@@ -112,12 +143,28 @@ class SchedulerConfig:
     reduction_factor: float = bounded(3, above=1)
     perturbation_interval: int = bounded(2, min=1)  # pbt
 
+    @classmethod
+    def parse(cls, raw: Any, file: str) -> SchedulerConfig:
+        return build_block(cls, raw, "scheduler", file)
+
+    def check(self, file: str) -> None:
+        if self.grace_period > self.max_epochs:
+            raise UserError(f"{file}: scheduler needs 1 <= grace_period ({self.grace_period}) <= "
+                            f"max_epochs ({self.max_epochs})")
+
 
 @dataclass
 class ResourcesConfig:
     cpu: float = bounded(1, above=0)
     gpu: float = bounded(0, min=0, whole_above=1, says="a number >= 0: a share of one GPU, or a whole number")
     auto: bool = False             # fit trials to what the cluster has
+
+    @classmethod
+    def parse(cls, raw: Any, file: str) -> ResourcesConfig:
+        """resources: `auto` (fit trials to the cluster) or a mapping such as {cpu: 1, gpu: 0}."""
+        if raw is not None and not isinstance(raw, dict) and raw != "auto":
+            raise UserError(f"{file}: resources must be auto or a mapping such as {{cpu: 1, gpu: 0}}, got {raw!r}")
+        return cls(auto=True) if raw == "auto" else build_block(cls, raw, "resources", file)
 
 
 def _members(typ: Any) -> tuple:
@@ -169,27 +216,6 @@ def build_block(cls, data: Any, where: str, file: str):
     return cls(**kwargs)
 
 
-def parse_search(raw: Any, file: str) -> SearchConfig:
-    """The search: block; time_budget (seconds or a duration) and warm_start (configs or a folder, checked with
-    the space: tuner.spaces.warm) are the two keys a scalar type cannot say."""
-    search_raw = dict(raw or {}) if isinstance(raw or {}, dict) else raw
-    budget = warm = None
-    if isinstance(search_raw, dict):
-        budget, warm = search_raw.pop("time_budget", None), search_raw.pop("warm_start", None)
-    search = build_block(SearchConfig, search_raw, "search", file)
-    if budget is not None:
-        search.time_budget = parse_duration(budget, f"{file}: search.time_budget")
-    search.warm_start = warm
-    return search
-
-
-def parse_resources(raw: Any, file: str) -> ResourcesConfig:
-    """resources: `auto` (fit trials to the cluster) or a mapping such as {cpu: 1, gpu: 0}."""
-    if raw is not None and not isinstance(raw, dict) and raw != "auto":
-        raise UserError(f"{file}: resources must be auto or a mapping such as {{cpu: 1, gpu: 0}}, got {raw!r}")
-    return ResourcesConfig(auto=True) if raw == "auto" else build_block(ResourcesConfig, raw, "resources", file)
-
-
 def parse_duration(value: Any, where: str) -> float:
     """`30m` / `2h` / `45s` / a number of seconds -> seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -201,18 +227,3 @@ def parse_duration(value: Any, where: str) -> float:
     if not (math.isfinite(seconds) and seconds > 0):  # .nan passes `<= 0`; .inf broke the console's clock
         raise UserError(f"{where}: must be a finite time of more than 0 seconds, got {value!r}")
     return seconds
-
-
-def check_blocks(dataset: DatasetConfig, scheduler: SchedulerConfig, file: str) -> None:
-    """What the blocks' bounds (checked in build_block) cannot say alone: rules that take two keys."""
-    sp = dataset.split
-    if not isinstance(sp.test, str) and sp.val + sp.test >= 1:
-        raise UserError(f"{file}: dataset.split: val + test = {sp.val + sp.test} leaves nothing to train on")
-    if dataset.root is not None:
-        check_path_text(dataset.root, f"{file}: dataset.root")
-    if dataset.name not in ("digits",) and not dataset.root and not dataset.download:
-        raise UserError(f"{file}: dataset.root is not set for {dataset.name}; "
-                        f"set dataset.root to the data folder (or dataset.download: true where allowed)")
-    if scheduler.grace_period > scheduler.max_epochs:
-        raise UserError(f"{file}: scheduler needs 1 <= grace_period ({scheduler.grace_period}) <= "
-                        f"max_epochs ({scheduler.max_epochs})")

@@ -8,8 +8,7 @@ from typing import Union
 
 from tuner.bounds import Bound
 from tuner.errors import UserError
-from tuner.spaces.blocks import (DatasetConfig, SchedulerConfig, build_block, check_blocks, parse_resources,
-                                 parse_search)
+from tuner.spaces.blocks import DatasetConfig, ResourcesConfig, SchedulerConfig, SearchConfig
 from tuner.spaces.distributions import Distribution, parse_distribution
 from tuner.spaces.experiment import Experiment, Suite
 from tuner.spaces.names import check_name, check_path_text
@@ -45,18 +44,20 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experime
 
 
 def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
-    """A space file's mapping (after --set) -> a checked Experiment: each block alone, then the rules across."""
+    """A space file's mapping (after --set) -> a checked Experiment: each block parses and checks itself, then
+    the rules across blocks (tuner.spaces.rules: the family's check of the tree, samplers and schedulers)."""
     file = str(path) if path else "<space>"
     family = _check_top_keys(raw, file)
     name = raw["name"] if raw.get("name") is not None else (path.stem if path else "experiment")
     check_name(name, f"{file}: name")
-    dataset = build_block(DatasetConfig, raw.get("dataset"), "dataset", file)
-    search = parse_search(raw.get("search"), file)
-    scheduler = build_block(SchedulerConfig, raw.get("scheduler"), "scheduler", file)
-    resources = parse_resources(raw.get("resources"), file)
+    dataset = DatasetConfig.parse(raw.get("dataset"), file)
+    search = SearchConfig.parse(raw.get("search"), file)
+    scheduler = SchedulerConfig.parse(raw.get("scheduler"), file)
+    resources = ResourcesConfig.parse(raw.get("resources"), file)
     metric, mode = parse_objectives(raw, file)
     constraints = parse_constraints(raw.get("constraints"), file)
-    check_blocks(dataset, scheduler, file)
+    dataset.check(file)
+    scheduler.check(file)
     fixed, space = _parse_space(raw, file)
 
     from tuner import tracking
