@@ -197,7 +197,7 @@ def values(key: str, constants: dict, searched: dict, default: Any) -> list | No
     if key not in searched:
         return [default]
     dist = searched[key]
-    return list(dist.args) if dist.kind in ("choice", "grid") else None
+    return list(dist.args) if dist.is_categorical else None  # a conditional choice: its options
 
 
 FAMILIES: dict[str, Family] = {}
