@@ -267,11 +267,16 @@ def classes(images: int) -> int:
     return min(CARS_CLASSES, max(2, images // 20))
 
 
+def data_folder(base: Path, images: int) -> Path:
+    n = classes(images)
+    return base / (f"cars_like-{images}" if n == CARS_CLASSES else f"cars_like-{images}-{n}")
+
+
 def run_all(args) -> dict:
     from tuner.settings import cache_dir
 
     base = cache_dir() / "bench"
-    folder = base / f"cars_like-{args.images}-{classes(args.images)}"
+    folder = data_folder(base, args.images)
     made = make_cars_like(folder, images=args.images, classes=classes(args.images), say=log)
     work = base / f"run-{os.getpid()}-{int(time.time())}"
     cache, results = work / "cache", work / "results"
@@ -379,7 +384,7 @@ def memory_only(args) -> dict:
     from tuner.settings import cache_dir
 
     base = cache_dir() / "bench"
-    folder = base / f"cars_like-{args.images}-{classes(args.images)}"
+    folder = data_folder(base, args.images)
     make_cars_like(folder, images=args.images, classes=classes(args.images), say=log)
     work = base / f"run-{os.getpid()}-{int(time.time())}"
     (work / "results").mkdir(parents=True)
