@@ -47,13 +47,17 @@ class GroupSearch(Searcher):
     """Each Ray trial a group: up to `size` configurations asked of `searcher` (a StudySearch) as members
     `<trial_id>_m<k>`; each member told to it as it ends."""
 
-    def __init__(self, searcher, size: int, total: int | None, constants: dict):
+    def __init__(self, searcher, size: int, total: int | None, constants: dict, points: list[dict] = ()):
         super().__init__()
         self.searcher = searcher  # named so: the driver's --resume walks `.searcher` down to the study
         self.size, self.total, self.constants = size, total, dict(constants)
+        # a grid's points (Optuna params), each put in the study's queue just before it is asked: Ray's
+        # OptunaSearch queues its points_to_evaluate again when a search is restored, and runs some twice
+        self.points = list(points)
         self.asked = 0
-        self.groups: dict[str, list[str]] = {}
+        self.groups: dict[str, list[str]] = {}  # the members of each group still running
         self.told: set[str] = set()
+        self.last: dict[str, dict] = {}  # each running member's last result
 
     def suggest(self, trial_id: str) -> dict | str | None:
         n = self.size if self.total is None else min(self.size, self.total - self.asked)
@@ -62,6 +66,8 @@ class GroupSearch(Searcher):
         members = []
         for k in range(n):
             key = f"{trial_id}_m{k}"
+            if self.asked + len(members) < len(self.points):
+                self.searcher.study.enqueue_trial(self.points[self.asked + len(members)])
             config = self.searcher.suggest(key)
             if config is None or config == Searcher.FINISHED:
                 break
@@ -76,18 +82,22 @@ class GroupSearch(Searcher):
         for key, metrics in members_of(result).items():
             if key in self.told:
                 continue
+            if "epoch" in metrics:
+                self.last[key] = _plain(metrics)
             if metrics.get("ended"):
                 self.told.add(key)
-                self.searcher.on_trial_complete(key, _plain(metrics), error=bool(metrics.get("error")))
+                self.searcher.on_trial_complete(key, self.last.pop(key, None), error=bool(metrics.get("error")))
             elif "epoch" in metrics:
-                self.searcher.on_trial_result(key, _plain(metrics))
+                self.searcher.on_trial_result(key, self.last[key])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.on_trial_result(trial_id, result or {})
-        for key in self.groups.get(trial_id, []):  # members the group did not end: it failed, or was cut
+        # members the group did not end: it failed (they fail), or the time budget cut it (they were stopped)
+        for key in self.groups.pop(trial_id, []):
             if key not in self.told:
                 self.told.add(key)
-                self.searcher.on_trial_complete(key, None, error=True)
+                last = self.last.pop(key, None)
+                self.searcher.on_trial_complete(key, last, error=error or last is None)
 
     # a wrapper as Ray's ConcurrencyLimiter is: Ray saves its state beside the study searcher's own file
     def get_state(self) -> dict:
@@ -234,7 +244,7 @@ def build(exp, exp_dir: Path):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = planned_members(exp)
-    groups = GroupSearch(study_search(exp, exp_dir, member_points(exp)), exp.search.fuse, total, exp.constants)
+    groups = GroupSearch(study_search(exp, exp_dir, []), exp.search.fuse, total, exp.constants, member_points(exp))
     search = FolderSearchGenerator(ConcurrencyLimiter(groups, max_concurrent=exp.search.max_concurrent))
     return search, -1 if total is None else total
 
