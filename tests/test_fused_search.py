@@ -183,3 +183,27 @@ def test_fuse_on_a_family_that_cannot_fuse_is_refused_in_one_line(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {space}: search.fuse: family transfer"), lines
+
+
+def test_the_group_searcher_asks_each_configuration_as_a_member_trial_of_the_study(tmp_path):
+    from tuner import spaces
+    from tuner.search.fused import GroupSearch, member_points, members_of, planned_members
+    from tuner.search.searchers import study_search
+
+    exp = spaces.parse_experiment(yaml.safe_load(GRID), tmp_path / "space.yaml")
+    search = GroupSearch(study_search(exp, tmp_path, []), 4, planned_members(exp), exp.constants, member_points(exp))
+    first, second = search.suggest("a"), search.suggest("b")
+    assert search.suggest("c") == "FINISHED"
+    members = first["members"] + second["members"]
+    assert [m["key"] for m in members] == ["a_m0", "a_m1", "a_m2", "a_m3", "b_m0", "b_m1"]
+    points = {(m["config"]["lr"], m["config"]["weight_decay"]) for m in members}
+    assert len(points) == 6 and all(m["config"]["hidden"] == [32] for m in members)  # each grid point once
+    # Ray hands searchers flattened results: a member's end is told to the study as that trial's end
+    result = {"members/a_m0/epoch": 1, "members/a_m0/val_accuracy": 0.5, "members/a_m0/best_val_accuracy": 0.5,
+              "members/a_m0/best_epoch": 1, "members/a_m0/ended": True, "members/a_m0/error": None}
+    assert members_of(result)["a_m0"]["val_accuracy"] == 0.5
+    search.on_trial_result("a", result)
+    search.on_trial_complete("a", result, error=True)  # the group failed: its other members fail
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in search.searcher.study.trials}
+    assert states == {"a_m0": "PRUNED", "a_m1": "FAIL", "a_m2": "FAIL", "a_m3": "FAIL", "b_m0": "RUNNING",
+                      "b_m1": "RUNNING"}
