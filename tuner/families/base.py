@@ -60,7 +60,8 @@ class NearestCentroid(Family):
 `nearest_centroid` can then be a space file's `family:` (with `space: {temperature: {loguniform: [0.01, 1]}}`).
 To ship a family, put its module in tuner/families/, import it in tuner/families/__init__.py, add a small
 config for it to `CASES` in tests/test_families_contract.py, and run `python -m tuner.docs` so
-docs/families.md lists its parameters. A gradient-trained network subclasses `trained.TorchFamily`
+docs/families.md lists its parameters (a family kept outside tuner runs the same checks:
+`tuner.testing.check_family`). A gradient-trained network subclasses `trained.TorchFamily`
 instead and only `build`s its `nn.Module` (see linear.py); the training loop, checkpoints,
 PBT and bundles then come from `tuner.engine.TorchLearner`.
 """
@@ -72,7 +73,7 @@ from tuner.errors import UserError
 from tuner.types import DataInfo, Learner, Param, RunContext
 
 __all__ = ["FAMILIES", "DataInfo", "Family", "Learner", "Param", "RunContext", "check_param", "get_family",
-           "register_family"]
+           "register_family", "values"]
 
 
 def check_param(param: Param, value: Any, where: str) -> None:
@@ -88,7 +89,8 @@ class Family:
     A subclass sets `name` (what a space file's `family:` says), `params` (every key it takes, with its
     default, type and bounds: `validate`, the JSON schema and docs/families.md are made from them) and
     implements `learner`. The other methods have defaults; override them for family-specific checks
-    (`check_config`, `preflight`), embeddings (`features`, `input_channels`) or a one-step fit (`iterative`).
+    (`check_config`, `preflight`), embeddings (`features`, `input_channels`), one-off work the driver does
+    before the trials start (`warm_up`) or a one-step fit (`iterative`).
     """
 
     name: ClassVar[str] = ""
@@ -99,7 +101,7 @@ class Family:
         """Check a space file's values for this family, from the file alone (`tuner validate`).
 
         constants: key -> value (the `fixed:` block and constant `space:` entries).
-        searched: key -> `spaces.Distribution` (has `kind` and `args`).
+        searched: key -> `spaces.Distribution` (its `kind`, `args`, `is_categorical`, `low` and `high`).
         file: the space file's name, for the message.
         Raises a `UserError` naming the file and key for a key this family does not take, or a value (or
         searched bound or choice) outside its `Param`; then runs `check_config` on the constants.
@@ -112,15 +114,15 @@ class Family:
             check_param(self.params[key], value, f"{file}: {key}")
         for key, dist in searched.items():
             param = self.params[key]
-            if dist.kind in ("choice", "grid"):
+            if dist.is_categorical:
                 for v in dist.args:
                     check_param(param, v, f"{file}: space.{key}")
             elif param.type not in ("float", "int", "any"):
                 raise UserError(f"{file}: space.{key} takes {param.type} values; use choice: [...] instead of "
                                 f"{dist.kind}")
             else:
-                check_param(param, dist.args[0], f"{file}: space.{key} lower bound")
-                check_param(param, dist.args[1], f"{file}: space.{key} upper bound")
+                check_param(param, dist.low, f"{file}: space.{key} lower bound")
+                check_param(param, dist.high, f"{file}: space.{key} upper bound")
         self.check_config({k: v for k, v in constants.items()}, file)
 
     def check_config(self, constants: dict, file: str) -> None:
@@ -135,6 +137,13 @@ class Family:
 
         Arguments as `validate`. Raises a `UserError` for anything missing; default: nothing to check.
         """
+
+    def warm_up(self, constants: dict, searched: dict, data, ctx: RunContext) -> None:
+        """One-off work every trial would otherwise begin with (embedding the images, neighbour tables),
+        done by the driver before the trials start, into the same caches the trials read: once, on every
+        core, with progress on the console (`ctx.progress`), instead of inside the first trial while the
+        others wait for its file lock. Arguments as `validate`, plus the prepared data and where to run.
+        Default: nothing to do."""
 
     def resolve(self, config: dict) -> dict:
         """config (a trial's values) with every missing parameter at its default; keys this family does not
@@ -178,6 +187,17 @@ class Family:
         """The channels this family's networks take for data with `info.channels` channels (grey data is
         repeated to fit); default: the data's own."""
         return info.channels
+
+
+def values(key: str, constants: dict, searched: dict, default: Any) -> list | None:
+    """Every value a search may give `key`: its constant, its choices or grid points, [default] when the
+    space leaves it out; None for a numeric range (not a list of values)."""
+    if key in constants:
+        return [constants[key]]
+    if key not in searched:
+        return [default]
+    dist = searched[key]
+    return list(dist.args) if dist.kind in ("choice", "grid") else None
 
 
 FAMILIES: dict[str, Family] = {}

@@ -3,7 +3,6 @@ results tables. The pipeline around it (checks, lock, plots, retrain, comparison
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import os
 import threading
 import time
@@ -24,6 +23,8 @@ from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
 from tuner.search.domains import to_tune
+# ClipToSpace: a search saved by an older tuner names it here, in the PBT scheduler its tuner.pkl holds
+from tuner.search.schedulers import SCHEDULERS, ClipToSpace, build_scheduler  # noqa: F401
 from tuner.settings import cache_dir
 from tuner.spaces import Experiment, resolved_yaml
 
@@ -90,57 +91,6 @@ def _signals_stop_tune():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
 
 
-def _scheduler(exp: Experiment):
-    from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
-                                     PopulationBasedTraining)
-
-    from tuner.metrics import best_key
-
-    s = exp.scheduler
-    if not get_family(exp.family).iterative or s.name == "fifo":
-        return FIFOScheduler()
-    # ASHA, HyperBand and the median rule compare trials by their best epoch so far, the score a trial is
-    # ranked by at the end (its checkpoint at that epoch is what it would give if stopped now): a trial whose
-    # accuracy wobbles down for one epoch at a rung is not cut for it, nor one that peaked early kept for a
-    # lucky last epoch alone. With several objectives they stop trials by the first. PBT below uses the
-    # current epoch: it copies a trial's weights as they are now, not as they were at its best epoch.
-    ranked = {"metric": best_key(exp.metrics[0]), "mode": exp.modes[0]}
-    if s.name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor, **ranked)
-    if s.name == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=s.max_epochs,
-                                  reduction_factor=s.reduction_factor, **ranked)
-    if s.name == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
-                                  min_samples_required=3, **ranked)
-    perturbable = get_family(exp.family).pbt_params  # Param(pbt=True): the family says which
-    mutations = {k: to_tune(d) for k, d in exp.searched.items() if k in perturbable}
-    if not mutations:
-        raise UserError(f"{exp.path}: scheduler pbt needs at least one of {', '.join(perturbable)} in space:")
-    bounds = {k: d.args for k, d in exp.searched.items() if k in mutations and d.kind in NUMERIC}
-    return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
-                                   hyperparam_mutations=mutations, synch=False, metric=exp.metric, mode=exp.mode,
-                                   custom_explore_fn=ClipToSpace(bounds))
-
-
-NUMERIC = ("uniform", "loguniform", "int", "logint")
-
-
-@dataclass
-class ClipToSpace:
-    """PBT's explore step, kept inside the space: Ray multiplies a value by 0.8 or 1.2 with no bounds, so a
-    momentum drawn from [0.5, 0.95] became 1.04 and that trial diverged (val_accuracy 0.97 -> 0.29)."""
-
-    bounds: dict[str, tuple]
-
-    def __call__(self, config: dict) -> dict:
-        for k, (lo, hi) in self.bounds.items():
-            if k in config:
-                config[k] = type(lo)(min(max(config[k], lo), hi))
-        return config
-
-
 def _resources(exp: Experiment) -> dict:
     import ray
 
@@ -190,9 +140,12 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     if resume:
         _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
     t0 = time.perf_counter()
-    # the data first: a data set that is missing or unreadable stops the search before anything is removed
+    # the data first: a data set that is missing or unreadable stops the search before anything is removed.
+    # On one machine the trials map the cache's files (the object store gets their paths); trials on a
+    # cluster's other machines may not see this cache, so there the pixels go through the object store
     interrupt.signal_for_tests("prepare")
-    data = prepare(exp.dataset, cache_dir=cache_dir())
+    on_one_machine = not address and not os.environ.get("RAY_ADDRESS")
+    data = prepare(exp.dataset, cache_dir=cache_dir(), by_path=on_one_machine)
     if not resume and exp.storage:  # it may refuse, and then nothing is removed
         remove_experiment(exp.storage, exp.name)
     if not resume:
@@ -204,8 +157,10 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         np.savez(tmp, **data.indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
-        f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s)")
+        f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s{_decoded(data.stats)})")
 
+    if on_one_machine:
+        _warm_up(exp, data, say)
     init_ray(address, dashboard, say, verbose)
     resources = _resources(exp)
     check_cluster_fits(resources)
@@ -253,7 +208,9 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     before = _search_s_so_far(run_dir)
     run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(before["search_s"] + fit_s, 3),
                                           "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1,
-                                          "smoke": before["smoke"]})
+                                          "smoke": before["smoke"], "prepare_s": round(data.stats.seconds, 3),
+                                          "decode_s": round(data.stats.decode_s, 3), "decoded": data.stats.decoded,
+                                          "images_bytes": data.stats.nbytes})
     # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
     interrupt.raise_received()
     if exp.search.fuse:  # the members' rows, as the live tables hold them: Ray's grid holds the groups
@@ -295,12 +252,12 @@ def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbo
         space, scheduler = {}, FIFOScheduler()
     else:
         search_alg, constants_only = searchers.build(exp, exp_dir)
-        space, scheduler, samples = param_space(exp, constants_only), _scheduler(exp), searchers.num_samples(exp)
+        space, scheduler, samples = param_space(exp, constants_only), build_scheduler(exp), searchers.num_samples(exp)
     return tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            # the searcher and scheduler each name their metric (tuner.search.searchers, _scheduler); the
+            # the searcher and scheduler each name their metric (tuner.search.searchers, .schedulers); the
             # search algorithm keeps to search.max_concurrent itself (searchers.build)
             search_alg=search_alg, scheduler=scheduler, num_samples=samples,
             reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
@@ -310,7 +267,7 @@ def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbo
             # 2 per trial; PBT keeps all: Ray's PBT can hand a trial a checkpoint of the trial it copies
             # that the copied one has pruned since (seen here with 4 kept: "Could not recover from
             # checkpoint as it does not exist on storage anymore", ray-project/ray#8441)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.name == "pbt" else 2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if SCHEDULERS[exp.scheduler.name].mutates else 2),
             failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
     )
 
@@ -390,6 +347,34 @@ class EndedTrials(Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+def _warm_up(exp: Experiment, data, say: Callable[[str], None]) -> None:
+    """The family's one-off work (embeddings, neighbour tables) here, before Ray starts: on every core, with
+    progress on the console, into the caches the trials then read (`Family.warm_up`). On the device the
+    trials will use, as the retrain picks it (the embedding cache is kept per device type)."""
+    from tuner.engine import pick_device
+    from tuner.families import RunContext
+    from tuner.families.base import Family
+
+    family = get_family(exp.family)
+    if type(family).warm_up is Family.warm_up:
+        return  # the family has nothing to prepare
+    t0 = time.perf_counter()
+    device = pick_device(None if exp.resources.auto else exp.resources.gpu)
+    family.warm_up(exp.constants, exp.searched, data, RunContext(device=str(device), cache_dir=str(cache_dir()),
+                                                                 progress=True))
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()  # the trials need the GPU's memory; this process keeps only its context
+    say(f"warm-up: {exp.family}'s embeddings and tables ready ({time.perf_counter() - t0:.1f} s)")
+
+
+def _decoded(stats) -> str:
+    if not stats.decoded:
+        return ""
+    return f"; decoded {stats.decoded} images in {stats.decode_s:.1f} s, {stats.decoded / max(stats.decode_s, 1e-9):.0f}/s"
 
 
 def _search_s_so_far(run_dir: RunDir) -> dict:
