@@ -9,8 +9,13 @@ ratio, and whether every configuration ended with the same validation accuracy a
     python benchmarks/bench_fused.py --core --group 10    # groups of 10
     python benchmarks/bench_fused.py --quick              # 4 configs x 2 epochs (seconds)
 
-`--core` measures the training core only (no Ray, no search); the search comparison (per-trial overhead
-included, best validation accuracy of the two searches) is still to come in this script.
+`--core` measures the training core only (no Ray, no search). `--search` runs whole searches through the CLI,
+each space twice in one run, plainly and with `search.fuse` (same space, trial budget and seed): the search's
+own seconds (run.json's `search_s`, Ray's start and the data left out), the command's wall seconds, and the
+best validation accuracy of each side:
+
+    python benchmarks/bench_fused.py --search             # digits_knn grid (84), digits_linear and digits_mlp (20 each)
+    python benchmarks/bench_fused.py --search --quick     # 8 configurations x 3 epochs each
 """
 from __future__ import annotations
 
@@ -90,6 +95,74 @@ def compare(name: str, family, cfgs, data, epochs: int, group: int, repeats: int
     return row
 
 
+# --------------------------------------------------------------------------- whole searches
+ROOT = Path(__file__).resolve().parents[1]
+# (shipped space, --set options both sides get): the shape keys fixed as for --core, so configurations share groups
+SEARCHES = {
+    "digits_knn": ("digits_knn.yaml", []),
+    "digits_linear": ("digits_linear.yaml", ["fixed.batch_size=32"]),
+    "digits_mlp": ("digits_mlp.yaml", ["fixed.batch_size=64", "fixed.hidden=[256, 128]", "fixed.batchnorm=true",
+                                       "fixed.activation=relu"]),
+}
+
+
+def search_once(space: str, sets: list[str], results: Path) -> dict:
+    """One `tuner search` in a subprocess; its search seconds, wall seconds, trials and best val_accuracy."""
+    import os
+    import subprocess
+
+    import pandas as pd
+    import yaml
+
+    args = [sys.executable, "-m", "tuner", "search", "--space", str(ROOT / "tuner" / "search_spaces" / space),
+            "--results", str(results), "--no-retrain", "--no-dashboard"]
+    for item in sets:
+        args += ["--set", item]
+    t0 = time.perf_counter()
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{space} {sets}: exit {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    exp = next(p for p in results.iterdir() if (p / "run.json").is_file())
+    run = yaml.safe_load((exp / "run.json").read_text())
+    trials = pd.read_csv(exp / "trials.csv")
+    return {"search_s": float(run["search_s"]), "wall_s": wall, "trials": len(trials),
+            "best_val_accuracy": float(trials["val_accuracy"].max())}
+
+
+def compare_search(name: str, sets: list[str], fuse: int) -> dict:
+    import tempfile
+
+    space, fixed = SEARCHES[name]
+    with tempfile.TemporaryDirectory() as d:
+        plain = search_once(space, fixed + sets, Path(d) / "plain")
+        fused_run = search_once(space, fixed + sets + [f"search.fuse={fuse}"], Path(d) / "fused")
+    row = {"space": name, "fuse": fuse, "trials": (plain["trials"], fused_run["trials"]),
+           "search_s": (round(plain["search_s"], 1), round(fused_run["search_s"], 1)),
+           "wall_s": (round(plain["wall_s"], 1), round(fused_run["wall_s"], 1)),
+           "speedup": round(plain["search_s"] / fused_run["search_s"], 2),
+           "wall_speedup": round(plain["wall_s"] / fused_run["wall_s"], 2),
+           "best_val_accuracy": (plain["best_val_accuracy"], fused_run["best_val_accuracy"])}
+    print(f"{name:13s} {plain['trials']} / {fused_run['trials']} trials, fuse {fuse}: search {plain['search_s']:.1f} s "
+          f"plain, {fused_run['search_s']:.1f} s fused ({row['speedup']}x; wall {row['wall_s'][0]} / "
+          f"{row['wall_s'][1]} s, {row['wall_speedup']}x); best val_accuracy {plain['best_val_accuracy']:.4f} plain, "
+          f"{fused_run['best_val_accuracy']:.4f} fused", flush=True)
+    return row
+
+
+def main_search(names: list[str], quick: bool) -> list[dict]:
+    rows = []
+    for name in names:
+        if name == "digits_knn":  # the whole 84-point grid; quick: 8 of its points
+            sets = ["space.k={grid: [1, 3]}", "space.metric={grid: [euclidean, cosine]}", "space.normalize=none"] if quick else []
+            n = 8 if quick else 84
+        else:
+            n = 8 if quick else 20
+            sets = [f"search.num_samples={n}"] + (["scheduler.max_epochs=3"] if quick else [])
+        rows.append(compare_search(name, sets, fuse=math.ceil(n / 2)))  # max_concurrent 2: two groups at a time
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--core", action="store_true", help="the training core: fused groups against one by one")
@@ -99,7 +172,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--group", type=int, default=20, help="members per fused group at most")
     p.add_argument("--families", default="linear,mlp")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each side; the fastest counts")
+    p.add_argument("--search", action="store_true", help="whole searches, plain and with search.fuse")
+    p.add_argument("--spaces", default="digits_knn,digits_linear,digits_mlp", help="with --search")
     args = p.parse_args(argv)
+    if args.search:
+        return main_search(args.spaces.split(","), args.quick)
     n, epochs, repeats = (4, 2, 1) if args.quick else (args.configs, args.epochs, args.repeats)
 
     import torch

@@ -170,6 +170,10 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
                      run_id=uuid.uuid4().hex, trials_root=ray_path)
     # the arrays go to the object store once; every trial on a node maps the same copy
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
+    if exp.search.fuse:  # several configurations per Ray trial, each a trial in the tables (tuner.search.fused)
+        from tuner.search import fused
+
+        trainable = fused.trainable(exp, data, spec, resources, rung_scores(exp, run_dir) if resume else {})
     # Ray snapshots the experiment (trial states, the searcher) every 10 s by default; a driver killed
     # between two snapshots loses what happened since. The snapshot is small, so take it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -183,6 +187,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     callbacks += extra  # the caller's (tuner.search.tracking: MLflow, W&B)
     callbacks += [] if verbose else [console.Console(exp, say)]
     callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
+    callbacks = fused.callbacks(callbacks, live_results) if exp.search.fuse else callbacks
     console.header(exp, exp_dir, results, say)
     # ---
     if resume:
@@ -208,8 +213,14 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
                                           "images_bytes": data.stats.nbytes})
     # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
     interrupt.raise_received()
+    if exp.search.fuse:  # the members' rows, as the live tables hold them: Ray's grid holds the groups
+        from tuner.tables import write_tables
+
+        grid = list(live_results.done)
+        best = write_tables(exp, list(live_results.done.values()), exp_dir)
+    else:
+        best = write_results(exp, grid, exp_dir, live_results.results)
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
-    best = write_results(exp, grid, exp_dir, live_results.results)
     study.reconcile(exp, exp_dir, say)  # the study ends equal to the tables, whatever faults came between
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
     failed = failed[failed["status"] == "ERROR"]
@@ -232,14 +243,23 @@ def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbo
 
     from tuner.search import searchers
 
-    search_alg, constants_only = searchers.build(exp, exp_dir)
+    if exp.search.fuse:  # groups of configurations (tuner.search.fused): its searcher, the rungs in the groups
+        from ray.tune.schedulers import FIFOScheduler
+
+        from tuner.search import fused
+
+        search_alg, samples = fused.build(exp, exp_dir)
+        space, scheduler = {}, FIFOScheduler()
+    else:
+        search_alg, constants_only = searchers.build(exp, exp_dir)
+        space, scheduler, samples = param_space(exp, constants_only), build_scheduler(exp), searchers.num_samples(exp)
     return tune.Tuner(
         trainable,
-        param_space=param_space(exp, constants_only),
+        param_space=space,
         tune_config=tune.TuneConfig(
             # the searcher and scheduler each name their metric (tuner.search.searchers, .schedulers); the
             # search algorithm keeps to search.max_concurrent itself (searchers.build)
-            search_alg=search_alg, scheduler=build_scheduler(exp), num_samples=searchers.num_samples(exp),
+            search_alg=search_alg, scheduler=scheduler, num_samples=samples,
             reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
         run_config=tune.RunConfig(
             name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),

@@ -42,9 +42,8 @@ def build(exp: Experiment, exp_dir: Path):
     """
     from ray.tune.search import ConcurrencyLimiter
 
-    from tuner.metrics import best_key
     from tuner.search.adapters import FolderSearchGenerator, FolderVariantGenerator
-    from tuner.search.study import Rule, StudySearch, seed_trials, storage
+    from tuner.search.study import seed_trials
 
     if uses_optuna(exp):
         import optuna
@@ -55,12 +54,7 @@ def build(exp: Experiment, exp_dir: Path):
             fit = optuna_params(exp.searched, cfg)
             if fit is not None:
                 points.append(fit[0])
-        metric = [best_key(m) for m in exp.metrics] if exp.multi else best_key(exp.metric)
-        mode = exp.modes if exp.multi else exp.mode
-        sampler = make_sampler(exp, None if exp.search.algorithm == "optuna" else "random")
-        searcher = StudySearch(space=DefineByRun(exp.searched), metric=metric, mode=mode, sampler=sampler,
-                               points_to_evaluate=points or None, storage=storage(exp_dir), study_name=exp.name,
-                               rule=Rule.of(exp), constants=exp.constants, constraints=exp.constraints)
+        searcher = study_search(exp, exp_dir, points)
         searcher.study.add_trials(seed_trials(exp))  # an earlier folder's trials, before the first is asked
         return FolderSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=exp.search.max_concurrent)), True
     if exp.search.algorithm == "grid" and exp.conditional:
@@ -71,6 +65,19 @@ def build(exp: Experiment, exp_dir: Path):
     # trials without end, and the budget runs out before one of them starts
     return FolderVariantGenerator(points_to_evaluate=warm_start_points(exp) or None, random_state=exp.search.seed,
                                   max_concurrent=exp.search.max_concurrent), False
+
+
+def study_search(exp: Experiment, exp_dir: Path, points: list[dict]):
+    """The Optuna searcher whose study is `exp_dir`'s journal, `points` (Optuna params) asked first."""
+    from tuner.metrics import best_key
+    from tuner.search.study import Rule, StudySearch, storage
+
+    metric = [best_key(m) for m in exp.metrics] if exp.multi else best_key(exp.metric)
+    mode = exp.modes if exp.multi else exp.mode
+    sampler = make_sampler(exp, None if exp.search.algorithm == "optuna" else "random")
+    return StudySearch(space=DefineByRun(exp.searched), metric=metric, mode=mode, sampler=sampler,
+                       points_to_evaluate=points or None, storage=storage(exp_dir), study_name=exp.name,
+                       rule=Rule.of(exp), constants=exp.constants, constraints=exp.constraints)
 
 
 def num_samples(exp: Experiment) -> int:

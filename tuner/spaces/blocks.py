@@ -119,6 +119,8 @@ class SearchConfig:
     warm_start: list | str | None = bounded(None, json={"anyOf": [
         {"type": "array", "items": {"type": "object", "minProperties": 1}}, {"type": "string", "minLength": 1},
         {"type": "null"}]})
+    # configurations trained as one model per Ray trial, at most this many (tuner.fused); 0: one per trial
+    fuse: int = bounded(0, min=0, max=1024)
 
     @classmethod
     def parse(cls, raw: Any, file: str) -> SearchConfig:

@@ -35,6 +35,8 @@ def resolved_yaml(exp: Experiment) -> str:
            {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu},
            "max_failures": exp.max_failures, "fixed": exp.fixed,
            "space": {k: node_yaml(v) for k, v in exp.space.items()}}
+    if not exp.search.fuse:  # off: left out, so a folder searched before `fuse` existed still resumes as the same space
+        del out["search"]["fuse"]
     if exp.constraints:
         out["constraints"] = exp.constraints
     if exp.storage:

@@ -132,6 +132,35 @@ def check_search_power(exp: Experiment, file: str) -> None:
                         f"infeasible trials); algorithm is {s.algorithm}")
     if s.warm_start is not None:
         check_warm_start(exp, file)
+    if s.fuse:
+        check_fuse(exp, file)
+
+
+FUSE_SCHEDULERS = ("fifo", "asha")  # the rules a fused group applies to its members itself (tuner.fused.rungs)
+
+
+def check_fuse(exp: Experiment, file: str) -> None:
+    """search.fuse only where a group can stand for its members: a family whose configs fuse, a scheduler
+    that decides per configuration, one metric, and no tracking callback (which hears of Ray's trials)."""
+    from tuner.families import get_family
+
+    family = get_family(exp.family)
+    where = f"{file}: search.fuse"
+    lookup = family.name in ("knn", "features")
+    if not lookup and not family.fusable(family.resolve(dict(exp.constants))):
+        raise UserError(f"{where}: family {family.name} does not train fused with these fixed values (linear, "
+                        f"mlp, cnn, a frozen transfer head on pretrained weights, knn and features do); "
+                        f"remove search.fuse")
+    if exp.scheduler.name not in FUSE_SCHEDULERS:
+        raise UserError(f"{where}: scheduler {exp.scheduler.name} decides per Ray trial, not per fused member; "
+                        f"use scheduler {' or '.join(FUSE_SCHEDULERS)}, or remove search.fuse")
+    if exp.multi or exp.constraints:
+        raise UserError(f"{where}: a fused search has one metric and no constraints; remove search.fuse")
+    if exp.search.warm_start is not None or exp.conditional:
+        raise UserError(f"{where}: does not go with search.warm_start or a conditional choice in space:; "
+                        f"remove search.fuse")
+    if exp.tracking is not None and exp.tracking.any:
+        raise UserError(f"{where}: tracking: records Ray's trials, not fused members; remove one of the two")
 
 
 def _names(entries: dict, flag: str) -> str:

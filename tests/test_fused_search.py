@@ -1,0 +1,209 @@
+"""`search.fuse` through the real CLI: each configuration of a group is a trial of its own in trials.csv,
+epochs.csv, the journal and best.yaml; knn configurations are looked up in one trial; a SIGKILLed fused
+search resumed ends as an uninterrupted one; a space where fusing cannot apply is refused in one line."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMBER = re.compile(r"^[0-9a-f]+_m\d+$")
+
+LINEAR = """
+name: fz
+dataset: {name: digits, split: {val: 0.2, test: 0.2, seed: 0}, normalize: dataset}
+family: linear
+search: {algorithm: optuna, num_samples: 6, max_concurrent: 1, seed: 0, fuse: 3}
+scheduler: {name: asha, max_epochs: 4, grace_period: 1, reduction_factor: 3}
+space:
+  lr: {loguniform: [1.0e-3, 1.0e-1]}
+  weight_decay: {loguniform: [1.0e-6, 1.0e-2]}
+"""
+
+# a grid, so that two runs search the same configurations; batch_size 4 makes an epoch last a while
+GRID = """
+name: fg
+dataset: {name: digits, split: {val: 0.2, test: 0.2, seed: 0}, normalize: dataset}
+family: mlp
+search: {algorithm: grid, max_concurrent: 1, seed: 0, fuse: 3}
+scheduler: {name: fifo, max_epochs: 10}
+fixed: {batch_size: 4, hidden: [32]}
+space:
+  lr: {grid: [0.003, 0.01, 0.03]}
+  weight_decay: {grid: [1.0e-5, 1.0e-3]}
+"""
+
+KNN = """
+name: fk
+dataset: {name: digits, split: {val: 0.2, test: 0.2, seed: 0}, normalize: dataset}
+family: knn
+search: {algorithm: grid, max_concurrent: 1, seed: 0, fuse: 8}
+scheduler: {name: fifo, max_epochs: 1}
+fixed: {backbone: pixels}
+space:
+  k: {grid: [1, 3, 5, 7]}
+  metric: {grid: [euclidean, cosine]}
+  weights: {grid: [uniform, distance]}
+"""
+
+
+def _space(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def _tuner(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "MPLBACKEND": "Agg"})
+
+
+def _journal(exp: Path, name: str) -> list:
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.mark.slow
+def test_a_fused_search_records_each_member_as_a_trial_and_retrains_the_best(tmp_path, study_matches_tables):
+    r = _tuner("search", "--space", str(_space(tmp_path, LINEAR)), "--results", str(tmp_path / "r"),
+               "--no-dashboard")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "r" / "fz"
+    trials = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) == 6 and all(MEMBER.match(t) for t in trials["trial_id"]), trials["trial_id"].tolist()
+    assert trials["trial_id"].str.rsplit("_", n=1).str[0].nunique() == 2  # two groups of three
+    epochs = pd.read_csv(exp / "epochs.csv", dtype={"trial_id": str})
+    assert set(epochs["trial_id"]) == set(trials["trial_id"])
+    assert epochs.groupby("trial_id")["epoch"].max().to_dict() == trials.set_index("trial_id")["epochs"].to_dict()
+    journal = _journal(exp, "fz")
+    assert len(journal) == len(trials)
+    assert {t.user_attrs["ray_trial_id"] for t in journal} == set(trials["trial_id"])
+    study_matches_tables(exp, 4)
+    best = yaml.safe_load((exp / "best.yaml").read_text())
+    assert best["trial_id"] in set(trials["trial_id"])
+    assert best["metrics"]["val_accuracy"] == pytest.approx(trials["val_accuracy"].max())
+    for line in trials["trial_id"]:  # a console line per member
+        assert line in r.stdout
+    assert (exp / "best" / "metrics.json").is_file(), r.stdout[-2000:]  # the retrain of the best member's config
+
+
+@pytest.mark.slow
+def test_knn_configurations_are_looked_up_in_one_trial_each_a_row(tmp_path, study_matches_tables):
+    r = _tuner("search", "--space", str(_space(tmp_path, KNN)), "--results", str(tmp_path / "r"), "--no-dashboard",
+               "--no-retrain")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "r" / "fk"
+    trials = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) == 16 and set(trials["status"]) == {"TERMINATED"}
+    assert trials["trial_id"].str.rsplit("_", n=1).str[0].nunique() == 2  # 16 configurations, 8 a trial
+    assert len(list((exp / "ray").glob("trial_*"))) == 2
+    assert len(_journal(exp, "fk")) == 16
+    study_matches_tables(exp, 1)
+
+
+def _rows(table: Path) -> int:
+    try:
+        return len(pd.read_csv(table))
+    except (OSError, pd.errors.EmptyDataError):
+        return 0
+
+
+def _kill_when(cmd: list[str], log: Path, cond) -> None:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None and not cond():
+            time.sleep(0.2)
+        assert proc.poll() is None and cond(), log.read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the Ray processes it started
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_sigkilled_fused_search_resumes_each_member_and_ends_as_an_uninterrupted_one(tmp_path,
+                                                                                         study_matches_tables):
+    space = _space(tmp_path, GRID)
+    plain = _tuner("search", "--space", str(space), "--results", str(tmp_path / "a"), "--no-dashboard",
+                   "--no-retrain")
+    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+    exp = tmp_path / "b" / "fg"
+    cmd = [sys.executable, "-m", "tuner", "search", "--space", str(space), "--results", str(tmp_path / "b"),
+           "--no-dashboard", "--no-retrain"]
+    # killed in the middle of the first group: some epochs of its members written, no member ended
+    _kill_when(cmd, tmp_path / "killed.log", lambda: _rows(exp / "epochs.csv") >= 6)
+    assert _rows(exp / "trials.csv") < 6, "the search ended before the kill; make it longer"
+    r = _tuner(*cmd[3:], "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    keys = ["lr", "weight_decay"]
+    want = pd.read_csv(tmp_path / "a" / "fg" / "trials.csv").set_index(keys).sort_index()
+    got = pd.read_csv(exp / "trials.csv").set_index(keys).sort_index()
+    assert len(got) == 6 and set(got["status"]) == {"TERMINATED"} and (got["epochs"] == 10).all(), got
+    # each member went on from its own checkpoint: the same scores as the run that was never interrupted
+    pd.testing.assert_series_equal(got["val_accuracy"], want["val_accuracy"])
+    pd.testing.assert_series_equal(got["val_loss"], want["val_loss"])
+    epochs = pd.read_csv(exp / "epochs.csv", dtype={"trial_id": str})
+    assert len(epochs) == 60 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    study_matches_tables(exp, 10)
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("scheduler.name=pbt", "scheduler pbt"),
+    ("scheduler.name=hyperband", "scheduler hyperband"),
+    ("metric=[val_accuracy, latency_ms]", "one metric"),
+])
+def test_fuse_where_it_cannot_apply_is_refused_in_one_line(tmp_path, setting, says):
+    space = _space(tmp_path, LINEAR)
+    extra = ["--set", "mode=[max, min]"] if setting.startswith("metric") else []
+    r = _tuner("validate", "--space", str(space), "--set", setting, *extra, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {space}: search.fuse") and says in lines[0], lines
+
+
+def test_fuse_on_a_family_that_cannot_fuse_is_refused_in_one_line(tmp_path):
+    space = _space(tmp_path, LINEAR.replace("family: linear", "family: transfer\nfixed: {trainable_layers: 1}"))
+    r = _tuner("validate", "--space", str(space), timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {space}: search.fuse: family transfer"), lines
+
+
+def test_the_group_searcher_asks_each_configuration_as_a_member_trial_of_the_study(tmp_path):
+    from tuner import spaces
+    from tuner.search.fused import GroupSearch, member_points, members_of, planned_members
+    from tuner.search.searchers import study_search
+
+    exp = spaces.parse_experiment(yaml.safe_load(GRID), tmp_path / "space.yaml")
+    search = GroupSearch(study_search(exp, tmp_path, []), 4, planned_members(exp), exp.constants, member_points(exp))
+    first, second = search.suggest("a"), search.suggest("b")
+    assert search.suggest("c") == "FINISHED"
+    members = first["members"] + second["members"]
+    assert [m["key"] for m in members] == ["a_m0", "a_m1", "a_m2", "a_m3", "b_m0", "b_m1"]
+    points = {(m["config"]["lr"], m["config"]["weight_decay"]) for m in members}
+    assert len(points) == 6 and all(m["config"]["hidden"] == [32] for m in members)  # each grid point once
+    # Ray hands searchers flattened results: a member's end is told to the study as that trial's end
+    result = {"members/a_m0/epoch": 1, "members/a_m0/val_accuracy": 0.5, "members/a_m0/best_val_accuracy": 0.5,
+              "members/a_m0/best_epoch": 1, "members/a_m0/ended": True, "members/a_m0/error": None}
+    assert members_of(result)["a_m0"]["val_accuracy"] == 0.5
+    search.on_trial_result("a", result)
+    search.on_trial_complete("a", result, error=True)  # the group failed: its other members fail
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in search.searcher.study.trials}
+    assert states == {"a_m0": "PRUNED", "a_m1": "FAIL", "a_m2": "FAIL", "a_m3": "FAIL", "b_m0": "RUNNING",
+                      "b_m1": "RUNNING"}

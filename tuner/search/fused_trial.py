@@ -1,0 +1,173 @@
+"""The Ray trial of a fused group (`search.fuse`): several configurations trained as one model
+(`tuner.fused.FusedGroup`) or looked up in one pass (`tuner.fused.lookup`), each reported as its own trial.
+
+Each epoch the group sends one Tune result, `{"members": {member_id: metrics}}`: a member's metrics are the
+keys a plain trial reports (`trainable.run_trial`), plus `ended` (it trains no further: finished, stopped by
+its own early stopping or by the rungs, or failed: then `error`) and `stopped` (the rungs stopped it). The
+driver (`tuner.search.fused`) turns them into member trials for the tables, the study and the console.
+
+The checkpoint holds every member's plain learner state, its best epoch so far, its reported epochs and
+whether it ended, so a resumed group skips its ended members and goes on with the others from their last
+epoch; the first result after a restore carries each member's `history` (its epochs before).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+
+from tuner.engine import gpu_share, pick_device, set_threads
+from tuner.families import RunContext
+from tuner.fused import lookup
+from tuner.fused.group import FusedGroup, MemberSpec
+from tuner.fused.grouping import plan_groups
+from tuner.metrics import best_key
+from tuner.search.trainable import STATE_FILE, TrialSpec, measure_latency
+
+MEMBERS = "members"  # the key of a group's result and of its trial config
+
+
+@dataclass
+class MemberState:
+    """What the group keeps of a member between epochs and across a restore."""
+
+    best: float | None = None       # its best epoch's metric so far
+    best_epoch: int | None = None
+    time_s: float = 0.0             # its share of the group's training time so far
+    history: list = field(default_factory=list)  # every result it reported
+    ended: bool = False
+    error: str | None = None
+    learner: dict | None = None     # the plain learner's checkpoint (TorchLearner.state_dict)
+
+    def saved(self) -> dict:
+        return dict(vars(self))
+
+
+def _load(states: dict[str, MemberState]) -> bool:
+    """The group's checkpoint into `states`; True when there was one (a restore)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as d:
+        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    for key, s in saved[MEMBERS].items():
+        if key in states:
+            states[key] = MemberState(**s)
+    return True
+
+
+def _report(out: dict[str, dict], states: dict[str, MemberState]) -> None:
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({MEMBERS: {k: s.saved() for k, s in states.items()}}, os.path.join(d, STATE_FILE))
+        tune.report({MEMBERS: out}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _scored(spec: TrialSpec, st: MemberState, metrics: dict) -> dict:
+    """A member's epoch as a plain trial reports it: its running best, the time it took."""
+    value = metrics.get(spec.metric)
+    better = max if spec.mode == "max" else min
+    if value is not None and value == value and (st.best is None or better(st.best, value) != st.best):
+        st.best, st.best_epoch = value, metrics.get("epoch")
+    st.time_s += float(metrics.get("epoch_time_s") or 0.0)
+    epoch = int(metrics.get("epoch", len(st.history) + 1))
+    return {**metrics, best_key(spec.metric): st.best if st.best is not None else value,
+            "best_epoch": st.best_epoch or epoch, "training_iteration": epoch,
+            "time_this_iter_s": metrics.get("epoch_time_s"), "time_total_s": st.time_s, "train_time_s": st.time_s}
+
+
+def run_group(config: dict, data=None, spec: TrialSpec | None = None, rungs=None) -> None:
+    """Train (or look up) every member of `config["members"]` ([{key, config}]); `rungs`: the driver's
+    `Rungs` actor (ASHA), None for fifo."""
+    import ray
+
+    set_threads(spec.cpus)
+    ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment,
+                     gpu_share=gpu_share(spec.gpus))
+    node = ray.get_runtime_context().get_node_id()
+    members = [MemberSpec(m["key"], m["config"]) for m in config[MEMBERS]]
+    states = {m.key: MemberState() for m in members}
+    restored = _load(states)
+    # a restore: ended members are said once more (the driver may not have heard), the rest go on
+    out = {k: {**(s.history[-1] if s.history else {}), "ended": True, "error": s.error, "history": s.history}
+           for k, s in states.items() if s.ended}
+    todo = [m for m in members if not states[m.key].ended]
+    if spec.family.name in ("knn", "features"):
+        _lookups(spec, todo, data, ctx, states, out, node)
+        return
+    if out:
+        _report(out, states)
+    groups = [FusedGroup(spec.family, list(g.members), data.info, ctx)
+              for g in plan_groups(spec.family, todo, max(1, len(todo)))]
+    for group in groups:
+        for m in group.members:
+            if states[m.key].learner is not None:
+                group.load_member_state(m.key, states[m.key].learner)
+    _train(spec, groups, data, states, rungs, node, restored)
+
+
+def _lookups(spec: TrialSpec, todo: list[MemberSpec], data, ctx, states, out: dict, node) -> None:
+    for r in lookup.evaluate(spec.family, todo, data, data.info, ctx):
+        st = states[r.key]
+        st.ended, st.error = True, r.error
+        metrics = _scored(spec, st, r.metrics) if r.metrics is not None else {}
+        st.history = [metrics] if metrics else []
+        out[r.key] = {**metrics, "node_id": node, "ended": True, "error": r.error}
+    _report(out, states)
+
+
+def _measured(group: FusedGroup, data) -> dict:
+    """A member's size and speed (its plain learner's), measured once for the group: members share a shape."""
+    learner = group.export(group.members[0].key)
+    return {"num_params": int(learner.num_params), "latency_ms": measure_latency(learner, data.x_val, 1),
+            "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
+
+
+def _train(spec: TrialSpec, groups: list[FusedGroup], data, states: dict[str, MemberState], rungs, node,
+           restored: bool) -> None:
+    """Every group one epoch at a time, in turn; one Tune result (and checkpoint) per round."""
+    import ray
+
+    runs = [(g, g.fit(data, spec.max_epochs), {}) for g in groups]
+    first = restored
+    while runs:
+        out: dict[str, dict] = {}
+        for run in list(runs):
+            group, epochs, measured = run
+            reports = next(epochs, None)
+            if reports is None:
+                runs.remove(run)
+                continue
+            if not measured:
+                measured.update(_measured(group, data))
+            for r in reports:
+                st = states[r.key]
+                if r.metrics is None:  # a NaN loss: this member fails, the others go on
+                    st.ended, st.error = True, r.error
+                    out[r.key] = {"ended": True, "error": r.error}
+                    continue
+                metrics = {**_scored(spec, st, r.metrics), **measured, "node_id": node}
+                score = metrics[best_key(spec.metric)]
+                # tuner.fused's flow: every result to the rungs, then a completion for every member that ends
+                stop = rungs is not None and ray.get(rungs.report.remote(r.key, metrics["epoch"], score))
+                stopped = stop and not r.done  # at max_epochs the rule says stop too: it finished
+                if stopped:
+                    group.stop(r.key)
+                st.ended = r.done or stopped
+                if st.ended and rungs is not None:
+                    ray.get(rungs.complete.remote(r.key, metrics["epoch"], score))
+                if first:
+                    metrics["history"] = list(st.history)
+                st.history.append({k: v for k, v in metrics.items() if k != "history"})
+                out[r.key] = {**metrics, "ended": st.ended, "stopped": stopped}
+            for m in group.members:
+                if m.key in out and not states[m.key].error:
+                    states[m.key].learner = group.member_state(m.key)
+        first = False
+        if out:
+            _report(out, states)
