@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -115,21 +115,54 @@ def param_space(exp: Experiment, constants_only: bool = False) -> dict:
 
 
 # --------------------------------------------------------------------------- the run
+class SearchOutcome(NamedTuple):
+    """What `run` hands the pipeline: the prepared data (the retrain reuses it), best.yaml's content (None when
+    no trial finished) and the failed trials' rows of trials.csv."""
+
+    data: Any
+    best: dict | None
+    failed: pd.DataFrame
+
+
 def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = None, resume: bool = False,
         dashboard: bool = True, storage: str | None = None, say: Callable[[str], None] = print,
-        retry_failed: bool = False, verbose: bool = False, smoke: bool = False, callbacks: list = ()) -> tuple:
-    """The search itself, in `exp_dir` (checked and locked by the caller, `commands.run_search`): prepare the
-    data, start Ray, run Tune, write the tables. Returns (data, best, failed): the prepared data (the retrain
-    reuses it), best.yaml's content or None when no trial finished, the failed trials' rows."""
-    from ray import tune
+        retry_failed: bool = False, verbose: bool = False, smoke: bool = False,
+        callbacks: list = ()) -> SearchOutcome:
+    """The search itself, in `exp_dir` (checked and locked by the caller, `commands.run_search`), in phases:
+    where it runs, the data, Ray and the trainable, the watchers, Tune's run, the tables."""
+    run_dir, ray_path = _locate(exp, exp_dir, address, storage, resume)
+    t0 = time.perf_counter()
+    # on one machine the trials map the cache's files (the object store gets their paths); trials on a
+    # cluster's other machines may not see this cache, so there the pixels go through the object store
+    on_one_machine = not address and not os.environ.get("RAY_ADDRESS")
+    data = _data(exp, run_dir, resume, smoke, on_one_machine, say)
+    if on_one_machine:
+        _warm_up(exp, data, say)
+    init_ray(address, dashboard, say, verbose)
+    trainable = _trainable(exp, data, run_dir, ray_path, resume)
+    live_results, callbacks = _watchers(exp, exp_dir, results, list(callbacks), verbose, say)
+    tuner = _tuner(exp, exp_dir, ray_path, trainable, callbacks, resume, retry_failed, verbose, say)
+    t_fit = time.perf_counter()
+    with _signals_stop_tune():
+        grid = tuner.fit()
+    fit_s = time.perf_counter() - t_fit
+    _record_run(run_dir, len(grid), fit_s, t_fit - t0, data)
+    # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
+    interrupt.raise_received()
+    n, best = _tables(exp, grid, exp_dir, live_results)
+    say(f"search: {n} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
+    from tuner.search import study
 
-    from tuner.data import prepare
-    from tuner.search.trainable import TrialSpec, final_failures_callback, run_trial
+    study.reconcile(exp, exp_dir, say)  # the study ends equal to the tables, whatever faults came between
+    return SearchOutcome(data, best, _failures(run_dir, n, say))
 
+
+def _locate(exp: Experiment, exp_dir: Path, address: str | None, storage: str | None,
+            resume: bool) -> tuple[RunDir, str]:
+    """Where Ray's folder is (trial checkpoints, experiment state): <results>/<name>/ray, or <storage>/<name>
+    when the trials run on other machines and need a place every node reaches; a --resume checked."""
     if address:
         check_address(address)
-    # Ray's folder (trial checkpoints, experiment state) is <results>/<name>/ray, or <storage>/<name> when
-    # the trials run on other machines and need a place every node reaches
     run_dir = RunDir(exp_dir)
     exp.storage = resolve_storage(exp, exp_dir, storage, resume)
     ray_path = f"{exp.storage}/{exp.name}" if exp.storage else str(run_dir.ray)
@@ -139,17 +172,21 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
                         f"experiment {exp.name!r}")
     if resume:
         _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
+    return run_dir, ray_path
+
+
+def _data(exp: Experiment, run_dir: RunDir, resume: bool, smoke: bool, by_path: bool, say: Callable[[str], None]):
+    """The data first: a data set that is missing or unreadable stops the search before anything is removed;
+    then a new search empties its folder and writes its space, run.json and the split."""
+    from tuner.data import prepare
+
     t0 = time.perf_counter()
-    # the data first: a data set that is missing or unreadable stops the search before anything is removed.
-    # On one machine the trials map the cache's files (the object store gets their paths); trials on a
-    # cluster's other machines may not see this cache, so there the pixels go through the object store
     interrupt.signal_for_tests("prepare")
-    on_one_machine = not address and not os.environ.get("RAY_ADDRESS")
-    data = prepare(exp.dataset, cache_dir=cache_dir(), by_path=on_one_machine)
+    data = prepare(exp.dataset, cache_dir=cache_dir(), by_path=by_path)
     if not resume and exp.storage:  # it may refuse, and then nothing is removed
         remove_experiment(exp.storage, exp.name)
     if not resume:
-        clear(exp_dir)  # a new search of the same name replaces the old one (checked: commands.check_can_start)
+        clear(run_dir.path)  # a new search of the same name replaces the old one (checked: commands.check_can_start)
         replace(run_dir.space, resolved_yaml(exp))
         # a --smoke run says so, so that a later search may replace it unasked (RunDir.was_smoke)
         run_dir.write_json(run_dir.run_json, {"smoke": smoke, "runs": 0, "search_s": 0.0})
@@ -158,77 +195,99 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
         f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s{_decoded(data.stats)})")
+    return data
 
-    if on_one_machine:
-        _warm_up(exp, data, say)
-    init_ray(address, dashboard, say, verbose)
+
+def _trainable(exp: Experiment, data, run_dir: RunDir, ray_path: str, resume: bool):
+    """What Ray runs per trial: `run_trial` with the data and the trial spec, on the trial's resources; with
+    search.fuse, a group of configurations per Ray trial (tuner.search.fused)."""
+    from ray import tune
+
+    from tuner.search.trainable import TrialSpec, run_trial
+
     resources = _resources(exp)
     check_cluster_fits(resources)
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()),
                      metric=exp.metrics[0], mode=exp.modes[0], objectives=tuple(exp.metrics[1:]),
                      run_id=uuid.uuid4().hex, trials_root=ray_path)
-    # the arrays go to the object store once; every trial on a node maps the same copy
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
-    if exp.search.fuse:  # several configurations per Ray trial, each a trial in the tables (tuner.search.fused)
+    if exp.search.fuse:
         from tuner.search import fused
 
-        trainable = fused.trainable(exp, data, spec, resources, rung_scores(exp, run_dir) if resume else {})
+        return fused.trainable(exp, data, spec, resources, rung_scores(exp, run_dir) if resume else {})
+    # the arrays go to the object store once; every trial on a node maps the same copy
+    return tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
+
+
+def _watchers(exp: Experiment, exp_dir: Path, results: Path, extra: list, verbose: bool,
+              say: Callable[[str], None]) -> tuple:
+    """The callbacks that watch the search: the live tables, the study recorder (after the tables: it records
+    their rows), the caller's (tracking: MLflow, W&B), the console; Ray's own output with --verbose."""
+    from tuner.search import console, live, searchers, study
+    from tuner.search.trainable import final_failures_callback
+
     # Ray snapshots the experiment (trial states, the searcher) every 10 s by default; a driver killed
     # between two snapshots loses what happened since. The snapshot is small, so take it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    # --- watching the search (tuner.search): console, live tables, the study; Ray's own output with --verbose
-    from tuner.search import console, live, searchers, study
-
     console.quiet_ray(verbose)
     live_results = live.LiveResults(exp, exp_dir)
     recorder = [] if searchers.uses_optuna(exp) else [study.StudyRecorder(exp, exp_dir, live_results)]
-    extra, callbacks = list(callbacks), [live_results] + recorder  # the recorder after the live tables: it records their rows
-    callbacks += extra  # the caller's (tuner.search.tracking: MLflow, W&B)
+    callbacks = [live_results] + recorder + extra
     callbacks += [] if verbose else [console.Console(exp, say)]
     callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
-    callbacks = fused.callbacks(callbacks, live_results) if exp.search.fuse else callbacks
+    if exp.search.fuse:
+        from tuner.search import fused
+
+        callbacks = fused.callbacks(callbacks, live_results)
     console.header(exp, exp_dir, results, say)
-    # ---
-    if resume:
-        study.repair(exp, exp_dir, say)  # a damaged journal is rebuilt from the tables before anything reads it
-        # errored trials stay failed (a NaN comes back the same) unless --retry-failed, which reruns them
-        # from their last checkpoint; unfinished ones go on from their checkpoints
-        tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=retry_failed)
-        _continue_here(tuner, exp, exp_dir, ray_path, callbacks, verbose, say)
-    else:
-        tuner = _new_tuner(exp, exp_dir, trainable, callbacks, verbose)
-    t_fit = time.perf_counter()
-    with _signals_stop_tune():
-        grid = tuner.fit()
-    fit_s = time.perf_counter() - t_fit
-    # how long the search itself took, apart from data preparation and Ray start-up (read by benchmarks/),
-    # over every run of it: an interrupted one and each --resume add theirs
+    return live_results, callbacks
+
+
+def _tuner(exp: Experiment, exp_dir: Path, ray_path: str, trainable, callbacks: list, resume: bool,
+           retry_failed: bool, verbose: bool, say: Callable[[str], None]):
+    if not resume:
+        return _new_tuner(exp, exp_dir, trainable, callbacks, verbose)
+    from ray import tune
+
+    from tuner.search import study
+
+    study.repair(exp, exp_dir, say)  # a damaged journal is rebuilt from the tables before anything reads it
+    # errored trials stay failed (a NaN comes back the same) unless --retry-failed, which reruns them
+    # from their last checkpoint; unfinished ones go on from their checkpoints
+    tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed)
+    _continue_here(tuner, exp, exp_dir, ray_path, callbacks, verbose, say)
+    return tuner
+
+
+def _record_run(run_dir: RunDir, trials: int, fit_s: float, before_fit_s: float, data) -> None:
+    """run.json: how long the search itself took, apart from data preparation and Ray start-up (read by
+    benchmarks/), over every run of it: an interrupted one and each --resume add theirs."""
     before = _search_s_so_far(run_dir)
-    run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(before["search_s"] + fit_s, 3),
-                                          "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1,
+    run_dir.write_json(run_dir.run_json, {"trials": trials, "search_s": round(before["search_s"] + fit_s, 3),
+                                          "prepare_and_start_s": round(before_fit_s, 3), "runs": before["runs"] + 1,
                                           "smoke": before["smoke"], "prepare_s": round(data.stats.seconds, 3),
                                           "decode_s": round(data.stats.decode_s, 3), "decoded": data.stats.decoded,
                                           "images_bytes": data.stats.nbytes})
-    # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
-    interrupt.raise_received()
-    if exp.search.fuse:  # the members' rows, as the live tables hold them: Ray's grid holds the groups
+
+
+def _tables(exp: Experiment, grid, exp_dir: Path, live_results) -> tuple[int, dict | None]:
+    """trials.csv, epochs.csv and best.yaml; the number of trials. With search.fuse the members' rows, as the
+    live tables hold them (Ray's grid holds the groups)."""
+    if exp.search.fuse:
         from tuner.tables import write_tables
 
-        grid = list(live_results.done)
-        best = write_tables(exp, list(live_results.done.values()), exp_dir)
-    else:
-        best = write_results(exp, grid, exp_dir, live_results.results)
-    say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
-    study.reconcile(exp, exp_dir, say)  # the study ends equal to the tables, whatever faults came between
+        return len(live_results.done), write_tables(exp, list(live_results.done.values()), exp_dir)
+    return len(grid), write_results(exp, grid, exp_dir, live_results.results)
+
+
+def _failures(run_dir: RunDir, trials: int, say: Callable[[str], None]) -> pd.DataFrame:
     failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
     failed = failed[failed["status"] == "ERROR"]
     if len(failed):
-        say(f"{len(failed)} of {len(grid)} trials failed:")
+        say(f"{len(failed)} of {trials} trials failed:")
         for _, row in failed.iterrows():
             say(f"  {row['trial_id']}: {row['error']}")
-    return data, best, failed
+    return failed
 
 
 def _saved(exp: Experiment, ray_path: str) -> bool:
