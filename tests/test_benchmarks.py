@@ -17,6 +17,7 @@ def test_every_benchmark_is_listed_in_the_benchmarks_readme():
         assert f"`{name}.py`" in readme, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_quick_mode_runs(name, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")

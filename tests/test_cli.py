@@ -35,6 +35,7 @@ def searched(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_search_writes_the_contract_results_layout(searched):
     d = searched / "digits_cnn"
     for f in ["space.yaml", "trials.csv", "epochs.csv", "best.yaml", "split.npz", "plots/learning_curves.png",
@@ -46,6 +47,7 @@ def test_search_writes_the_contract_results_layout(searched):
     assert (searched / "comparison.md").is_file() and (searched / "comparison.csv").is_file()
 
 
+@pytest.mark.slow
 def test_trials_and_epochs_csv_have_contract_columns(searched):
     d = searched / "digits_cnn"
     trials = pd.read_csv(d / "trials.csv")
@@ -60,18 +62,21 @@ def test_trials_and_epochs_csv_have_contract_columns(searched):
     assert set(epochs["trial_id"]) == set(trials["trial_id"])
 
 
+@pytest.mark.slow
 def test_metrics_json_has_every_contract_key(searched):
     metrics = json.loads((searched / "digits_cnn" / "best" / "metrics.json").read_text())
     assert CONTRACT_METRICS <= set(metrics)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["num_test"] > 0
 
 
+@pytest.mark.slow
 def test_best_yaml_holds_whole_config_and_validation_metrics(searched):
     best = yaml.safe_load((searched / "digits_cnn" / "best.yaml").read_text())
     assert {"lr", "batch_size", "blocks", "pool"} <= set(best["config"])
     assert 0 <= best["metrics"]["val_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_split_indices_are_saved_and_disjoint(searched):
     split = np.load(searched / "digits_cnn" / "split.npz")
     sets = [set(split[k]) for k in ("train", "val", "test")]
@@ -79,6 +84,7 @@ def test_split_indices_are_saved_and_disjoint(searched):
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
 
 
+@pytest.mark.slow
 def test_best_export_then_load_predicts_numpy_and_pil(searched, tmp_path, capsys):
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -98,11 +104,13 @@ def test_best_export_then_load_predicts_numpy_and_pil(searched, tmp_path, capsys
     assert model.predict_proba(images[:3]).shape == (3, 10)
 
 
+@pytest.mark.slow
 def test_best_export_defaults_to_experiment_export_folder(searched):
     assert main(["best", "--results", str(searched), "--export"]) == 0
     assert (searched / "digits_cnn" / "export" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_list_shows_the_experiment(searched, capsys):
     assert main(["list", "--results", str(searched)]) == 0
     assert "digits_cnn" in capsys.readouterr().out

@@ -558,7 +558,6 @@ def test_a_truncated_cifar10_batch_names_the_file_and_says_to_download_again(tmp
         prepare(cfg("cifar10", root))
 
 
-@pytest.mark.slow
 def test_a_truncated_cifar10_batch_is_exit_2_and_one_line_from_the_cli(tmp_path, capsys, monkeypatch):
     from tuner.cli import main
 

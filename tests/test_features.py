@@ -106,6 +106,7 @@ def test_cifar10_features_space_validates_offline_and_search_names_the_missing_v
     assert len(err) == 1 and "vgg19" in err[0] and str(tmp_path / "hub") in err[0]
 
 
+@pytest.mark.slow
 def test_search_features_on_digits_from_the_command_line(tmp_path):
     space = tmp_path / "digits_features.yaml"
     space.write_text(

@@ -139,6 +139,7 @@ def test_missing_bundle_backbone_passes_validate_but_search_stops_before_ray(tmp
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_search_digits_knn_then_export_and_load(tmp_path, capsys):
     results = tmp_path / "results"
     assert main(["search", "--space", str(SPACES / "digits_knn.yaml"), "--smoke", "--results", str(results),

@@ -58,6 +58,7 @@ def _suite(tmp_path: Path) -> Path:
     return suite
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("smoke_before", [None, False])
 @pytest.mark.parametrize("how", ["again", "smoke", "suite"])
 def test_a_search_over_one_that_is_there_is_refused_naming_it_and_the_choices(tmp_path, capsys, how, smoke_before):
@@ -84,6 +85,7 @@ def test_a_warm_start_from_the_experiments_own_folder_is_refused_before_anything
     assert _snapshot(d) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_search_and_a_smoke_result_is_replaced_unasked(tmp_path, capsys):
     results = tmp_path / "results"
     d = _finished(results)
@@ -107,6 +109,7 @@ def test_a_search_refused_for_missing_data_leaves_no_folder_behind(tmp_path, cap
     assert "no finished experiment" in line and "--resume" not in line
 
 
+@pytest.mark.slow
 def test_a_search_refused_for_missing_data_leaves_an_earlier_search_as_it_was(tmp_path, capsys):
     results = tmp_path / "results"
     d = _finished(results)
@@ -127,6 +130,7 @@ def test_the_header_counts_every_point_of_a_grid():
     assert planned_trials(spaces.load(LINEAR, [])) == 12
 
 
+@pytest.mark.slow
 def test_a_grid_search_runs_the_trials_its_header_announced(tmp_path, capsys):
     space = tmp_path / "grid.yaml"
     space.write_text(yaml.safe_dump({

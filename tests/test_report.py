@@ -244,6 +244,7 @@ def suite_results(tmp_path_factory) -> Path:
     return results
 
 
+@pytest.mark.slow
 def test_suite_writes_one_comparison_with_an_ensemble_row(suite_results):
     df = pd.read_csv(suite_results / "comparison.csv")
     assert list(df.columns) == CONTRACT_COLUMNS
@@ -260,6 +261,7 @@ def test_suite_writes_one_comparison_with_an_ensemble_row(suite_results):
         _png_ok(suite_results / exp / "best" / "curves.png")
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_mean_of_the_members_probabilities(suite_results):
     import tuner
     from tuner.data import prepare
@@ -279,6 +281,7 @@ def test_ensemble_is_the_mean_of_the_members_probabilities(suite_results):
     _png_ok(suite_results / "dsuite_ensemble" / "best" / "confusion_matrix.png", min_w=300, min_h=300)
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_members_tested_on_other_images(suite_results, tmp_path):
     import shutil
 

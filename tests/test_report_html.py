@@ -143,6 +143,7 @@ def searched(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_a_search_writes_a_self_contained_report(searched):
     d = searched / "digits_cnn"
     text = (d / "report.html").read_text()
@@ -156,6 +157,7 @@ def test_a_search_writes_a_self_contained_report(searched):
     assert str((d / "best" / "model.pt").resolve()) in text
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_the_report_opens_in_chromium_with_no_request_outside_its_folder(searched, tmp_path):
     d = searched / "digits_cnn"
@@ -169,6 +171,7 @@ def test_the_report_opens_in_chromium_with_no_request_outside_its_folder(searche
     assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) == 2  # --smoke: 2 trials
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_compare_html_is_a_page_that_links_each_report(searched, tmp_path, capsys):
     assert main(["compare", "--results", str(searched), "--format", "html"]) == 0
@@ -180,6 +183,7 @@ def test_compare_html_is_a_page_that_links_each_report(searched, tmp_path, capsy
     assert seen["state"]["links"] == ["digits_cnn/report.html"]
 
 
+@pytest.mark.slow
 def test_tuner_report_rewrites_the_page_and_best_prints_the_test_metrics(searched, capsys):
     d = searched / "digits_cnn"
     (d / "report.html").unlink()
@@ -213,6 +217,7 @@ def test_the_comparison_printed_to_a_terminal_fits_120_columns_and_the_file_keep
     assert shown[-1] == f"({len(COMPARISON_COLUMNS) - head.count('|') + 1} more columns in {tmp_path / 'comparison.md'})"
 
 
+@pytest.mark.slow
 def test_the_optuna_study_names_its_objectives_for_the_dashboard(searched):
     # the same search, through the Optuna searcher: optuna-dashboard labels each value by its metric
     import optuna

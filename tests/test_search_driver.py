@@ -74,6 +74,7 @@ def test_bad_storage_dead_address_and_nothing_to_resume_are_user_errors(tmp_path
 
 
 # --------------------------------------------------------------------------- failed trials
+@pytest.mark.slow
 def test_nan_loss_fails_one_trial_and_the_search_still_retrains_the_best(tmp_path, results, capsys):
     space = tmp_path / "nan.yaml"
     space.write_text(yaml.safe_dump({
@@ -100,6 +101,7 @@ def test_nan_loss_fails_one_trial_and_the_search_still_retrains_the_best(tmp_pat
     assert yaml.safe_load((results / "nan" / "space.yaml").read_text())["storage"] == str(storage)
 
 
+@pytest.mark.slow
 def test_a_search_whose_every_trial_fails_exits_2_naming_the_reason(tmp_path, results, capsys):
     space = tmp_path / "allnan.yaml"
     space.write_text(yaml.safe_dump({
@@ -112,6 +114,7 @@ def test_a_search_whose_every_trial_fails_exits_2_naming_the_reason(tmp_path, re
     assert pd.read_csv(results / "allnan" / "trials.csv")["status"].tolist() == ["ERROR"]
 
 
+@pytest.mark.slow
 def test_pbt_runs_smoke_on_digits(results):
     rc = cli.main(["search", "--space", str(SPACES / "digits_pbt.yaml"), "--smoke", "--results", str(results),
                    "--no-dashboard"])
@@ -202,6 +205,7 @@ def _check_dashboard_is_private(printed: str) -> None:
             socket.create_connection((node_ip, int(port)), timeout=5).close()
 
 
+@pytest.mark.slow
 def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_optuna_history(results):
     _shutdown_ray()  # the subprocess starts its own Ray
     max_epochs, samples = 4, 3
@@ -276,6 +280,7 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
 
 
 # --------------------------------------------------------------------------- a cluster
+@pytest.mark.slow
 def test_two_node_cluster_runs_trials_on_both_nodes(results):
     import ray
     from ray.cluster_utils import Cluster

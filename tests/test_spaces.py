@@ -356,6 +356,7 @@ def test_fuzz_random_space_files_exit_0_or_2_never_a_traceback(tmp_path_factory)
     check()
 
 
+@pytest.mark.slow  # hundreds of validations: tens of seconds, though no Ray
 def test_fuzz_random_set_overrides_exit_0_or_2_never_a_traceback(tmp_path_factory):
     import yaml
     from hypothesis import given, settings

@@ -169,6 +169,7 @@ def test_transfer_bundle_and_onnx_of_a_timm_model(hub, tmp_path):
     assert json.loads((folder / "preprocessing.json").read_text())["class_names"] == list(data.class_names)
 
 
+@pytest.mark.slow
 def test_search_transfer_and_knn_with_timm_backbones_end_to_end(hub, tmp_path):
     """One suite through the CLI and Ray: transfer (frozen and fine-tuned) and knn on a timm backbone, both
     from the weights file the test wrote; then the export loads."""

@@ -67,6 +67,7 @@ def tracked(mlflow_server, tmp_path_factory):
     return d, mlflow_server
 
 
+@pytest.mark.slow
 def test_every_trial_is_an_mlflow_run_under_one_parent(tracked):
     from mlflow.tracking import MlflowClient
 
@@ -100,6 +101,7 @@ def test_every_trial_is_an_mlflow_run_under_one_parent(tracked):
     assert {"space.yaml", "trials.csv", "best.yaml", "report.html"} <= names
 
 
+@pytest.mark.slow
 def test_the_retrained_model_is_registered_with_its_signature_and_predicts_as_tuner_load(tracked):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -147,6 +149,7 @@ def _wandb_records(run_dir: Path) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_every_trial_is_an_offline_wandb_run_and_the_search_holds_the_model(tracked):
     d, _ = tracked
     runs = {}

@@ -234,6 +234,7 @@ def test_every_shipped_transfer_space_is_covered_here():
                                     "stl10_mobilenet_frozen.yaml", "stl10_mobilenet_finetune.yaml"}
 
 
+@pytest.mark.slow
 def test_every_transfer_space_runs_smoke_on_an_image_folder(folder, tmp_path):
     # cars_scratch and stl10_mobilenet_frozen run (with retrain and export) in the export-chain test below;
     # the others run here as one suite: one command, one Ray start-up
@@ -248,6 +249,7 @@ def test_every_transfer_space_runs_smoke_on_an_image_folder(folder, tmp_path):
         assert trials.count("TERMINATED") == 2 and "ERROR" not in trials, name
 
 
+@pytest.mark.slow
 def test_export_chain_fine_tune_export_then_transfer_frozen_to_another_folder(folder, tmp_path):
     import tuner
 
