@@ -89,7 +89,8 @@ def study_matches_tables():
         import yaml
 
         name = yaml.safe_load((exp_dir / "space.yaml").read_text())["name"]
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal")))
+        backend = optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+        storage = optuna.storages.JournalStorage(backend)
         journal = [t for t in optuna.load_study(study_name=name, storage=storage).trials
                    if not t.user_attrs.get("warm_start")]
         trials = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")

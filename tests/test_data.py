@@ -320,7 +320,8 @@ def _noise_like(path: Path, seed: int) -> None:
     """Overwrite an image with noise of the same size and format, keeping its name."""
     with Image.open(path) as im:
         size, fmt = im.size, im.format
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
 
 
 def test_changed_added_and_removed_images_reach_the_next_prepare_and_an_unchanged_folder_is_not_decoded_again(tmp_path):
@@ -544,7 +545,8 @@ def test_a_hostile_cifar10_file_is_refused_and_runs_nothing(tmp_path, name):
     made = tmp_path / "pwned"
     (root / "cifar-10-batches-py" / name).write_bytes(pickle.dumps({"data": _MakesAFile(made), "labels": []},
                                                                     protocol=2))
-    with pytest.raises(UserError, match=rf"{name} is not a CIFAR-10 file: it asks to run \S+ when read.*nothing was run"):
+    says = rf"{name} is not a CIFAR-10 file: it asks to run \S+ when read.*nothing was run"
+    with pytest.raises(UserError, match=says):
         prepare(cfg("cifar10", root))
     assert not made.exists()
 

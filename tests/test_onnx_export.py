@@ -69,7 +69,8 @@ def test_cnn_onnx_predicts_what_tuner_load_predicts(digits, tmp_path):
 
 
 def test_mlp_and_linear_export_too(digits, tmp_path):
-    assert_onnx_matches_load(trained_bundle(tmp_path / "mlp", "mlp", {"hidden": [32], "batchnorm": True}, digits), digits)
+    bundle = trained_bundle(tmp_path / "mlp", "mlp", {"hidden": [32], "batchnorm": True}, digits)
+    assert_onnx_matches_load(bundle, digits)
     assert_onnx_matches_load(trained_bundle(tmp_path / "lin", "linear", {"lr": 1e-2}, digits), digits)
 
 

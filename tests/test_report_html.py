@@ -214,7 +214,8 @@ def test_the_comparison_printed_to_a_terminal_fits_120_columns_and_the_file_keep
     head = shown[0]
     for col in ("experiment", "family", "accuracy", "loss", "f1_macro", "num_params"):
         assert f" {col} " in head, head
-    assert shown[-1] == f"({len(COMPARISON_COLUMNS) - head.count('|') + 1} more columns in {tmp_path / 'comparison.md'})"
+    more = len(COMPARISON_COLUMNS) - head.count('|') + 1
+    assert shown[-1] == f"({more} more columns in {tmp_path / 'comparison.md'})"
 
 
 @pytest.mark.slow

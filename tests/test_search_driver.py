@@ -255,7 +255,8 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
     time.sleep(1)
     assert 0 < len(before) < samples or any(n < max_epochs for n in before.values())
 
-    r = subprocess.run(args + ["--resume", "--no-dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(args + ["--resume", "--no-dashboard"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
 
     trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})

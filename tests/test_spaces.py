@@ -331,7 +331,8 @@ def _strategies():
                           max_leaves=16)
     # mostly mappings shaped like a space file, sometimes anything at all
     docs = st.fixed_dictionaries({"family": st.sampled_from(words) | values},
-                                 optional={k: values for k in sorted(spaces.TOP_KEYS | spaces.SUITE_KEYS) if k != "family"}) | values
+                                 optional={k: values for k in sorted(spaces.TOP_KEYS | spaces.SUITE_KEYS)
+                                           if k != "family"}) | values
     return st, values, docs
 
 

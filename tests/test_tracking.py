@@ -86,7 +86,8 @@ def test_every_trial_is_an_mlflow_run_under_one_parent(tracked):
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED" and run.data.tags["tuner.status"] == "completed"
         row = table[table["trial_id"] == run.info.run_name].iloc[0]
-        assert float(run.data.params["lr"]) == pytest.approx(row["lr"]) and run.data.params["batch_size"] == str(row["batch_size"])
+        assert float(run.data.params["lr"]) == pytest.approx(row["lr"])
+        assert run.data.params["batch_size"] == str(row["batch_size"])
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         mine = epochs[epochs["trial_id"] == run.info.run_name]
         assert [m.step for m in history] == list(mine["epoch"])

@@ -493,7 +493,8 @@ def read_yaml(path: Path) -> dict:
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a space file is a YAML mapping (name:, family:, space:, ...), got {type(raw).__name__}")
+        raise UserError(f"{path}: a space file is a YAML mapping (name:, family:, space:, ...), "
+                        f"got {type(raw).__name__}")
     return raw
 
 
@@ -794,7 +795,8 @@ def _validate_tree(family, constants: dict, searched: dict, file: str, where: st
             continue
         for opt, sub in node.options:
             here = f"{file}: {where}.{k}.choice.{opt}"
-            consts = {**constants, k: opt, **{n: v for n, v in sub.items() if not isinstance(v, (Distribution, Conditional))}}
+            fixed = {n: v for n, v in sub.items() if not isinstance(v, (Distribution, Conditional))}
+            consts = {**constants, k: opt, **fixed}
             _validate_tree(family, consts, {n: v for n, v in sub.items() if isinstance(v, (Distribution, Conditional))},
                            here, where)
 

@@ -121,7 +121,8 @@ def prepare(cfg, cache_dir=None, progress: bool = True) -> ImageData:
     used = np.unique(np.concatenate(list(parts.values())))
     locals_ = {k: used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j] for j, k in enumerate(shipped)}
     # everything that will be written, against the free space, before the first byte is
-    entries = {k: plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size) for k, local in locals_.items() if len(local)}
+    entries = {k: plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size)
+               for k, local in locals_.items() if len(local)}
     check_space(sum(e.nbytes for e in entries.values() if e is not None and not e.built), cache_dir)
     if cache_dir is not None:  # the images used are also copied into memory (without a cache: checked above)
         check_memory(sum(len(locals_[k]) * e.size * e.size * e.channels for k, e in entries.items() if e is not None))

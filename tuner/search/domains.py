@@ -107,7 +107,8 @@ def optuna_params(space: dict, config: dict, prefix: str = "") -> tuple[dict, di
             if enc is None:
                 return None
             params[name], dists[name] = enc, _distribution(Distribution("choice", opts))
-            branch = {n: v for n, v in dict(node.options)[config[k]].items() if isinstance(v, (Distribution, Conditional))}
+            branch = {n: v for n, v in dict(node.options)[config[k]].items()
+                      if isinstance(v, (Distribution, Conditional))}
             sub = optuna_params(branch, config, f"{name}.{config[k]}.")
             if sub is None:
                 return None

@@ -224,7 +224,8 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     console.quiet_ray(verbose)
     live_results = live.LiveResults(exp, exp_dir)
     recorder = [] if searchers.uses_optuna(exp) else [study.StudyRecorder(exp, exp_dir, live_results)]
-    extra, callbacks = list(callbacks), [live_results] + recorder  # the recorder after the live tables: it records their rows
+    # the recorder after the live tables: it records their rows
+    extra, callbacks = list(callbacks), [live_results] + recorder
     callbacks += extra  # the caller's (tuner.search.tracking: MLflow, W&B)
     callbacks += [] if verbose else [console.Console(exp, say)]
     callbacks += [final_failures_callback()] if exp.max_failures != 0 else []
@@ -361,7 +362,8 @@ class EndedTrials(Stopper):
         if not run_dir.trials.is_file():
             return cls({})
         trials = run_dir.read_trials()
-        done = trials[(trials["status"] == "TERMINATED") & (trials["epochs"] > 0)] if "epochs" in trials else trials[0:0]
+        done = (trials[(trials["status"] == "TERMINATED") & (trials["epochs"] > 0)] if "epochs" in trials
+                else trials[0:0])
         return cls({str(t): int(e) for t, e in zip(done["trial_id"], done["epochs"])})
 
     def __call__(self, trial_id: str, result: dict) -> bool:
