@@ -111,3 +111,25 @@ def study_matches_tables():
             mine = epochs[epochs["trial_id"] == tid]
             assert t.intermediate_values == _pytest.approx(dict(zip(mine["epoch"], mine["val_accuracy"]))), tid
     return check
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory) -> Path:
+    """One real smoke search of search_spaces/digits_cnn.yaml (2 trials, 1 epoch) with two objectives
+    (val_accuracy up, num_params down: so there is a Pareto front), retrained and tested: its results folder,
+    shared by every test that reads a finished experiment and is not about the search itself. Read only: a
+    test that writes in it (export, report, compare) takes `finished_copy`."""
+    from tuner.cli import main
+
+    results = tmp_path_factory.mktemp("finished") / "results"
+    code = main(["search", "--space", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--smoke", "--results",
+                 str(results), "--no-dashboard", "--set", "metric=[val_accuracy, num_params]",
+                 "--set", "mode=[max, min]"])
+    assert code == 0
+    return results
+
+
+@pytest.fixture()
+def finished_copy(finished_search: Path, tmp_path: Path) -> Path:
+    """`finished_search` copied into this test's own folder, to write in."""
+    return Path(shutil.copytree(finished_search, tmp_path / "results", symlinks=True))

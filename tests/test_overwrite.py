@@ -58,7 +58,6 @@ def _suite(tmp_path: Path) -> Path:
     return suite
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("smoke_before", [None, False])
 @pytest.mark.parametrize("how", ["again", "smoke", "suite"])
 def test_a_search_over_one_that_is_there_is_refused_naming_it_and_the_choices(tmp_path, capsys, how, smoke_before):
@@ -109,7 +108,6 @@ def test_a_search_refused_for_missing_data_leaves_no_folder_behind(tmp_path, cap
     assert "no finished experiment" in line and "--resume" not in line
 
 
-@pytest.mark.slow
 def test_a_search_refused_for_missing_data_leaves_an_earlier_search_as_it_was(tmp_path, capsys):
     results = tmp_path / "results"
     d = _finished(results)
