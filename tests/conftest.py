@@ -1,4 +1,5 @@
-"""Shared test set-up: a private cache folder, Ray without a dashboard, one Ray instance per session."""
+"""Shared test set-up: a private cache folder, Ray without a dashboard, one Ray instance per session, the
+check that only tests marked `slow` start Ray, and one finished search shared by the tests that read one."""
 from __future__ import annotations
 
 import os
@@ -26,6 +27,13 @@ _RAY_TMPDIR = os.environ.get("RAY_TMPDIR")
 def _ray_in_process() -> bool:
     ray = sys.modules.get("ray")  # never imported just to ask
     return bool(ray and ray.is_initialized())
+
+
+def pytest_collection_modifyitems(items):
+    """The quick tests first, then the slow ones (a stable sort: each keeps its order): the quick feedback
+    comes first, and no quick test runs after a slow one left its Ray in this process, where an unmarked
+    in-process search would reuse it unseen by the check below."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
 
 
 @pytest.hookimpl(tryfirst=True)
