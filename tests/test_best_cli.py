@@ -227,7 +227,7 @@ def test_best_on_an_unreadable_trials_csv_exits_2_with_lists_message_and_prints_
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {trials}: cannot be read ("), err
     assert "--resume" in lines[0] and "Traceback" not in err
-    # the same words `list` warns with when it leaves that experiment out (README: list skips it, best exits 2)
+    # the same words `list` warns with when it leaves that experiment out (docs/using.md: list skips it, best exits 2)
     assert main(["list", "--results", str(written)]) == 0
     warning = capsys.readouterr().err.strip()
     assert warning == f"warning: {lines[0].removeprefix('error: ')}; digits_linear not listed"

@@ -113,7 +113,7 @@ def test_a_bundle_reloaded_on_either_device_predicts_within_the_stated_tolerance
     save_bundle(tmp_path / "model.pt", exp, CNN, learner, digits)
     for device in ("cpu", "cuda"):
         p = load(tmp_path, device=device).learner.predict_proba(digits.x_test)
-        assert np.abs(p - tested).max() <= 1e-3, device  # README: "within 1e-3 on each probability"
+        assert np.abs(p - tested).max() <= 1e-3, device  # docs/running.md: "within 1e-3 on each probability"
 
 
 def test_a_trials_first_epoch_is_within_1_5x_a_steady_epoch_plus_2_s():
