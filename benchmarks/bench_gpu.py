@@ -165,7 +165,7 @@ def plain_inference(frozen, x, device) -> float:
 
 def search_seconds(device_set: list[str], quick: bool, results: Path) -> float:
     cmd = [sys.executable, "-m", "tuner", "search", "--space", str(ROOT / "search_spaces" / "digits_cnn.yaml"),
-           "--results", str(results), "--no-dashboard", "--no-retrain", "--name", "bench_gpu_digits"]
+           "--results", str(results), "--no-dashboard", "--no-retrain", "--name", "bench_gpu_digits", "--overwrite"]
     cmd += ["--smoke"] if quick else []
     for s in device_set:
         cmd += ["--set", s]

@@ -68,7 +68,7 @@ def measure(trials: int, epochs: int, concurrent: int, tmp: Path) -> dict:
     exp = spaces.parse_experiment(space(trials, epochs, concurrent))
     data = prepare(exp.dataset, progress=False)
     plain = plain_loop(exp, data)
-    exp_dir = run_search(exp, tmp, retrain=False, dashboard=False, say=lambda m: None)
+    exp_dir = run_search(exp, tmp, retrain=False, dashboard=False, say=lambda m: None, overwrite=True)
     search_s = json.loads((exp_dir / "run.json").read_text())["search_s"]
     ray_sum = float(pd.read_csv(exp_dir / "trials.csv")["time_s"].sum())
     return {"trials": len(plain), "plain_sum_s": sum(plain), "search_s": search_s, "ray_trial_sum_s": ray_sum}

@@ -207,7 +207,7 @@ def tuner_cli(overrides: list[str], results: Path) -> dict:
     import pandas as pd
 
     cmd = [sys.executable, "-m", "tuner", "search", "--space", str(SPACE), "--results", str(results),
-           "--no-dashboard"] + [a for kv in overrides for a in ("--set", kv)]
+           "--no-dashboard", "--overwrite"] + [a for kv in overrides for a in ("--set", kv)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

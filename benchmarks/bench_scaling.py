@@ -43,7 +43,7 @@ def main(argv=None) -> pd.DataFrame:
         for concurrent in (1, 2):
             for n in sizes:
                 exp = spaces.parse_experiment(raw_space(n, concurrent, epochs))
-                exp_dir = run_search(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None)
+                exp_dir = run_search(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None, overwrite=True)
                 run = json.loads((exp_dir / "run.json").read_text())
                 trials = pd.read_csv(exp_dir / "trials.csv")
                 compute = float(trials["time_s"].sum())

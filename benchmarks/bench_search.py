@@ -82,7 +82,7 @@ def main(argv=None) -> pd.DataFrame:
                        "search": {**raw["search"], "seed": seed}, "fixed": {**raw.get("fixed", {}), "seed": seed}}
                 exp = spaces.parse_experiment(raw)
                 t0 = time.perf_counter()
-                exp_dir = run_search(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None)
+                exp_dir = run_search(exp, Path(tmp), retrain=False, dashboard=False, say=lambda m: None, overwrite=True)
                 wall = time.perf_counter() - t0
                 runs.append((name, seed, epochs_in_order(exp_dir), wall))
     target = max(float(r[2]["val_accuracy"].max()) for r in runs) - 0.005

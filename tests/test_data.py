@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -215,6 +216,45 @@ def test_imagefolder_with_train_val_test_folders_uses_them_as_official_splits(tm
     data = prepare(cfg("imagefolder", tmp_path / "f", image_size=16, split=SplitConfig(val=0.25, test=0.25)),
                    cache_dir=tmp_path / "c")
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (18, 9, 9)
+
+
+# --------------------------------------------------------------------------- one copy, shared
+def test_every_part_is_a_memory_map_of_the_cache_and_pickles_as_its_path(tmp_path):
+    """What Ray's object store gets for the trials: paths, not pixels (a Cars-sized set was 2.4 GB there and
+    again in the driver); a trial maps the same files. For a cluster (`by_path=False`) the pixels travel."""
+    x, y = digit_images(n_per_class=20)
+    for split, part in (("train", slice(0, None, 2)), ("test", slice(1, None, 2))):
+        write_class_folders(tmp_path / "f" / split, x[part], y[part])
+    conf = cfg("imagefolder", tmp_path / "f", image_size=32, split=SplitConfig(val=0.25, test="official"))
+    d = prepare(conf, cache_dir=tmp_path / "c")
+    # val carved out of train/: train and val are files of their own; test/ is its whole cache entry
+    files = {k: str(getattr(d, f"x_{k}").filename) for k in ("train", "val", "test")}
+    assert len(set(files.values())) == 3 and "parts" in files["train"] and "parts" in files["val"]
+    sent = pickle.dumps(d, protocol=5)
+    assert len(sent) < 10_000 < d.x_train.nbytes
+    back = pickle.loads(sent)
+    for k in ("train", "val", "test"):
+        a = getattr(back, f"x_{k}")
+        assert isinstance(a, np.memmap) and str(a.filename) == files[k] and np.array_equal(a, getattr(d, f"x_{k}"))
+        assert np.array_equal(getattr(back, f"y_{k}"), getattr(d, f"y_{k}"))
+    # the same set again: the parts are found, not written again
+    again = prepare(conf, cache_dir=tmp_path / "c")
+    assert again.key == d.key and again.stats.decoded == 0 and str(again.x_train.filename) == files["train"]
+    far = prepare(conf, cache_dir=tmp_path / "c", by_path=False)
+    sent = pickle.dumps(far, protocol=5)
+    assert len(sent) > far.x_train.nbytes + far.x_val.nbytes + far.x_test.nbytes
+    back = pickle.loads(sent)
+    assert not isinstance(back.x_train, np.memmap) and np.array_equal(back.x_train, d.x_train)
+
+
+def test_a_slice_of_a_mapped_part_pickles_as_pixels_not_as_the_whole_file(tmp_path):
+    x, y = digit_images(n_per_class=6)
+    d = prepare(cfg("imagefolder", write_class_folders(tmp_path / "f", x, y), image_size=16), cache_dir=tmp_path / "c")
+    import dataclasses
+
+    half = dataclasses.replace(d, x_train=d.x_train[: len(d.x_train) // 2])
+    back = pickle.loads(pickle.dumps(half))
+    assert np.array_equal(back.x_train, d.x_train[: len(d.x_train) // 2])
 
 
 # --------------------------------------------------------------------------- splits
@@ -598,18 +638,26 @@ def test_needed_space_is_compared_with_the_real_free_disk_and_memory(tmp_path):
         check_space(available_memory() + 10**10, None)
 
 
-def test_images_that_fit_the_disk_cache_but_not_memory_are_refused_before_decoding(tmp_path, monkeypatch):
+def test_images_larger_than_memory_run_from_the_cache_on_one_machine_and_are_refused_before_decoding_for_a_cluster(
+        tmp_path, monkeypatch, capsys):
     from tuner.data import cache
 
     x, y = digit_images(n_per_class=2)
     root = write_class_folders(tmp_path / "f", x, y)  # 6 images: 6 x 64 x 64 x 3 bytes = 73,728 at 64 px
     # the machine's real free memory stands in for a small one: what prepare() reads through available_memory
     monkeypatch.setattr(cache, "available_memory", lambda: 60_000)
-    with pytest.raises(UserError, match=r"decoded images need 0\.1 MB of memory, 0\.1 MB available: lower"):
-        prepare(cfg("imagefolder", root, image_size=64), cache_dir=tmp_path / "c")
+    # trials on other machines get the arrays through Ray's object store: they must fit, checked first
+    says = (r"decoded images need 0\.1 MB of memory, 0\.1 MB available \(trials on a "
+            r"cluster .*\): lower dataset.image_size or set dataset.limit, or search on one")
+    with pytest.raises(UserError, match=says):
+        prepare(cfg("imagefolder", root, image_size=64), cache_dir=tmp_path / "c", by_path=False)
     assert not list((tmp_path / "c").rglob("*.npy"))  # refused before the cache was written
-    monkeypatch.setattr(cache, "available_memory", lambda: 80_000)
-    assert prepare(cfg("imagefolder", root, image_size=64), cache_dir=tmp_path / "c").x_train.shape[1:] == (64, 64, 3)
+    assert "decoding" not in capsys.readouterr().err
+    # on one machine the parts are memory maps of the cache: larger than memory is slower, not refused
+    d = prepare(cfg("imagefolder", root, image_size=64), cache_dir=tmp_path / "c")
+    assert "more than the free memory" in capsys.readouterr().err
+    assert all(isinstance(a, np.memmap) for a in (d.x_train, d.x_val, d.x_test))
+    assert d.x_train.shape[1:] == (64, 64, 3)
 
 
 def test_a_cache_larger_than_the_free_disk_is_refused_before_a_byte_is_written(tmp_path):
@@ -705,3 +753,21 @@ def test_a_tree_without_images_is_given_up_after_a_bounded_walk(tmp_path, monkey
     x, y = digit_images(n_per_class=4)
     write_class_folders(tmp_path / "t", x, y, names=("bin", "lib", "share"))  # images after 30 text files
     assert len(prepare(cfg("imagefolder", tmp_path / "t", image_size=8), cache_dir=None).class_names) == 3
+
+
+def test_decoding_and_embedding_show_progress_and_say_what_they_took(tmp_path, capsys):
+    import torch.nn as nn
+
+    from tuner import embeddings
+    from tuner.engine import Preprocess
+
+    x, y = digit_images(n_per_class=10)
+    d = prepare(cfg("imagefolder", write_class_folders(tmp_path / "f", x, y), image_size=16), cache_dir=tmp_path / "c")
+    assert "decoding imagefolder train at 16px: 100%|" in capsys.readouterr().err
+    pre = Preprocess(d.mean, d.std, 3)
+    embeddings.cached(d, "flat", nn.Flatten(), pre, cache_dir=tmp_path / "c", progress=True)
+    err = capsys.readouterr().err
+    assert "embedding train: 100%|" in err and "embedding test: 100%|" in err
+    assert re.search(r"embedded 30 images in [\d.]+ s \(\d+ img/s\) -> ", err)
+    embeddings.cached(d, "flat", nn.Flatten(), pre, cache_dir=tmp_path / "c", progress=True)
+    assert "embedding" not in capsys.readouterr().err  # cached: nothing to show

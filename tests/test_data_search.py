@@ -80,3 +80,29 @@ def test_second_experiment_on_the_same_folder_reuses_the_cache(tmp_path, capsys)
     assert set(cache.glob("*/images.npy")) - before == built and next(iter(built)).stat().st_mtime_ns == mtime
     trials = pd.read_csv(tmp_path / "r" / "imagefolder" / "trials.csv")
     assert (trials["status"] == "TERMINATED").all() and np.isfinite(trials["val_accuracy"]).all()
+
+
+@pytest.mark.slow
+def test_a_set_larger_than_the_memory_tuner_may_use_searches_from_the_cache_and_is_decoded_once(
+        tmp_path, capsys, monkeypatch):
+    import json
+
+    from tuner.data import cache
+
+    x, y = digit_images(n_per_class=10, size=20)
+    for split, part in (("train", slice(0, None, 2)), ("test", slice(1, None, 2))):
+        write_class_folders(tmp_path / "data" / split, x[part], y[part])
+    # 30 images at 48 px are 207 KB decoded: a 100 KB machine holds less than the set
+    monkeypatch.setattr(cache, "available_memory", lambda: 100_000)
+    assert search(tmp_path / "data", tmp_path / "r", "imagefolder", "--set", "dataset.image_size=48",
+                  "--set", "dataset.split.test=official", "--set", "search.max_concurrent=1") == 0
+    captured = capsys.readouterr()
+    assert "more than the free memory (0.1 MB): trials read them from the cache" in captured.err
+    # each shipped split decoded once, by the driver: not again by the trials nor by the retrain
+    assert captured.err.count("decoding imagefolder train at 48px: 100%") == 1
+    assert captured.err.count("decoding imagefolder test at 48px: 100%") == 1
+    run = json.loads((tmp_path / "r" / "imagefolder" / "run.json").read_text())
+    assert run["decoded"] == 30 and run["images_bytes"] == 30 * 48 * 48 * 3
+    trials = pd.read_csv(tmp_path / "r" / "imagefolder" / "trials.csv")
+    assert (trials["status"] == "TERMINATED").all() and np.isfinite(trials["val_accuracy"]).all()
+    assert (tmp_path / "r" / "imagefolder" / "best" / "model.pt").is_file()

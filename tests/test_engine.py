@@ -134,3 +134,31 @@ def test_a_cnn_trains_channels_last_on_the_cpu_as_the_contiguous_model_predicts_
     assert get_family("mlp").learner({"hidden": [16]}, rgb).inputs(images, train=False).is_contiguous()
     assert get_family("cnn").learner({"channels": 8}, rgb).inputs(images, train=False).is_contiguous(
         memory_format=torch.channels_last)
+
+
+def test_splits_placed_on_a_device_are_kept_for_the_next_trial_on_the_same_data():
+    # a reused actor's next trial finds the splits on the GPU instead of uploading them again while the GPU
+    # waits; another data set replaces them. (Where the splits go is a GPU matter; the keeping is tested here.)
+    from tuner import engine
+
+    engine._RESIDENT.clear()
+    made = []
+
+    def upload():
+        made.append(1)
+        return [torch.zeros(2)]
+
+    first = engine.resident(("data-a", "cuda"), upload)
+    assert engine.resident(("data-a", "cuda"), upload) is first and len(made) == 1
+    engine.resident(("data-b", "cuda"), upload)
+    assert len(made) == 2 and list(engine._RESIDENT) == [("data-b", "cuda")]
+    engine._RESIDENT.clear()
+
+
+def test_an_evaluation_batch_of_large_images_is_capped_by_bytes_never_below_the_training_batch():
+    from tuner.engine import EVAL_BATCH_BYTES, eval_batch_size
+
+    assert eval_batch_size(64, 28 * 28) == 256 and eval_batch_size(512) == 1024  # 4x, at most 1,024
+    big = eval_batch_size(256, 224 * 224 * 3)  # 1,024 would be 616 MB of float input
+    assert big * 224 * 224 * 3 * 4 <= EVAL_BATCH_BYTES < (big + 1) * 224 * 224 * 3 * 4
+    assert eval_batch_size(600, 224 * 224 * 3) == 600

@@ -143,9 +143,21 @@ def test_pbt_tables_keep_every_trials_own_epochs_and_perturbed_values_stay_in_th
     assert set(trials["status"]) == {"TERMINATED"}
     epochs = pd.read_csv(d / "epochs.csv", dtype={"trial_id": str})
     for tid, e in epochs.groupby("trial_id"):
-        assert e["epoch"].tolist() == list(range(1, 7)), (tid, e["epoch"].tolist())
+        ran = e["epoch"].tolist()
+        assert ran[0] == 1 and ran[-1] == 6 and ran == sorted(set(ran)), (tid, ran)
+        # a trial that copied one further ahead (trials run unevenly on a loaded machine) goes on from the
+        # copy's epoch: every gap is such a copy in Ray's policy log, and every epoch it ran is in the table
+        copies = _pbt_copies(d / "ray" / f"pbt_policy_{tid}.txt")
+        for before, after in zip(ran, ran[1:]):
+            assert after == before + 1 or (before, after - 1) in copies, (tid, ran, copies)
     assert trials["momentum"].between(0.5, 0.95).all() and trials["dropout"].between(0.0, 0.5).all()
     assert trials["lr"].between(1.0e-3, 1.0e-1).all()
+
+
+def _pbt_copies(policy: Path) -> set[tuple[int, int]]:
+    """(the trial's epoch, the copied trial's epoch) of each copy Ray's PBT logged for this trial."""
+    lines = policy.read_text().splitlines() if policy.is_file() else []
+    return {(int(p[2]), int(p[3])) for p in map(json.loads, lines)}
 
 
 def test_a_trials_history_keeps_the_epochs_rays_file_dropped_and_the_retried_epochs_second_result():
@@ -308,3 +320,41 @@ def test_two_node_cluster_runs_trials_on_both_nodes(results):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_a_search_the_time_budget_ends_before_any_trial_reports_names_the_budget(tmp_path, results, capsys):
+    # a trial's first epoch needs its actor started and torch imported, which takes longer than 1 s: the
+    # budget, not the space, is what left the search without a trial (the hint once said "a narrower lr range")
+    space = tmp_path / "budget.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "budget", "family": "cnn", "dataset": {"name": "digits"},
+        "search": {"algorithm": "random", "num_samples": 2, "time_budget": 1},
+        "scheduler": {"name": "fifo", "max_epochs": 50}, "space": {"lr": {"loguniform": [0.001, 0.01]}}}))
+    assert cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no trial finished" in last
+    assert "within search.time_budget (1 s" in last and "raise search.time_budget" in last
+    assert "narrower lr range" not in last
+
+
+@pytest.mark.slow
+def test_a_grid_with_a_warm_start_runs_it_and_the_whole_grid_on_tables_the_driver_made_with_progress(
+        tmp_path, results, capsys):
+    # Ray counts a point to evaluate as one of num_samples, and one grid sample is a whole pass: cars_knn.yaml's
+    # warm start used to be its only trial. The embeddings and neighbour tables are made before the trials,
+    # in the driver, with progress on the console (a trial's output does not reach it)
+    space = tmp_path / "g.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "g", "family": "knn", "dataset": {"name": "digits", "limit": 200},
+        "search": {"algorithm": "grid", "max_concurrent": 2, "warm_start": [{"k": 3, "metric": "cosine"}]},
+        "scheduler": {"name": "fifo", "max_epochs": 1},
+        "space": {"k": {"grid": [1, 3]}, "metric": {"grid": ["euclidean", "cosine"]}}}))
+    assert cli.main(["search", "--space", str(space), "--results", str(results), "--no-dashboard",
+                     "--no-retrain"]) == 0
+    trials = pd.read_csv(results / "g" / "trials.csv")
+    assert len(trials) == 5 and set(trials["status"]) == {"TERMINATED"}
+    captured = capsys.readouterr()
+    assert "embedding train" in captured.err and re.search(r"embedded \d+ images in", captured.err)
+    assert "neighbour table euclidean-none: " in captured.err and "neighbour table cosine: " in captured.err
+    assert "warm-up: knn's embeddings and tables ready" in captured.out

@@ -400,8 +400,12 @@ def extractor(arch: str, weights: str, info: DataInfo) -> tuple[nn.Module, int, 
     body = make_body(arch)
     load_weights(body, weights, "backbone weights")
     module = nn.Sequential(body.module, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    key = f"tv:{arch}:{weights_key(weights, arch=arch)}:gap:{norm_key(info)}"
-    return frozen(module), 3, key
+    return frozen(module), 3, extractor_key(arch, weights, info)
+
+
+def extractor_key(arch: str, weights: str, info: DataInfo) -> str:
+    """`extractor`'s key, without building the network (a file's stat, not its contents)."""
+    return f"tv:{arch}:{weights_key(weights, arch=arch)}:gap:{norm_key(info)}"
 
 
 def norm_key(info: DataInfo) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from tuner.atomic import writing
+from tuner.progress import note
 
 
 def cache_path(cache_dir: str | os.PathLike, data_key: str, extractor_key: str) -> Path:
@@ -33,14 +35,17 @@ def cache_path(cache_dir: str | os.PathLike, data_key: str, extractor_key: str) 
 
 
 def compute(extractor: Callable[[torch.Tensor], torch.Tensor], pre: Callable[[torch.Tensor], torch.Tensor],
-            images: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 256) -> np.ndarray:
+            images: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 256,
+            progress: str | None = None) -> np.ndarray:
     """uint8 NHWC images -> float32 (N, D) features. `pre` turns a uint8 batch on the device into model input.
 
     Always in float32 with TF32 off (`engine.precision(exact=True)`), on every device: see the module notes.
     On CUDA the input is channels-last, batches cross through pinned memory and the features come back
     into a pinned buffer without blocking, so the GPU is waited for once, at the end.
+    `progress`: a label for a progress bar on stderr (None: none).
     """
     from tuner.engine import precision, to_device
+    from tuner.progress import bar
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -48,7 +53,8 @@ def compute(extractor: Callable[[torch.Tensor], torch.Tensor], pre: Callable[[to
     out: torch.Tensor | None = None
     if cuda and isinstance(extractor, torch.nn.Module):
         extractor.to(memory_format=torch.channels_last)  # in place; the weights' layout only
-    with torch.inference_mode(), precision(device, exact=True):
+    shown = bar(n, progress or "", progress is not None)
+    with torch.inference_mode(), precision(device, exact=True), shown:
         for start in range(0, n, batch_size):
             x = pre(to_device(np.asarray(images[start:start + batch_size]), device))
             if cuda:
@@ -57,6 +63,7 @@ def compute(extractor: Callable[[torch.Tensor], torch.Tensor], pre: Callable[[to
             if out is None:
                 out = torch.empty((n, f.shape[1]), dtype=torch.float32, pin_memory=cuda)
             out[start:start + len(f)].copy_(f, non_blocking=cuda)
+            shown.update(len(f))
         if cuda:
             torch.cuda.synchronize(device)
     if out is None:
@@ -66,17 +73,24 @@ def compute(extractor: Callable[[torch.Tensor], torch.Tensor], pre: Callable[[to
 
 def cached(data, extractor_key: str, extractor: Callable, pre: Callable, device="cpu",
            cache_dir: str | os.PathLike | None = None, splits=("train", "val", "test"),
-           batch_size: int = 256) -> dict[str, np.ndarray]:
+           batch_size: int = 256, progress: bool = False) -> dict[str, np.ndarray]:
     """Features of each split of `data`, computed at most once per (data.key, extractor_key) on this machine.
 
     `extractor_key` must change whenever the features would (arch, weights file and its mtime, ...);
     `data.key` is a hash of the decoded images and splits (see `tuner.data.prepare`), and the device type
     is part of the key too (both embed in float32, yet a cache stays with the device type that wrote it, so
     GPU and CPU rounding never mix within one search). Without a cache_dir the features are computed and
-    kept in memory only.
+    kept in memory only. `progress`: a bar per split on stderr, and a line with the rate at the end.
     """
+    t0, done = time.perf_counter(), 0
+
+    def embed(s: str) -> np.ndarray:
+        nonlocal done
+        done += len(data.split(s)[1])
+        return compute(extractor, pre, data.split(s)[0], device, batch_size, f"embedding {s}" if progress else None)
+
     if cache_dir is None:
-        return {s: compute(extractor, pre, data.split(s)[0], device, batch_size) for s in splits}
+        return {s: embed(s) for s in splits}
     from filelock import FileLock
 
     folder = cache_path(cache_dir, data.key, f"{extractor_key}|{torch.device(device).type}")
@@ -89,8 +103,11 @@ def cached(data, extractor_key: str, extractor: Callable, pre: Callable, device=
             if f.is_file() and len(np.load(f, mmap_mode="r")) != n:
                 f.unlink()  # written for other images under the same key (a hand-edited cache): never reuse it
             if not f.is_file():
-                feats = compute(extractor, pre, data.split(s)[0], device, batch_size)
+                feats = embed(s)
                 with writing(f) as tmp:  # a reader never sees half a file
                     np.save(tmp, feats)
             out[s] = np.load(f, mmap_mode="r")
+    if done:
+        dt = time.perf_counter() - t0
+        note(f"embedded {done} images in {dt:.1f} s ({done / max(dt, 1e-9):.0f} img/s) -> {folder}", progress)
     return out

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tuner.errors import TrialFailed
+from tuner.progress import bar
 
 from tuner.types import Learner, Param, RunContext
 
@@ -122,6 +123,21 @@ def place(arrays: list, device: torch.device) -> list:
     return [_upload(a, device) for a in arrays]
 
 
+_RESIDENT: dict = {}  # (data key, device) -> the splits as `place` left them: one data set per process
+
+
+def resident(key: tuple, make: Callable[[], list]) -> list:
+    """The splits `make` places on the GPU, kept for the next trial in this process. Ray reuses a trial's
+    actor (reuse_actors) for the next trial, which trains on the same data: it finds them here instead of
+    copying them to the device again while the GPU waits. Another data set replaces them (one is kept)."""
+    if key not in _RESIDENT:
+        _RESIDENT.clear()  # the old set's memory goes back before the new one is placed
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _RESIDENT[key] = make()
+    return _RESIDENT[key]
+
+
 def _upload(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(device)
@@ -146,10 +162,12 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        # one float copy of the batch, normalised in place: `(x - mean) / std` made two more, 1.2 GB for an
+        # evaluation batch of 1,024 images at 224 px (a trial's memory held 2.5 GB of such temporaries)
+        x = x.permute(0, 3, 1, 2).to(torch.float32, copy=True).div_(255.0)
         if self.repeat > 1:
             x = x.repeat(1, self.repeat, 1, 1)
-        return (x - self.mean) / self.std
+        return x.sub_(self.mean).div_(self.std)
 
 
 def augment(x: torch.Tensor, aug, gen: torch.Generator) -> torch.Tensor:
@@ -213,10 +231,15 @@ def train_batches(n: int, batch_size: int, gen: torch.Generator) -> torch.Tensor
     return order[:nb * bs].view(nb, bs).sort(dim=1).values
 
 
-def eval_batch_size(batch_size: int) -> int:
-    """Evaluation batch: 4x the training batch, at most 1024. Inference keeps a layer or two of
+EVAL_BATCH_BYTES = 256 << 20  # an evaluation batch's float input at most this (1,024 images at 224 px: 616 MB)
+
+
+def eval_batch_size(batch_size: int, image_bytes: int = 0) -> int:
+    """Evaluation batch: 4x the training batch, at most 1024, and at most EVAL_BATCH_BYTES of float input for
+    images of `image_bytes` values (never below the training batch). Inference keeps a layer or two of
     activations alive where training keeps all of them, so this fits wherever training did."""
-    return max(batch_size, min(1024, 4 * batch_size))
+    cap = EVAL_BATCH_BYTES // (4 * image_bytes) if image_bytes else 1024
+    return max(batch_size, min(1024, 4 * batch_size, cap))
 
 
 def eval_batches(n: int, batch_size: int,
@@ -319,6 +342,7 @@ class TorchLearner(Learner):
                  in_channels_wanted: int | None = None):
         ctx = ctx or RunContext()
         augment_cfg, keep_best = ctx.augment, ctx.keep_best
+        self.progress = ctx.progress
         self.cfg = cfg
         self.device = torch.device(ctx.device)
         self.info = info
@@ -385,6 +409,7 @@ class TorchLearner(Learner):
             order = to_device(order, x.device)  # one copy per epoch; batches are then gathered on the device
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        shown = bar(len(order), f"epoch {self.epoch + 1}", self.progress, unit="batch", leave=False)
         for idx in order:
             xb = self.inputs(take(x, idx, self.device), train=True)
             yb = take(y, idx, self.device).long()
@@ -396,6 +421,8 @@ class TorchLearner(Learner):
             self.scaler.update()
             total += loss.detach().float() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
+            shown.update(1)
+        shown.close()
         seen = max(order.numel(), 1)
         return total.item() / seen, correct.item() / seen
 
@@ -404,12 +431,16 @@ class TorchLearner(Learner):
         """Class probabilities on the device, in fixed-shape batches (the padding rows dropped)."""
         self.model.eval()
         n = len(x)
-        bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)))
+        i = self.info
+        bs = batch_size or eval_batch_size(int(self.cfg.get("batch_size", 64)), i.height * i.width * i.channels)
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+        shown = bar(n, "testing" if exact else "validating", self.progress, leave=False)
         for start, idx, real in eval_batches(n, bs, where):
             logits = self._forward(self.inputs(take(x, idx, self.device), train=False), exact=exact)
             out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
+            shown.update(real)
+        shown.close()
         return out
 
     @torch.no_grad()
@@ -433,7 +464,12 @@ class TorchLearner(Learner):
 
     def _placed(self, data) -> list:
         if self.resident is None or self.resident[0] is not data:
-            self.resident = (data, place([data.x_train, data.y_train, data.x_val, data.y_val], self.device))
+            def upload():
+                return place([data.x_train, data.y_train, data.x_val, data.y_val], self.device)
+
+            key = getattr(data, "key", "")  # an ImageData's content hash; features (frozen transfer) have none
+            placed = resident((key, str(self.device)), upload) if key and self.cuda else upload()
+            self.resident = (data, placed)
         return self.resident[1]
 
     def start(self, max_epochs: int) -> None:

@@ -6,6 +6,7 @@ Numerics only (torch, numpy, scikit-learn for the manhattan fallback): no family
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,14 +69,18 @@ def _distances(v: torch.Tensor, kind: str, stand_in: bool) -> dict[str, np.ndarr
 
 @torch.no_grad()
 def neighbours(train: np.ndarray | torch.Tensor, query: np.ndarray | torch.Tensor, kind: str, k: int,
-               device: torch.device | str = "cpu", backend: str | None = None) -> Table:
+               device: torch.device | str = "cpu", backend: str | None = None, progress: bool = False) -> Table:
     """The k nearest training vectors of each query for one table kind, nearest first.
 
     On the CPU this is scikit-learn's own brute-force search (its chunked, multi-threaded ArgKmin, the
     fastest CPU kernel at hand, Manhattan included), asked once for k neighbours instead of once per config.
     On a GPU it is torch: one GEMM per block of queries for Euclidean and cosine, cdist for Manhattan.
     `backend` (sklearn | torch) overrides that choice (the tests run the torch path on the CPU too).
+    `progress`: a bar over the queries on stderr, and a line with the time at the end.
     """
+    from tuner.progress import bar, note
+
+    t0 = time.perf_counter()
     device = torch.device(device)
     t = torch.from_numpy(np.array(train, dtype=np.float32))   # a copy: the cache is a read-only memory map
     q_all = torch.from_numpy(np.array(query, dtype=np.float32))
@@ -84,15 +89,37 @@ def neighbours(train: np.ndarray | torch.Tensor, query: np.ndarray | torch.Tenso
         t, q_all = l2_normalize(t), l2_normalize(q_all)
     if len(q_all) == 0:
         return Table(np.zeros((0, k), dtype=np.int64), _distances(torch.zeros(0, k), kind, False))
-    if (backend or ("torch" if device.type == "cuda" else "sklearn")) == "sklearn":
-        from sklearn.neighbors import NearestNeighbors
-        from threadpoolctl import threadpool_limits
+    shown = bar(len(q_all), f"neighbour table {kind}", progress, unit="query")
+    with shown:
+        if (backend or ("torch" if device.type == "cuda" else "sklearn")) == "sklearn":
+            table = _sklearn(t, q_all, kind, k, shown)
+        else:
+            table = _torch(t, q_all, kind, k, device, shown)
+    note(f"neighbour table {kind}: {len(q_all)} queries x {len(t)} vectors in {time.perf_counter() - t0:.1f} s",
+         progress)
+    return table
 
-        metric = "cosine" if kind == "cosine" else kind.split("-")[0]
-        with threadpool_limits(max(1, torch.get_num_threads())):  # the CPUs this trial was given
-            nn_ = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(t.numpy())
-            d, i = nn_.kneighbors(q_all.numpy())
-        return Table(i.astype(np.int64), _distances(torch.from_numpy(d), kind, stand_in=False))
+
+def _sklearn(t: torch.Tensor, q_all: torch.Tensor, kind: str, k: int, shown) -> Table:
+    from sklearn.neighbors import NearestNeighbors
+    from threadpoolctl import threadpool_limits
+
+    metric = "cosine" if kind == "cosine" else kind.split("-")[0]
+    # the queries in blocks, for the progress bar; sklearn chunks its own work much finer than this
+    step = max(1024, len(q_all) // 20)
+    ds, idx = [], []
+    with threadpool_limits(max(1, torch.get_num_threads())):  # the CPUs this trial was given
+        nn_ = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(t.numpy())
+        for start in range(0, len(q_all), step):
+            d, i = nn_.kneighbors(q_all[start:start + step].numpy())
+            ds.append(d)
+            idx.append(i)
+            shown.update(len(i))
+    return Table(np.concatenate(idx).astype(np.int64), _distances(torch.from_numpy(np.concatenate(ds)), kind,
+                                                                  stand_in=False))
+
+
+def _torch(t: torch.Tensor, q_all: torch.Tensor, kind: str, k: int, device: torch.device, shown) -> Table:
     t_dev = t.to(device)
     t_sq = t_dev.pow(2).sum(1) if kind.startswith("euclidean") else None
     rows = max(1, min(len(q_all), (1 << 26) // max(len(t), 1)))  # a block of distances stays near 256 MB
@@ -101,9 +128,8 @@ def neighbours(train: np.ndarray | torch.Tensor, query: np.ndarray | torch.Tenso
         v, i = _block(q_all[start:start + rows].to(device), t_dev, t_sq, kind).topk(k, dim=1, largest=False)
         idx.append(i.cpu())
         vals.append(v.cpu())
+        shown.update(len(i))
     return Table(torch.cat(idx).numpy().astype(np.int64), _distances(torch.cat(vals), kind, stand_in=True))
-
-
 
 
 def _fits(table: Table, train, query, k: int) -> bool:
@@ -120,7 +146,8 @@ class TableCache:
         self.size = size
         self.tables: OrderedDict[str, Table] = OrderedDict()
 
-    def get(self, key: str, train, query, kind: str, k: int, device="cpu", cache_dir: str | None = None) -> Table:
+    def get(self, key: str, train, query, kind: str, k: int, device="cpu", cache_dir: str | None = None,
+            progress: bool = False) -> Table:
         """A neighbour table with at least k columns, from memory, from disk, or computed once (file-locked).
         `key` names the vectors (a hash of the data and the embedding that made the vectors); a table that
         does not fit them anyway (a hand-edited cache) is computed again, never indexed out of range."""
@@ -131,7 +158,7 @@ class TableCache:
             return hit
         want = max(k, K_TABLE)
         if cache_dir is None:
-            table = neighbours(train, query, kind, want, device)
+            table = neighbours(train, query, kind, want, device, progress=progress)
         else:
             from filelock import FileLock
 
@@ -146,7 +173,7 @@ class TableCache:
                     if not _fits(table, train, query, k):
                         table = None
                 if table is None:
-                    table = neighbours(train, query, kind, want, device)
+                    table = neighbours(train, query, kind, want, device, progress=progress)
                     with writing(f) as tmp:
                         np.savez(tmp, idx=table.idx, **{f"dist_{m}": v for m, v in table.dist.items()})
         self.tables[full] = table

@@ -41,8 +41,12 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print, e
     t0 = time.perf_counter()
     # the same learner the trials trained; `resources: auto` retrains on whatever GPU the driver sees
     device = pick_device(None if exp.resources.auto else exp.resources.gpu)
-    ctx = RunContext(device=str(device), cache_dir=str(cache_dir()), augment=exp.dataset.augment, keep_best=True)
+    ctx = RunContext(device=str(device), cache_dir=str(cache_dir()), augment=exp.dataset.augment, keep_best=True,
+                     progress=True)
     learner = family.learner(config, data.info, ctx)
+    if learner.checkpoint_every_epoch:
+        say(f"retraining the best config: up to {exp.scheduler.max_epochs} epochs on {len(data.y_train)} images "
+            f"({device})")
     history = []
     for m in learner.fit(data, exp.scheduler.max_epochs):
         interrupt.signal_for_tests("retrain")
@@ -51,6 +55,7 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print, e
             say(f"  retrain epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_accuracy {m['val_accuracy']:.4f}")
     learner.restore_best()
     train_time = time.perf_counter() - t0
+    say(f"testing on {len(data.y_test)} images")
     proba = learner.predict_proba(data.x_test)
     metrics = classification_metrics(data.y_test, proba)
     metrics.update(num_params=int(learner.num_params), train_time_s=round(train_time, 3))

@@ -86,12 +86,15 @@ class RunContext:
         None: the machine's default (`tuner.settings.cache_dir()`).
     augment: the data set's `AugmentConfig` (None: no augmentation); iterative families apply it per batch.
     keep_best: remember the best validation epoch's weights so `Learner.restore_best` can return to them.
+    progress: show progress on stderr for long one-off work (embedding the images, neighbour tables, the
+        batches of an epoch, a test pass): the driver's warm-up and the retrain; never in a trial.
     """
 
     device: str = "cpu"
     cache_dir: str | None = None
     augment: Any = None
     keep_best: bool = False
+    progress: bool = False
 
 
 class Learner(ABC):
@@ -152,3 +155,9 @@ class Learner(ABC):
     def adapt_state(self, state: dict, old: dict[str, float]) -> dict:
         """A `state_dict` made under hparams `old`, made fit to continue under this learner's `hparams()`."""
         return state
+
+    def latency_key(self) -> str | None:
+        """Learners whose inference costs the same return the same key, and a trial's actor then measures
+        `latency_ms` once for them all (a reused actor runs trial after trial); None (the default): every
+        trial measures its own."""
+        return None

@@ -11,6 +11,8 @@ the caches downstream (embeddings, neighbour tables) are keyed by: they follow t
     <cache_dir>/images/<key>/images.npy   N x H x W x C uint8 (np.load(mmap_mode="r"))
                              valid.npy    N bools: False where the file could not be decoded
                              meta.json    what the key was made of, and the content hash
+    <cache_dir>/images/parts/<hash>.npy   a part of the search (train, val or test) that is not one whole
+                                          entry: its rows, end to end (`gather`), keyed by entry and rows
 
 Entries are written to a temporary folder and renamed into place under a file lock, so concurrent
 experiments wait for the first instead of decoding twice, and a killed build leaves nothing half-done.
@@ -23,7 +25,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from tuner.bounds import MAX_IMAGE_SIZE
 
 CHUNK = 64            # images per decode task: big enough to amortise the thread hand-off
 MAX_DEFAULT = 224     # image_size when the config gives none and the files are larger
-VERSION = 3           # bump when decoding changes what an image becomes, so old entries are not reused
+VERSION = 4           # bump when decoding changes what an image becomes, so old entries are not reused
                       # (3: EXIF orientation applied)
 
 
@@ -92,25 +93,42 @@ def to_array(item, size: int, channels: int) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def decode_chunk(items: list, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    out = np.zeros((len(items), size, size, channels), dtype=np.uint8)
-    ok = np.ones(len(items), dtype=bool)
+def decode_chunk_into(out: np.ndarray, ok: np.ndarray, items: list, size: int, channels: int) -> None:
+    """Decode `items` into the rows of `out` (a slice of the entry, so nothing is copied twice); `ok` is
+    False where a file could not be decoded."""
     for j, item in enumerate(items):
         try:
             out[j] = to_array(item, size, channels)
         except Exception:  # noqa: BLE001 - any file PIL cannot read is skipped and counted, not fatal
+            out[j] = 0
             ok[j] = False
+
+
+def decode_chunk(items: list, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    out = np.zeros((len(items), size, size, channels), dtype=np.uint8)
+    ok = np.ones(len(items), dtype=bool)
+    decode_chunk_into(out, ok, items, size, channels)
     return out, ok
 
 
-def content_hash(arr: np.ndarray, valid: np.ndarray | None = None) -> str:
-    """Hash of decoded pixels (and which decoded), in chunks so a memory-mapped entry is never loaded whole."""
-    h = hashlib.sha256(str(arr.shape).encode())
-    for s in range(0, len(arr), 1024):
-        h.update(np.ascontiguousarray(arr[s:s + 1024]).data)
+def _chunk_digest(block: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(block).data).digest()
+
+
+def _combine(shape: tuple, digests: list[bytes], valid: np.ndarray | None) -> str:
+    h = hashlib.sha256(str(tuple(shape)).encode())
+    for d in digests:
+        h.update(d)
     if valid is not None:
         h.update(np.asarray(valid, dtype=bool).tobytes())
     return h.hexdigest()
+
+
+def content_hash(arr: np.ndarray, valid: np.ndarray | None = None) -> str:
+    """Hash of decoded pixels (and which decoded): the sha256 of each CHUNK images' sha256. The decode
+    threads hash each chunk as they write it (`_decode_into`), so building an entry needs no second pass
+    over it; here, a memory-mapped entry is read a chunk at a time, never loaded whole."""
+    return _combine(arr.shape, [_chunk_digest(arr[s:s + CHUNK]) for s in range(0, len(arr), CHUNK)], valid)
 
 
 def _fingerprint(images) -> str:
@@ -166,13 +184,16 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(needed: int, free: int | None = None) -> None:
-    """The images a search uses are held in memory (the training, validation and test arrays, shared with
-    the trials), with a cache folder too: refuse before decoding when they cannot fit in what is free."""
+def check_memory(needed: int, free: int | None = None, cluster: bool = False) -> None:
+    """Images held in memory (no cache folder, or sent to trials on other machines through Ray's object
+    store): refuse before decoding when they cannot fit in what is free. On one machine with a cache they
+    are memory-mapped instead, and need not fit (`tuner.data.prepare`)."""
     free = available_memory() if free is None else free
     if needed > free:
+        where = (" (trials on a cluster get them through Ray's object store)" if cluster else "")
+        other = ", or search on one machine (no --address), which reads them from the cache" if cluster else ""
         raise UserError(f"dataset.image_size: the decoded images need {_gb(needed)} of memory, {_gb(free)} "
-                        f"available: lower dataset.image_size or set dataset.limit")
+                        f"available{where}: lower dataset.image_size or set dataset.limit{other}")
 
 
 def check_space(needed: int, cache_dir, free: int | None = None) -> None:
@@ -239,23 +260,27 @@ def plan(cfg, split: str, src, needed: np.ndarray, cache_dir=None, size: int | N
 
 
 def _decode_into(out: np.ndarray, valid: np.ndarray, images, rows: np.ndarray, size: int, channels: int,
-                 label: str, progress: bool) -> None:
-    from tqdm import tqdm
+                 label: str, progress: bool) -> list[bytes]:
+    """Decode images[rows] into `out` (and `valid`), CHUNK at a time in threads; the chunks' digests, in order."""
+    from tuner.progress import bar as progress_bar
 
-    chunks = [rows[s:s + CHUNK] for s in range(0, len(rows), CHUNK)]
-    # PIL releases the GIL while decoding and resizing, so threads use every core without pickling images
+    # PIL releases the GIL while decoding and resizing (and hashlib while hashing), so threads use every
+    # core without pickling images; each writes its chunk straight into the entry and hashes it there
     workers = max(1, min(8, os.cpu_count() or 1))
-    bar = tqdm(total=len(rows), desc=f"decoding {label}", unit="img", disable=not progress, file=sys.stderr,
-               mininterval=0.5, leave=True)
-    start = 0
+    bar = progress_bar(len(rows), f"decoding {label}", progress)
+
+    def work(start: int) -> bytes:
+        end = min(start + CHUNK, len(rows))
+        decode_chunk_into(out[start:end], valid[start:end], [images[i] for i in rows[start:end]], size, channels)
+        return _chunk_digest(out[start:end])
+
+    digests = []
     with ThreadPoolExecutor(workers) as pool:
-        jobs = pool.map(lambda c: decode_chunk([images[i] for i in c], size, channels), chunks)
-        for arr, ok in jobs:
-            out[start:start + len(arr)] = arr
-            valid[start:start + len(arr)] = ok
-            start += len(arr)
-            bar.update(len(arr))
+        for start, digest in zip(range(0, len(rows), CHUNK), pool.map(work, range(0, len(rows), CHUNK))):
+            digests.append(digest)
+            bar.update(min(CHUNK, len(rows) - start))
     bar.close()
+    return digests
 
 
 def _build(e: Entry, images, progress: bool) -> None:
@@ -267,9 +292,9 @@ def _build(e: Entry, images, progress: bool) -> None:
         out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                         shape=(len(e.rows), e.size, e.size, e.channels))
         valid = np.ones(len(e.rows), dtype=bool)
-        _decode_into(out, valid, images, e.rows, e.size, e.channels, e.label, progress)
+        content = _combine(out.shape, _decode_into(out, valid, images, e.rows, e.size, e.channels, e.label,
+                                                   progress), valid)
         out.flush()
-        content = content_hash(out, valid)
         del out
         np.save(tmp / "valid.npy", valid)
         (tmp / "meta.json").write_text(json.dumps(e.meta | {"count": int(len(e.rows)),
@@ -281,23 +306,35 @@ def _build(e: Entry, images, progress: bool) -> None:
         raise
 
 
+@dataclass
+class Decoded:
+    """One shipped split's images as decoded: `arr` (a memory map of the cache entry, or an array in memory)
+    holds the images asked for at rows `pos`, `ok` says which of them decoded, `digest` hashes `arr`."""
+
+    arr: np.ndarray
+    pos: np.ndarray
+    ok: np.ndarray
+    digest: str
+    folder: Path | None = None   # the cache entry's folder (None: in memory)
+
+
 def decode_split(cfg, split: str, src, needed: np.ndarray, cache_dir=None, progress: bool = True,
-                 size: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Images `needed` (sorted indices into `src.images`) as N x size x size x C uint8, a mask of the
-    ones that decoded, and a hash of what they hold. Arrays at their native size pass straight through;
-    everything else is decoded once into the cache (or into memory when there is no cache_dir).
+                 size: int | None = None) -> Decoded:
+    """Images `needed` (sorted indices into `src.images`) as N x size x size x C uint8 rows of one array, a
+    mask of the ones that decoded, and a hash of what the array holds. Arrays at their native size pass
+    straight through; everything else is decoded once into the cache (or into memory when there is no
+    cache_dir). Nothing is copied here: a full entry serves a subset by its row numbers.
     The caller checks the space first (`plan(...).nbytes`, `check_space`)."""
     images = src.images
     needed = np.asarray(needed, dtype=np.int64)
     e = plan(cfg, split, src, needed, cache_dir, size)
     if e is None:
-        arr = images if len(needed) == len(images) else np.ascontiguousarray(images[needed])
-        return arr, np.ones(len(needed), dtype=bool), content_hash(arr)
+        return Decoded(images, needed, np.ones(len(needed), dtype=bool), content_hash(images))
     if e.folder is None:
         out = np.zeros((len(needed), e.size, e.size, e.channels), dtype=np.uint8)
         valid = np.ones(len(needed), dtype=bool)
-        _decode_into(out, valid, images, needed, e.size, e.channels, e.label, progress)
-        return out, valid, content_hash(out, valid)
+        digests = _decode_into(out, valid, images, needed, e.size, e.channels, e.label, progress)
+        return Decoded(out, np.arange(len(needed)), valid, _combine(out.shape, digests, valid))
 
     from filelock import FileLock
 
@@ -311,7 +348,41 @@ def decode_split(cfg, split: str, src, needed: np.ndarray, cache_dir=None, progr
         content = json.loads((e.folder / "meta.json").read_text())["content"]
     except (OSError, ValueError, KeyError):  # an entry someone edited by hand: hash what is there
         content = content_hash(arr, valid)
-    if len(e.rows) == len(images) and len(needed) < len(images):
-        sub = hashlib.sha256(needed.tobytes()).hexdigest()
-        return np.ascontiguousarray(arr[needed]), valid[needed], hashlib.sha256(f"{content}|{sub}".encode()).hexdigest()
-    return arr, valid, content  # the whole entry: stays memory-mapped, pages come from the OS cache
+    pos = np.searchsorted(e.rows, needed)  # a full entry holds every image; a subset entry exactly these
+    return Decoded(arr, pos, valid[pos], content, e.folder)
+
+
+def part_file(cache_dir, pieces: list[tuple[str, np.ndarray]]) -> Path:
+    """Where one part's images (train, val or test) lie end to end when they are not one whole entry: keyed
+    by the entries they come from (folder names, which say which files at which size) and the rows taken."""
+    h = hashlib.sha256()
+    for name, rows in pieces:
+        h.update(f"{name}|{len(rows)}|".encode())
+        h.update(np.asarray(rows, dtype=np.int64).tobytes())
+    return Path(cache_dir) / "images" / "parts" / f"{h.hexdigest()[:24]}.npy"
+
+
+def gather(f: Path, pieces: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Rows `pos` of each array, end to end, in the .npy file `f`: written once (file-locked, renamed into
+    place), then memory-mapped. So a split carved out of an entry (val out of train) is one file every
+    trial maps, as a whole entry is, instead of a copy in each process's memory. Copied 64 MB at a time."""
+    from filelock import FileLock
+
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(f) + ".lock"):
+        if not f.is_file():
+            first = pieces[0][0]
+            tmp = f.with_name(f".{f.stem}.{os.getpid()}.npy")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype,
+                                            shape=(sum(len(p) for _, p in pieces), *first.shape[1:]))
+            at = 0
+            for arr, pos in pieces:
+                step = max(1, (64 << 20) // max(1, int(np.prod(arr.shape[1:])) * arr.itemsize))
+                for s in range(0, len(pos), step):
+                    rows = pos[s:s + step]
+                    out[at:at + len(rows)] = arr[rows]
+                    at += len(rows)
+            out.flush()
+            del out
+            os.replace(tmp, f)
+    return np.load(f, mmap_mode="r")

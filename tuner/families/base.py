@@ -72,7 +72,7 @@ from tuner.errors import UserError
 from tuner.types import DataInfo, Learner, Param, RunContext
 
 __all__ = ["FAMILIES", "DataInfo", "Family", "Learner", "Param", "RunContext", "check_param", "get_family",
-           "register_family"]
+           "register_family", "values"]
 
 
 def check_param(param: Param, value: Any, where: str) -> None:
@@ -88,7 +88,8 @@ class Family:
     A subclass sets `name` (what a space file's `family:` says), `params` (every key it takes, with its
     default, type and bounds: `validate`, the JSON schema and docs/families.md are made from them) and
     implements `learner`. The other methods have defaults; override them for family-specific checks
-    (`check_config`, `preflight`), embeddings (`features`, `input_channels`) or a one-step fit (`iterative`).
+    (`check_config`, `preflight`), embeddings (`features`, `input_channels`), one-off work the driver does
+    before the trials start (`warm_up`) or a one-step fit (`iterative`).
     """
 
     name: ClassVar[str] = ""
@@ -136,6 +137,13 @@ class Family:
         Arguments as `validate`. Raises a `UserError` for anything missing; default: nothing to check.
         """
 
+    def warm_up(self, constants: dict, searched: dict, data, ctx: RunContext) -> None:
+        """One-off work every trial would otherwise begin with (embedding the images, neighbour tables),
+        done by the driver before the trials start, into the same caches the trials read: once, on every
+        core, with progress on the console (`ctx.progress`), instead of inside the first trial while the
+        others wait for its file lock. Arguments as `validate`, plus the prepared data and where to run.
+        Default: nothing to do."""
+
     def resolve(self, config: dict) -> dict:
         """config (a trial's values) with every missing parameter at its default; keys this family does not
         take are dropped. Returns a new dict with exactly the keys of `params`."""
@@ -178,6 +186,17 @@ class Family:
         """The channels this family's networks take for data with `info.channels` channels (grey data is
         repeated to fit); default: the data's own."""
         return info.channels
+
+
+def values(key: str, constants: dict, searched: dict, default: Any) -> list | None:
+    """Every value a search may give `key`: its constant, its choices or grid points, [default] when the
+    space leaves it out; None for a numeric range (not a list of values)."""
+    if key in constants:
+        return [constants[key]]
+    if key not in searched:
+        return [default]
+    dist = searched[key]
+    return list(dist.args) if dist.kind in ("choice", "grid") else None
 
 
 FAMILIES: dict[str, Family] = {}

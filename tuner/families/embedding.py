@@ -4,6 +4,8 @@ vectors. Its features are computed once per data set and image size by `tuner.em
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -64,10 +66,8 @@ def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, i
     """
     if backbones.is_arch(backbone):
         return backbones.extractor(backbone, weights, info)
+    key = extractor_key(backbone, weights, info)
     p = backbones.resolve_path(str(backbone))
-    if not p.exists():
-        raise UserError(f"backbone: {backbone!r} is neither a supported torchvision arch nor an existing bundle "
-                        f"path; use e.g. resnet50, mobilenet_v2, vgg19 or a folder exported by `tuner best --export`")
     b = read_bundle(p)
     binfo = data_info(b)
     fam = get_family(b["family"], where=f"backbone: {p}: family")
@@ -84,8 +84,39 @@ def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, i
     module = nn.Sequential(backbones.Renormalize(pc(info.mean, wanted), pc(info.std, wanted),
                                                  pc(binfo.mean, wanted), pc(binfo.std, wanted)),
                            feats, nn.Flatten())
-    key = f"bundle:{backbones.weights_key(str(p))}:{backbones.norm_key(info)}"
     return backbones.frozen(module.cpu()), wanted, key
+
+
+def extractor_key(backbone: str, weights: str, info: DataInfo) -> str:
+    """`extractor`'s key without building the network: the arch's or the bundle file's identity (a stat)."""
+    if isinstance(backbone, str) and backbone in backbones.supported_archs():
+        return backbones.extractor_key(backbone, weights, info)
+    p = backbones.resolve_path(str(backbone))
+    if not p.exists():
+        raise UserError(f"backbone: {backbone!r} is neither a supported torchvision arch nor an existing bundle "
+                        f"path; use e.g. resnet50, mobilenet_v2, vgg19 or a folder exported by `tuner best --export`")
+    return f"bundle:{backbones.weights_key(str(p))}:{backbones.norm_key(info)}"
+
+
+# networks built in this process, by their key and device: Ray reuses a trial's actor for the next trial,
+# which then finds its backbone here. Building one from a bundle was most of a KNN trial (2-5 s of a 2.1-5.8 s
+# trial on the shared 2-core machine, with the embeddings and tables already cached). Frozen: safe to share.
+_BUILT: "OrderedDict[tuple[str, str], tuple[nn.Module, int]]" = OrderedDict()
+BUILT_KEPT = 2
+
+
+def built(backbone: str, weights: str, info: DataInfo, device: torch.device) -> tuple[nn.Module, int, str]:
+    """`extractor`'s (module on `device`, channels, key), built once per process."""
+    key = extractor_key(backbone, weights, info)
+    hit = _BUILT.get((key, str(device)))
+    if hit is None:
+        module, channels, _ = extractor(backbone, weights, info)
+        hit = (module.to(device).eval(), channels)
+        _BUILT[(key, str(device))] = hit
+        while len(_BUILT) > BUILT_KEPT:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end((key, str(device)))
+    return hit[0], hit[1], key
 
 
 class Backbone:
@@ -101,24 +132,24 @@ class Backbone:
         self.device = torch.device(device)
         if name == PIXELS:
             module, channels, key = nn.Flatten(), info.channels, PIXELS
-        elif state is not None and backbones.is_arch(name):
-            module, channels, key = extractor(name, "none", info)
-        else:
-            module, channels, key = extractor(name, weights, info)
-        if state is not None and name != PIXELS:
+        elif state is not None:  # a bundle's own weights: this learner's alone
+            module, channels, key = extractor(name, "none" if backbones.is_arch(name) else weights, info)
             module.load_state_dict(state)
+        else:
+            module, channels, key = built(name, weights, info, self.device)
         self.module = module.to(self.device).eval()
         self.pre = Preprocess(info.mean, info.std, info.channels, channels).to(self.device)
         # the data key says which images; this says what was done to them (the normalisation is not in data.key)
         self.key = f"{key}|mean={tuple(info.mean)}|std={tuple(info.std)}|{info.height}x{info.width}"
         self.num_params = sum(p.numel() for p in self.module.parameters())
 
-    def splits(self, data, cache_dir: str | None) -> dict[str, np.ndarray]:
+    def splits(self, data, cache_dir: str | None, progress: bool = False) -> dict[str, np.ndarray]:
         """Features of train/val/test, embedded at most once per data set, backbone and image size."""
-        return embeddings.cached(data, self.key, self.module, self.pre, self.device, cache_dir)
+        return embeddings.cached(data, self.key, self.module, self.pre, self.device, cache_dir, progress=progress)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return embeddings.compute(self.module, self.pre, images, self.device)
+    def __call__(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        return embeddings.compute(self.module, self.pre, images, self.device,
+                                  progress="embedding" if progress else None)
 
 
 class EmbeddingLearner(Learner):
@@ -131,6 +162,7 @@ class EmbeddingLearner(Learner):
         ctx = ctx or RunContext()
         self.cfg, self.info, self.cache_dir = cfg, info, ctx.cache_dir
         self.device = torch.device(ctx.device)
+        self.progress = ctx.progress
         self._backbone: Backbone | None = None
         self._backbone_state: dict | None = None   # from a bundle, before the backbone is built
         self.x_train: np.ndarray | None = None
@@ -146,7 +178,7 @@ class EmbeddingLearner(Learner):
         return self._backbone
 
     def embed(self, data) -> dict[str, np.ndarray]:
-        feats = self.backbone.splits(data, self.cache_dir)
+        feats = self.backbone.splits(data, self.cache_dir, self.progress)
         self.x_train, self.y_train = feats["train"], np.asarray(data.y_train, dtype=np.int64)
         self._test = (data.x_test, feats["test"])
         self.data_key = f"{data.key}|{self.backbone.key}"
@@ -163,7 +195,7 @@ class EmbeddingLearner(Learner):
         """Features of images to predict, and the cache key of their split when they are the test split."""
         if self._test is not None and images is self._test[0]:
             return self._test[1], f"{self.data_key}|test"
-        return self.backbone(images), None
+        return self.backbone(images, self.progress), None
 
     def weights(self) -> dict:
         """The bundle: the training embeddings and labels (plus the backbone's own weights)."""
@@ -185,3 +217,14 @@ class EmbeddingLearner(Learner):
 
     def load_state_dict(self, state: dict) -> None:
         self.load_weights(state)
+
+
+def warm_embeddings(family, constants: dict, searched: dict, data, ctx: RunContext) -> None:
+    """Embed the images with every backbone the space can draw (`Family.warm_up` of the features family)."""
+    from tuner.families.base import values
+
+    backbone = values("backbone", constants, searched, PIXELS) or []
+    weights = values("backbone_weights", constants, searched, "imagenet") or []
+    for b in backbone:
+        for w in weights:
+            family.learner({**constants, "backbone": b, "backbone_weights": w}, data.info, ctx).embed(data)

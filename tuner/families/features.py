@@ -18,7 +18,7 @@ import torch
 
 from tuner.errors import UserError
 from tuner.families.base import DataInfo, Family, Param, RunContext, register_family
-from tuner.families.embedding import EmbeddingLearner, backbone_params, check_backbone
+from tuner.families.embedding import EmbeddingLearner, backbone_params, check_backbone, warm_embeddings
 from tuner.metrics import proba_metrics
 
 CLASSIFIERS = ("logreg", "random_forest", "svm", "knn")
@@ -174,3 +174,7 @@ class Features(Family):
 
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> FeaturesLearner:
         return FeaturesLearner(self.resolve(config), info, ctx)
+
+    def warm_up(self, constants: dict, searched: dict, data, ctx: RunContext) -> None:
+        """The embeddings of every backbone the space can draw, before the trials start (see `Family.warm_up`)."""
+        warm_embeddings(self, constants, searched, data, ctx)

@@ -14,13 +14,14 @@ neighbour tables are `tuner.neighbours`.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Iterator
 
 import numpy as np
 
 from tuner.errors import UserError
-from tuner.families.base import DataInfo, Family, Param, RunContext, register_family
+from tuner.families.base import DataInfo, Family, Param, RunContext, register_family, values
 from tuner.families.embedding import EmbeddingLearner, backbone_params, check_backbone
 from tuner.metrics import proba_metrics
 from tuner.neighbours import TABLES, Table, neighbours, table_kind, vote, without_self
@@ -41,6 +42,13 @@ class KnnLearner(EmbeddingLearner):
         super().__init__(cfg, info, ctx)
         self.k, self.metric, self.weighting = int(cfg["k"]), cfg["metric"], cfg["weights"]
         self.kind = table_kind(self.metric, cfg["normalize"])
+
+    def latency_key(self) -> str | None:
+        """Inference is the backbone on the new images, then one neighbour search of the table's kind against
+        the reference set; k and the vote weighting change the vote over at most K_TABLE columns only. So
+        one measurement per (backbone, table kind, reference set, device): with the backbone's forward
+        passes it was nearly all of a KNN trial (2.7 of 2.8 s on the shared 2-core machine, 121 trials)."""
+        return f"knn|{self.backbone.key}|{self.kind}|{self.cfg['validation']}|{self.device}"
 
     @property
     def num_params(self) -> int:
@@ -65,11 +73,11 @@ class KnnLearner(EmbeddingLearner):
             self.y_train = np.concatenate([self.y_train, np.asarray(data.y_val, dtype=np.int64)])
             self._check_k(extra=1, k=k)
             table = without_self(TABLES.get(f"{self.data_key}|loo", self.x_train, self.x_train, self.kind,
-                                              k + 1, self.device, self.cache_dir))
+                                              k + 1, self.device, self.cache_dir, self.progress))
             return table, self.y_train
         self._check_k(k=k)
         table = TABLES.get(f"{self.data_key}|val", self.x_train, feats["val"], self.kind, k, self.device,
-                           self.cache_dir)
+                           self.cache_dir, self.progress)
         return table, np.asarray(data.y_val)
 
     def fit(self, data, max_epochs: int = 1) -> Iterator[dict]:
@@ -85,9 +93,9 @@ class KnnLearner(EmbeddingLearner):
         self._check_k()
         feats, key = self.query(images)
         if key is not None:
-            table = TABLES.get(key, self.x_train, feats, self.kind, self.k, self.device, self.cache_dir)
+            table = TABLES.get(key, self.x_train, feats, self.kind, self.k, self.device, self.cache_dir, self.progress)
         else:
-            table = neighbours(self.x_train, feats, self.kind, self.k, self.device)
+            table = neighbours(self.x_train, feats, self.kind, self.k, self.device, progress=self.progress)
         return vote(table, self.y_train, self.k, self.metric, self.weighting, self.info.num_classes).astype(np.float32)
 
 
@@ -131,3 +139,22 @@ class Knn(Family):
 
     def learner(self, config: dict, info: DataInfo, ctx: RunContext | None = None) -> KnnLearner:
         return KnnLearner(self.resolve(config), info, ctx)
+
+    def warm_up(self, constants: dict, searched: dict, data, ctx: RunContext) -> None:
+        """The embeddings and one neighbour table per (metric, normalisation) the space can draw: every trial is
+        then a look-up. A k range or a metric left to a numeric range is not enumerable: those tables wait."""
+        def vals(key):
+            return values(key, constants, searched, self.params[key].default)
+
+        ks = vals("k") or [searched["k"].args[1]]
+        pairs = [(m, n) for m in vals("metric") or [] for n in vals("normalize") or []]
+        kinds = {table_kind(m, n): (m, n) for m, n in pairs}
+        for backbone, weights, validation in itertools.product(vals("backbone") or [], vals("backbone_weights") or [],
+                                                               vals("validation") or []):
+            for m, n in kinds.values():
+                cfg = {**constants, "backbone": backbone, "backbone_weights": weights, "validation": validation,
+                       "metric": m, "normalize": n, "k": max(int(k) for k in ks)}
+                try:
+                    list(self.learner(cfg, data.info, ctx).fit(data))
+                except UserError:
+                    pass  # k larger than the training set: the trials that draw it say so themselves

@@ -190,9 +190,12 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     if resume:
         _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
     t0 = time.perf_counter()
-    # the data first: a data set that is missing or unreadable stops the search before anything is removed
+    # the data first: a data set that is missing or unreadable stops the search before anything is removed.
+    # On one machine the trials map the cache's files (the object store gets their paths); trials on a
+    # cluster's other machines may not see this cache, so there the pixels go through the object store
     interrupt.signal_for_tests("prepare")
-    data = prepare(exp.dataset, cache_dir=cache_dir())
+    on_one_machine = not address and not os.environ.get("RAY_ADDRESS")
+    data = prepare(exp.dataset, cache_dir=cache_dir(), by_path=on_one_machine)
     if not resume and exp.storage:  # it may refuse, and then nothing is removed
         remove_experiment(exp.storage, exp.name)
     if not resume:
@@ -204,8 +207,10 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
         np.savez(tmp, **data.indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
-        f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s)")
+        f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s{_decoded(data.stats)})")
 
+    if on_one_machine:
+        _warm_up(exp, data, say)
     init_ray(address, dashboard, say, verbose)
     resources = _resources(exp)
     check_cluster_fits(resources)
@@ -249,7 +254,9 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     before = _search_s_so_far(run_dir)
     run_dir.write_json(run_dir.run_json, {"trials": len(grid), "search_s": round(before["search_s"] + fit_s, 3),
                                           "prepare_and_start_s": round(t_fit - t0, 3), "runs": before["runs"] + 1,
-                                          "smoke": before["smoke"]})
+                                          "smoke": before["smoke"], "prepare_s": round(data.stats.seconds, 3),
+                                          "decode_s": round(data.stats.decode_s, 3), "decoded": data.stats.decoded,
+                                          "images_bytes": data.stats.nbytes})
     # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
     interrupt.raise_received()
     say(f"search: {len(grid)} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
@@ -372,6 +379,35 @@ class EndedTrials(Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+def _warm_up(exp: Experiment, data, say: Callable[[str], None]) -> None:
+    """The family's one-off work (embeddings, neighbour tables) here, before Ray starts: on every core, with
+    progress on the console, into the caches the trials then read (`Family.warm_up`). On the device the
+    trials will use, as the retrain picks it (the embedding cache is kept per device type)."""
+    from tuner.engine import pick_device
+    from tuner.families import RunContext
+    from tuner.families.base import Family
+
+    family = get_family(exp.family)
+    if type(family).warm_up is Family.warm_up:
+        return  # the family has nothing to prepare
+    t0 = time.perf_counter()
+    device = pick_device(None if exp.resources.auto else exp.resources.gpu)
+    family.warm_up(exp.constants, exp.searched, data, RunContext(device=str(device), cache_dir=str(cache_dir()),
+                                                                 progress=True))
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()  # the trials need the GPU's memory; this process keeps only its context
+    say(f"warm-up: {exp.family}'s embeddings and tables ready ({time.perf_counter() - t0:.1f} s)")
+
+
+def _decoded(stats) -> str:
+    if not stats.decoded:
+        return ""
+    rate = stats.decoded / max(stats.decode_s, 1e-9)
+    return f"; decoded {stats.decoded} images in {stats.decode_s:.1f} s, {rate:.0f}/s"
 
 
 def _search_s_so_far(run_dir: RunDir) -> dict:

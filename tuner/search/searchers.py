@@ -139,9 +139,14 @@ def build(exp: Experiment, exp_dir: Path):
 
 
 def num_samples(exp: Experiment) -> int:
-    """Ray's num_samples: a conditional grid runs each of its points once (plus the warm-start configs)."""
+    """Ray's num_samples: a conditional grid runs each of its points once (plus the warm-start configs).
+    A plain grid's warm-start configs come on top of its passes: Ray counts each point to evaluate as one
+    of num_samples, and for a grid one sample is a whole pass, so cars_knn.yaml's one warm start used to
+    replace its 120-configuration grid."""
     if exp.search.algorithm == "grid" and exp.conditional:
         return len(conditional_grid(exp))
+    if exp.search.algorithm == "grid" and exp.num_samples > 0:
+        return exp.num_samples + len(warm_start_points(exp))
     return exp.num_samples
 
 
@@ -155,7 +160,7 @@ def planned_trials(exp: Experiment) -> int | None:
     sizes = {k: len(grid_configs({k: d}, exp.search.grid_points)) for k, d in exp.searched.items()}
     warm = warm_start_points(exp)
     seeded = sum(int(np.prod([n for k, n in sizes.items() if k not in p])) for p in warm)
-    return seeded + max(exp.num_samples - len(warm), 0) * int(np.prod(list(sizes.values())))
+    return seeded + exp.num_samples * int(np.prod(list(sizes.values())))  # the warm starts on top (num_samples)
 
 
 # --------------------------------------------------------------------------- a grid over a conditional tree
