@@ -200,20 +200,22 @@ def sklearn_refits(run: Run, results: Path, name: str, folder: Path) -> dict:
         for norm in ("none", "l2"):
             t0 = time.perf_counter()
             xs = normalize(x) if norm == "l2" else x
-            pred = KNeighborsClassifier(n_neighbors=13, metric=metric, algorithm="brute").fit(xs, y).predict(None)
+            knn = KNeighborsClassifier(n_neighbors=13, metric=metric, algorithm="brute").fit(xs, y)
+            pred = knn.predict(None)
             per_pair[f"{metric}-{norm}"] = round(time.perf_counter() - t0, 2)
             row = trials[(trials["k"] == 13) & (trials["metric"] == metric) & (trials["normalize"] == norm)
                          & (trials["weights"] == "uniform")]
             if len(row):  # the same configuration's accuracy through tuner
-                # within 1 %: tuner ranks neighbours by float32 distances, scikit-learn by float64, so a
-                # neighbour at the k-th place's distance (near-equal embeddings of a small synthetic set)
-                # can differ; the accuracy seen over a whole set of images must not
+                # equal up to the images whose 13th and 14th neighbours are equally far (an untrained backbone's
+                # embeddings tie often): which of the two counts is an arbitrary order, in both libraries
+                dist = knn.kneighbors(None, n_neighbors=14)[0]
+                tied = float(np.isclose(dist[:, 12], dist[:, 13], rtol=1e-5, atol=1e-6).mean())
                 diff = abs(float(row["val_accuracy"].iloc[0]) - float((pred == y).mean()))
-                worst = max(worst, diff)
-                agree = diff <= 0.01 if agree is None else agree and diff <= 0.01
+                worst = max(worst, diff - tied)
+                agree = (diff <= tied + 1e-9) and (agree is not False)
     total = sum(per_pair[f"{m}-{n}"] for m, n in zip(trials["metric"], trials["normalize"]))  # one refit a trial
     return {"sklearn_refit_s": per_pair, "sklearn_refits_s": round(total, 1), "sklearn_agrees": agree,
-            "sklearn_accuracy_diff": round(worst, 4), "knn_configs": len(trials)}
+            "sklearn_diff_beyond_ties": round(max(worst, 0.0), 4), "knn_configs": len(trials)}
 
 
 def concurrency_stage(folder: Path, n: int, results: Path, env: dict, nbytes: int, size: int = 224) -> dict:
@@ -269,11 +271,16 @@ def classes(images: int) -> int:
     return min(CARS_CLASSES, max(2, images // 20))
 
 
+def data_folder(base: Path, images: int) -> Path:
+    n = classes(images)
+    return base / (f"cars_like-{images}" if n == CARS_CLASSES else f"cars_like-{images}-{n}")
+
+
 def run_all(args) -> dict:
     from tuner.settings import cache_dir
 
     base = cache_dir() / "bench"
-    folder = base / f"cars_like-{args.images}-{classes(args.images)}"
+    folder = data_folder(base, args.images)
     made = make_cars_like(folder, images=args.images, classes=classes(args.images), say=log)
     work = base / f"run-{os.getpid()}-{int(time.time())}"
     cache, results = work / "cache", work / "results"
@@ -387,7 +394,7 @@ def memory_only(args) -> dict:
     from tuner.settings import cache_dir
 
     base = cache_dir() / "bench"
-    folder = base / f"cars_like-{args.images}-{classes(args.images)}"
+    folder = data_folder(base, args.images)
     make_cars_like(folder, images=args.images, classes=classes(args.images), say=log)
     work = base / f"run-{os.getpid()}-{int(time.time())}"
     (work / "results").mkdir(parents=True)

@@ -61,7 +61,7 @@ def test_the_cars_like_folder_has_cars_sizes_and_split_and_is_made_once(tmp_path
 
 
 @pytest.mark.slow
-def test_seed_scale_runs_every_stage_at_a_tiny_size_and_writes_its_figures(tmp_path, capsys):
+def test_seed_scale_runs_every_stage_at_a_tiny_size_and_writes_its_figures(tmp_path, capfd):
     bench = _load("bench_seed_scale")
     out = bench.main(["--quick", "--images", "300", "--json", str(tmp_path / "seed.json")])
     written = json.loads((tmp_path / "seed.json").read_text())
@@ -74,7 +74,7 @@ def test_seed_scale_runs_every_stage_at_a_tiny_size_and_writes_its_figures(tmp_p
     assert out["knn"]["sklearn_agrees"] is True
     # the trials got the cache's paths, not the pixels: the object store holds next to nothing
     assert out["transfer"]["object_store_bytes"] < 10 * 2**20
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()  # the decode stage's subprocess writes its progress to file descriptor 2
     # progress of the decode (the decode stage's own, and the search's through the CLI) and of the extraction
     assert "decoding imagefolder train at 224px: 100%" in captured.err
     assert "decoding imagefolder train at 64px: 100%" in captured.out and "embedding train: 100%" in captured.out

@@ -175,11 +175,11 @@ def test_a_trials_history_keeps_the_epochs_rays_file_dropped_and_the_retried_epo
 def test_pbt_explores_inside_the_space():
     from ray.tune.schedulers.pbt import _explore
 
-    from tuner.search.driver import _scheduler
+    from tuner.search.schedulers import build_scheduler
     from tuner.spaces import load
 
     exp = load(SPACES / "digits_pbt.yaml")
-    pbt = _scheduler(exp)
+    pbt = build_scheduler(exp)
     config = {**exp.constants, "lr": 0.09, "momentum": 0.94, "dropout": 0.45}
     for _ in range(50):  # Ray picks x0.8 or x1.2 (or a resample) at random
         new, _ = _explore(config, pbt._hyperparam_mutations, pbt._resample_probability,

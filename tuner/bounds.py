@@ -1,8 +1,8 @@
 """What a space-file value may be beyond its type, declared once: `tuner validate` checks a value against its
-`Bound` (tuner/spaces.py) and `tuner schema` writes the same `Bound` as JSON Schema (tuner/schema.py).
+`Bound` (tuner/spaces/blocks.py) and `tuner schema` writes the same `Bound` as JSON Schema (tuner/schema.py).
 
 A config block's field carries its bound in the dataclass field's metadata (`bounded(...)`); a top-level key
-has a module-level `Bound` in tuner/spaces.py. A leaf: imports nothing from tuner.
+has a module-level `Bound` in tuner/spaces/parse.py. A leaf: imports nothing from tuner.
 """
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 Nothing here is a second copy of the grammar: the schema is built from the definitions that validate a
 space file. The blocks (dataset, search, scheduler, resources) come from the dataclasses of `tuner.spaces`,
-their annotated types and their fields' `tuner.bounds.Bound`s (which `_build` checks), the top-level keys
+their annotated types and their fields' `tuner.bounds.Bound`s (which `spaces.build_block` checks; the
+scheduler and sampler choices are their registries' names), the top-level keys
 from `spaces.TOP_KEYS` and their Bounds and patterns (MAX_FAILURES, STORAGE, NAME_PATTERN, OBJECTIVES), the
 distributions from
-`spaces.DISTRIBUTIONS`, and each family's `fixed:` and `space:` keys from its registered `Param`s (one
+`spaces.KINDS`, and each family's `fixed:` and `space:` keys from its registered `Param`s (one
 `if family is X then ...` a family), so a new field, family or parameter shows up here by itself. What
 only code can check (rules across two keys, an arch torchvision has, a data folder that exists) stays with
 `tuner validate`; tests/test_schema.py runs the shipped files and a table of bad ones through both.
@@ -26,7 +27,6 @@ JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", l
               type(None): "null"}
 PARAM_TYPES = {"float": "number", "int": "integer", "str": "string", "bool": "boolean", "list": "array",
                "dict": "object"}
-CATEGORICAL = ("choice", "grid")  # distributions that list values; the others take [lo, hi]
 
 
 def _plain(value: Any) -> Any:
@@ -40,7 +40,7 @@ def _plain(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- the config blocks
 def type_schema(tp: Any) -> dict:
-    """A dataclass field's annotation -> its schema (the types `spaces._check_type` accepts; a number finite)."""
+    """A dataclass field's annotation -> its schema (the types `spaces.check_type` accepts; a number finite)."""
     if dataclasses.is_dataclass(tp):
         return dataclass_schema(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -58,7 +58,7 @@ def type_schema(tp: Any) -> dict:
 def dataclass_schema(cls) -> dict:
     """A config block: its fields, their types, bounds (`tuner.bounds`, as `validate` checks them) and
     defaults, nothing else (a mapping or empty)."""
-    hints = typing.get_type_hints(cls, vars(spaces))
+    hints = typing.get_type_hints(cls)
     props = {}
     for f in dataclasses.fields(cls):
         s = type_schema(hints[f.name])
@@ -95,19 +95,18 @@ def distribution_schema(p: Param, space_ref: str) -> dict:
     its own sub-space); the numeric kinds take [lo, hi] within the parameter's bounds, for numeric ones only."""
     value = value_schema(p)
     kinds = []
-    for kind in spaces.DISTRIBUTIONS:
-        if kind in CATEGORICAL:
+    for kind in spaces.KINDS.values():
+        if kind.categorical:  # a list of values; the others take [lo, hi]
             args: dict = {"type": "array", "minItems": 1, "items": value}
-            if kind == "choice":  # a conditional choice: option -> sub-space (or nothing)
+            if kind.name == "choice":  # a conditional choice: option -> sub-space (or nothing)
                 args = {"anyOf": [args, {"type": "object", "minProperties": 1,
                                          "additionalProperties": {"anyOf": [{"type": "null"}, {"$ref": space_ref}]}}]}
         elif p.type in ("float", "int", "any"):
-            log = spaces.Distribution(kind, (1, 2)).is_log
-            whole = kind.endswith("int")
+            whole = kind.integer
             bound: dict = {"type": "integer" if whole else "number"} | FINITE_REF
             if whole:
                 bound |= {"minimum": -spaces.INT_LIMIT, "maximum": spaces.INT_LIMIT}
-            if log:
+            if kind.log:
                 bound["exclusiveMinimum"] = 0
             if p.low is not None:
                 bound["minimum"] = max(p.low, bound.get("minimum", p.low))
@@ -116,7 +115,7 @@ def distribution_schema(p: Param, space_ref: str) -> dict:
             args = {"type": "array", "minItems": 2, "maxItems": 2, "items": bound}
         else:
             continue  # a str/bool/list parameter is searched with choice only
-        kinds.append({"type": "object", "properties": {kind: args}, "required": [kind],
+        kinds.append({"type": "object", "properties": {kind.name: args}, "required": [kind.name],
                       "additionalProperties": False})
     return {"oneOf": kinds}
 

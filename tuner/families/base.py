@@ -60,7 +60,8 @@ class NearestCentroid(Family):
 `nearest_centroid` can then be a space file's `family:` (with `space: {temperature: {loguniform: [0.01, 1]}}`).
 To ship a family, put its module in tuner/families/, import it in tuner/families/__init__.py, add a small
 config for it to `CASES` in tests/test_families_contract.py, and run `python -m tuner.docs` so
-docs/families.md lists its parameters. A gradient-trained network subclasses `trained.TorchFamily`
+docs/families.md lists its parameters (a family kept outside tuner runs the same checks:
+`tuner.testing.check_family`). A gradient-trained network subclasses `trained.TorchFamily`
 instead and only `build`s its `nn.Module` (see linear.py); the training loop, checkpoints,
 PBT and bundles then come from `tuner.engine.TorchLearner`.
 """
@@ -100,7 +101,7 @@ class Family:
         """Check a space file's values for this family, from the file alone (`tuner validate`).
 
         constants: key -> value (the `fixed:` block and constant `space:` entries).
-        searched: key -> `spaces.Distribution` (has `kind` and `args`).
+        searched: key -> `spaces.Distribution` (its `kind`, `args`, `is_categorical`, `low` and `high`).
         file: the space file's name, for the message.
         Raises a `UserError` naming the file and key for a key this family does not take, or a value (or
         searched bound or choice) outside its `Param`; then runs `check_config` on the constants.
@@ -113,15 +114,15 @@ class Family:
             check_param(self.params[key], value, f"{file}: {key}")
         for key, dist in searched.items():
             param = self.params[key]
-            if dist.kind in ("choice", "grid"):
+            if dist.is_categorical:
                 for v in dist.args:
                     check_param(param, v, f"{file}: space.{key}")
             elif param.type not in ("float", "int", "any"):
                 raise UserError(f"{file}: space.{key} takes {param.type} values; use choice: [...] instead of "
                                 f"{dist.kind}")
             else:
-                check_param(param, dist.args[0], f"{file}: space.{key} lower bound")
-                check_param(param, dist.args[1], f"{file}: space.{key} upper bound")
+                check_param(param, dist.low, f"{file}: space.{key} lower bound")
+                check_param(param, dist.high, f"{file}: space.{key} upper bound")
         self.check_config({k: v for k, v in constants.items()}, file)
 
     def check_config(self, constants: dict, file: str) -> None:
@@ -196,7 +197,7 @@ def values(key: str, constants: dict, searched: dict, default: Any) -> list | No
     if key not in searched:
         return [default]
     dist = searched[key]
-    return list(dist.args) if dist.kind in ("choice", "grid") else None
+    return list(dist.args) if dist.is_categorical else None  # a conditional choice: its options
 
 
 FAMILIES: dict[str, Family] = {}

@@ -245,7 +245,7 @@ class Transfer(TorchFamily):
         super().validate(constants, searched, file)
         archs = [constants.get("arch", self.params["arch"].default)]
         if "arch" in searched:
-            archs = list(searched["arch"].args) if searched["arch"].kind in ("choice", "grid") else [None]
+            archs = list(searched["arch"].args) if searched["arch"].is_categorical else [None]
             if archs == [None]:
                 raise UserError(f"{file}: space.arch takes names; use choice: [...]")
             for a in archs:

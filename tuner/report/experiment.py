@@ -23,12 +23,15 @@ from tuner.metrics import best_index, ranked as ranked_rows  # noqa: E402
 from tuner.report.importance import importance  # noqa: E402
 from tuner.report.search import metric_column  # noqa: E402
 from tuner.rundir import RunDir  # noqa: E402
+from tuner.search.schedulers import SCHEDULERS  # noqa: E402  (its flags; no Ray)
+from tuner.spaces.distributions import KINDS, Distribution  # noqa: E402
 
 
-def searched_params(space: dict) -> dict[str, dict]:
-    """The parameters that were searched (a distribution in space: and not pinned by fixed:)."""
+def searched_params(space: dict) -> dict[str, Distribution]:
+    """The parameters that were searched (a distribution in space: and not pinned by fixed:), from the
+    space.yaml tuner wrote (so already checked)."""
     fixed = space.get("fixed") or {}
-    out: dict[str, dict] = {}
+    out: dict[str, Distribution] = {}
     _flatten(space.get("space") or {}, out)
     return {k: v for k, v in out.items() if k not in fixed}
 
@@ -37,22 +40,22 @@ def _flatten(space: dict, out: dict) -> None:
     """A conditional choice ({choice: {option: {sub-space}}}) becomes a choice of its options, and each branch's
     parameters join the list; a name in several branches gets the union of their ranges (for the axes)."""
     for k, v in space.items():
-        if not isinstance(v, dict) or len(v) != 1:
+        if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in KINDS:
             continue
         kind, args = next(iter(v.items()))
         if kind == "choice" and isinstance(args, dict):
-            out.setdefault(k, {"choice": list(args)})
+            out.setdefault(k, Distribution("choice", tuple(args)))
             for sub in args.values():
                 _flatten(sub or {}, out)
             continue
-        if k not in out:
-            out[k] = {kind: list(args)}
-            continue
-        old_kind, old = next(iter(out[k].items()))
-        if old_kind in ("choice", "grid") or kind in ("choice", "grid"):
-            out[k] = {"choice": list(dict.fromkeys(list(old) + list(args)))}
+        new = Distribution(kind, tuple(args))
+        old = out.get(k)
+        if old is None:
+            out[k] = new
+        elif old.is_categorical or new.is_categorical:
+            out[k] = Distribution("choice", tuple(dict.fromkeys(old.args + new.args)))
         else:
-            out[k] = {old_kind: [min(old[0], args[0]), max(old[1], args[1])]}
+            out[k] = Distribution(old.kind, (min(old.low, new.low), max(old.high, new.high)))
 
 
 def ranked_trials(trials: pd.DataFrame, metric, mode) -> tuple[pd.DataFrame, str]:
@@ -156,14 +159,13 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
     sc = None
     scales: dict[str, str] = {}
     for ax, (k, dist) in zip(axes.flat, searched.items()):
-        kind = next(iter(dist))
         vals = ranked[k] if k in ranked else pd.Series([np.nan] * len(ranked), index=ranked.index)
         # a conditional branch's parameter is empty in the trials that drew another option: not plotted there
         has = vals.notna()
         best_has = bool(len(has)) and bool(has.iloc[0])
         vals, y, ep_k = vals[has], ranked[col][has], ep[has]
-        if kind in ("choice", "grid"):
-            order = [str(v) for v in next(iter(dist.values()))]
+        if dist.is_categorical:
+            order = [str(v) for v in dist.args]
             cats = [str(v) for v in vals]
             order += sorted({c for c in cats if c not in order})
             x = np.array([order.index(c) for c in cats], dtype=float)
@@ -172,15 +174,14 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
             ax.set_xlim(-0.5, len(order) - 0.5)
         else:
             x = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=float)
-            if kind in ("loguniform", "logint"):
+            if dist.log:
                 ax.set_xscale("log")
                 # decades only: the minor labels (2x10^-4, 3x10^-4, ...) print over each other
                 ax.xaxis.set_major_locator(LogLocator(base=10))
                 ax.xaxis.set_minor_formatter(NullFormatter())
-            if kind in ("int", "logint"):
+            if dist.is_int:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                lo, hi = next(iter(dist.values()))[:2]
-                if hi - lo <= 10:  # few values: jitter so trials with the same value do not hide each other
+                if dist.high - dist.low <= 10:  # few values: jitter so equal values do not hide each other
                     x = x + rng.uniform(-0.06, 0.06, len(x))
         sc = ax.scatter(x, y, c=ep_k if vmax > 1 else "tab:blue", cmap="viridis" if vmax > 1 else None,
                         vmin=0 if vmax > 1 else None, vmax=vmax if vmax > 1 else None, s=28, alpha=0.85,
@@ -188,7 +189,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
         if len(x) and best_has:
             ax.scatter(x[:1], y.iloc[:1], marker="*", s=220, c="red", edgecolors="black", lw=0.6, zorder=3,
                        label="best")
-        ax.set_xlabel(f"{k}  ({kind}{', log axis' if kind in ('loguniform', 'logint') else ''})", fontsize=9)
+        ax.set_xlabel(f"{k}  ({dist.kind}{', log axis' if dist.log else ''})", fontsize=9)
         ax.set_ylabel(col)
         ax.grid(alpha=0.3)
         scales[k] = ax.get_xscale()
@@ -227,8 +228,10 @@ def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, 
 
 
 def rung_epochs(scheduler: dict) -> list[int]:
-    """ASHA's milestones: grace_period * reduction_factor^k below max_epochs."""
-    if scheduler.get("name") != "asha":
+    """The milestones of a scheduler that stops trials at rungs (ASHA's flag `rungs`): grace_period *
+    reduction_factor^k below max_epochs."""
+    entry = SCHEDULERS.get(scheduler.get("name"))
+    if entry is None or not entry.rungs:
         return []
     grace, rf = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3)
     top = scheduler.get("max_epochs", 1)

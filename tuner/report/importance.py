@@ -16,14 +16,13 @@ def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> 
     for k, d in searched.items():
         if k not in ok or ok[k].isna().all():  # a branch no trial drew (a nested option never reached)
             continue
-        kind, args = next(iter(d.items()))
-        if kind in ("choice", "grid"):
+        if d.is_categorical:
             # the values as trials.csv spells them (lists come back as YAML text)
             dists[k] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in ok[k].dropna()}))
-        elif kind in ("int", "logint"):
-            dists[k] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]), log=kind == "logint")
+        elif d.is_int:
+            dists[k] = optuna.distributions.IntDistribution(int(d.low), int(d.high), log=d.log)
         else:
-            dists[k] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]), log=kind == "loguniform")
+            dists[k] = optuna.distributions.FloatDistribution(float(d.low), float(d.high), log=d.log)
     if not dists:
         return {}
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")

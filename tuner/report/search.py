@@ -7,7 +7,7 @@
     pareto.png (+ pareto.csv) the non-dominated trials of a multi-objective search
 
 Inputs are the DataFrames of trials.csv and epochs.csv, the searched parameters as space.yaml writes them
-(`{name: {kind: args}}`, see `report.searched_params`) and the metric(s) and mode(s). A plot that has
+(`{name: Distribution}`, see `report.experiment.searched_params`) and the metric(s) and mode(s). A plot that has
 nothing to show is not written: no contour with fewer than two searched parameters, no intermediate
 values for families that evaluate once (knn, features).
 """
@@ -30,9 +30,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tuner.atomic import write_text  # noqa: E402
 from tuner.metrics import best_index, pareto_front, ranked  # noqa: E402
 from tuner.report.figures import save, short  # noqa: E402
+from tuner.spaces.distributions import Distribution  # noqa: E402
 
-LOG_KINDS = ("loguniform", "logint")
-CATEGORICAL_KINDS = ("choice", "grid")
 
 
 
@@ -96,18 +95,17 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def param_axis(name: str, dist: dict, values: pd.Series) -> Axis:
-    kind, args = next(iter(dist.items()))
-    if kind in CATEGORICAL_KINDS:
-        order = [str(v) for v in args]  # a list, or a mapping of options (conditional spaces): its keys
+def param_axis(name: str, dist: Distribution, values: pd.Series) -> Axis:
+    if dist.is_categorical:
+        order = [str(v) for v in dist.args]  # a choice's values, or a conditional choice's options
         cats = [_category(v, order) for v in values]
         order += sorted({c for c in cats if c is not None and c not in order})
         pos = np.array([np.nan if c is None else order.index(c) for c in cats], dtype=float)
         return Axis(name, pos, 0.0, float(len(order) - 1), list(range(len(order))), [short(o, 18) for o in order],
                     categorical=True, log=False)
     x = _finite(values)
-    lo, hi = float(args[0]), float(args[1])
-    log = kind in LOG_KINDS
+    lo, hi = float(dist.low), float(dist.high)
+    log = dist.log
     if log:
         with np.errstate(divide="ignore", invalid="ignore"):
             x = np.where(x > 0, np.log10(x), np.nan)
@@ -117,7 +115,7 @@ def param_axis(name: str, dist: dict, values: pd.Series) -> Axis:
             ticks = sorted(set(ticks) | {lo, hi})
         labels = [f"{10 ** t:.3g}" for t in ticks]
     else:
-        ticks = [float(t) for t in MaxNLocator(5, integer=kind == "int").tick_values(lo, hi) if lo <= t <= hi]
+        ticks = [float(t) for t in MaxNLocator(5, integer=dist.is_int).tick_values(lo, hi) if lo <= t <= hi]
         labels = [f"{t:.4g}" for t in ticks]
     return Axis(name, x, lo, hi, ticks, labels, categorical=False, log=log)
 

@@ -7,23 +7,18 @@ from typing import Any
 from ray import tune
 
 from tuner.search.adapters import contains
-from tuner.spaces import Conditional, Distribution
+from tuner.spaces.distributions import Conditional, Distribution, is_searched
 
 
 def to_tune(dist: Distribution, grid_points: int = 0):
     """The Ray Tune domain. With grid_points > 0 every distribution becomes a grid."""
-    if grid_points or dist.kind == "grid":
+    if grid_points or dist.is_grid:
         return tune.grid_search(dist.grid_values(grid_points or 3))
-    lo, hi = (dist.args + (None, None))[:2]
-    if dist.kind == "uniform":
-        return tune.uniform(lo, hi)
-    if dist.kind == "loguniform":
-        return tune.loguniform(lo, hi)
-    if dist.kind == "int":  # inclusive bounds, as the contract says; Ray's randint excludes hi
-        return tune.randint(lo, hi + 1)
-    if dist.kind == "logint":
-        return tune.lograndint(lo, hi + 1)
-    return tune.choice(list(dist.args))
+    if dist.is_categorical:
+        return tune.choice(list(dist.args))
+    if dist.is_int:  # inclusive bounds, as the contract says; Ray's randint excludes hi
+        return (tune.lograndint if dist.log else tune.randint)(dist.low, dist.high + 1)
+    return (tune.loguniform if dist.log else tune.uniform)(dist.low, dist.high)
 
 
 PRIMITIVE = (type(None), bool, int, float, str)
@@ -33,12 +28,9 @@ PRIMITIVE = (type(None), bool, int, float, str)
 def _distribution(d: Distribution):
     import optuna.distributions as od
 
-    lo, hi = (d.args + (None, None))[:2]
-    if d.kind in ("uniform", "loguniform"):
-        return od.FloatDistribution(lo, hi, log=d.kind == "loguniform")
-    if d.kind in ("int", "logint"):
-        return od.IntDistribution(lo, hi, log=d.kind == "logint")
-    return od.CategoricalDistribution(_choices(d.args))
+    if d.is_categorical:
+        return od.CategoricalDistribution(_choices(d.args))
+    return (od.IntDistribution if d.is_int else od.FloatDistribution)(d.low, d.high, log=d.log)
 
 
 def _choices(values: tuple) -> list:
@@ -74,23 +66,19 @@ class DefineByRun:
             if isinstance(node, Conditional):
                 opts = node.args
                 opt = _decode(opts, trial.suggest_categorical(name, _choices(opts)))
-                branch = dict(node.options)[opt]
+                branch = node.branch(opt)
                 cfg[k] = opt
-                cfg.update({n: v for n, v in branch.items() if not isinstance(v, (Distribution, Conditional))})
-                cfg.update(self._walk(trial, {n: v for n, v in branch.items()
-                                              if isinstance(v, (Distribution, Conditional))}, f"{name}.{opt}."))
+                cfg.update({n: v for n, v in branch.items() if not is_searched(v)})
+                cfg.update(self._walk(trial, {n: v for n, v in branch.items() if is_searched(v)}, f"{name}.{opt}."))
             else:
                 cfg[k] = _suggest(trial, name, node)
         return cfg
 
 
 def _suggest(trial, name: str, d: Distribution) -> Any:
-    lo, hi = (d.args + (None, None))[:2]
-    if d.kind in ("uniform", "loguniform"):
-        return trial.suggest_float(name, lo, hi, log=d.kind == "loguniform")
-    if d.kind in ("int", "logint"):
-        return trial.suggest_int(name, lo, hi, log=d.kind == "logint")
-    return _decode(d.args, trial.suggest_categorical(name, _choices(d.args)))
+    if d.is_categorical:
+        return _decode(d.args, trial.suggest_categorical(name, _choices(d.args)))
+    return (trial.suggest_int if d.is_int else trial.suggest_float)(name, d.low, d.high, log=d.log)
 
 
 def optuna_params(space: dict, config: dict, prefix: str = "") -> tuple[dict, dict] | None:
@@ -106,9 +94,8 @@ def optuna_params(space: dict, config: dict, prefix: str = "") -> tuple[dict, di
             enc = _encode(opts, config[k])
             if enc is None:
                 return None
-            params[name], dists[name] = enc, _distribution(Distribution("choice", opts))
-            branch = {n: v for n, v in dict(node.options)[config[k]].items()
-                      if isinstance(v, (Distribution, Conditional))}
+            params[name], dists[name] = enc, _distribution(node.as_choice())
+            branch = {n: v for n, v in dict(node.options)[config[k]].items() if is_searched(v)}
             sub = optuna_params(branch, config, f"{name}.{config[k]}.")
             if sub is None:
                 return None
@@ -117,12 +104,12 @@ def optuna_params(space: dict, config: dict, prefix: str = "") -> tuple[dict, di
             continue
         dist = _distribution(node)
         v = config[k]
-        if node.kind in ("choice", "grid"):
+        if node.is_categorical:
             v = _encode(node.args, v)
             if v is None:
                 return None
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = int(round(v)) if node.kind in ("int", "logint") else float(v)
+            v = int(round(v)) if node.is_int else float(v)
             if not contains(dist, v):
                 return None
         else:

@@ -3,7 +3,6 @@ results tables. The pipeline around it (checks, lock, plots, retrain, comparison
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import os
 import threading
 import time
@@ -24,6 +23,8 @@ from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
 from tuner.search.domains import to_tune
+# ClipToSpace: a search saved by an older tuner names it here, in the PBT scheduler its tuner.pkl holds
+from tuner.search.schedulers import SCHEDULERS, ClipToSpace, build_scheduler  # noqa: F401
 from tuner.settings import cache_dir
 from tuner.spaces import Experiment, resolved_yaml
 
@@ -88,57 +89,6 @@ def _signals_stop_tune():
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
-
-
-def _scheduler(exp: Experiment):
-    from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
-                                     PopulationBasedTraining)
-
-    from tuner.metrics import best_key
-
-    s = exp.scheduler
-    if not get_family(exp.family).iterative or s.name == "fifo":
-        return FIFOScheduler()
-    # ASHA, HyperBand and the median rule compare trials by their best epoch so far, the score a trial is
-    # ranked by at the end (its checkpoint at that epoch is what it would give if stopped now): a trial whose
-    # accuracy wobbles down for one epoch at a rung is not cut for it, nor one that peaked early kept for a
-    # lucky last epoch alone. With several objectives they stop trials by the first. PBT below uses the
-    # current epoch: it copies a trial's weights as they are now, not as they were at its best epoch.
-    ranked = {"metric": best_key(exp.metrics[0]), "mode": exp.modes[0]}
-    if s.name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor, **ranked)
-    if s.name == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=s.max_epochs,
-                                  reduction_factor=s.reduction_factor, **ranked)
-    if s.name == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
-                                  min_samples_required=3, **ranked)
-    perturbable = get_family(exp.family).pbt_params  # Param(pbt=True): the family says which
-    mutations = {k: to_tune(d) for k, d in exp.searched.items() if k in perturbable}
-    if not mutations:
-        raise UserError(f"{exp.path}: scheduler pbt needs at least one of {', '.join(perturbable)} in space:")
-    bounds = {k: d.args for k, d in exp.searched.items() if k in mutations and d.kind in NUMERIC}
-    return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
-                                   hyperparam_mutations=mutations, synch=False, metric=exp.metric, mode=exp.mode,
-                                   custom_explore_fn=ClipToSpace(bounds))
-
-
-NUMERIC = ("uniform", "loguniform", "int", "logint")
-
-
-@dataclass
-class ClipToSpace:
-    """PBT's explore step, kept inside the space: Ray multiplies a value by 0.8 or 1.2 with no bounds, so a
-    momentum drawn from [0.5, 0.95] became 1.04 and that trial diverged (val_accuracy 0.97 -> 0.29)."""
-
-    bounds: dict[str, tuple]
-
-    def __call__(self, config: dict) -> dict:
-        for k, (lo, hi) in self.bounds.items():
-            if k in config:
-                config[k] = type(lo)(min(max(config[k], lo), hi))
-        return config
 
 
 def _resources(exp: Experiment) -> dict:
@@ -288,9 +238,9 @@ def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbo
         trainable,
         param_space=param_space(exp, constants_only),
         tune_config=tune.TuneConfig(
-            # the searcher and scheduler each name their metric (tuner.search.searchers, _scheduler); the
+            # the searcher and scheduler each name their metric (tuner.search.searchers, .schedulers); the
             # search algorithm keeps to search.max_concurrent itself (searchers.build)
-            search_alg=search_alg, scheduler=_scheduler(exp), num_samples=searchers.num_samples(exp),
+            search_alg=search_alg, scheduler=build_scheduler(exp), num_samples=searchers.num_samples(exp),
             reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
         run_config=tune.RunConfig(
             name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
@@ -298,7 +248,7 @@ def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbo
             # 2 per trial; PBT keeps all: Ray's PBT can hand a trial a checkpoint of the trial it copies
             # that the copied one has pruned since (seen here with 4 kept: "Could not recover from
             # checkpoint as it does not exist on storage anymore", ray-project/ray#8441)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.name == "pbt" else 2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if SCHEDULERS[exp.scheduler.name].mutates else 2),
             failure_config=tune.FailureConfig(max_failures=exp.max_failures)),
     )
 

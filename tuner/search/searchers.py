@@ -8,79 +8,15 @@ while the trial's config gets the plain name (`C`). The Tuner's param_space then
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 from ray.tune.search import Searcher
 
 from tuner.search.domains import DefineByRun, optuna_params
+from tuner.search.samplers import LOCK_TYPES, PicklableLock, make_sampler, picklable  # noqa: F401 (old pickles)
+from tuner.search.schedulers import SCHEDULERS
 from tuner.spaces import Conditional, Experiment, grid_configs
-
-
-class PicklableLock:
-    """A threading.Lock that pickles as a new, unlocked one: Ray pickles the searcher, and so its sampler, into
-    every experiment snapshot, and a lock cannot be pickled."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-
-    def acquire(self, *args, **kwargs) -> bool:
-        return self._lock.acquire(*args, **kwargs)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self):
-        return self._lock.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        self._lock.__exit__(*exc)
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self._lock = threading.Lock()
-
-
-LOCK_TYPES = (type(threading.Lock()),)
-
-
-def picklable(sampler):
-    """The sampler with every plain lock it holds made picklable. Optuna 5.1's genetic samplers (nsga2) keep a
-    threading.Lock and define no __getstate__ (pickling them raises "cannot pickle '_thread.lock' object");
-    other versions and samplers hold none, and are returned as they are."""
-    for key, value in vars(sampler).items():
-        if isinstance(value, LOCK_TYPES):
-            setattr(sampler, key, PicklableLock())
-    return sampler
-
-
-def make_sampler(exp: Experiment):
-    return picklable(_sampler(exp))
-
-
-def _sampler(exp: Experiment):
-    import optuna
-
-    s = exp.search
-    startup = min(10, max(2, exp.num_samples // 3)) if exp.num_samples > 0 else 10
-    # constraints reach tpe, gp and nsga2 as each trial's constraint values (StudySearch sets them)
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
-    if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup)
-    if s.sampler == "cmaes":
-        # categorical parameters go to the independent (random) sampler, as Optuna's CMA-ES does itself
-        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=startup, warn_independent_sampling=False)
-    if s.sampler == "nsga2":
-        pop = max(2, min(50, exp.num_samples // 2 if exp.num_samples > 0 else 20))
-        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=pop)
-    if s.sampler == "qmc":
-        return optuna.samplers.QMCSampler(seed=s.seed, qmc_type="sobol", scramble=True,
-                                          warn_independent_sampling=False, warn_asynchronous_seeding=False)
-    return optuna.samplers.RandomSampler(seed=s.seed)
 
 
 # --------------------------------------------------------------------------- warm starts
@@ -93,7 +29,7 @@ def warm_start_points(exp: Experiment) -> list[dict]:
 # --------------------------------------------------------------------------- the searcher
 def uses_optuna(exp: Experiment) -> bool:
     """Whether the search's searcher is Optuna's (its study is the journal), not Ray's random or grid."""
-    return bool(exp.searched) and exp.scheduler.name != "pbt" and (
+    return bool(exp.searched) and not SCHEDULERS[exp.scheduler.name].mutates and (
         exp.search.algorithm == "optuna" or (exp.search.algorithm == "random" and exp.conditional))
 
 
@@ -121,8 +57,7 @@ def build(exp: Experiment, exp_dir: Path):
                 points.append(fit[0])
         metric = [best_key(m) for m in exp.metrics] if exp.multi else best_key(exp.metric)
         mode = exp.modes if exp.multi else exp.mode
-        sampler = make_sampler(exp) if exp.search.algorithm == "optuna" else \
-            optuna.samplers.RandomSampler(seed=exp.search.seed)
+        sampler = make_sampler(exp, None if exp.search.algorithm == "optuna" else "random")
         searcher = StudySearch(space=DefineByRun(exp.searched), metric=metric, mode=mode, sampler=sampler,
                                points_to_evaluate=points or None, storage=storage(exp_dir), study_name=exp.name,
                                rule=Rule.of(exp), constants=exp.constants, constraints=exp.constraints)

@@ -1,0 +1,130 @@
+"""A space file -> a validated `Experiment` (or `Suite`): each block built and checked, then the rules that
+take several keys (tuner.spaces.rules)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Union
+
+from tuner.bounds import Bound
+from tuner.errors import UserError
+from tuner.spaces.blocks import DatasetConfig, ResourcesConfig, SchedulerConfig, SearchConfig
+from tuner.spaces.distributions import Distribution, parse_distribution
+from tuner.spaces.experiment import Experiment, Suite
+from tuner.spaces.names import check_name, check_path_text
+from tuner.spaces.rules import (check_branch_names, check_search_power, parse_constraints, parse_objectives,
+                                validate_tree)
+from tuner.spaces.suites import load_suite
+from tuner.spaces.yamlfile import apply_overrides, read_yaml
+
+
+# the top-level keys that are not blocks: their bounds, for validate and `tuner schema` alike
+MAX_FAILURES = Bound(min=-1, says="a whole number >= 0 (retries of a crashed trial), or -1 to retry crashed "
+                                  "trials forever")
+
+
+STORAGE = Bound(pattern=r"\S", says="a folder or a URI such as s3://bucket/path")
+
+
+TOP_KEYS = {"name", "dataset", "family", "metric", "mode", "search", "scheduler", "resources", "fixed", "space",
+            "max_failures", "storage", "constraints", "tracking"}
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experiment, Suite]:
+    """Read, override and validate a space or suite file."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if "suite" in raw:
+        # --set on a suite is meant for its members (the caller loads each with the same overrides);
+        # only the suite's own list keys are applied to the suite itself
+        own = [s for s in overrides or [] if s.split("=", 1)[0].split(".")[0].strip() in ("suite", "ensemble")]
+        return load_suite(path, apply_overrides(raw, own, str(path)))
+    raw = apply_overrides(raw, overrides or [], str(path))
+    return parse_experiment(raw, path)
+
+
+def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
+    """A space file's mapping (after --set) -> a checked Experiment: each block parses and checks itself, then
+    the rules across blocks (tuner.spaces.rules: the family's check of the tree, samplers and schedulers)."""
+    file = str(path) if path else "<space>"
+    family = _check_top_keys(raw, file)
+    name = raw["name"] if raw.get("name") is not None else (path.stem if path else "experiment")
+    check_name(name, f"{file}: name")
+    dataset = DatasetConfig.parse(raw.get("dataset"), file)
+    search = SearchConfig.parse(raw.get("search"), file)
+    scheduler = SchedulerConfig.parse(raw.get("scheduler"), file)
+    resources = ResourcesConfig.parse(raw.get("resources"), file)
+    metric, mode = parse_objectives(raw, file)
+    constraints = parse_constraints(raw.get("constraints"), file)
+    dataset.check(file)
+    scheduler.check(file)
+    fixed, space = _parse_space(raw, file)
+
+    from tuner import tracking
+
+    exp = Experiment(name=name, family=raw["family"], dataset=dataset, metric=metric, mode=mode,
+                     constraints=constraints, search=search, scheduler=scheduler, resources=resources,
+                     fixed=fixed, space=space, max_failures=_max_failures(raw, file), storage=_storage(raw, file),
+                     tracking=tracking.parse(raw.get("tracking"), file), path=path, raw=raw)
+    _check_values(exp, file)
+    validate_tree(family, exp.constants, exp.searched, file, "space")
+    check_search_power(exp, file)
+    return exp
+
+
+def _check_top_keys(raw: dict, file: str):
+    """Every top-level key known, and a family that is registered: its Family."""
+    from tuner.families import FAMILIES, get_family
+
+    for key in raw:
+        if key not in TOP_KEYS:
+            hint = " (a suite file has only name, suite and ensemble)" if key in ("suite", "ensemble") else ""
+            raise UserError(f"{file}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(TOP_KEYS))}")
+    if "family" not in raw:
+        raise UserError(f"{file}: missing key 'family'; set one of {', '.join(FAMILIES)}")
+    return get_family(raw["family"], where=f"{file}: family")
+
+
+def _parse_space(raw: dict, file: str) -> tuple[dict, dict]:
+    """`fixed:` (constants) and `space:` (parsed into distributions), both mappings of parameter names."""
+    fixed = {} if raw.get("fixed") is None else raw["fixed"]
+    space_raw = {} if raw.get("space") is None else raw["space"]
+    for key, block in (("fixed", fixed), ("space", space_raw)):
+        if not isinstance(block, dict):
+            raise UserError(f"{file}: {key} must be a mapping of parameter: value, got {block!r}")
+        for k in block:
+            if not isinstance(k, str):
+                raise UserError(f"{file}: {key}: parameter names are words, got {k!r}")
+    space = {k: parse_distribution(v, f"{file}: space.{k}") for k, v in space_raw.items()}
+    check_branch_names(space, file)
+    for k, v in fixed.items():
+        if isinstance(parse_distribution(v, f"{file}: fixed.{k}"), Distribution):
+            raise UserError(f"{file}: fixed.{k} is a distribution; move it to space: or give one value")
+    return dict(fixed), space
+
+
+def _max_failures(raw: dict, file: str) -> int:
+    max_failures = raw.get("max_failures", 0)
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or MAX_FAILURES.problem(max_failures):
+        raise UserError(f"{file}: max_failures must be {MAX_FAILURES.says}; got {max_failures!r}")
+    return max_failures
+
+
+def _storage(raw: dict, file: str) -> str | None:
+    storage = raw.get("storage")
+    if storage is not None and (not isinstance(storage, str) or STORAGE.problem(storage)):
+        raise UserError(f"{file}: storage must be {STORAGE.says}, got {storage!r}")
+    if storage is not None:
+        check_path_text(storage, f"{file}: storage")
+    return storage
+
+
+def _check_values(exp: Experiment, file: str) -> None:
+    """Every value finite, and no grid for Optuna (which cannot enumerate one)."""
+    for k, v in list(exp.constants.items()) + [(k, a) for k, d in exp.searched.items() for a in d.args]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{file}: {k} is {v}; give a finite number")
+    if exp.search.algorithm == "optuna" and any(d.is_grid for d in exp.searched.values()):
+        bad = next(k for k, d in exp.searched.items() if d.is_grid)
+        raise UserError(f"{file}: space.{bad} is a grid, which Optuna cannot enumerate; "
+                        f"use choice, or set search.algorithm to grid or random")
