@@ -59,7 +59,8 @@ def write_jpegs(root: Path, n: int, size: int, classes: int = 10) -> None:
         crop.save(d / f"{i:05d}.jpg", quality=90)
 
 
-def cached_epochs(root: Path, cache: Path, size: int, epochs: int, device: str) -> tuple[float, float, float, float, object]:
+def cached_epochs(root: Path, cache: Path, size: int, epochs: int,
+                  device: str) -> tuple[float, float, float, float, object]:
     cfg = DatasetConfig(name="imagefolder", root=str(root), image_size=size, split=SplitConfig(val=0.1, test=0.1))
     t0 = time.perf_counter()
     data = prepare(cfg, cache_dir=cache, progress=False)

@@ -154,7 +154,8 @@ def main_search(names: list[str], quick: bool) -> list[dict]:
     rows = []
     for name in names:
         if name == "digits_knn":  # the whole 84-point grid; quick: 8 of its points
-            sets = ["space.k={grid: [1, 3]}", "space.metric={grid: [euclidean, cosine]}", "space.normalize=none"] if quick else []
+            sets = (["space.k={grid: [1, 3]}", "space.metric={grid: [euclidean, cosine]}", "space.normalize=none"]
+                    if quick else [])
             n = 8 if quick else 84
         else:
             n = 8 if quick else 20

@@ -98,7 +98,8 @@ def main(argv=None) -> dict:
     # the others 10 each; a Manhattan search costs the same on both sides, so the ratio is ~ configs/table
     for kind in t_ours_m:
         n_cfg = sum(neighbours.table_kind(m, nm) == kind for _, m, nm in configs)
-        print(f"  table {kind:15s} ({n_cfg:2d} configs): family {t_ours_m[kind]:7.2f} s, sklearn {t_sk_m[kind]:7.2f} s, "
+        print(f"  table {kind:15s} ({n_cfg:2d} configs): family {t_ours_m[kind]:7.2f} s, "
+              f"sklearn {t_sk_m[kind]:7.2f} s, "
               f"{t_sk_m[kind] / t_ours_m[kind]:6.1f}x")
     print(f"speed-up: {ratio:.1f}x (goal >= 20x); predictions identical to sklearn on "
           f"{np.mean(agree):.4%} of queries (min per config {min(agree):.4%}); best config {best[1]} "

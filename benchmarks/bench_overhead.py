@@ -101,7 +101,8 @@ def main(argv=None) -> dict:
         print(f"{r['trials']:6d} {r['plain_sum_s']:11.2f} {floor:8.2f} {r['search_s']:9.2f} "
               f"{r['ray_trial_sum_s']:15.2f} {r['overhead_s']:16.3f} {r['wall_over_floor']:10.3f}")
     a, b = runs
-    marginal = ((b["search_s"] - a["search_s"]) * c - (b["plain_sum_s"] - a["plain_sum_s"])) / (b["trials"] - a["trials"])
+    marginal = (((b["search_s"] - a["search_s"]) * c - (b["plain_sum_s"] - a["plain_sum_s"]))
+                / (b["trials"] - a["trials"]))
     startup = (a["search_s"] * c - a["plain_sum_s"] - marginal * a["trials"]) / c
     out = {"epochs": args.epochs, "concurrent": c, "cpus": os.cpu_count(), "ray_start_s": round(ray_start, 2),
            "marginal_overhead_s_per_trial": round(marginal, 3), "startup_s_per_search": round(startup, 2),

@@ -114,7 +114,8 @@ def export(name: str, results: Path, dest: Path, env: dict) -> Run:
 def decode_stage(folder: Path, size: int, cache: Path, env: dict) -> dict:
     """The whole set decoded at `size` px into a fresh cache, alone (what a search does before Ray starts)."""
     code = ("import json, sys; from tuner.data import prepare; from tuner.spaces import DatasetConfig, SplitConfig;"
-            f"d = prepare(DatasetConfig(name='imagefolder', root={str(folder)!r}, image_size={size}, normalize='imagenet',"
+            f"d = prepare(DatasetConfig(name='imagefolder', root={str(folder)!r}, image_size={size}, "
+            "normalize='imagenet',"
             " split=SplitConfig(val=0.2, test='official', seed=0)), cache_dir=sys.argv[1]);"
             "s = d.stats; print('STATS ' + json.dumps(dict(prepare_s=s.seconds, decode_s=s.decode_s, decoded=s.decoded,"
             " nbytes=s.nbytes)))")
@@ -150,8 +151,8 @@ def search_figures(run: Run, info: dict, results: Path, name: str) -> dict:
     search_s = info["search_s"]
     t_start, t_end = run.at(r"^results: .*trials\.csv"), run.at(r"^search: \d+ trials in")
     warm = run.at(r"^warm-up: .*\(([\d.]+) s\)")
-    out = {"prepare_s": info.get("prepare_s"), "ray_start_s": round(info["prepare_and_start_s"] - info.get("prepare_s", 0)
-                                                                    - (float(warm[1][1]) if warm else 0), 2),
+    ray_start_s = info["prepare_and_start_s"] - info.get("prepare_s", 0) - (float(warm[1][1]) if warm else 0)
+    out = {"prepare_s": info.get("prepare_s"), "ray_start_s": round(ray_start_s, 2),
            "warm_up_s": float(warm[1][1]) if warm else None, "search_s": search_s, "trials": info["trials"],
            "epochs": epochs, "trials_per_hour": round(info["trials"] / search_s * 3600, 1),
            "epochs_per_hour": round(epochs / search_s * 3600, 1),
@@ -167,7 +168,8 @@ def search_figures(run: Run, info: dict, results: Path, name: str) -> dict:
         out["test_img_per_s"] = round(int(test[1][1]) / max(out["test_s"], 1e-9), 1)
     emb = run.at(r"embedded (\d+) images in ([\d.]+) s")
     if emb:
-        out["extraction_s"], out["extraction_img_per_s"] = float(emb[1][2]), round(int(emb[1][1]) / max(float(emb[1][2]), 1e-9), 1)
+        seconds = float(emb[1][2])
+        out["extraction_s"], out["extraction_img_per_s"] = seconds, round(int(emb[1][1]) / max(seconds, 1e-9), 1)
     tables = [float(m[1]) for _, line in run.lines if (m := re.search(r"^neighbour table \S+: .* in ([\d.]+) s", line))]
     out["tables_s"] = round(sum(tables), 2) if tables else None
     return out | trial_memory(run)
@@ -219,13 +221,14 @@ def sklearn_refits(run: Run, results: Path, name: str, folder: Path) -> dict:
 def concurrency_stage(folder: Path, n: int, results: Path, env: dict, nbytes: int, size: int = 224) -> dict:
     """N trials at once, each reading every image (an mlp, one epoch): what each holds."""
     space = results / f"concurrency{n}.yaml"
-    space.write_text(f"name: c{n}\ndataset: {{name: imagefolder, root: {folder}, image_size: {size}, normalize: imagenet,"
+    space.write_text(f"name: c{n}\ndataset: {{name: imagefolder, root: {folder}, image_size: {size}, "
+                     "normalize: imagenet,"
                      f" split: {{val: 0.2, test: official, seed: 0}}}}\nfamily: mlp\n"
                      f"search: {{algorithm: random, num_samples: {n}, max_concurrent: {n}}}\n"
                      f"scheduler: {{name: fifo, max_epochs: 1}}\nresources: {{cpu: {round(2 / n, 3)}, gpu: 0}}\n"
                      f"fixed: {{hidden: [16], batch_size: 256}}\nspace: {{lr: {{loguniform: [0.0001, 0.001]}}}}\n")
-    run = Run(["search", "--space", str(space), "--results", str(results), "--no-dashboard", "--no-retrain", "--overwrite"], env,
-              f"{n} concurrent")
+    run = Run(["search", "--space", str(space), "--results", str(results), "--no-dashboard", "--no-retrain",
+               "--overwrite"], env, f"{n} concurrent")
     trials = run.monitor.of("trial")
     return {"concurrent": n, "set_bytes": nbytes, "driver_rss": run.monitor.root.rss,
             "driver_anon": run.monitor.root.anon, "trial_rss": sorted(p.rss for p in trials),
@@ -240,7 +243,8 @@ def machine() -> dict:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                          text=True).stdout.strip() if shutil.which("nvidia-smi") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory,
             "gpu": gpu or None, "load_average_at_start": os.getloadavg()[0]}
 
 
@@ -281,7 +285,8 @@ def run_all(args) -> dict:
     work = base / f"run-{os.getpid()}-{int(time.time())}"
     cache, results = work / "cache", work / "results"
     results.mkdir(parents=True)
-    env = {**os.environ, "TUNER_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TUNER_CACHE": str(cache), "PYTHONPATH": path}
     out = {"mode": "quick" if args.quick else "full", "images": args.images, "cores": os.cpu_count(),
            "machine": machine(), "data": made, "stages": {}}
     try:
@@ -300,7 +305,8 @@ def run_all(args) -> dict:
         ex = export("cars_transfer", results, work / "transfer_export", env)
         out["transfer"]["export_s"] = round(ex.wall, 2)
         log("cars_knn: search over the export's embeddings of every image, retrain, test")
-        size = next((s.split("=")[1] for s in transfer_sets(args, folder) if s.startswith("dataset.image_size=")), "224")
+        size = next((s.split("=")[1] for s in transfer_sets(args, folder) if s.startswith("dataset.image_size=")),
+                    "224")
         kn, kinfo = search(SPACES / "cars_knn.yaml", ["dataset.name=imagefolder", f"dataset.root={folder}",
                                                        f"dataset.image_size={size}",
                                                        f"fixed.backbone={work / 'transfer_export'}"]
@@ -320,9 +326,12 @@ def run_all(args) -> dict:
             shutil.rmtree(work, ignore_errors=True)
     tr_, kn_ = out["transfer"], out["knn"]
     out.update(search_s=tr_["search_s"], trials=tr_["trials"],
-               peak_rss_driver_bytes=max(tr_["peak_rss_driver_bytes"], kn_["peak_rss_driver_bytes"], out["peak_rss_prepare_bytes"]),
-               peak_rss_trial_bytes=max(filter(None, [tr_["peak_rss_trial_bytes"], kn_["peak_rss_trial_bytes"]]), default=None),
-               peak_uss_trial_bytes=max(filter(None, [tr_["peak_uss_trial_bytes"], kn_["peak_uss_trial_bytes"]]), default=None),
+               peak_rss_driver_bytes=max(tr_["peak_rss_driver_bytes"], kn_["peak_rss_driver_bytes"],
+                                         out["peak_rss_prepare_bytes"]),
+               peak_rss_trial_bytes=max(filter(None, [tr_["peak_rss_trial_bytes"], kn_["peak_rss_trial_bytes"]]),
+                                        default=None),
+               peak_uss_trial_bytes=max(filter(None, [tr_["peak_uss_trial_bytes"], kn_["peak_uss_trial_bytes"]]),
+                                        default=None),
                gpu_busy_fraction=tr_["gpu_busy_fraction"])
     for k in ("prepare_s", "warm_up_s", "search_s", "search_to_retrain_s", "retrain_s", "test_s", "export_s",
               "extraction_s", "tables_s"):
@@ -343,7 +352,8 @@ def table(out: dict) -> str:
             ("decoded set / cache on disk", gb(out["decoded_bytes"]), gb(out["cache_bytes"])),
             ("decode: peak RSS / anon", gb(out["peak_rss_prepare_bytes"]), gb(out["peak_anon_prepare_bytes"]))]
     for side, f in (("transfer", tr), ("knn", kn)):
-        rows += [(f"{side}: prepare / Ray start / warm-up", f"{f['prepare_s']} / {f['ray_start_s']} / {f['warm_up_s']} s", ""),
+        rows += [(f"{side}: prepare / Ray start / warm-up",
+                  f"{f['prepare_s']} / {f['ray_start_s']} / {f['warm_up_s']} s", ""),
                  (f"{side}: search", f"{f['search_s']} s", f"{f['trials']} trials ({f['trials_per_hour']}/h), "
                   f"{f['epochs']} epochs ({f['epochs_per_hour']}/h)"),
                  (f"{side}: search -> retrain / retrain / test", f"{f['search_to_retrain_s']} / {f['retrain_s']} / "

@@ -1,8 +1,11 @@
-"""Shared test set-up: a private cache folder, Ray without a dashboard, one Ray instance per session."""
+"""Shared test set-up: a private cache folder, Ray without a dashboard, one Ray instance per session, the
+check that only tests marked `slow` start Ray, and one finished search shared by the tests that read one."""
 from __future__ import annotations
 
-import inspect
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,41 +15,51 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-# what in a test or its fixtures starts Ray or runs a search through the CLI
-RAY_STARTERS = ('"search"', "'search'", "run_search", "ray.init", "Tuner(", "cluster_utils", "module.main(",
-                "init_ray", "start_local_ray")
+# `pytest -m "not slow"` is the quick loop: a test that starts Ray (in this process or in a `tuner search`
+# subprocess) says so with @pytest.mark.slow, and one that does not say so fails if it starts Ray. Every other
+# test runs with RAY_TMPDIR (Ray's own variable, inherited by subprocesses) on an empty folder of its own:
+# a Ray started anywhere under the test leaves its session folder there.
+_RAY_DIR = pytest.StashKey[Path]()
+_RAY_BEFORE = pytest.StashKey[bool]()  # a Ray in this process before the test: an earlier slow test's
+_RAY_TMPDIR = os.environ.get("RAY_TMPDIR")
 
 
-def _sources(funcs, module, depth: int = 3) -> str:
-    """The source of these functions and of the module's own functions they call, a few calls deep."""
-    text, seen = "", set()
-    while funcs and depth:
-        called = []
-        for f in funcs:
-            if f in seen:
-                continue
-            seen.add(f)
-            try:
-                text += inspect.getsource(f)
-            except (OSError, TypeError):
-                continue
-            code = getattr(f, "__code__", None)
-            names = set(code.co_names) | {c for k in code.co_consts if inspect.iscode(k) for c in k.co_names} if code else set()
-            called += [g for g in (getattr(module, n, None) for n in names)
-                       if inspect.isfunction(g) and g.__module__ == module.__name__]
-        funcs, depth = called, depth - 1
-    return text
+def _ray_in_process() -> bool:
+    ray = sys.modules.get("ray")  # never imported just to ask
+    return bool(ray and ray.is_initialized())
 
 
 def pytest_collection_modifyitems(items):
-    """Mark `slow` every test that starts Ray or runs a search, so `pytest -m "not slow"` is the quick,
-    Ray-free loop: found in the source of the test, of the fixtures it uses and of the helpers they call."""
-    for item in items:
-        if item.get_closest_marker("slow") or not hasattr(item, "function"):
-            continue
-        funcs = [item.function] + [defs[-1].func for defs in item._fixtureinfo.name2fixturedefs.values() if defs]
-        if any(s in _sources(funcs, item.module) for s in RAY_STARTERS):
-            item.add_marker(pytest.mark.slow)
+    """The quick tests first, then the slow ones (a stable sort: each keeps its order): the quick feedback
+    comes first, and no quick test runs after a slow one left its Ray in this process, where an unmarked
+    in-process search would reuse it unseen by the check below."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("slow"):
+        return
+    # short, under /tmp: Ray's socket paths in it must stay under the 107-byte limit of a Unix socket
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    item.stash[_RAY_DIR] = ray_dir
+    item.stash[_RAY_BEFORE] = _ray_in_process()
+    os.environ["RAY_TMPDIR"] = str(ray_dir)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    ray_dir = item.stash.get(_RAY_DIR, None)
+    if ray_dir is None:
+        return
+    if _RAY_TMPDIR is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
+    started = any(ray_dir.iterdir()) or (_ray_in_process() and not item.stash[_RAY_BEFORE])
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    if started:
+        pytest.fail(f"{item.nodeid} started Ray but is not marked slow: add @pytest.mark.slow", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -84,7 +97,8 @@ def study_matches_tables():
         import yaml
 
         name = yaml.safe_load((exp_dir / "space.yaml").read_text())["name"]
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal")))
+        backend = optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+        storage = optuna.storages.JournalStorage(backend)
         journal = [t for t in optuna.load_study(study_name=name, storage=storage).trials
                    if not t.user_attrs.get("warm_start")]
         trials = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
@@ -105,3 +119,25 @@ def study_matches_tables():
             mine = epochs[epochs["trial_id"] == tid]
             assert t.intermediate_values == _pytest.approx(dict(zip(mine["epoch"], mine["val_accuracy"]))), tid
     return check
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory) -> Path:
+    """One real smoke search of search_spaces/digits_cnn.yaml (2 trials, 1 epoch) with two objectives
+    (val_accuracy up, num_params down: so there is a Pareto front), retrained and tested: its results folder,
+    shared by every test that reads a finished experiment and is not about the search itself. Read only: a
+    test that writes in it (export, report, compare) takes `finished_copy`."""
+    from tuner.cli import main
+
+    results = tmp_path_factory.mktemp("finished") / "results"
+    code = main(["search", "--space", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--smoke", "--results",
+                 str(results), "--no-dashboard", "--set", "metric=[val_accuracy, num_params]",
+                 "--set", "mode=[max, min]"])
+    assert code == 0
+    return results
+
+
+@pytest.fixture()
+def finished_copy(finished_search: Path, tmp_path: Path) -> Path:
+    """`finished_search` copied into this test's own folder, to write in."""
+    return Path(shutil.copytree(finished_search, tmp_path / "results", symlinks=True))

@@ -20,6 +20,7 @@ def test_every_benchmark_is_listed_in_the_benchmarks_readme():
         assert f"`{name}.py`" in readme, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(SCRIPTS) - OWN_TEST))
 def test_benchmark_quick_mode_runs(name, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
@@ -59,6 +60,7 @@ def test_the_cars_like_folder_has_cars_sizes_and_split_and_is_made_once(tmp_path
     assert train[0].stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_seed_scale_runs_every_stage_at_a_tiny_size_and_writes_its_figures(tmp_path, capfd):
     bench = _load("bench_seed_scale")
     out = bench.main(["--quick", "--images", "300", "--json", str(tmp_path / "seed.json")])

@@ -25,29 +25,21 @@ CONTRACT_METRICS = {"accuracy", "loss", "precision_macro", "recall_macro", "f1_m
                     "num_test", "num_params", "train_time_s"}
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """One real smoke search on digits, shared by the tests that read its results."""
-    results = tmp_path_factory.mktemp("results")
-    code = main(["search", "--space", str(SPACES / "digits_cnn.yaml"), "--smoke", "--results", str(results),
-                 "--no-dashboard"])
-    assert code == 0
-    return results
-
-
-def test_search_writes_the_contract_results_layout(searched):
-    d = searched / "digits_cnn"
+@pytest.mark.slow
+def test_search_writes_the_contract_results_layout(finished_search):
+    d = finished_search / "digits_cnn"
     for f in ["space.yaml", "trials.csv", "epochs.csv", "best.yaml", "split.npz", "plots/learning_curves.png",
               "plots/parameters.png", "plots/importance.png", "best/model.pt", "best/metrics.json",
               "best/confusion_matrix.csv", "best/confusion_matrix.png", "best/classification_report.csv",
               "best/curves.png"]:
         assert (d / f).is_file(), f
     assert (d / "ray").is_dir()
-    assert (searched / "comparison.md").is_file() and (searched / "comparison.csv").is_file()
+    assert (finished_search / "comparison.md").is_file() and (finished_search / "comparison.csv").is_file()
 
 
-def test_trials_and_epochs_csv_have_contract_columns(searched):
-    d = searched / "digits_cnn"
+@pytest.mark.slow
+def test_trials_and_epochs_csv_have_contract_columns(finished_search):
+    d = finished_search / "digits_cnn"
     trials = pd.read_csv(d / "trials.csv")
     assert len(trials) == 2  # --smoke wins over --set: 2 trials
     for col in ["trial_id", "status", "error", "lr", "batch_size", "blocks", "epochs", "val_accuracy", "val_loss",
@@ -60,31 +52,35 @@ def test_trials_and_epochs_csv_have_contract_columns(searched):
     assert set(epochs["trial_id"]) == set(trials["trial_id"])
 
 
-def test_metrics_json_has_every_contract_key(searched):
-    metrics = json.loads((searched / "digits_cnn" / "best" / "metrics.json").read_text())
+@pytest.mark.slow
+def test_metrics_json_has_every_contract_key(finished_search):
+    metrics = json.loads((finished_search / "digits_cnn" / "best" / "metrics.json").read_text())
     assert CONTRACT_METRICS <= set(metrics)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["num_test"] > 0
 
 
-def test_best_yaml_holds_whole_config_and_validation_metrics(searched):
-    best = yaml.safe_load((searched / "digits_cnn" / "best.yaml").read_text())
+@pytest.mark.slow
+def test_best_yaml_holds_whole_config_and_validation_metrics(finished_search):
+    best = yaml.safe_load((finished_search / "digits_cnn" / "best.yaml").read_text())
     assert {"lr", "batch_size", "blocks", "pool"} <= set(best["config"])
     assert 0 <= best["metrics"]["val_accuracy"] <= 1
 
 
-def test_split_indices_are_saved_and_disjoint(searched):
-    split = np.load(searched / "digits_cnn" / "split.npz")
+@pytest.mark.slow
+def test_split_indices_are_saved_and_disjoint(finished_search):
+    split = np.load(finished_search / "digits_cnn" / "split.npz")
     sets = [set(split[k]) for k in ("train", "val", "test")]
     assert all(len(s) for s in sets)
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
 
 
-def test_best_export_then_load_predicts_numpy_and_pil(searched, tmp_path, capsys):
+@pytest.mark.slow
+def test_best_export_then_load_predicts_numpy_and_pil(finished_copy, tmp_path, capsys):
     from PIL import Image
     from sklearn.datasets import load_digits
 
     out = tmp_path / "bundle"
-    assert main(["best", "--results", str(searched), "--experiment", "digits_cnn", "--export", str(out)]) == 0
+    assert main(["best", "--results", str(finished_copy), "--experiment", "digits_cnn", "--export", str(out)]) == 0
     assert "val_accuracy" in capsys.readouterr().out
     model = tuner.load(out)
     assert model.class_names == [str(i) for i in range(10)]
@@ -98,13 +94,15 @@ def test_best_export_then_load_predicts_numpy_and_pil(searched, tmp_path, capsys
     assert model.predict_proba(images[:3]).shape == (3, 10)
 
 
-def test_best_export_defaults_to_experiment_export_folder(searched):
-    assert main(["best", "--results", str(searched), "--export"]) == 0
-    assert (searched / "digits_cnn" / "export" / "model.pt").is_file()
+@pytest.mark.slow
+def test_best_export_defaults_to_experiment_export_folder(finished_copy):
+    assert main(["best", "--results", str(finished_copy), "--export"]) == 0
+    assert (finished_copy / "digits_cnn" / "export" / "model.pt").is_file()
 
 
-def test_list_shows_the_experiment(searched, capsys):
-    assert main(["list", "--results", str(searched)]) == 0
+@pytest.mark.slow
+def test_list_shows_the_experiment(finished_search, capsys):
+    assert main(["list", "--results", str(finished_search)]) == 0
     assert "digits_cnn" in capsys.readouterr().out
 
 

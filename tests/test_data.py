@@ -360,7 +360,8 @@ def _noise_like(path: Path, seed: int) -> None:
     """Overwrite an image with noise of the same size and format, keeping its name."""
     with Image.open(path) as im:
         size, fmt = im.size, im.format
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
 
 
 def test_changed_added_and_removed_images_reach_the_next_prepare_and_an_unchanged_folder_is_not_decoded_again(tmp_path):
@@ -584,7 +585,8 @@ def test_a_hostile_cifar10_file_is_refused_and_runs_nothing(tmp_path, name):
     made = tmp_path / "pwned"
     (root / "cifar-10-batches-py" / name).write_bytes(pickle.dumps({"data": _MakesAFile(made), "labels": []},
                                                                     protocol=2))
-    with pytest.raises(UserError, match=rf"{name} is not a CIFAR-10 file: it asks to run \S+ when read.*nothing was run"):
+    says = rf"{name} is not a CIFAR-10 file: it asks to run \S+ when read.*nothing was run"
+    with pytest.raises(UserError, match=says):
         prepare(cfg("cifar10", root))
     assert not made.exists()
 
@@ -598,7 +600,6 @@ def test_a_truncated_cifar10_batch_names_the_file_and_says_to_download_again(tmp
         prepare(cfg("cifar10", root))
 
 
-@pytest.mark.slow
 def test_a_truncated_cifar10_batch_is_exit_2_and_one_line_from_the_cli(tmp_path, capsys, monkeypatch):
     from tuner.cli import main
 
@@ -646,8 +647,9 @@ def test_images_larger_than_memory_run_from_the_cache_on_one_machine_and_are_ref
     # the machine's real free memory stands in for a small one: what prepare() reads through available_memory
     monkeypatch.setattr(cache, "available_memory", lambda: 60_000)
     # trials on other machines get the arrays through Ray's object store: they must fit, checked first
-    with pytest.raises(UserError, match=r"decoded images need 0\.1 MB of memory, 0\.1 MB available \(trials on a "
-                                        r"cluster .*\): lower dataset.image_size or set dataset.limit, or search on one"):
+    says = (r"decoded images need 0\.1 MB of memory, 0\.1 MB available \(trials on a "
+            r"cluster .*\): lower dataset.image_size or set dataset.limit, or search on one")
+    with pytest.raises(UserError, match=says):
         prepare(cfg("imagefolder", root, image_size=64), cache_dir=tmp_path / "c", by_path=False)
     assert not list((tmp_path / "c").rglob("*.npy"))  # refused before the cache was written
     assert "decoding" not in capsys.readouterr().err

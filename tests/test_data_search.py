@@ -20,6 +20,7 @@ def search(root, results, name: str, *extra: str) -> int:
                  "--name", name, "--set", f"dataset.name={name}", "--set", f"dataset.root={root}", *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size", [("cifar10", 32), ("stl10", 96), ("flowers102", 16), ("stanford_cars", 16),
                                        ("flowers104", 16)])
 def test_smoke_search_runs_on_each_format(tmp_path, name, size):
@@ -33,6 +34,7 @@ def test_smoke_search_runs_on_each_format(tmp_path, name, size):
     assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
 
 
+@pytest.mark.slow
 def test_smoke_search_on_class_folders_exports_the_class_names(tmp_path):
     import tuner
 
@@ -55,6 +57,7 @@ def test_bad_data_exits_2_with_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "r" / "imagefolder" / "ray").exists()  # stopped before Ray
 
 
+@pytest.mark.slow
 def test_second_experiment_on_the_same_folder_reuses_the_cache(tmp_path, capsys):
     import os
     from pathlib import Path
@@ -79,6 +82,7 @@ def test_second_experiment_on_the_same_folder_reuses_the_cache(tmp_path, capsys)
     assert (trials["status"] == "TERMINATED").all() and np.isfinite(trials["val_accuracy"]).all()
 
 
+@pytest.mark.slow
 def test_a_set_larger_than_the_memory_tuner_may_use_searches_from_the_cache_and_is_decoded_once(
         tmp_path, capsys, monkeypatch):
     import json

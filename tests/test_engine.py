@@ -127,7 +127,8 @@ def test_the_engine_reads_the_resolved_config_and_keeps_no_defaults_of_its_own()
         make_optimizer([{"params": params}], {"optimizer": "sgd", "lr": 0.1})
     # nor does any learner keep a fallback beside the parameter's default: `cfg.get(key, default)`
     root = Path(tuner.engine.__file__).parents[1]
-    fallbacks = [f"{p.relative_to(root)}:{n.lineno}" for folder in ("engine", "families") for p in (root / folder).glob("*.py")
+    fallbacks = [f"{p.relative_to(root)}:{n.lineno}"
+                 for folder in ("engine", "families") for p in (root / folder).glob("*.py")
                  for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Call) and len(n.args) == 2
                  and isinstance(n.func, ast.Attribute) and n.func.attr == "get"
                  and ast.unparse(n.func.value) in ("cfg", "config", "self.cfg", "constants")]
@@ -141,8 +142,8 @@ def test_adam_adamw_and_sgd_take_their_fused_kernel_and_an_optimiser_without_one
         assert opt.defaults.get("fused") is True, name
     # RMSprop has no fused kernel (no `fused` argument): the plain one is built instead of an error
     assert isinstance(_fused(torch.optim.RMSprop, [{"params": params}], lr=0.1), torch.optim.RMSprop)
-    assert isinstance(make_optimizer([{"params": params}], get_family("linear").resolve({"optimizer": "rmsprop", "lr": 0.1})),
-                      torch.optim.RMSprop)
+    rmsprop = get_family("linear").resolve({"optimizer": "rmsprop", "lr": 0.1})
+    assert isinstance(make_optimizer([{"params": params}], rmsprop), torch.optim.RMSprop)
 
 
 def test_a_cnn_trains_channels_last_on_the_cpu_as_the_contiguous_model_predicts_and_an_mlp_does_not(digits):

@@ -49,7 +49,9 @@ check_contract = check_family
 
 
 # --------------------------------------------------------------------------- every shipped family
-@pytest.mark.parametrize("case", sorted(CASES))
+# a resnet18 trains for tens of seconds on 2 cores: outside the quick loop (`-m "not slow"`)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith("transfer") else c
+                                  for c in sorted(CASES)])
 def test_shipped_family_keeps_the_contract(case, digits, tmp_path):
     check_contract(family_of(case), CASES[case], digits, tmp_path / "bundle")
 

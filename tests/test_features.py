@@ -48,7 +48,8 @@ def pixels(data, x):
 @pytest.mark.parametrize("classifier", list(CASES))
 def test_each_classifier_predicts_what_sklearn_fitted_directly_predicts(digits, classifier, tmp_path):
     params, reference = CASES[classifier]
-    learner = get_family("features").learner({"classifier": classifier, **params}, digits.info, RunContext(cache_dir=str(tmp_path)))
+    learner = get_family("features").learner({"classifier": classifier, **params}, digits.info,
+                                             RunContext(cache_dir=str(tmp_path)))
     (m,) = list(learner.fit(digits, 1))
     assert m["epoch"] == 1 and {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(m)
     reference.fit(pixels(digits, digits.x_train), digits.y_train)
@@ -63,7 +64,8 @@ def test_standard_normalisation_uses_training_statistics_only(digits):
     list(learner.fit(digits, 1))
     x = pixels(digits, digits.x_train).astype(np.float64)
     np.testing.assert_allclose(learner.mean, x.mean(0), atol=1e-5)
-    expected = (pixels(digits, digits.x_val) - x.mean(0)) / np.where(x.std(0) < 1e-5, 1.0, x.std(0))  # val scaled by train stats
+    # val scaled by train stats
+    expected = (pixels(digits, digits.x_val) - x.mean(0)) / np.where(x.std(0) < 1e-5, 1.0, x.std(0))
     np.testing.assert_allclose(learner.transform(learner.query(digits.x_val)[0]), expected, atol=1e-3)
 
 
@@ -106,6 +108,7 @@ def test_cifar10_features_space_validates_offline_and_search_names_the_missing_v
     assert len(err) == 1 and "vgg19" in err[0] and str(tmp_path / "hub") in err[0]
 
 
+@pytest.mark.slow
 def test_search_features_on_digits_from_the_command_line(tmp_path):
     space = tmp_path / "digits_features.yaml"
     space.write_text(

@@ -107,7 +107,7 @@ def test_a_bundle_reloaded_on_either_device_predicts_within_the_stated_tolerance
     save_bundle(tmp_path / "model.pt", exp, CNN, learner, digits)
     for device in ("cpu", "cuda"):
         p = load(tmp_path, device=device).learner.predict_proba(digits.x_test)
-        assert np.abs(p - tested).max() <= 1e-3, device  # README: "within 1e-3 on each probability"
+        assert np.abs(p - tested).max() <= 1e-3, device  # docs/running.md: "within 1e-3 on each probability"
 
 
 def test_a_trials_first_epoch_is_within_1_5x_a_steady_epoch_plus_2_s():
@@ -115,7 +115,8 @@ def test_a_trials_first_epoch_is_within_1_5x_a_steady_epoch_plus_2_s():
     data = prepare(exp.dataset, cache_dir=cache_dir())
     torch.zeros(1, device="cuda")  # the CUDA start is not the trial's
     learner = get_family("transfer").learner({"arch": "resnet18", "weights": "none", "trainable_layers": "all",
-                                              "batch_size": 96, "lr": 0.01, "optimizer": "sgd"}, data.info, RunContext(device="cuda"))
+                                              "batch_size": 96, "lr": 0.01, "optimizer": "sgd"}, data.info,
+                                             RunContext(device="cuda"))
     times = [m["epoch_time_s"] for m in learner.fit(data, 4)]
     assert times[0] <= 1.5 * statistics.median(times[1:]) + 2.0, times
     assert amp_dtype("cuda") is not None

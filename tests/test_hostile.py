@@ -260,7 +260,8 @@ def test_hostile_input_exits_2_with_one_error_line(tmp_path, results, capsys, ar
 @pytest.mark.parametrize("rel", ["space.yaml", "best.yaml", "trials.csv", "best/metrics.json"])
 def test_list_skips_a_folder_with_a_corrupt_file_and_lists_the_rest(results, capsys, rel):
     shutil.copytree(results / NAME, results / "broken")
-    (results / "broken" / rel).write_bytes(b"\xff\xfe{[not: yaml, json nor csv\n" if rel != "trials.csv" else b"a\n\xff")
+    garbage = b"\xff\xfe{[not: yaml, json nor csv\n" if rel != "trials.csv" else b"a\n\xff"
+    (results / "broken" / rel).write_bytes(garbage)
     assert main(["list", "--results", str(results)]) == 0
     out, err = capsys.readouterr()
     assert NAME in out and "broken" not in out

@@ -139,6 +139,7 @@ def test_missing_bundle_backbone_passes_validate_but_search_stops_before_ray(tmp
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_search_digits_knn_then_export_and_load(tmp_path, capsys):
     results = tmp_path / "results"
     assert main(["search", "--space", str(SPACES / "digits_knn.yaml"), "--smoke", "--results", str(results),
@@ -172,7 +173,8 @@ def test_knn_on_a_changed_image_folder_scores_the_new_images_not_the_cached_ones
 
     def search(cache: Path) -> tuple[float, float]:
         data = prepare(conf, cache_dir=cache, progress=False)
-        learner = get_family("knn").learner({"k": 1, "validation": "holdout"}, data.info, RunContext(cache_dir=str(cache)))
+        learner = get_family("knn").learner({"k": 1, "validation": "holdout"}, data.info,
+                                            RunContext(cache_dir=str(cache)))
         val = list(learner.fit(data))[-1]["val_accuracy"]
         return val, float((learner.predict_proba(data.x_test).argmax(1) == data.y_test).mean())
 

@@ -63,16 +63,19 @@ def digits():
     return prepare(DatasetConfig(name="digits"), progress=False)
 
 
+@pytest.mark.slow  # an ONNX export and a trained model: tens of seconds on 2 cores
 def test_cnn_onnx_predicts_what_tuner_load_predicts(digits, tmp_path):
     cfg = {"blocks": 2, "channels": 8, "batchnorm": True, "dropout": 0.1, "fc": [16], "lr": 3e-3}
     assert_onnx_matches_load(trained_bundle(tmp_path / "cnn", "cnn", cfg, digits, epochs=2), digits)
 
 
 def test_mlp_and_linear_export_too(digits, tmp_path):
-    assert_onnx_matches_load(trained_bundle(tmp_path / "mlp", "mlp", {"hidden": [32], "batchnorm": True}, digits), digits)
+    bundle = trained_bundle(tmp_path / "mlp", "mlp", {"hidden": [32], "batchnorm": True}, digits)
+    assert_onnx_matches_load(bundle, digits)
     assert_onnx_matches_load(trained_bundle(tmp_path / "lin", "linear", {"lr": 1e-2}, digits), digits)
 
 
+@pytest.mark.slow  # an ONNX export and a trained model: tens of seconds on 2 cores
 def test_transfer_resnet18_on_grey_digits_exports_with_its_rgb_repeat(tmp_path):
     # digits are one channel; the backbone wants three: the grey -> RGB repeat must be inside the graph
     data = prepare(DatasetConfig(name="digits", image_size=32, limit=200), progress=False)
@@ -88,6 +91,7 @@ def _experiment(d: Path, family: str) -> Path:
     return d
 
 
+@pytest.mark.slow  # an ONNX export and a trained model: tens of seconds on 2 cores
 def test_best_format_onnx_exports_beside_the_bundle(digits, tmp_path, capsys):
     d = _experiment(tmp_path / "results" / "digits_cnn", "cnn")
     trained_bundle(d / "best", "cnn", {"blocks": 1, "channels": 4}, digits)

@@ -84,6 +84,7 @@ def test_a_warm_start_from_the_experiments_own_folder_is_refused_before_anything
     assert _snapshot(d) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_search_and_a_smoke_result_is_replaced_unasked(tmp_path, capsys):
     results = tmp_path / "results"
     d = _finished(results)
@@ -127,6 +128,7 @@ def test_the_header_counts_every_point_of_a_grid():
     assert planned_trials(spaces.load(LINEAR, [])) == 12
 
 
+@pytest.mark.slow
 def test_a_grid_search_runs_the_trials_its_header_announced(tmp_path, capsys):
     space = tmp_path / "grid.yaml"
     space.write_text(yaml.safe_dump({

@@ -162,7 +162,8 @@ def test_importance_ranks_the_parameter_that_drives_the_metric(folder):
 
 
 def test_asha_rungs_are_its_milestones_below_max_epochs():
-    assert experiment.rung_epochs({"name": "asha", "grace_period": 1, "reduction_factor": 3, "max_epochs": 30}) == [1, 3, 9, 27]
+    asha = {"name": "asha", "grace_period": 1, "reduction_factor": 3, "max_epochs": 30}
+    assert experiment.rung_epochs(asha) == [1, 3, 9, 27]
     assert experiment.rung_epochs({"name": "asha", "grace_period": 2, "reduction_factor": 2, "max_epochs": 8}) == [2, 4]
     assert experiment.rung_epochs({"name": "fifo", "max_epochs": 8}) == []
 
@@ -244,6 +245,7 @@ def suite_results(tmp_path_factory) -> Path:
     return results
 
 
+@pytest.mark.slow
 def test_suite_writes_one_comparison_with_an_ensemble_row(suite_results):
     df = pd.read_csv(suite_results / "comparison.csv")
     assert list(df.columns) == CONTRACT_COLUMNS
@@ -260,6 +262,7 @@ def test_suite_writes_one_comparison_with_an_ensemble_row(suite_results):
         _png_ok(suite_results / exp / "best" / "curves.png")
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_mean_of_the_members_probabilities(suite_results):
     import tuner
     from tuner.data import prepare
@@ -269,7 +272,8 @@ def test_ensemble_is_the_mean_of_the_members_probabilities(suite_results):
 
     exp = parse_experiment(yaml.safe_load((suite_results / "digits_linear" / "space.yaml").read_text()))
     data = prepare(exp.dataset, cache_dir=cache_dir(), progress=False)
-    probas = [tuner.load(suite_results / m / "best").predict_proba(data.x_test) for m in ("digits_linear", "digits_mlp")]
+    probas = [tuner.load(suite_results / m / "best").predict_proba(data.x_test)
+              for m in ("digits_linear", "digits_mlp")]
     expected = classification_metrics(data.y_test, np.mean(probas, axis=0))
     got = json.loads((suite_results / "dsuite_ensemble" / "best" / "metrics.json").read_text())
     for k in ("accuracy", "loss", "f1_macro", "auc_ovr"):
@@ -279,6 +283,7 @@ def test_ensemble_is_the_mean_of_the_members_probabilities(suite_results):
     _png_ok(suite_results / "dsuite_ensemble" / "best" / "confusion_matrix.png", min_w=300, min_h=300)
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_members_tested_on_other_images(suite_results, tmp_path):
     import shutil
 

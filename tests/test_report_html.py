@@ -132,19 +132,9 @@ SORT_BY_VAL_ACCURACY = """(async () => {
 })()"""
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """One real smoke search with two objectives (so there is a Pareto front), retrained and tested."""
-    results = tmp_path_factory.mktemp("results")
-    code = main(["search", "--space", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--smoke", "--results",
-                 str(results), "--no-dashboard", "--set", "metric=[val_accuracy, num_params]",
-                 "--set", "mode=[max, min]"])
-    assert code == 0
-    return results
-
-
-def test_a_search_writes_a_self_contained_report(searched):
-    d = searched / "digits_cnn"
+@pytest.mark.slow
+def test_a_search_writes_a_self_contained_report(finished_search):
+    d = finished_search / "digits_cnn"
     text = (d / "report.html").read_text()
     for section in ("Summary", "Trials", "Pareto front", "Plots", "Test set", "per-class precision"):
         assert section in text, section
@@ -156,9 +146,10 @@ def test_a_search_writes_a_self_contained_report(searched):
     assert str((d / "best" / "model.pt").resolve()) in text
 
 
+@pytest.mark.slow
 @needs_chromium
-def test_the_report_opens_in_chromium_with_no_request_outside_its_folder(searched, tmp_path):
-    d = searched / "digits_cnn"
+def test_the_report_opens_in_chromium_with_no_request_outside_its_folder(finished_search, tmp_path):
+    d = finished_search / "digits_cnn"
     seen = open_in_chromium(d / "report.html", tmp_path, lambda page: page.evaluate(SORT_BY_VAL_ACCURACY))
     (tmp_path / "report.png").write_bytes(seen["screenshot"])
     assert_whole_page(seen, d, min_images=len(list((d / "plots").glob("*.png"))) + 2)
@@ -169,29 +160,31 @@ def test_the_report_opens_in_chromium_with_no_request_outside_its_folder(searche
     assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) == 2  # --smoke: 2 trials
 
 
+@pytest.mark.slow
 @needs_chromium
-def test_compare_html_is_a_page_that_links_each_report(searched, tmp_path, capsys):
-    assert main(["compare", "--results", str(searched), "--format", "html"]) == 0
+def test_compare_html_is_a_page_that_links_each_report(finished_copy, tmp_path, capsys):
+    assert main(["compare", "--results", str(finished_copy), "--format", "html"]) == 0
     printed = capsys.readouterr().out
-    page_file = searched / "comparison.html"
+    page_file = finished_copy / "comparison.html"
     assert printed.strip() == page_file.read_text().strip() and printed.startswith("<!DOCTYPE html>")
     seen = open_in_chromium(page_file, tmp_path)
-    assert_whole_page(seen, searched, min_images=0)
+    assert_whole_page(seen, finished_copy, min_images=0)
     assert seen["state"]["links"] == ["digits_cnn/report.html"]
 
 
-def test_tuner_report_rewrites_the_page_and_best_prints_the_test_metrics(searched, capsys):
-    d = searched / "digits_cnn"
+@pytest.mark.slow
+def test_tuner_report_rewrites_the_page_and_best_prints_the_test_metrics(finished_copy, capsys):
+    d = finished_copy / "digits_cnn"
     (d / "report.html").unlink()
-    assert main(["report", "--results", str(searched), "--experiment", "digits_cnn"]) == 0
+    assert main(["report", "--results", str(finished_copy), "--experiment", "digits_cnn"]) == 0
     assert capsys.readouterr().out.strip() == f"report: {d / 'report.html'}"
     assert (d / "report.html").read_text().startswith("<!DOCTYPE html>")
-    assert main(["best", "--results", str(searched), "--experiment", "digits_cnn"]) == 0
+    assert main(["best", "--results", str(finished_copy), "--experiment", "digits_cnn"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((d / "best" / "metrics.json").read_text())
     line = next(l for l in out.splitlines() if l.startswith("test metrics: "))
     assert f"accuracy {metrics['accuracy']:.4g}" in line and f"f1_macro {metrics['f1_macro']:.4g}" in line
-    assert main(["report", "--results", str(searched), "--experiment", "nope"]) == 2
+    assert main(["report", "--results", str(finished_copy), "--experiment", "nope"]) == 2
 
 
 def test_the_comparison_printed_to_a_terminal_fits_120_columns_and_the_file_keeps_every_one(tmp_path):
@@ -210,14 +203,16 @@ def test_the_comparison_printed_to_a_terminal_fits_120_columns_and_the_file_keep
     head = shown[0]
     for col in ("experiment", "family", "accuracy", "loss", "f1_macro", "num_params"):
         assert f" {col} " in head, head
-    assert shown[-1] == f"({len(COMPARISON_COLUMNS) - head.count('|') + 1} more columns in {tmp_path / 'comparison.md'})"
+    more = len(COMPARISON_COLUMNS) - head.count('|') + 1
+    assert shown[-1] == f"({more} more columns in {tmp_path / 'comparison.md'})"
 
 
-def test_the_optuna_study_names_its_objectives_for_the_dashboard(searched):
+@pytest.mark.slow
+def test_the_optuna_study_names_its_objectives_for_the_dashboard(finished_search):
     # the same search, through the Optuna searcher: optuna-dashboard labels each value by its metric
     import optuna
 
     from tuner.search.study import storage
 
-    study = optuna.load_study(study_name="digits_cnn", storage=storage(searched / "digits_cnn"))
+    study = optuna.load_study(study_name="digits_cnn", storage=storage(finished_search / "digits_cnn"))
     assert study.metric_names == ["val_accuracy", "num_params"]

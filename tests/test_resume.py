@@ -86,6 +86,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_copied_results_folder_resumes_in_itself_and_leaves_the_original_as_it_was(interrupted, tmp_path,
                                                                                        study_matches_tables):
     original = tmp_path / "A"
@@ -116,6 +117,7 @@ def _folder(p: Path) -> None:
     (p / "mine").mkdir(parents=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [_append, _truncate, Path.unlink, _folder], ids=["appended", "truncated",
                                                                                      "deleted", "folder"])
 def test_resume_rebuilds_a_damaged_journal_from_the_tables_or_refuses_a_folder(interrupted, tmp_path, damage,
@@ -135,6 +137,7 @@ def test_resume_rebuilds_a_damaged_journal_from_the_tables_or_refuses_a_folder(i
     study_matches_tables(results / "digits_cnn", MAX_EPOCHS)
 
 
+@pytest.mark.slow
 def test_a_resumed_asha_search_stops_the_trials_an_uninterrupted_one_would(tmp_path):
     # one trial at a time, and the first two the same config, which trains the same way twice (seeded): at
     # every rung the copy ties with the first, so an uninterrupted ASHA never stops it. Ctrl-C while the
@@ -160,6 +163,7 @@ def test_a_resumed_asha_search_stops_the_trials_an_uninterrupted_one_would(tmp_p
     assert set(trials.set_index("trial_id").loc[twins, "epochs"]) == {8}, r.stdout[-3000:]
 
 
+@pytest.mark.slow
 def test_two_sigkills_and_resumes_leave_the_study_equal_to_the_tables(tmp_path, study_matches_tables):
     # the sequence: SIGKILL after 2 finished trials, --resume, SIGKILL after another, --resume. A killed
     # driver leaves the journal ahead of Ray's last snapshot (a trial it heard end that Ray runs again, one

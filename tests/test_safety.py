@@ -151,6 +151,7 @@ def _started_epochs(ray_dir: Path) -> int:
     return sum(len(list(d.glob("checkpoint_*"))) for d in ray_dir.glob("trial_*")) if ray_dir.is_dir() else 0
 
 
+@pytest.mark.slow
 def test_a_second_search_on_the_same_storage_and_name_is_refused_from_another_results_folder(tmp_path, capsys):
     storage = tmp_path / "storage"
     running = storage / "digits_linear"  # the first search's Ray experiment, on the shared storage

@@ -123,7 +123,7 @@ def _validate_accepts(raw: dict, tmp_path) -> bool:
 
 
 GOOD = {
-    "time_budget 30m (the README's)": ["search.time_budget=30m"],
+    "time_budget 30m (docs/search-power.md's)": ["search.time_budget=30m"],
     "time_budget 1.5h": ["search.time_budget=1.5h", "search.num_samples="],
     "time_budget .5d and seconds": ["search.time_budget=.5d"],
     "time_budget in seconds": ["search.time_budget=600"],

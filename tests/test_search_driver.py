@@ -74,6 +74,7 @@ def test_bad_storage_dead_address_and_nothing_to_resume_are_user_errors(tmp_path
 
 
 # --------------------------------------------------------------------------- failed trials
+@pytest.mark.slow
 def test_nan_loss_fails_one_trial_and_the_search_still_retrains_the_best(tmp_path, results, capsys):
     space = tmp_path / "nan.yaml"
     space.write_text(yaml.safe_dump({
@@ -100,6 +101,7 @@ def test_nan_loss_fails_one_trial_and_the_search_still_retrains_the_best(tmp_pat
     assert yaml.safe_load((results / "nan" / "space.yaml").read_text())["storage"] == str(storage)
 
 
+@pytest.mark.slow
 def test_a_search_whose_every_trial_fails_exits_2_naming_the_reason(tmp_path, results, capsys):
     space = tmp_path / "allnan.yaml"
     space.write_text(yaml.safe_dump({
@@ -112,6 +114,7 @@ def test_a_search_whose_every_trial_fails_exits_2_naming_the_reason(tmp_path, re
     assert pd.read_csv(results / "allnan" / "trials.csv")["status"].tolist() == ["ERROR"]
 
 
+@pytest.mark.slow
 def test_pbt_runs_smoke_on_digits(results):
     rc = cli.main(["search", "--space", str(SPACES / "digits_pbt.yaml"), "--smoke", "--results", str(results),
                    "--no-dashboard"])
@@ -214,6 +217,7 @@ def _check_dashboard_is_private(printed: str) -> None:
             socket.create_connection((node_ip, int(port)), timeout=5).close()
 
 
+@pytest.mark.slow
 def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_optuna_history(results):
     _shutdown_ray()  # the subprocess starts its own Ray
     max_epochs, samples = 4, 3
@@ -263,7 +267,8 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
     time.sleep(1)
     assert 0 < len(before) < samples or any(n < max_epochs for n in before.values())
 
-    r = subprocess.run(args + ["--resume", "--no-dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(args + ["--resume", "--no-dashboard"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
 
     trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})
@@ -288,6 +293,7 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
 
 
 # --------------------------------------------------------------------------- a cluster
+@pytest.mark.slow
 def test_two_node_cluster_runs_trials_on_both_nodes(results):
     import ray
     from ray.cluster_utils import Cluster
@@ -316,6 +322,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(results):
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_a_search_the_time_budget_ends_before_any_trial_reports_names_the_budget(tmp_path, results, capsys):
     # a trial's first epoch needs its actor started and torch imported, which takes longer than 1 s: the
     # budget, not the space, is what left the search without a trial (the hint once said "a narrower lr range")
@@ -331,6 +338,7 @@ def test_a_search_the_time_budget_ends_before_any_trial_reports_names_the_budget
     assert "narrower lr range" not in last
 
 
+@pytest.mark.slow
 def test_a_grid_with_a_warm_start_runs_it_and_the_whole_grid_on_tables_the_driver_made_with_progress(
         tmp_path, results, capsys):
     # Ray counts a point to evaluate as one of num_samples, and one grid sample is a whole pass: cars_knn.yaml's

@@ -1,4 +1,5 @@
-"""tuner/search/live.py: results while the search runs: trials.csv / epochs.csv grow, `tuner list` / `tuner best` say it is running."""
+"""tuner/search/live.py: results while the search runs: trials.csv / epochs.csv grow, `tuner list` / `tuner best`
+say it is running."""
 from __future__ import annotations
 
 import os

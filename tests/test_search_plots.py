@@ -102,7 +102,8 @@ def test_contour_takes_the_two_most_important_parameters(tmp_path):
     d = tmp_path / "exp"
     write_experiment(d)
     trials, _, searched = read(d)
-    assert search_plots.contour_params(searched, {"dropout": 0.7, "lr": 0.2, "blocks": 0.1}, trials) == ["dropout", "lr"]
+    importance = {"dropout": 0.7, "lr": 0.2, "blocks": 0.1}
+    assert search_plots.contour_params(searched, importance, trials) == ["dropout", "lr"]
     assert search_plots.contour_params(searched, {}, trials) == ["lr", "dropout"]  # no importance: the space's order
 
 

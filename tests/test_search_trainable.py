@@ -104,6 +104,7 @@ class CrashOnce(Linear):
     learner_class = CrashOnceLearner
 
 
+@pytest.mark.slow
 def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, results):
     import ray.cloudpickle
 
@@ -144,6 +145,7 @@ class BigBatchOOM(Linear):
     learner_class = BigBatchOOMLearner
 
 
+@pytest.mark.slow
 def test_cuda_out_of_memory_fails_that_trial_only_with_a_reason_and_the_rest_finish(tmp_path, results, capsys):
     import ray.cloudpickle
 

@@ -59,7 +59,7 @@ def test_set_overrides_nested_keys_with_yaml_values(tmp_path):
 
 
 def test_exponent_floats_without_a_dot_are_numbers_in_files_and_set(tmp_path):
-    # PyYAML reads YAML 1.1, where `1e-4` is the string '1e-4'; the README's own --set example must work
+    # PyYAML reads YAML 1.1, where `1e-4` is the string '1e-4'; docs/using.md's own --set example must work
     exp = spaces.load(write(tmp_path, BASE), ["space.lr={loguniform: [1e-4, 1e-2]}"])
     assert exp.searched["lr"] == spaces.Distribution("loguniform", (1e-4, 1e-2))
     exp = spaces.load(write(tmp_path, BASE.replace("[1.0e-4, 1.0e-1]", "[1e-4, 1e-1]")))
@@ -331,7 +331,8 @@ def _strategies():
                           max_leaves=16)
     # mostly mappings shaped like a space file, sometimes anything at all
     docs = st.fixed_dictionaries({"family": st.sampled_from(words) | values},
-                                 optional={k: values for k in sorted(spaces.TOP_KEYS | spaces.SUITE_KEYS) if k != "family"}) | values
+                                 optional={k: values for k in sorted(spaces.TOP_KEYS | spaces.SUITE_KEYS)
+                                           if k != "family"}) | values
     return st, values, docs
 
 
@@ -356,6 +357,7 @@ def test_fuzz_random_space_files_exit_0_or_2_never_a_traceback(tmp_path_factory)
     check()
 
 
+@pytest.mark.slow  # hundreds of validations: tens of seconds, though no Ray
 def test_fuzz_random_set_overrides_exit_0_or_2_never_a_traceback(tmp_path_factory):
     import yaml
     from hypothesis import given, settings

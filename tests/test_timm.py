@@ -169,6 +169,7 @@ def test_transfer_bundle_and_onnx_of_a_timm_model(hub, tmp_path):
     assert json.loads((folder / "preprocessing.json").read_text())["class_names"] == list(data.class_names)
 
 
+@pytest.mark.slow
 def test_search_transfer_and_knn_with_timm_backbones_end_to_end(hub, tmp_path):
     """One suite through the CLI and Ray: transfer (frozen and fine-tuned) and knn on a timm backbone, both
     from the weights file the test wrote; then the export loads."""
@@ -179,7 +180,8 @@ def test_search_transfer_and_knn_with_timm_backbones_end_to_end(hub, tmp_path):
                 "dataset": {"name": "digits", "image_size": 32, "normalize": "imagenet"},
                 "fixed": {"arch": ARCH, "weights": "imagenet", "batch_size": 32},
                 "space": {"trainable_layers": {"choice": [0, "all"]}, "lr": {"loguniform": [1e-3, 1e-2]}}}
-    knn = {"name": "timm_knn", "family": "knn", "dataset": {"name": "digits", "image_size": 32, "normalize": "imagenet"},
+    knn = {"name": "timm_knn", "family": "knn",
+           "dataset": {"name": "digits", "image_size": 32, "normalize": "imagenet"},
            "fixed": {"backbone": ARCH, "backbone_weights": "imagenet"}, "space": {"k": {"choice": [1, 3]}}}
     for spec in (transfer, knn):
         (tmp_path / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))

@@ -67,6 +67,7 @@ def tracked(mlflow_server, tmp_path_factory):
     return d, mlflow_server
 
 
+@pytest.mark.slow
 def test_every_trial_is_an_mlflow_run_under_one_parent(tracked):
     from mlflow.tracking import MlflowClient
 
@@ -85,7 +86,8 @@ def test_every_trial_is_an_mlflow_run_under_one_parent(tracked):
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED" and run.data.tags["tuner.status"] == "completed"
         row = table[table["trial_id"] == run.info.run_name].iloc[0]
-        assert float(run.data.params["lr"]) == pytest.approx(row["lr"]) and run.data.params["batch_size"] == str(row["batch_size"])
+        assert float(run.data.params["lr"]) == pytest.approx(row["lr"])
+        assert run.data.params["batch_size"] == str(row["batch_size"])
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         mine = epochs[epochs["trial_id"] == run.info.run_name]
         assert [m.step for m in history] == list(mine["epoch"])
@@ -100,6 +102,7 @@ def test_every_trial_is_an_mlflow_run_under_one_parent(tracked):
     assert {"space.yaml", "trials.csv", "best.yaml", "report.html"} <= names
 
 
+@pytest.mark.slow
 def test_the_retrained_model_is_registered_with_its_signature_and_predicts_as_tuner_load(tracked):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -147,6 +150,7 @@ def _wandb_records(run_dir: Path) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_every_trial_is_an_offline_wandb_run_and_the_search_holds_the_model(tracked):
     d, _ = tracked
     runs = {}

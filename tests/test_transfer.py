@@ -115,7 +115,8 @@ def test_frozen_features_are_keyed_by_the_imagenet_file_not_the_word_imagenet(hu
     f.parent.mkdir(parents=True)
     torch.manual_seed(1)
     torch.save(tvm.get_model(arch).state_dict(), f)
-    learner = get_family("transfer").learner({"arch": arch, "weights": "imagenet"}, data.info, RunContext(cache_dir=str(tmp_path / "c")))
+    learner = get_family("transfer").learner({"arch": arch, "weights": "imagenet"}, data.info,
+                                             RunContext(cache_dir=str(tmp_path / "c")))
     before = learner.feature_key()
     assert before == learner.feature_key() and str(f) in before
     torch.manual_seed(2)
@@ -199,7 +200,8 @@ def test_frozen_checkpoints_hold_the_head_only_and_resume_exactly(data, tmp_path
 def test_cached_views_add_fixed_augmented_copies_of_the_training_set(data, tmp_path):
     fam = get_family("transfer")
     aug = AugmentConfig(hflip=True, rotation=10)
-    lr = fam.learner({"arch": "resnet18", "weights": "none", "cached_views": 2, "batch_size": 8}, data.info, RunContext(augment=aug, cache_dir=str(tmp_path)))
+    lr = fam.learner({"arch": "resnet18", "weights": "none", "cached_views": 2, "batch_size": 8}, data.info,
+                     RunContext(augment=aug, cache_dir=str(tmp_path)))
     list(lr.fit(data, 1))
     n = len(data.y_train)
     assert len(lr.feature_set.x_train) == 3 * n
@@ -236,10 +238,12 @@ def test_every_shipped_transfer_space_is_covered_here():
                                     "stl10_mobilenet_frozen.yaml", "stl10_mobilenet_finetune.yaml"}
 
 
+@pytest.mark.slow
 def test_every_transfer_space_runs_smoke_on_an_image_folder(folder, tmp_path):
     # cars_scratch and stl10_mobilenet_frozen run (with retrain and export) in the export-chain test below;
     # the others run here as one suite: one command, one Ray start-up
-    members = [str(SPACES / s) for s in TRANSFER_SPACES if s not in ("cars_scratch.yaml", "stl10_mobilenet_frozen.yaml")]
+    members = [str(SPACES / s) for s in TRANSFER_SPACES
+               if s not in ("cars_scratch.yaml", "stl10_mobilenet_frozen.yaml")]
     suite = tmp_path / "transfer_smoke.yaml"
     suite.write_text(yaml.safe_dump({"name": "transfer_smoke", "suite": members}))
     code = main(smoke_args(suite, folder, tmp_path / "r", "--set", "fixed.weights=none", "--no-retrain"))
@@ -250,6 +254,7 @@ def test_every_transfer_space_runs_smoke_on_an_image_folder(folder, tmp_path):
         assert trials.count("TERMINATED") == 2 and "ERROR" not in trials, name
 
 
+@pytest.mark.slow
 def test_export_chain_fine_tune_export_then_transfer_frozen_to_another_folder(folder, tmp_path):
     import tuner
 

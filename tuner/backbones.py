@@ -11,7 +11,8 @@ conv blocks; MobileNet / EfficientNet / ConvNeXt: the `features` stages).
 
 Weights (`weights:`): `imagenet` (torchvision's DEFAULT weights, read from the torch hub cache; `search`
 fetches a missing file there once, on the driver before Ray starts; trials and `validate` never download),
-`none` (random init), or a path to a torchvision state dict or an exported bundle. Every file is read with `torch.load(weights_only=True)`: nothing in it runs as code.
+`none` (random init), or a path to a torchvision state dict or an exported bundle. Every file is read with
+`torch.load(weights_only=True)`: nothing in it runs as code.
 
 `extractor()` is what the knn / features families use: a frozen image -> (N, D) feature module.
 """
@@ -173,7 +174,8 @@ def feature_shape(module: nn.Module, channels: int, height: int, width: int, arc
         out = module(torch.zeros(1, channels, height, width))
     except RuntimeError as exc:
         raise UserError(f"dataset.image_size: {arch} cannot take {height}x{width} images ({str(exc).splitlines()[0]}); "
-                        f"set dataset.image_size to at least 32 (224 is what ImageNet weights were trained at)") from None
+                        "set dataset.image_size to at least 32 "
+                        "(224 is what ImageNet weights were trained at)") from None
     finally:
         module.train(was_training)
     return tuple(out.shape[1:])  # type: ignore[return-value]
@@ -306,7 +308,8 @@ def _read_state_dict(p: Path, where: str) -> dict:
     return sd
 
 
-_DENSENET_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                           r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def _load_into(body: Body, sd: dict, source: str, where: str) -> None:

@@ -66,7 +66,8 @@ def _check_same_data(members: list[Member]) -> None:
         diff = [k for k in SAME_DATA_KEYS if mine.get(k) != ref.get(k)]
         if diff:
             raise UserError(f"ensemble: {m.name} and {first.name} differ in dataset.{diff[0]} "
-                            f"({mine.get(diff[0])!r} vs {ref.get(diff[0])!r}); an ensemble needs one data set and split")
+                            f"({mine.get(diff[0])!r} vs {ref.get(diff[0])!r}); "
+                            "an ensemble needs one data set and split")
         test = np.load(m.dir.split)["test"]
         if len(test) != len(ref_test) or not np.array_equal(test, ref_test):
             raise UserError(f"ensemble: {m.name} and {first.name} were tested on different images "

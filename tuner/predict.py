@@ -157,7 +157,8 @@ def check_destination(exp_dir: Path, dest: Path) -> None:
     except OSError as exc:
         if exc.errno == errno.ENOSPC:  # the CLI says "disk full" in one place
             raise
-        raise UserError(f"--export {dest}: cannot write there ({exc.strerror}); give a folder you can write to") from None
+        raise UserError(f"--export {dest}: cannot write there ({exc.strerror}); "
+                        "give a folder you can write to") from None
 
 
 def export(exp_dir: Path, dest: Path) -> Path:

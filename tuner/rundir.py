@@ -83,7 +83,7 @@ class RunDir:
 
     @classmethod
     def files(cls) -> dict[str, str]:
-        """Every path above, relative to the folder -> what it holds (the README's results section lists these)."""
+        """Every path above, relative to the folder -> what it holds (docs/results.md lists these)."""
         probe = cls("")
         return {str(getattr(probe, k)): getattr(cls, k).__doc__ for k, v in vars(cls).items()
                 if isinstance(v, property) and k != "name"}

@@ -121,7 +121,8 @@ def distribution_schema(p: Param, space_ref: str) -> dict:
 
 
 # `{anything: [..]}` is read as a distribution (an unknown kind is an error), never as a constant
-DISTRIBUTION_LIKE = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": {"type": "array"}}
+DISTRIBUTION_LIKE = {"type": "object", "minProperties": 1, "maxProperties": 1,
+                     "additionalProperties": {"type": "array"}}
 
 
 def constant_schema(p: Param) -> dict:
@@ -189,8 +190,8 @@ def suite_schema() -> dict:
                        "description": "space files, relative to this file"},
              "ensemble": {"type": ["array", "null"], "items": {"type": "string"},
                           "description": "member experiment names whose probabilities are averaged"}}
-    return {"type": "object", "required": ["suite"], "properties": {k: known.get(k, {}) for k in sorted(spaces.SUITE_KEYS)},
-            "additionalProperties": False}
+    return {"type": "object", "required": ["suite"],
+            "properties": {k: known.get(k, {}) for k in sorted(spaces.SUITE_KEYS)}, "additionalProperties": False}
 
 
 def schema() -> dict:

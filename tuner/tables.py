@@ -157,4 +157,6 @@ def one_line(error) -> str:
 
 def read_epochs(run: RunDir) -> pd.DataFrame:
     """epochs.csv, or an empty table with its columns when there is none yet."""
-    return pd.read_csv(run.epochs, dtype={"trial_id": str}) if run.epochs.is_file() else pd.DataFrame(columns=EPOCH_COLUMNS)
+    if not run.epochs.is_file():
+        return pd.DataFrame(columns=EPOCH_COLUMNS)
+    return pd.read_csv(run.epochs, dtype={"trial_id": str})

@@ -45,7 +45,8 @@ def require_timm():
     try:
         import timm
     except ImportError:
-        raise UserError("timm/<name> backbones need timm: pip install 'tuner-hpo[timm]' (or pip install timm)") from None
+        raise UserError("timm/<name> backbones need timm: "
+                        "pip install 'tuner-hpo[timm]' (or pip install timm)") from None
     return timm
 
 

@@ -26,7 +26,8 @@ INSTALL = "pip install 'tuner-hpo[tracking]'"
 
 @dataclass
 class MlflowConfig:
-    uri: str | None = None         # tracking server or store; unset: MLflow's own default ($MLFLOW_TRACKING_URI, ./mlruns)
+    # tracking server or store; unset: MLflow's own default ($MLFLOW_TRACKING_URI, ./mlruns)
+    uri: str | None = None
     experiment: str | None = None  # the MLflow experiment; unset: the tuner experiment's name
     register: str | None = None    # also register the retrained model under this name in the model registry
 
@@ -57,7 +58,8 @@ def _block(cls, raw, where: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{where} must be a mapping such as {{{', '.join(f.name + ': ...' for f in dataclasses.fields(cls)[:2])}}}, "
+        example = ", ".join(f.name + ": ..." for f in dataclasses.fields(cls)[:2])
+        raise UserError(f"{where} must be a mapping such as {{{example}}}, "
                         f"got {raw!r}")
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in raw.items():

@@ -106,7 +106,8 @@ def _check_classes(cfg, labels: np.ndarray, class_names: list[str], where: str) 
                         f"a classifier needs images of at least 2 classes, one folder per class")
 
 
-def _layout(parts: dict[str, np.ndarray], shipped: dict, offsets: np.ndarray) -> dict[str, list[tuple[str, np.ndarray]]]:
+def _layout(parts: dict[str, np.ndarray], shipped: dict,
+            offsets: np.ndarray) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Each part (train, val, test) as pieces (shipped split, indices into that split), in order."""
     out = {}
     for part in PARTS:
@@ -255,7 +256,8 @@ def prepare(cfg, cache_dir=None, progress: bool = True, by_path: bool = True) ->
     offsets = np.cumsum([0] + [len(s.labels) for s in shipped.values()])
     used = np.unique(np.concatenate(list(parts.values())))
     locals_ = {k: used[(used >= offsets[j]) & (used < offsets[j + 1])] - offsets[j] for j, k in enumerate(shipped)}
-    entries = {k: plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size) for k, local in locals_.items() if len(local)}
+    entries = {k: plan(cfg, k, shipped[k], local, cache_dir, cfg.image_size)
+               for k, local in locals_.items() if len(local)}
     layout = _layout(parts, shipped, offsets)
     files = _part_files(layout, entries, cache_dir)
     _check_room(entries, files, layout, locals_, cache_dir, by_path)

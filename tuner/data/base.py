@@ -174,7 +174,8 @@ def get_reader(name: str) -> Callable[..., Source]:
     try:
         return READERS[name]
     except KeyError:
-        raise UserError(f"dataset.name: unknown data set {name!r}; choose one of {', '.join(sorted(READERS))}") from None
+        known = ", ".join(sorted(READERS))
+        raise UserError(f"dataset.name: unknown data set {name!r}; choose one of {known}") from None
 
 
 def normalization(preset: str, x_train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

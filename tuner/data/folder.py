@@ -112,7 +112,8 @@ class Walk:
     def once(self, found: list[tuple[str, tuple[int, int], bool]]) -> list[bool]:
         """Which of `found` to keep: one path per file, where it lives (not a link to it) when it is listed
         there, else the first; so a link never moves an image to another class or split."""
-        keep, winner = [False] * len(found), {}
+        keep = [False] * len(found)
+        winner: dict[tuple[int, int], int] = {}
         for i, (_, fid, link) in enumerate(found):
             if fid not in winner or (found[winner[fid]][2] and not link):
                 winner[fid] = i
@@ -158,8 +159,8 @@ def _read_class_folders(root: Path, key: str) -> Source:
     splits = split_dirs(root) or {"train": root}
     names = sorted({d.name for folder in splits.values() for d in _class_dirs(folder)})
     if not names:
-        where = ", ".join(f"{p}/" for p in splits.values())
-        raise UserError(f"{key} {root}: no class sub-folders in {where}; put the images in one folder per class "
+        folders = ", ".join(f"{p}/" for p in splits.values())
+        raise UserError(f"{key} {root}: no class sub-folders in {folders}; put the images in one folder per class "
                         f"(e.g. {root}/cat/1.jpg, {root}/dog/2.jpg)")
     index = {n: i for i, n in enumerate(names)}
     walk = Walk(root)

@@ -134,7 +134,8 @@ def read_stl10(cfg) -> Source:
 
         _download(cfg, lambda root: STL10(root, split="train", download=True))
         base = find_root(cfg, "stl10_binary")
-    if base is None or not all((base / f).is_file() for f in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")):
+    files = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")
+    if base is None or not all((base / f).is_file() for f in files):
         raise missing(cfg, STL_LAYOUT, download=True)
     names = [str(i) for i in range(10)]
     if (base / "class_names.txt").is_file():
@@ -193,8 +194,8 @@ def read_stanford_cars(cfg) -> Source:
     devkit = base / "devkit" if base is not None else None
     test_annos = None
     if base is not None:
-        test_annos = next((p for p in (base / "cars_test_annos_withlabels.mat", devkit / "cars_test_annos_withlabels.mat")
-                           if p.is_file()), None)
+        annos = "cars_test_annos_withlabels.mat"
+        test_annos = next((p for p in (base / annos, devkit / annos) if p.is_file()), None)
     if base is None or test_annos is None or not all(
             p.exists() for p in (devkit / "cars_meta.mat", devkit / "cars_train_annos.mat", base / "cars_train",
                                  base / "cars_test")):

@@ -17,7 +17,8 @@ from tuner.engine.learner import OPTIMIZER_HPARAMS, TorchLearner, check_finite
 from tuner.engine.optim import make_loss, make_optimizer, make_schedule
 from tuner.engine.params import COMMON_PARAMS
 
-__all__ = ["COMMON_PARAMS", "EVAL_BATCH_BYTES", "OPTIMIZER_HPARAMS", "Preprocess", "TorchLearner", "amp_dtype", "augment",
+__all__ = ["COMMON_PARAMS", "EVAL_BATCH_BYTES", "OPTIMIZER_HPARAMS", "Preprocess", "TorchLearner", "amp_dtype",
+           "augment",
            "check_finite", "eval_batch_size", "eval_batches", "gpu_share", "make_loss", "make_optimizer",
            "make_schedule", "pick_device", "place", "precision", "resident", "resident_budget", "set_threads", "take",
            "to_device", "train_batches"]

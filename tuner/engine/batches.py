@@ -63,7 +63,8 @@ def eval_batch_size(batch_size: int, image_bytes: int = 0) -> int:
     return max(batch_size, min(1024, 4 * batch_size, cap))
 
 
-def eval_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor, int]]:
+def eval_batches(n: int, batch_size: int,
+                 device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor, int]]:
     """(start, index, real rows) for evaluation, every index of one length: the last batch is padded by
     repeating the last image and the caller drops those rows, so no new batch shape appears."""
     bs = max(1, min(batch_size, n))

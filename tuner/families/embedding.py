@@ -149,7 +149,8 @@ class Backbone:
         return embeddings.cached(data, self.key, self.module, self.pre, self.device, cache_dir, progress=progress)
 
     def __call__(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
-        return embeddings.compute(self.module, self.pre, images, self.device, progress="embedding" if progress else None)
+        return embeddings.compute(self.module, self.pre, images, self.device,
+                                  progress="embedding" if progress else None)
 
 
 class EmbeddingLearner(Learner):

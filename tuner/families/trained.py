@@ -37,7 +37,8 @@ class TorchFamily(Family):
         return nn.Sequential(*mods[:-1]) if len(mods) > 1 else nn.Flatten()
 
 
-def mlp_layers(in_features: int, widths: list[int], dropout: float, batchnorm: bool, activation: str) -> list[nn.Module]:
+def mlp_layers(in_features: int, widths: list[int], dropout: float, batchnorm: bool,
+               activation: str) -> list[nn.Module]:
     """Linear -> (BatchNorm) -> activation -> (Dropout), per hidden width."""
     layers: list[nn.Module] = []
     for w in widths:

@@ -257,7 +257,8 @@ class Transfer(TorchFamily):
 
     def preflight(self, constants: dict, searched: dict, file: str) -> None:
         """Before Ray starts a search: are the ImageNet files of every arch it may build on this machine?
-        (fetched into the hub cache when missing; `validate` checks the file alone, so a space can be checked on a laptop and run on a cluster.)"""
+        (fetched into the hub cache when missing; `validate` checks the file alone, so a space can be checked on a
+        laptop and run on a cluster.)"""
         cfg = self.resolve(constants)
         archs = list(searched["arch"].args) if "arch" in searched else [cfg["arch"]]
         weights = list(searched["weights"].args) if "weights" in searched else [cfg["weights"]]

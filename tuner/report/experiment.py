@@ -90,7 +90,8 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     imp = importance(ranked, searched, col, mode)
     plot_importance(imp, len(ranked), col, plots / "importance.png", name=name)
     plot_rungs(trials, space.get("scheduler") or {}, plots / "rungs.png", name=name)
-    from tuner.report import search as search_plots  # parallel coordinates, contour, history, intermediate values, Pareto front
+    # parallel coordinates, contour, history, intermediate values, Pareto front
+    from tuner.report import search as search_plots
 
     search_plots.plot_search(trials, epochs, searched, metrics, modes, plots, name=name, importance=imp,
                              max_epochs=(space.get("scheduler") or {}).get("max_epochs"),
@@ -239,7 +240,8 @@ def rung_epochs(scheduler: dict) -> list[int]:
     entry = SCHEDULERS.get(scheduler.get("name"))
     if entry is None or not entry.rungs:
         return []
-    grace, rf, top = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3), scheduler.get("max_epochs", 1)
+    grace, rf = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3)
+    top = scheduler.get("max_epochs", 1)
     out, r = [], float(grace)
     while r < top and rf > 1:
         out.append(int(round(r)))

@@ -139,7 +139,9 @@ def _best_position(trials: pd.DataFrame, col: str, mode: str, best: str | None =
     if best is None:
         order = ranked(trials, col, mode)
         best = str(order["trial_id"].iloc[0]) if len(order) else None
-    hits = np.flatnonzero(trials["trial_id"].astype(str).to_numpy() == best) if best is not None else []
+    if best is None:
+        return None
+    hits = np.flatnonzero(trials["trial_id"].astype(str).to_numpy() == best)
     return int(hits[0]) if len(hits) else None
 
 

@@ -38,7 +38,10 @@ for (const th of document.querySelectorAll("table.sortable th")) th.addEventList
   const asc = th.dataset.order !== "asc";
   for (const h of table.tHead.rows[0].cells) delete h.dataset.order;
   th.dataset.order = asc ? "asc" : "desc";
-  const key = r => { const t = r.cells[i].textContent.trim(), n = Number(t); return t === "" ? null : isNaN(n) ? t : n; };
+  const key = r => {
+    const t = r.cells[i].textContent.trim(), n = Number(t);
+    return t === "" ? null : isNaN(n) ? t : n;
+  };
   const rows = [...body.rows].sort((a, b) => {
     const x = key(a), y = key(b);
     if (x === null || y === null) return (x === null) - (y === null);
@@ -130,7 +133,8 @@ def summary(run: RunDir, space: dict) -> str:
         out.append(("test metrics", "not retrained yet (<code>tuner best --export</code> retrains and tests it)"))
     for label, path in (("retrained model", run.model), ("exported bundle", run.export)):
         if path.exists():
-            out.append((label, f"<code>{esc(path.resolve())}</code> &mdash; <code>tuner.load({esc(repr(str(path)))})</code>"))
+            out.append((label, f"<code>{esc(path.resolve())}</code> &mdash; "
+                               f"<code>tuner.load({esc(repr(str(path)))})</code>"))
     return facts(out)
 
 

@@ -100,8 +100,11 @@ class OptunaSearchAdapter(OptunaSearch):
         """The study in `storage` (created if it is not there), each trial that has a `ray_trial_id` user
         attribute the Optuna trial of that Ray trial."""
         self._storage = storage
-        directions = ({"directions": ["minimize" if m == "min" else "maximize" for m in self._mode]}
-                      if isinstance(self._mode, list) else {"direction": "minimize" if self._mode == "min" else "maximize"})
+        def direction(mode: str) -> str:
+            return "minimize" if mode == "min" else "maximize"
+
+        directions = ({"directions": [direction(m) for m in self._mode]} if isinstance(self._mode, list)
+                      else {"direction": direction(self._mode)})
         self._ot_study = optuna.create_study(storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
                                              study_name=self._study_name, load_if_exists=True, **directions)
         self._ot_trials = {t.user_attrs["ray_trial_id"]: optuna.trial.Trial(self._ot_study, storage_id(t))

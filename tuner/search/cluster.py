@@ -272,7 +272,7 @@ def storage_lock(storage: str | None, name: str):
     """One search per experiment on a storage folder too: two searches with different results folders but
     the same `storage` and name would otherwise write (and the second remove) one Ray experiment. An OS lock
     file beside `<storage>/<name>` (flock: held by the process, gone with it; NFS v4 honours it). A cloud
-    URI (s3://, gs://, ...) has no such lock: there, keep names unique (README, "Clusters")."""
+    URI (s3://, gs://, ...) has no such lock: there, keep names unique (docs/running.md, "Clusters")."""
     local = local_folder(storage) if storage else None
     if local is None:
         yield

@@ -397,7 +397,8 @@ class EndedTrials(Stopper):
         if not run_dir.trials.is_file():
             return cls({})
         trials = run_dir.read_trials()
-        done = trials[(trials["status"] == "TERMINATED") & (trials["epochs"] > 0)] if "epochs" in trials else trials[0:0]
+        done = (trials[(trials["status"] == "TERMINATED") & (trials["epochs"] > 0)] if "epochs" in trials
+                else trials[0:0])
         return cls({str(t): int(e) for t, e in zip(done["trial_id"], done["epochs"])})
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -433,7 +434,8 @@ def _warm_up(exp: Experiment, data, say: Callable[[str], None]) -> None:
 def _decoded(stats) -> str:
     if not stats.decoded:
         return ""
-    return f"; decoded {stats.decoded} images in {stats.decode_s:.1f} s, {stats.decoded / max(stats.decode_s, 1e-9):.0f}/s"
+    rate = stats.decoded / max(stats.decode_s, 1e-9)
+    return f"; decoded {stats.decoded} images in {stats.decode_s:.1f} s, {rate:.0f}/s"
 
 
 def _search_s_so_far(run_dir: RunDir) -> dict:

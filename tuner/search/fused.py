@@ -63,7 +63,7 @@ class GroupSearch(Searcher):
         n = self.size if self.total is None else min(self.size, self.total - self.asked)
         if n <= 0:
             return Searcher.FINISHED
-        members = []
+        members: list[dict] = []
         for k in range(n):
             key = f"{trial_id}_m{k}"
             if self.asked + len(members) < len(self.points):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -133,7 +134,7 @@ def _train(spec: TrialSpec, groups: list[FusedGroup], data, states: dict[str, Me
     """Every group one epoch at a time, in turn; one Tune result (and checkpoint) per round."""
     import ray
 
-    runs = [(g, g.fit(data, spec.max_epochs), {}) for g in groups]
+    runs: list[tuple[Any, Any, dict]] = [(g, g.fit(data, spec.max_epochs), {}) for g in groups]
     first = restored
     while runs:
         out: dict[str, dict] = {}

@@ -123,7 +123,8 @@ def _probe(uri: str | None) -> None:
         urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
     except Exception as exc:  # noqa: BLE001 - refused, timed out, not an MLflow server: all the user's to fix
         raise UserError(f"tracking.mlflow.uri {uri}: no MLflow server answers there ({type(exc).__name__}: "
-                        f"{str(exc)[:120]}); start one (mlflow server --host 127.0.0.1 --port 5000) or fix the uri") from None
+                        f"{str(exc)[:120]}); start one (mlflow server --host 127.0.0.1 --port 5000) "
+                        "or fix the uri") from None
 
 
 # --------------------------------------------------------------------------- W&B

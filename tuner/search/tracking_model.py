@@ -15,7 +15,7 @@ import numpy as np
 # explicitly at logging, so the advice goes nowhere
 with contextlib.redirect_stderr(io.StringIO()):
 
-    class BundleModel(mlflow.pyfunc.PythonModel):
+    class BundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # mlflow has no type hints
         """Loads the bundle with tuner.load (torch.load(weights_only=True): no code runs from the file)."""
 
         def load_context(self, context):

@@ -19,7 +19,8 @@ from tuner.errors import TrialFailed, UserError
 from tuner.families import Family, RunContext
 
 STATE_FILE = "state.pt"
-FAILED_FILE = ".tuner-failed"  # in the trial's folder on the storage: "<run_id>\n<why>" after a failure a retry would repeat
+# in the trial's folder on the storage: "<run_id>\n<why>" after a failure a retry would repeat
+FAILED_FILE = ".tuner-failed"
 
 
 def final_failures_callback():

@@ -131,5 +131,6 @@ def read_yaml(path: Path) -> dict:
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a space file is a YAML mapping (name:, family:, space:, ...), got {type(raw).__name__}")
+        raise UserError(f"{path}: a space file is a YAML mapping (name:, family:, space:, ...), "
+                        f"got {type(raw).__name__}")
     return raw
