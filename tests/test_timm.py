@@ -197,5 +197,5 @@ def test_search_transfer_and_knn_with_timm_backbones_end_to_end(hub, tmp_path):
         trials = (results / name / "trials.csv").read_text()
         assert trials.count("TERMINATED") == 2 and "ERROR" not in trials, trials
         assert main(["best", "--results", str(results), "--experiment", name, "--export"]) == 0
-        pred = tuner.load(results / name / "export").predict(np.zeros((2, 8, 8), dtype=np.uint8))
+        pred = tuner.load(results / name / "export").predict(np.zeros((2, 8, 8), dtype=np.uint8), value_range=(0, 16))
         assert len(pred) == 2

@@ -90,7 +90,7 @@ def extractor(backbone: str, weights: str, info: DataInfo) -> tuple[nn.Module, i
 
 def extractor_key(backbone: str, weights: str, info: DataInfo) -> str:
     """`extractor`'s key without building the network: the arch's or the bundle file's identity (a stat)."""
-    if isinstance(backbone, str) and backbone in backbones.supported_archs():
+    if backbones.is_arch(backbone):  # a torchvision arch or timm/<name>, as `extractor` reads it
         return backbones.extractor_key(backbone, weights, info)
     p = backbones.resolve_path(str(backbone))
     if not p.exists():
