@@ -275,11 +275,10 @@ def _decode_into(out: np.ndarray, valid: np.ndarray, images, rows: np.ndarray, s
         return _chunk_digest(out[start:end])
 
     digests = []
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, bar:  # the bar closed on Ctrl-C too: the next line starts clean
         for start, digest in zip(range(0, len(rows), CHUNK), pool.map(work, range(0, len(rows), CHUNK))):
             digests.append(digest)
             bar.update(min(CHUNK, len(rows) - start))
-    bar.close()
     return digests
 
 

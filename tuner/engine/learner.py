@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tuner.engine.augmentation import augment
 from tuner.engine.batches import Preprocess, eval_batch_size, eval_batches, take, train_batches
 from tuner.engine.device import amp_dtype, place, precision, resident, to_device
-from tuner.engine.optim import make_loss, make_optimizer, make_schedule
+from tuner.engine.optim import make_loss, make_optimizer, make_schedule, shadowed_biases, zero_grads
 from tuner.errors import TrialFailed
 from tuner.progress import bar
 from tuner.types import Learner, RunContext
@@ -73,6 +73,7 @@ class TorchLearner(Learner):
         self.train_model = torch.compile(self.model, dynamic=False) if cfg["compile"] else self.model
         self.loss_fn = make_loss(cfg)
         self.optimizer = make_optimizer(self.param_groups(), cfg)
+        self.shadowed = shadowed_biases(self.model)  # gradients set to 0 after each backward pass (see there)
         self.schedule = None
         self.loaded_schedule: dict | None = None  # a checkpoint's schedule state, until `start` makes the schedule
         self.gen = torch.Generator().manual_seed(int(cfg["seed"]))
@@ -115,20 +116,22 @@ class TorchLearner(Learner):
             order = to_device(order, x.device)  # one copy per epoch; batches are then gathered on the device
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        shown = bar(len(order), f"epoch {self.epoch + 1}", self.progress, unit="batch", leave=False)
-        for idx in order:
-            xb = via.inputs(take(x, idx, self.device), train=True)
-            yb = take(y, idx, self.device).long()
-            logits = via.logits(xb)
-            loss = self.loss_fn(logits, yb)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            total += loss.detach().float() * len(idx)
-            correct += (logits.argmax(1) == yb).sum()
-            shown.update(1)
-        shown.close()
+        # `with`: a bar closed (its line cleared) also when Ctrl-C lands mid-epoch, so that tuner's last line
+        # ("interrupted; ...") starts a line of its own
+        with bar(len(order), f"epoch {self.epoch + 1}", self.progress, unit="batch", leave=False) as shown:
+            for idx in order:
+                xb = via.inputs(take(x, idx, self.device), train=True)
+                yb = take(y, idx, self.device).long()
+                logits = via.logits(xb)
+                loss = self.loss_fn(logits, yb)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                zero_grads(self.shadowed)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                total += loss.detach().float() * len(idx)
+                correct += (logits.argmax(1) == yb).sum()
+                shown.update(1)
         seen = max(order.numel(), 1)
         return total.item() / seen, correct.item() / seen
 
@@ -142,12 +145,11 @@ class TorchLearner(Learner):
         bs = batch_size or eval_batch_size(int(self.cfg["batch_size"]), i.height * i.width * i.channels)
         out = torch.empty((n, self.info.num_classes), device=self.device)
         where = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-        shown = bar(n, "testing" if exact else "validating", self.progress, leave=False)
-        for start, idx, real in eval_batches(n, bs, where):
-            logits = via.logits(via.inputs(take(x, idx, self.device), train=False), exact=exact)
-            out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
-            shown.update(real)
-        shown.close()
+        with bar(n, "testing" if exact else "validating", self.progress, leave=False) as shown:
+            for start, idx, real in eval_batches(n, bs, where):
+                logits = via.logits(via.inputs(take(x, idx, self.device), train=False), exact=exact)
+                out[start:start + real] = torch.softmax(logits.float(), 1)[:real]
+                shown.update(real)
         return out
 
     @torch.no_grad()
