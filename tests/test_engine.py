@@ -196,3 +196,20 @@ def test_an_evaluation_batch_of_large_images_is_capped_by_bytes_never_below_the_
     big = eval_batch_size(256, 224 * 224 * 3)  # 1,024 would be 616 MB of float input
     assert big * 224 * 224 * 3 * 4 <= EVAL_BATCH_BYTES < (big + 1) * 224 * 224 * 3 * 4
     assert eval_batch_size(600, 224 * 224 * 3) == 600
+
+
+def test_a_bias_before_a_batch_norm_gets_no_gradient_noise_and_adam_leaves_it_where_it_was(digits):
+    # its true gradient is 0 (batch statistics cancel it); Adam made lr-sized steps out of the rounding noise,
+    # which moved the batch norm's running mean with it
+    fam = get_family("mlp")
+    learner = fam.learner(fam.resolve({"hidden": [16], "batchnorm": True, "optimizer": "adam", "lr": 0.05}),
+                          digits.info)
+    first = learner.model[1]
+    assert isinstance(first, torch.nn.Linear) and isinstance(learner.model[2], torch.nn.BatchNorm1d)
+    assert learner.shadowed == [first.bias]
+    before, weight = first.bias.detach().clone(), first.weight.detach().clone()
+    list(learner.fit(digits, 1))
+    assert torch.equal(first.bias.detach(), before)
+    assert not torch.equal(first.weight.detach(), weight)  # the rest trains
+    plain = fam.learner(fam.resolve({"hidden": [16], "batchnorm": False}), digits.info)
+    assert plain.shadowed == []

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from tuner.engine import (TorchLearner, augment, check_finite, eval_batch_size, eval_batches, place, precision, take,
                           to_device, train_batches)
+from tuner.engine.optim import zero_grads
 from tuner.errors import TrialFailed
 from tuner.families.base import DataInfo, Family, RunContext
 from tuner.families.transfer import FrozenLearner
@@ -224,6 +225,7 @@ class FusedGroup:
             losses.sum().backward()
         net.scatter_grads()
         for m, scaler in zip(active, scalers):
+            zero_grads(m.learner.shadowed)  # as the plain learner does (tuner.engine.optim.shadowed_biases)
             if scaler.is_enabled():
                 scaler.step(m.learner.optimizer)
                 scaler.update()
