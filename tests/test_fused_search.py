@@ -74,12 +74,19 @@ def _journal(exp: Path, name: str) -> list:
     return optuna.load_study(study_name=name, storage=storage).trials
 
 
-@pytest.mark.slow
-def test_a_fused_search_records_each_member_as_a_trial_and_retrains_the_best(tmp_path, study_matches_tables):
-    r = _tuner("search", "--space", str(_space(tmp_path, LINEAR)), "--results", str(tmp_path / "r"),
-               "--no-dashboard")
+@pytest.fixture(scope="module")
+def fused_linear(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One fused search with its retrain, read by the tests below: its output and its experiment folder."""
+    tmp = tmp_path_factory.mktemp("fused_linear")
+    r = _tuner("search", "--space", str(_space(tmp, LINEAR)), "--results", str(tmp / "r"), "--no-dashboard")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    exp = tmp_path / "r" / "fz"
+    return r, tmp / "r" / "fz"
+
+
+@pytest.mark.slow
+def test_a_fused_search_records_each_member_as_a_trial_and_retrains_the_best(fused_linear, study_matches_tables):
+    r, exp = fused_linear
+    assert "fused:   up to 3 configurations" in r.stdout
     trials = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})
     assert len(trials) == 6 and all(MEMBER.match(t) for t in trials["trial_id"]), trials["trial_id"].tolist()
     assert trials["trial_id"].str.rsplit("_", n=1).str[0].nunique() == 2  # two groups of three
@@ -96,6 +103,31 @@ def test_a_fused_search_records_each_member_as_a_trial_and_retrains_the_best(tmp
     for line in trials["trial_id"]:  # a console line per member
         assert line in r.stdout
     assert (exp / "best" / "metrics.json").is_file(), r.stdout[-2000:]  # the retrain of the best member's config
+
+
+@pytest.mark.slow
+def test_a_fused_winners_bundle_predicts_as_a_plain_searchs_bundle_of_its_config(fused_linear, tmp_path):
+    # the retrain trains the winner alone: a member's recorded config must be the whole config a plain trial
+    # of it has (no group key, no member seed), so that both retrains are the same training
+    from sklearn.datasets import load_digits
+
+    from tuner.predict import load
+
+    _, exp = fused_linear
+    best = yaml.safe_load((exp / "best.yaml").read_text())
+    values = {k: best["config"][k] for k in ("lr", "weight_decay")}
+    space = _space(tmp_path, LINEAR)
+    r = _tuner("search", "--space", str(space), "--results", str(tmp_path / "p"), "--no-dashboard",
+               "--set", "search.fuse=off", "--set", "search.num_samples=1",
+               "--set", f"search.warm_start=[{{lr: {values['lr']!r}, weight_decay: {values['weight_decay']!r}}}]")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "fused:" not in r.stdout
+    plain = yaml.safe_load((tmp_path / "p" / "fz" / "best.yaml").read_text())
+    assert plain["config"] == best["config"]
+    x = load_digits().images
+    got = load(exp / "best" / "model.pt").predict_proba(x)
+    want = load(tmp_path / "p" / "fz" / "best" / "model.pt").predict_proba(x)
+    assert abs(got - want).max() <= 1e-6
 
 
 @pytest.mark.slow
@@ -183,6 +215,37 @@ def test_fuse_on_a_family_that_cannot_fuse_is_refused_in_one_line(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {space}: search.fuse: family transfer"), lines
+
+
+@pytest.mark.parametrize("space, setting, size", [
+    (LINEAR, [], 3),                                                    # a number: as written
+    (LINEAR, ["search.fuse=auto"], 6),                                  # 6 configurations, 1 at a time
+    (LINEAR, ["search.fuse=auto", "search.max_concurrent=4"], 2),
+    (LINEAR, ["search.fuse=auto", "search.num_samples=200"], 32),       # an Optuna sampler: at most 32
+    (KNN, ["search.fuse=auto", "search.max_concurrent=2"], 8),          # 16 grid points over 2 groups
+    (KNN, ["search.fuse=auto", "search.grid_points=2", "search.num_samples=100"], 1024),  # a grid: no cap
+    (LINEAR, ["search.fuse=auto", "search.num_samples=1"], 0),          # a group of one gains nothing
+    (LINEAR, ["search.fuse=auto", "search.num_samples=null", "search.time_budget=1m"], 16),
+    (LINEAR, ["search.fuse=auto", "scheduler.name=pbt"], 0),            # what `fuse: N` refuses: one per trial
+    (LINEAR, ["search.fuse=auto", "family=transfer", "fixed={trainable_layers: 1}"], 0),
+    (LINEAR, ["search.fuse=off"], 0),
+    (LINEAR, ["search.fuse=false"], 0),                                 # YAML 1.1's bare `off`
+])
+def test_fuse_auto_sizes_groups_from_the_plan_and_falls_back_to_one_per_trial(tmp_path, space, setting, size):
+    from tuner import spaces
+
+    exp = spaces.load(_space(tmp_path, space), setting)
+    assert exp.search.fuse == size
+    assert (f"fuse: {size}" in spaces.resolved_yaml(exp)) == (size > 0)  # space.yaml holds the number
+
+
+@pytest.mark.parametrize("value", ["sometimes", "-1", "true", "1.5"])
+def test_a_fuse_that_is_not_a_size_auto_or_off_is_refused_in_one_line(tmp_path, value):
+    space = _space(tmp_path, LINEAR)
+    r = _tuner("validate", "--space", str(space), "--set", f"search.fuse={value}", timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {space}: search.fuse"), lines
 
 
 def test_the_group_searcher_asks_each_configuration_as_a_member_trial_of_the_study(tmp_path):

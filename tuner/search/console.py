@@ -68,6 +68,8 @@ def header(exp, exp_dir: Path, results: Path, say: Callable[[str], None]) -> Non
     """Where the results go and the ways to watch the search (the Ray dashboard line comes from init_ray)."""
     res = "" if Path(results) == Path("results") else f" --results {_short(results)}"
     say(f"results: {_short(exp_dir)}  (trials.csv and epochs.csv grow as trials finish)")
+    if exp.search.fuse:
+        say(f"fused:   up to {exp.search.fuse} configurations trained as one model per Ray trial (search.fuse)")
     say(f"watch:   tuner dashboard --experiment {exp.name}{res}")
     say(f"         tensorboard --logdir {_short(Path(exp_dir) / 'ray')}")
     say("         (both: pip install -e '.[monitor]'; the dashboard shows trials, curves and importance)")

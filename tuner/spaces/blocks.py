@@ -119,8 +119,10 @@ class SearchConfig:
     warm_start: list | str | None = bounded(None, json={"anyOf": [
         {"type": "array", "items": {"type": "object", "minProperties": 1}}, {"type": "string", "minLength": 1},
         {"type": "null"}]})
-    # configurations trained as one model per Ray trial, at most this many (tuner.fused); 0: one per trial
-    fuse: int = bounded(0, min=0, max=1024)
+    # configurations trained as one model per Ray trial, at most this many (tuner.fused); 0 or off: one per
+    # trial; auto: fused wherever the space allows it, in groups sized by tuner.spaces.rules.auto_fuse
+    fuse: int | str = bounded(0, min=0, max=1024, words=("auto", "off"),  # false: YAML 1.1's bare `off`
+                              json={"type": ["integer", "string", "boolean"], "not": {"const": True}})
 
     @classmethod
     def parse(cls, raw: Any, file: str) -> SearchConfig:
@@ -130,10 +132,14 @@ class SearchConfig:
         budget = warm = None
         if isinstance(search_raw, dict):
             budget, warm = search_raw.pop("time_budget", None), search_raw.pop("warm_start", None)
+            if search_raw.get("fuse") is False:  # YAML 1.1 reads a bare `off` as false
+                search_raw["fuse"] = "off"
         search = build_block(cls, search_raw, "search", file)
         if budget is not None:
             search.time_budget = parse_duration(budget, f"{file}: search.time_budget")
         search.warm_start = warm
+        if search.fuse == "off":
+            search.fuse = 0
         return search
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from tuner.errors import UserError
 from tuner.search.samplers import DEFAULT_SAMPLER, SAMPLERS
 from tuner.search.schedulers import SCHEDULERS
-from tuner.spaces.distributions import Conditional, finite, is_searched, same_value
+from tuner.spaces.distributions import Conditional, finite, grid_configs, is_searched, same_value
 from tuner.spaces.experiment import Experiment
 from tuner.spaces.warm import check_warm_start
 
@@ -132,35 +132,62 @@ def check_search_power(exp: Experiment, file: str) -> None:
                         f"infeasible trials); algorithm is {s.algorithm}")
     if s.warm_start is not None:
         check_warm_start(exp, file)
-    if s.fuse:
-        check_fuse(exp, file)
+    if s.fuse == "auto":
+        s.fuse = auto_fuse(exp)  # resolved here, once: space.yaml, --resume and the driver see the number
+    elif s.fuse:
+        problem = fuse_problem(exp)
+        if problem:
+            raise UserError(f"{file}: search.fuse: {problem}")
 
 
 FUSE_SCHEDULERS = ("fifo", "asha")  # the rules a fused group applies to its members itself (tuner.fused.rungs)
+# `fuse: auto` with a time budget and no num_samples: the configurations are not known in advance
+AUTO_FUSE_UNKNOWN = 16
+# `fuse: auto` with algorithm optuna never groups more than this: the sampler asks a group's configurations
+# together, without the results of one another, so a bigger group is closer to random search. A grid or
+# random search learns nothing between trials: no cap. (tuner.fused.grouping's memory budget may cap further.)
+AUTO_FUSE_MAX = 32
 
 
-def check_fuse(exp: Experiment, file: str) -> None:
-    """search.fuse only where a group can stand for its members: a family whose configs fuse, a scheduler
-    that decides per configuration, one metric, and no tracking callback (which hears of Ray's trials)."""
+def auto_fuse(exp: Experiment) -> int:
+    """`search.fuse: auto`: 0 (one configuration per trial) where a fused search cannot stand for this space
+    (fuse_problem); else the planned configurations spread over `max_concurrent` groups, as in
+    benchmarks/bench_fused.py, at most AUTO_FUSE_MAX a group for an Optuna sampler; a group of one gains
+    nothing."""
+    if fuse_problem(exp):
+        return 0
+    if exp.search.algorithm == "grid":
+        planned: int | None = len(grid_configs(exp.searched, exp.search.grid_points)) * max(exp.num_samples, 1)
+    else:
+        planned = exp.num_samples if exp.num_samples > 0 else None
+    size = AUTO_FUSE_UNKNOWN if planned is None else -(-planned // exp.search.max_concurrent)
+    if exp.search.algorithm == "optuna":
+        size = min(size, AUTO_FUSE_MAX)
+    size = min(size, 1024)  # the bound an explicit N has
+    return size if size >= 2 else 0
+
+
+def fuse_problem(exp: Experiment) -> str | None:
+    """Why search.fuse cannot apply (the end of a message naming search.fuse), or None. A group stands for its
+    members only with a family whose configs fuse, a scheduler that decides per configuration, one metric,
+    and no tracking callback (which hears of Ray's trials)."""
     from tuner.families import get_family
 
     family = get_family(exp.family)
-    where = f"{file}: search.fuse"
     lookup = family.name in ("knn", "features")
     if not lookup and not family.fusable(family.resolve(dict(exp.constants))):
-        raise UserError(f"{where}: family {family.name} does not train fused with these fixed values (linear, "
-                        f"mlp, cnn, a frozen transfer head on pretrained weights, knn and features do); "
-                        f"remove search.fuse")
+        return (f"family {family.name} does not train fused with these fixed values (linear, mlp, cnn, a frozen "
+                f"transfer head on pretrained weights, knn and features do); remove search.fuse")
     if exp.scheduler.name not in FUSE_SCHEDULERS:
-        raise UserError(f"{where}: scheduler {exp.scheduler.name} decides per Ray trial, not per fused member; "
-                        f"use scheduler {' or '.join(FUSE_SCHEDULERS)}, or remove search.fuse")
+        return (f"scheduler {exp.scheduler.name} decides per Ray trial, not per fused member; "
+                f"use scheduler {' or '.join(FUSE_SCHEDULERS)}, or remove search.fuse")
     if exp.multi or exp.constraints:
-        raise UserError(f"{where}: a fused search has one metric and no constraints; remove search.fuse")
+        return "a fused search has one metric and no constraints; remove search.fuse"
     if exp.search.warm_start is not None or exp.conditional:
-        raise UserError(f"{where}: does not go with search.warm_start or a conditional choice in space:; "
-                        f"remove search.fuse")
+        return "does not go with search.warm_start or a conditional choice in space:; remove search.fuse"
     if exp.tracking is not None and exp.tracking.any:
-        raise UserError(f"{where}: tracking: records Ray's trials, not fused members; remove one of the two")
+        return "tracking: records Ray's trials, not fused members; remove one of the two"
+    return None
 
 
 def _names(entries: dict, flag: str) -> str:
