@@ -66,7 +66,10 @@ def test_tables_grow_during_the_search_and_list_and_best_say_it_is_running(resul
     assert RunDir(d).running_search() is None and not RunDir(d).running.exists()
     trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
     epochs = pd.read_csv(d / "epochs.csv", dtype={"trial_id": str})
-    # the trials the budget stopped mid-way have rows too
-    assert len(trials) > len(seen) and set(epochs["trial_id"]) == set(trials["trial_id"])
+    # the trials the budget stopped mid-way have rows too; one it stopped before its first epoch has a row
+    # with 0 epochs and none in epochs.csv (seen under load: the 44th trial of 44)
+    assert len(trials) > len(seen) and set(epochs["trial_id"]) <= set(trials["trial_id"])
+    unreported = trials[~trials["trial_id"].isin(epochs["trial_id"])]
+    assert (unreported["epochs"].fillna(0) == 0).all(), unreported.to_string()
     assert (trials["status"] == "TERMINATED").all()
     assert "(search running)" not in _tuner("list", cwd=results.parent).stdout
