@@ -83,12 +83,31 @@ NOTHING_SAVED = "before anything was saved: nothing to resume"
 ], ids=lambda v: str(v).replace(" ", "") if isinstance(v, str) else "")
 def test_a_signal_at_any_moment_of_a_search_stops_it_with_one_line(tmp_path, hook, status, says):
     code, out, results = _search(tmp_path, hook)
+    if hook.endswith(":-SIGTERM") and code == 1:
+        _ended_by_ray_first(out, results)
+        return
     last = _check(code, out, status, says)
     assert last.startswith("interrupted" if status == 130 else "stopped by SIGTERM"), last
     assert "retrained best config" not in out  # the retrain never finished...
     assert not (results / "digits_linear" / "best" / "model.pt").exists()  # ... nor left a model
     if says == NOTHING_SAVED:  # and the command it prints starts the search again
         assert "--resume" not in last and "`python -m tuner search --space" in last
+
+
+def _ended_by_ray_first(out: str, results: Path) -> None:
+    """SIGTERM to the whole process group: Ray's client in the driver ends the process (exit 1) as soon as its
+    node's object store is gone, about 50 ms after Ray's processes got the signal, which on a loaded machine
+    can come before Python runs tuner's handler (seen in 1 of 5 tries under 3 busy processes; Ray's log: "The
+    connection to the plasma store is failed. Terminate the process."). Nothing tuner can run then; what is
+    promised (docs/running.md) is no traceback, no Ray process left, and a folder --resume finishes."""
+    assert "Node failure" in out or "lost objects" in out, out[-3000:]
+    for noise in ("Traceback", "Exception ignored"):
+        assert noise not in out, out[-3000:]
+    r = subprocess.run([sys.executable, "-m", "tuner", "search", "--space", str(SPACE), "--results", str(results),
+                        "--no-dashboard", "--smoke", "--resume"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (results / "digits_linear" / "best" / "model.pt").is_file()
 
 
 @pytest.mark.slow
