@@ -250,11 +250,12 @@ def test_a_fuse_that_is_not_a_size_auto_or_off_is_refused_in_one_line(tmp_path, 
 
 def test_the_group_searcher_asks_each_configuration_as_a_member_trial_of_the_study(tmp_path):
     from tuner import spaces
-    from tuner.search.fused import GroupSearch, member_points, members_of, planned_members
+    from tuner.search.fused import GroupSearch, member_points, members_of
+    from tuner.spaces.rules import planned_configs
     from tuner.search.searchers import study_search
 
     exp = spaces.parse_experiment(yaml.safe_load(GRID), tmp_path / "space.yaml")
-    search = GroupSearch(study_search(exp, tmp_path, []), 4, planned_members(exp), exp.constants, member_points(exp))
+    search = GroupSearch(study_search(exp, tmp_path, []), 4, planned_configs(exp), exp.constants, member_points(exp))
     first, second = search.suggest("a"), search.suggest("b")
     assert search.suggest("c") == "FINISHED"
     members = first["members"] + second["members"]

@@ -22,6 +22,7 @@ from ray.tune.search import Searcher
 
 from tuner.fused.rungs import Rungs
 from tuner.search.fused_trial import MEMBERS
+from tuner.spaces.rules import planned_configs
 
 
 # --------------------------------------------------------------------------- the searcher
@@ -34,13 +35,6 @@ def member_points(exp) -> list[dict]:
         return []
     grid = grid_configs(exp.searched, exp.search.grid_points) * max(exp.num_samples, 1)
     return [optuna_params(exp.searched, cfg)[0] for cfg in grid]
-
-
-def planned_members(exp) -> int | None:
-    """How many configurations the search runs; None: until the time budget ends."""
-    if exp.search.algorithm == "grid":
-        return len(member_points(exp))
-    return exp.num_samples if exp.num_samples > 0 else None
 
 
 class GroupSearch(Searcher):
@@ -243,7 +237,7 @@ def build(exp, exp_dir: Path):
     from tuner.search.searchers import study_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    total = planned_members(exp)
+    total = planned_configs(exp)
     groups = GroupSearch(study_search(exp, exp_dir, []), exp.search.fuse, total, exp.constants, member_points(exp))
     search = FolderSearchGenerator(ConcurrencyLimiter(groups, max_concurrent=exp.search.max_concurrent))
     return search, -1 if total is None else total

@@ -156,15 +156,20 @@ def auto_fuse(exp: Experiment) -> int:
     nothing."""
     if fuse_problem(exp):
         return 0
-    if exp.search.algorithm == "grid":
-        planned: int | None = len(grid_configs(exp.searched, exp.search.grid_points)) * max(exp.num_samples, 1)
-    else:
-        planned = exp.num_samples if exp.num_samples > 0 else None
+    planned = planned_configs(exp)
     size = AUTO_FUSE_UNKNOWN if planned is None else -(-planned // exp.search.max_concurrent)
     if exp.search.algorithm == "optuna":
         size = min(size, AUTO_FUSE_MAX)
     size = min(size, 1024)  # the bound an explicit N has
     return size if size >= 2 else 0
+
+
+def planned_configs(exp: Experiment) -> int | None:
+    """How many configurations the search runs: a grid's points times its passes, else num_samples; None
+    when only the time budget ends it."""
+    if exp.search.algorithm == "grid":
+        return len(grid_configs(exp.searched, exp.search.grid_points)) * max(exp.num_samples, 1)
+    return exp.num_samples if exp.num_samples > 0 else None
 
 
 def fuse_problem(exp: Experiment) -> str | None:
