@@ -73,3 +73,21 @@ def test_tables_grow_during_the_search_and_list_and_best_say_it_is_running(resul
     assert (unreported["epochs"].fillna(0) == 0).all(), unreported.to_string()
     assert (trials["status"] == "TERMINATED").all()
     assert "(search running)" not in _tuner("list", cwd=results.parent).stdout
+
+
+def test_an_epoch_reported_again_after_a_restore_replaces_the_first_report(tmp_path):
+    # a trial (or a fused group) restored from a checkpoint older than its last report reports that epoch
+    # again; epochs.csv held it twice (63 rows for 60 in the fused SIGKILL test, under load)
+    from types import SimpleNamespace
+
+    from tuner import spaces
+    from tuner.search.live import LiveResults
+
+    live = LiveResults(spaces.load(SPACE), tmp_path, every_s=1e9)
+    live.last_write = time.monotonic()  # no table written by these calls
+    trial = SimpleNamespace(trial_id="t1", config={})
+    for epoch, acc in ((1, 0.5), (2, 0.6), (3, 0.7), (3, 0.7), (4, 0.8)):
+        live.on_trial_result(0, [], trial, {"epoch": epoch, "val_accuracy": acc})
+    assert [r["epoch"] for r in live.results["t1"]] == [1, 2, 3, 4]
+    live.on_trial_result(0, [], trial, {"epoch": 2, "val_accuracy": 0.6})  # restored further back
+    assert [r["epoch"] for r in live.results["t1"]] == [1, 2]

@@ -51,7 +51,10 @@ class LiveResults(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         interrupt.signal_for_tests("fit")
-        self.results.setdefault(trial.trial_id, []).append(result)
+        rows = self.results.setdefault(trial.trial_id, [])
+        if "epoch" in result:  # a trial restored from a checkpoint older than its last report reports it again
+            rows[:] = [r for r in rows if r.get("epoch", -1) < result["epoch"]]
+        rows.append(result)
         self.config[trial.trial_id] = trial.config
         self._maybe_write()
 
