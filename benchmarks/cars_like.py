@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +169,9 @@ def make_cars_like(root: Path, images: int = CARS_IMAGES, classes: int = CARS_CL
     jobs = [(tmp, split, i, label, seed) for split, i, label in plan(images, classes)]
     t0 = time.perf_counter()
     say(f"making {images:,} Cars-sized JPEGs in {root} (once; reused by later runs)")
-    with Pool(workers or os.cpu_count() or 1) as pool:
+    # spawned, not forked: the caller may run Ray (a test's in-process Ray, the benchmark's own), and a child
+    # forked from a process with such threads can inherit a held lock and hang (the suite hung 20 min so)
+    with get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
         sizes = pool.map(_write, jobs, chunksize=32)
     shutil.rmtree(root, ignore_errors=True)
     os.replace(tmp, root)

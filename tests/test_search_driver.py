@@ -146,10 +146,13 @@ def test_pbt_tables_keep_every_trials_own_epochs_and_perturbed_values_stay_in_th
         ran = e["epoch"].tolist()
         assert ran[0] == 1 and ran[-1] == 6 and ran == sorted(set(ran)), (tid, ran)
         # a trial that copied one further ahead (trials run unevenly on a loaded machine) goes on from the
-        # copy's epoch: every gap is such a copy in Ray's policy log, and every epoch it ran is in the table
+        # copy's epoch: every gap is such a copy in Ray's policy log, and every epoch it ran is in the table.
+        # Ray logs the trial's epoch when it decided; the trial may report one more before the copy takes
+        # effect (seen: epochs [1, 2, 5, 6], the copy logged at its epoch 1 of the other's epoch 4)
         copies = _pbt_copies(d / "ray" / f"pbt_policy_{tid}.txt")
         for before, after in zip(ran, ran[1:]):
-            assert after == before + 1 or (before, after - 1) in copies, (tid, ran, copies)
+            assert after == before + 1 or any(donor == after - 1 and at <= before for at, donor in copies), \
+                (tid, ran, copies)
     assert trials["momentum"].between(0.5, 0.95).all() and trials["dropout"].between(0.0, 0.5).all()
     assert trials["lr"].between(1.0e-3, 1.0e-1).all()
 
