@@ -169,3 +169,18 @@ def test_a_second_signal_while_stopping_exits_at_once_without_a_traceback(tmp_pa
               "print('not at once')\n")
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 143 and r.stdout == "" and r.stderr.strip() == "stopped", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("leave", [False, True])
+def test_the_last_line_starts_a_line_of_its_own_when_a_bar_was_cut_off_before_its_with(leave):
+    # CI: SIGINT during the retrain's test pass, raised inside tqdm's constructor after its first draw, printed
+    # "testing:   0%|   | 0/300 [00:00<?, ?img/s]interrupted; ... --resume` continues" (the bar never closed)
+    code = ("from tuner import interrupt, progress\n"
+            "interrupt.begin(lambda signum: 'interrupted; go on')\n"
+            f"cut_off = progress.bar(300, 'testing', leave={leave})\n"
+            "raise SystemExit(interrupt.finish(interrupt.Interrupted()))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
+    assert r.returncode == 130, r.stderr
+    shown = r.stderr.decode().replace("\r", "\n").strip().splitlines()  # what a terminal shows, line by line
+    assert shown[-1] == "interrupted; go on", r.stderr
+    assert shown[0].startswith("testing:"), r.stderr

@@ -187,6 +187,9 @@ def _say(signum: int) -> None:
     try:
         _state.said = True
         with contextlib.suppress(Exception):
+            from tuner.progress import close_open
+
+            close_open()  # the line starts a line of its own, not the end of a bar's
             text = _state.line(signum) + "\n"
             try:
                 sys.stderr.write(text)

@@ -2,18 +2,46 @@
 retrain's epochs, the test pass): one look for all of them, and none inside trials (`RunContext.progress`)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
+import weakref
+
+_open: weakref.WeakSet = weakref.WeakSet()  # every bar made here and not yet collected (see close_open)
 
 
 def bar(total: int, desc: str, enabled: bool = True, unit: str = "img", leave: bool = True):
     """A tqdm bar on stderr, redrawn at most twice a second; a no-op one when not `enabled`."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, mininterval=0.5,
-                leave=leave, dynamic_ncols=True)
+    return _bar_class()(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+                        mininterval=0.5, leave=leave, dynamic_ncols=True)
 
 
 def note(msg: str, enabled: bool = True) -> None:
     """One line on stderr (what a finished step took), when progress is shown."""
     if enabled:
         print(msg, file=sys.stderr, flush=True)
+
+
+def close_open() -> None:
+    """End the bars still open, before a last line (tuner.interrupt): a signal raised inside a bar's
+    constructor, after its first draw and before its `with` took it, left 'testing: 0%|...|' on the line
+    and the line was appended to it. A bar cut off before it could close gets a newline instead."""
+    for shown in list(_open):
+        try:
+            shown.close()
+        except Exception:  # noqa: BLE001 - half made: its attributes may be missing
+            with contextlib.suppress(Exception):
+                sys.stderr.write("\n")
+
+
+@functools.cache
+def _bar_class():
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def __new__(cls, *args, **kwargs):  # noted before __init__ draws, so a bar cut off in it is known
+            made = super().__new__(cls, *args, **kwargs)
+            _open.add(made)
+            return made
+
+    return Bar
