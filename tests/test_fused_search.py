@@ -186,7 +186,8 @@ def test_a_sigkilled_fused_search_resumes_each_member_and_ends_as_an_uninterrupt
     keys = ["lr", "weight_decay"]
     want = pd.read_csv(tmp_path / "a" / "fg" / "trials.csv").set_index(keys).sort_index()
     got = pd.read_csv(exp / "trials.csv").set_index(keys).sort_index()
-    assert len(got) == 6 and set(got["status"]) == {"TERMINATED"} and (got["epochs"] == 10).all(), got
+    shown = got[["trial_id", "status", "epochs", "error"]].to_string() + "\n" + r.stdout[-3000:] + r.stderr[-3000:]
+    assert len(got) == 6 and set(got["status"]) == {"TERMINATED"} and (got["epochs"] == 10).all(), shown
     # each member went on from its own checkpoint: the same scores as the run that was never interrupted
     pd.testing.assert_series_equal(got["val_accuracy"], want["val_accuracy"])
     pd.testing.assert_series_equal(got["val_loss"], want["val_loss"])

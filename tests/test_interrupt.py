@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,8 @@ NOTHING_SAVED = "before anything was saved: nothing to resume"
     ("ray+fork:SIGINT", 130, NOTHING_SAVED),
     ("ray+fork:SIGTERM", 143, NOTHING_SAVED),     # ray.init's own handler has SIGTERM then
     ("ray+fork:SIGINT,SIGINT", 130, NOTHING_SAVED),
+    # the Tuner made (ray/tuner.pkl), Tune's loop not begun: nothing to resume yet (see the SIGKILL test)
+    ("tuner+now:SIGINT", 130, NOTHING_SAVED),
     ("fit:SIGINT", 130, "--resume` continues"),   # a trial has reported: Tune saves, --resume continues
     ("fit:SIGTERM", 143, "--resume` continues"),
     ("fit:SIGINT,SIGINT", 130, "--resume` continues"),
@@ -127,6 +130,28 @@ def test_resume_after_a_sigterm_during_the_search_finishes_it(tmp_path):
     r = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (results / "digits_linear" / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_a_search_killed_before_tunes_loop_began_is_started_again_with_every_trial(tmp_path):
+    # SIGKILLed after ray/tuner.pkl and before Tune's first experiment state: Tune's restore of that ran
+    # num_samples=1 (Ray 2.60's resume passes none), so --resume of a 6-trial search ended with 1 trial
+    # (2 of 6 configurations seen in CI with search.fuse: 3)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "tuner", "search", "--space", str(SPACE), "--results", str(results),
+           "--no-dashboard", "--no-retrain", "--set", "search.num_samples=4", "--set", "scheduler.max_epochs=2",
+           "--set", "scheduler.grace_period=1", "--set", "dataset.limit=300"]
+    killed = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TUNER_TEST_SIGNAL="tuner+now:SIGKILL"),
+                            capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    ray = results / "digits_linear" / "ray"
+    assert (ray / "tuner.pkl").is_file() and not list(ray.glob("experiment_state-*.json")), os.listdir(ray)
+    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 2 and "error: --resume: nothing to resume" in resumed.stderr, resumed.stderr
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # not refused: nothing kept
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    trials = pd.read_csv(results / "digits_linear" / "trials.csv")
+    assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}, trials
 
 
 # --------------------------------------------------------------------------- the mechanism, without Ray

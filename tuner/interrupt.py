@@ -213,8 +213,10 @@ def signal_for_tests(phase: str) -> None:
     `ray+fork:SIGTERM`) the process sends itself those signals on reaching PHASE, 0.3 s apart; so a test
     interrupts a named moment, not a lucky one. WHEN: SECONDS later, or `fork`: the first one handled inside
     the at-fork hook of the next process this one starts (Ray's start: where Python drops what a handler
-    raises). `-SIGTERM` goes to the whole process group, Ray's processes included, as a batch system sends it.
-    Phases: start (cli), prepare (the data), ray (its start), fit (the first trial result), retrain."""
+    raises); `now`: sent from this thread, so it is handled before PHASE's next step. `-SIGTERM` goes to the
+    whole process group, Ray's processes included, as a batch system sends it. Phases: start (cli), prepare
+    (the data), ray (its start), tuner (the Tuner made, its fit not begun), fit (the first trial result),
+    retrain."""
     want, _, sigs = os.environ.get(TEST_HOOK, "").partition(":")
     name, _, when = want.partition("+")
     if name != phase or not sigs:
@@ -231,6 +233,9 @@ def signal_for_tests(phase: str) -> None:
             else:
                 os.kill(os.getpid(), getattr(signal, sig))
 
+    if when == "now":
+        send(names, 0.0)
+        return
     if when != "fork":
         threading.Thread(target=send, args=(names, float(when or 0)), daemon=True).start()
         return

@@ -41,6 +41,11 @@ from tuner.spaces import check_name
 
 MAX_RESULT_BYTES = 16 << 20  # best.yaml, space.yaml, metrics.json are a few kB; more is not ours
 LOCK_FILE = "search.lock"
+# Ray Tune's experiment state in ray/: what `--resume` goes on from. Tune writes it at the first pass of its
+# loop, before any trial starts, and tuner.pkl earlier, when the Tuner is made. A ray/ folder without it was
+# stopped before Tune began: Tune's own restore then runs num_samples=1 (Ray 2.60 passes no num_samples on
+# resume unless it finds this state), so such a search is started again, not resumed. Checked by test_adapters.
+RAY_STATE = "experiment_state-*.json"
 
 
 def _path(rel: str, doc: str) -> property:
@@ -115,6 +120,10 @@ class RunDir:
 
     def read_metrics(self) -> dict:
         return read_result(self.metrics)
+
+    def ray_saved(self) -> bool:
+        """Whether Ray's folder holds an experiment state (`RAY_STATE`): something `--resume` goes on from."""
+        return any(self.ray.glob(RAY_STATE))
 
     def was_smoke(self) -> bool:
         """Whether the search here was a --smoke run (run.json says so): one that may be replaced unasked."""
@@ -285,7 +294,8 @@ def check_replaceable(exp_dir: Path, overwrite: bool = False) -> None:
                         f"or remove it by hand")
     if overwrite or not run.is_experiment() or run.was_smoke():
         return
-    there = [f"{name}/" if (exp_dir / name).is_dir() else name for name in KEPT if (exp_dir / name).exists()]
+    there = [f"{name}/" if (exp_dir / name).is_dir() else name for name in KEPT if (exp_dir / name).exists()
+             and (name != "ray" or run.ray_saved())]
     if not there:  # a search that stopped before it wrote anything worth keeping
         return
     try:

@@ -142,6 +142,7 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     trainable = _trainable(exp, data, run_dir, ray_path, resume)
     live_results, callbacks = _watchers(exp, exp_dir, results, list(callbacks), verbose, say)
     tuner = _tuner(exp, exp_dir, ray_path, trainable, callbacks, resume, retry_failed, verbose, say)
+    interrupt.signal_for_tests("tuner")
     t_fit = time.perf_counter()
     with _signals_stop_tune():
         grid = tuner.fit()
@@ -291,10 +292,15 @@ def _failures(run_dir: RunDir, trials: int, say: Callable[[str], None]) -> pd.Da
 
 
 def _saved(exp: Experiment, ray_path: str) -> bool:
-    """Has Ray saved this experiment (its tuner.pkl, written when the Tuner is made), so --resume can go on?"""
+    """Has Ray saved this experiment, so --resume can go on? Its tuner.pkl (written when the Tuner is made) and
+    its experiment state (at the first pass of Tune's loop): a search stopped between the two was resumed as
+    one of a single trial (adapters.experiment_state_saved), and is started again instead."""
     from ray import tune
 
-    return bool((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path))
+    from tuner.search import adapters
+
+    return bool((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)
+                and adapters.experiment_state_saved(ray_path))
 
 
 def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbose: bool):
