@@ -275,8 +275,10 @@ def _tables(exp: Experiment, grid, exp_dir: Path, live_results) -> tuple[int, di
     """trials.csv, epochs.csv and best.yaml; the number of trials. With search.fuse the members' rows, as the
     live tables hold them (Ray's grid holds the groups)."""
     if exp.search.fuse:
+        from tuner.search import fused
         from tuner.tables import write_tables
 
+        fused.add_ended_before(exp, grid, live_results)
         return len(live_results.done), write_tables(exp, list(live_results.done.values()), exp_dir)
     return len(grid), write_results(exp, grid, exp_dir, live_results.results)
 

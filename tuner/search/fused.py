@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import ray
 from ray.tune import Callback
 from ray.tune.search import Searcher
@@ -203,6 +204,33 @@ class MemberEvents(Callback):
             member = self.members[m["key"]]
             if member.status == "RUNNING":
                 self._end(iteration, member, error)
+
+
+def add_ended_before(exp, grid, live) -> int:
+    """On --resume: rows for the members of groups that ended before the interruption but that the tables
+    lack (the driver was killed between a group's end and the next write of trials.csv, at most 2 s). Ray
+    restores such a group as finished and sends no event for it, and the study was then made equal to the
+    tables: a SIGKILLed 6-configuration search resumed ended with 3. Each member as its group's last
+    checkpoint has it (`MemberState`: every epoch it reported, how it ended). Returns how many were added."""
+    from tuner.search.fused_trial import saved_members
+    from tuner.tables import trial_row
+
+    added = 0
+    for result in grid:
+        members = (result.config or {}).get(MEMBERS, [])
+        missing = [m for m in members if m["key"] not in live.done]
+        if not missing or result.checkpoint is None:
+            continue
+        states = saved_members(result.checkpoint)
+        for m in missing:
+            st = states.get(m["key"])
+            if st is None:
+                continue
+            error = st.error or (None if st.ended else (str(result.error) if result.error else "its group ended"))
+            df = pd.DataFrame(st.history) if st.history else None
+            live.done[m["key"]] = trial_row(exp, m["key"], m["config"], df, error)
+            added += 1
+    return added
 
 
 # --------------------------------------------------------------------------- ASHA for members

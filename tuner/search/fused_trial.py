@@ -46,6 +46,13 @@ class MemberState:
         return dict(vars(self))
 
 
+def saved_members(checkpoint) -> dict[str, MemberState]:
+    """Each member's state in a group's checkpoint (a `ray.tune.Checkpoint`)."""
+    with checkpoint.as_directory() as d:
+        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    return {key: MemberState(**s) for key, s in saved[MEMBERS].items()}
+
+
 def _load(states: dict[str, MemberState]) -> bool:
     """The group's checkpoint into `states`; True when there was one (a restore)."""
     from ray import tune
@@ -53,11 +60,7 @@ def _load(states: dict[str, MemberState]) -> bool:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return False
-    with checkpoint.as_directory() as d:
-        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    for key, s in saved[MEMBERS].items():
-        if key in states:
-            states[key] = MemberState(**s)
+    states.update({k: s for k, s in saved_members(checkpoint).items() if k in states})
     return True
 
 
