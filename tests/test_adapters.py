@@ -35,14 +35,12 @@ def test_a_tuner_keeps_its_tune_and_run_config_where_restored_configs_reads_them
 def test_tunes_experiment_state_file_is_the_one_rundir_looks_for(tmp_path):
     # TuneController writes CKPT_FILE_TMPL.format(session) at the first pass of its loop; a search stopped
     # before it is started again, not resumed (rundir.RAY_STATE, adapters.experiment_state_saved)
-    import fnmatch
-
     from ray.tune.execution.tune_controller import TuneController
 
     from tuner.rundir import RAY_STATE
 
     name = TuneController.CKPT_FILE_TMPL.format("2026-12-05_02-59-48")
-    assert fnmatch.fnmatch(name, RAY_STATE)
+    assert adapters.experiment_state_pattern() == RAY_STATE == "experiment_state-*.json"
     assert not adapters.experiment_state_saved(str(tmp_path))
     (tmp_path / "tuner.pkl").write_bytes(b"")
     assert not adapters.experiment_state_saved(str(tmp_path)) and not adapters.experiment_state_saved(

@@ -49,6 +49,14 @@ class _State:
 
 _state = _State()
 _unraisable_before = sys.__unraisablehook__
+_before_line: list[Callable[[], None]] = []  # run before the line is written (see before_line)
+
+
+def before_line(fn: Callable[[], None]) -> None:
+    """Run `fn` before the last line is written (once, however often registered): tuner.progress closes the
+    bars still open there. A hook rather than an import, as this module imports nothing from tuner."""
+    if fn not in _before_line:
+        _before_line.append(fn)
 
 
 def begin(line: Callable[[int], str]) -> dict:
@@ -187,9 +195,8 @@ def _say(signum: int) -> None:
     try:
         _state.said = True
         with contextlib.suppress(Exception):
-            from tuner.progress import close_open
-
-            close_open()  # the line starts a line of its own, not the end of a bar's
+            for before in _before_line:  # tuner.progress ends its open bars: the line starts a line of its own
+                before()
             text = _state.line(signum) + "\n"
             try:
                 sys.stderr.write(text)

@@ -38,6 +38,10 @@ def close_open() -> None:
 def _bar_class():
     from tqdm import tqdm
 
+    from tuner import interrupt
+
+    interrupt.before_line(close_open)  # from the first bar on, a Ctrl-C's line ends the open ones first
+
     class Bar(tqdm):
         def __new__(cls, *args, **kwargs):  # noted before __init__ draws, so a bar cut off in it is known
             made = super().__new__(cls, *args, **kwargs)

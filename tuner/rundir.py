@@ -44,7 +44,8 @@ LOCK_FILE = "search.lock"
 # Ray Tune's experiment state in ray/: what `--resume` goes on from. Tune writes it at the first pass of its
 # loop, before any trial starts, and tuner.pkl earlier, when the Tuner is made. A ray/ folder without it was
 # stopped before Tune began: Tune's own restore then runs num_samples=1 (Ray 2.60 passes no num_samples on
-# resume unless it finds this state), so such a search is started again, not resumed. Checked by test_adapters.
+# resume unless it finds this state), so such a search is started again, not resumed. The same glob as
+# tuner.search.adapters.experiment_state_pattern, read from Ray (test_adapters checks they agree).
 RAY_STATE = "experiment_state-*.json"
 
 

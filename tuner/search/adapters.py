@@ -26,21 +26,27 @@ def restored_configs(tuner) -> tuple:
     return getattr(internal, "_tune_config", None), getattr(internal, "_run_config", None)
 
 
+def experiment_state_pattern() -> str:
+    """The name of Tune's experiment state file, as a glob: `TuneController.CKPT_FILE_TMPL` (Ray 2.60,
+    `experiment_state-{session}.json`). tuner.rundir keeps the same glob (RAY_STATE) without importing Ray."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    return TuneController.CKPT_FILE_TMPL.format("*")
+
+
 def experiment_state_saved(ray_path: str) -> bool:
-    """Whether Tune has written its experiment state (`rundir.RAY_STATE`, Ray 2.60's
-    `experiment_state-<time>.json`) in `ray_path`, a folder or a storage URI. Without it
-    `Tuner.restore(...).fit()` starts anew with num_samples=1: `TunerInternal._fit_resume` passes none."""
+    """Whether Tune has written its experiment state (`experiment_state_pattern`) in `ray_path`, a folder or
+    a storage URI. Without it `Tuner.restore(...).fit()` starts anew with num_samples=1:
+    `TunerInternal._fit_resume` passes none."""
     import fnmatch
     from pathlib import PurePosixPath
 
     import pyarrow.fs
 
-    from tuner.rundir import RAY_STATE
-
     fs, path = (pyarrow.fs.FileSystem.from_uri(ray_path) if "://" in ray_path
                 else (pyarrow.fs.LocalFileSystem(), ray_path))
     found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    return any(fnmatch.fnmatch(PurePosixPath(f.path).name, RAY_STATE) for f in found)
+    return any(fnmatch.fnmatch(PurePosixPath(f.path).name, experiment_state_pattern()) for f in found)
 
 
 # --------------------------------------------------------------------------- new trials in the resumed folder

@@ -226,7 +226,8 @@ def add_ended_before(exp, grid, live) -> int:
             st = states.get(m["key"])
             if st is None:
                 continue
-            error = st.error or (None if st.ended else (str(result.error) if result.error else "its group ended"))
+            # as MemberEvents ends them: a member its group did not end failed with the group, or was cut
+            error = st.error or (str(result.error) if result.error and not st.ended else None)
             df = pd.DataFrame(st.history) if st.history else None
             live.done[m["key"]] = trial_row(exp, m["key"], m["config"], df, error)
             added += 1
