@@ -121,6 +121,7 @@ def test_import_tuner_does_not_load_torch():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow  # about 60 s on 2 cores, half of the quick loop: the import graph tests above run there
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     # one interpreter per module, so a circle shows up; several at once, since each mostly waits on imports
     from concurrent.futures import ThreadPoolExecutor
