@@ -194,9 +194,10 @@ def _say(signum: int) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         _state.said = True
-        with contextlib.suppress(Exception):
-            for before in _before_line:  # tuner.progress ends its open bars: the line starts a line of its own
+        for before in _before_line:  # tuner.progress ends its open bars: the line starts a line of its own
+            with contextlib.suppress(Exception):  # whatever a hook meets, the line is still said
                 before()
+        with contextlib.suppress(Exception):
             text = _state.line(signum) + "\n"
             try:
                 sys.stderr.write(text)
