@@ -257,7 +257,11 @@ def check_storage(storage: str) -> str:
 
 def is_tune_experiment(names: list[str]) -> bool:
     """Ray writes tuner.pkl and experiment_state-*.json at the top of every experiment it runs."""
-    return any(n == "tuner.pkl" or (n.startswith("experiment_state-") and n.endswith(".json")) for n in names)
+    import fnmatch
+
+    from tuner.search.adapters import experiment_state_pattern
+
+    return any(n == "tuner.pkl" or fnmatch.fnmatch(n, experiment_state_pattern()) for n in names)
 
 
 def local_folder(storage: str) -> str | None:
