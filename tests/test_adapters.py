@@ -49,6 +49,16 @@ def test_tunes_experiment_state_file_is_the_one_rundir_looks_for(tmp_path):
     assert adapters.experiment_state_saved(str(tmp_path)) and adapters.experiment_state_saved(tmp_path.as_uri())
 
 
+def test_a_checkpoint_manager_keeps_the_latest_checkpoint_where_snapshot_checkpoints_reads_it(tmp_path):
+    # the end to end check (a snapshot naming a deleted checkpoint) is in test_fused_search
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+
+    manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=2))
+    assert hasattr(manager, "_latest_checkpoint_result") and manager._latest_checkpoint_result is None
+    assert adapters.snapshot_checkpoints(str(tmp_path)) == []
+    assert adapters.restore_deleted_checkpoints(str(tmp_path)) == []
+
+
 def test_in_folder_moves_a_trials_storage_as_ray_moves_restored_trials(tmp_path):
     from ray.train._internal.storage import StorageContext
 

@@ -49,6 +49,52 @@ def experiment_state_saved(ray_path: str) -> bool:
     return any(fnmatch.fnmatch(PurePosixPath(f.path).name, experiment_state_pattern()) for f in found)
 
 
+def restore_deleted_checkpoints(ray_path: str) -> list[str]:
+    """Put back the checkpoints Ray's newest experiment state names but deleted, before Tuner.restore.
+
+    Ray 2.60 deletes a trial's checkpoint k when k+2 is registered (num_to_keep=2) and only then forces a
+    snapshot; a driver SIGKILLed in between leaves a snapshot naming k, and the restore fails the trial
+    ("Could not recover from checkpoint as it does not exist on storage anymore"): 1 of 14 kills timed
+    just after a table write. Checkpoint k+1, kept and complete (Ray registers a checkpoint only once
+    written), is copied to k's path, so the trial goes on from there; tuner's trials read their epoch from
+    their own checkpoint. Read here: the state's `trial_data` (trial and run-metadata JSON) and the
+    pickled `_CheckpointManager._latest_checkpoint_result` in it. Local folders only; anything unexpected
+    leaves the folder as it is. Returns the paths put back."""
+    import shutil
+
+    if "://" in ray_path:
+        return []
+    restored: list[str] = []
+    try:
+        for path in snapshot_checkpoints(ray_path):
+            if path.exists() or not path.parent.is_dir():
+                continue
+            newer = sorted(p for p in path.parent.glob("checkpoint_*") if p.is_dir() and p.name > path.name)
+            if newer:
+                shutil.copytree(newer[0], path)
+                restored.append(str(path))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return restored
+    return restored
+
+
+def snapshot_checkpoints(ray_path: str) -> list:
+    """The checkpoint folder (a Path) each trial's latest checkpoint is in, as Ray's newest experiment state
+    in the local folder `ray_path` names them (see restore_deleted_checkpoints)."""
+    import json
+    from pathlib import Path
+
+    import cloudpickle
+
+    states = sorted(Path(ray_path).glob(experiment_state_pattern()))  # named by session time: the last is Ray's
+    out = []
+    for _, metadata in json.loads(states[-1].read_text())["trial_data"] if states else []:
+        manager = cloudpickle.loads(bytes.fromhex(json.loads(metadata)["checkpoint_manager"]["value"]))
+        if manager._latest_checkpoint_result is not None:
+            out.append(Path(manager._latest_checkpoint_result.checkpoint.path))
+    return out
+
+
 # --------------------------------------------------------------------------- new trials in the resumed folder
 def in_folder(storage, storage_path: str, name: str):
     """A copy of a trial's StorageContext pointing at `storage_path/name`: what Ray 2.60's

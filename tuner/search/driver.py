@@ -253,6 +253,11 @@ def _tuner(exp: Experiment, exp_dir: Path, ray_path: str, trainable, callbacks: 
     from tuner.search import study
 
     study.repair(exp, exp_dir, say)  # a damaged journal is rebuilt from the tables before anything reads it
+    from tuner.search import adapters
+
+    for path in adapters.restore_deleted_checkpoints(ray_path):  # a kill between Ray's delete and its snapshot
+        say(f"resume: {Path(path).parent.name}/{Path(path).name}, deleted by Ray after its last snapshot, "
+            f"restored from the next one")
     # errored trials stay failed (a NaN comes back the same) unless --retry-failed, which reruns them
     # from their last checkpoint; unfinished ones go on from their checkpoints
     tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed)
