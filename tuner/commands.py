@@ -14,7 +14,10 @@ from tuner.rundir import RunDir
 
 
 def _say(msg: str) -> None:
-    print(msg, flush=True)
+    # one write, line and newline together: print() writes them apart, and a Ctrl-C or SIGTERM handled
+    # between the two put tuner's last line at the end of this one ("testing on 300 imagesstopped by SIGTERM")
+    sys.stdout.write(f"{msg}\n")
+    sys.stdout.flush()
 
 
 def check_results_dir(results: Path) -> Path:
