@@ -301,7 +301,8 @@ def _failures(run_dir: RunDir, trials: int, say: Callable[[str], None]) -> pd.Da
 def _saved(exp: Experiment, ray_path: str) -> bool:
     """Has Ray saved this experiment, so --resume can go on? Its tuner.pkl (written when the Tuner is made) and
     its experiment state (at the first pass of Tune's loop): a search stopped between the two was resumed as
-    one of a single trial (adapters.experiment_state_saved), and is started again instead."""
+    one of a single trial (adapters.experiment_state_saved); it is now nothing to resume, and the same command
+    without --resume starts it again (rundir.check_replaceable lets it)."""
     from ray import tune
 
     from tuner.search import adapters
