@@ -10,14 +10,9 @@ import yaml
 
 from tuner import builtin_spaces, spaces
 from tuner.errors import UserError
-from tuner.rundir import RunDir
-
-
-def _say(msg: str) -> None:
-    # one write, line and newline together: print() writes them apart, and a Ctrl-C or SIGTERM handled
-    # between the two put tuner's last line at the end of this one ("testing on 300 imagesstopped by SIGTERM")
-    sys.stdout.write(f"{msg}\n")
-    sys.stdout.flush()
+from tuner.best import best  # noqa: F401 - `tuner best`; cli finds each sub-command here by name
+from tuner.progress import say
+from tuner.rundir import RunDir, find_experiment, results_folder
 
 
 def check_results_dir(results: Path) -> Path:
@@ -103,14 +98,14 @@ def _search_locked(exp, results: Path, exp_dir: Path, *, resume: bool, retrain: 
     # first's, in the results folder or on a shared storage folder
     with search_lock(exp_dir), storage_lock(driver.resolve_storage(exp, exp_dir, run["storage"], resume), exp.name), \
             tracking.session(exp, exp_dir, resume, say) as tracked:
-        data, best, failed = driver.run(exp, results, exp_dir, resume=resume, say=say, callbacks=tracked.callbacks(),
+        data, top, failed = driver.run(exp, results, exp_dir, resume=resume, say=say, callbacks=tracked.callbacks(),
                                         **run)
         metrics = None
         try:
-            if best is None:
+            if top is None:
                 # nothing to retrain: say so with the exit status too, not only in the log
                 raise UserError(_nothing_finished(exp, run_dir, failed))
-            say(f"best trial {best['trial_id']}: " + ", ".join(f"{m} = {best['metrics'][m]:.4g}" for m in exp.metrics))
+            say(f"best trial {top['trial_id']}: " + ", ".join(f"{m} = {top['metrics'][m]:.4g}" for m in exp.metrics))
             if exp.multi:
                 import pandas as pd
 
@@ -124,7 +119,7 @@ def _search_locked(exp, results: Path, exp_dir: Path, *, resume: bool, retrain: 
             # plots before (11 s for 2 trials, measured while the 2-core machine was shared)
             experiment_plots(exp_dir)
         say(f"report: {write_report(exp_dir)}")
-        tracked.finish(exp_dir, best, metrics)
+        tracked.finish(exp_dir, top, metrics)
 
 
 def _nothing_finished(exp: spaces.Experiment, run: RunDir, failed) -> str:
@@ -177,20 +172,20 @@ def search(args) -> int:
         check_can_start(exp, results, resume=args.resume, overwrite=overwrite)
     names = []
     for exp in exps:
-        _say(_header(exp))
+        say(_header(exp))
         run_search(exp, results, address=args.address, resume=args.resume, retrain=not args.no_retrain,
-                   dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=_say,
+                   dashboard=not args.no_dashboard, storage=getattr(args, "storage", None), say=say,
                    retry_failed=getattr(args, "retry_failed", False), verbose=getattr(args, "verbose", False),
                    overwrite=overwrite, smoke=args.smoke)
         names.append(exp.name)
     if suite and not args.no_retrain:
         if suite.ensemble:
             name = f"{suite.name}_ensemble"
-            _say(f"== {name}: mean class probabilities of {', '.join(suite.ensemble)}")
-            ensemble.build(results, name, suite.ensemble, say=_say)
+            say(f"== {name}: mean class probabilities of {', '.join(suite.ensemble)}")
+            ensemble.build(results, name, suite.ensemble, say=say)
             names.append(name)
         df = write_comparison(results, names)
-        _say(_terminal_table(df, results))
+        say(_terminal_table(df, results))
     return 0
 
 
@@ -216,160 +211,6 @@ def _header(exp: spaces.Experiment) -> str:
     return f"== {exp.name} ({exp.family}, {trials}{budget}, {steps})"
 
 
-def _results_dir(results: Path) -> Path | None:
-    """The results folder to read, None if there is none; a file given as --results is a user error."""
-    if results.exists() and not results.is_dir():
-        raise UserError(f"--results {results}: is a file, not a folder; give the folder `tuner search` wrote")
-    return results if results.is_dir() else None
-
-
-def _experiment_dir(results: Path, name: str | None) -> Path:
-    if name:
-        p = Path(name)
-        d = p if RunDir(p).is_experiment() else results / name
-        if not RunDir(d).is_experiment():
-            raise UserError(f"--experiment {name}: no experiment there (looked in {d}); see `tuner list`")
-        return d
-    runs = [RunDir(p).best_yaml for p in results.iterdir()] if _results_dir(results) else []
-    runs = [p for p in runs if p.is_file()]
-    if not runs:
-        raise UserError(f"--results {results}: no finished experiment; run `tuner search --space FILE` first")
-    return max(runs, key=lambda p: p.stat().st_mtime).parent
-
-
-def _read_results(d: Path, run: RunDir) -> dict:
-    """best.yaml's entry, once every results file has been read: an unreadable file is exit 2 and one `error:`
-    line before anything is printed, never half an answer (the messages are `list`'s warnings)."""
-    if not run.best_yaml.is_file():
-        if run.running_note():
-            raise UserError(f"{d}: {run.running_note().split(':')[0]}, no trial has finished yet; try again shortly")
-        raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
-    run.read_space()
-    if run.trials.exists():
-        run.read_trials()
-    return run.read_best()
-
-
-def _print_pareto(d: Path, run: RunDir) -> int:
-    from tuner.rundir import read_trials
-
-    if not run.pareto.is_file():
-        raise UserError(f"{d}: no pareto.csv; --pareto is for a search with several objectives "
-                        f"(metric: [val_accuracy, latency_ms])")
-    front = read_trials(run.pareto)
-    # the front holds no failed trial: its empty error column would print as NaN
-    empty = ["error"] if "error" in front and front["error"].isna().all() else []
-    _say(front.drop(columns=empty).to_string(index=False))
-    return 0
-
-
-def _export_destination(args, d: Path, run: RunDir, info: dict) -> tuple[Path | None, bool]:
-    """(where --export writes, None without it; ONNX or not), every option checked before a retrain, which can
-    take hours. --format onnx implies --export."""
-    from tuner import predict
-
-    onnx = getattr(args, "format", "bundle") == "onnx"
-    if onnx:
-        from tuner import onnx_export
-
-        onnx_export.check_family(info.get("family", ""))
-        onnx_export.require_onnx()
-        args.export = "" if args.export is None else args.export
-    dest = None
-    if args.export is not None:
-        dest = Path(args.export) if args.export else run.export
-        predict.check_destination(d, dest)
-    return dest, onnx
-
-
-def best(args) -> int:
-    from tuner.bundle import bundle_config
-
-    d = _experiment_dir(Path(args.results), args.experiment)
-    run = RunDir(d)
-    # every results file is read, and every option checked, before anything is printed
-    info = _read_results(d, run)
-    if args.pareto:
-        return _print_pareto(d, run)
-    chosen = _trial_entry(d, args.trial) if args.trial else None
-    dest, onnx = _export_destination(args, d, run, info)
-    metrics = run.read_metrics() if run.metrics.is_file() else None
-    if run.running_note():  # the search is still going: best.yaml is the best of the trials finished so far
-        _say(run.running_note())
-    if chosen is not None and dest is None:
-        # only a look: best.yaml and best/ stay as they are (changing one alone made them disagree)
-        _say(yaml.safe_dump(chosen, sort_keys=False).rstrip())
-        _say(f"(not written anywhere: `tuner best --trial {args.trial} --export` retrains and exports it)")
-        return 0
-    _say(yaml.safe_dump(chosen or info, sort_keys=False).rstrip())
-    retrained = bundle_config(run.model)  # the config best/ holds a model of, None if none
-    if metrics is not None and retrained == info["config"]:
-        _say(test_metrics_line(run))
-    elif metrics is not None:
-        _say(f"{run.best} holds the retrain of another config than best.yaml's; --export retrains best.yaml's")
-    if dest is not None:
-        _retrain_and_export(d, chosen or info, chosen is not None, retrained, dest, onnx)
-        if retrained != (chosen or info)["config"] and run.metrics.is_file():  # retrained just now
-            _say(test_metrics_line(run))
-    if dest is not None or not run.report.is_file():  # the report names the bundle, and the page is cheap
-        from tuner.report.webpage import write_report
-
-        _say(f"report: {write_report(d)}")
-    return 0
-
-
-def test_metrics_line(run: RunDir) -> str:
-    """`tuner best`'s line of the retrained model's test metrics, read from best/metrics.json."""
-    from tuner.report.webpage import number
-
-    m = run.read_metrics()
-    keys = ("accuracy", "balanced_accuracy", "f1_macro", "loss", "auc_ovr", "num_test")  # the file has them all
-    shown = ", ".join(f"{k} {number(m[k])}" for k in keys if isinstance(m.get(k), (int, float)))
-    return f"test metrics: {shown} ({run.metrics})"
-
-
-def _retrain_and_export(d: Path, entry: dict, chosen: bool, retrained: dict | None, dest: Path, onnx: bool) -> None:
-    """best/ retrained from `entry` unless it already holds that config's model, then copied to `dest`.
-    A --trial's entry becomes best.yaml once its model is in best/: the two never name different trials."""
-    from tuner import predict
-    from tuner.retrain import retrain_best
-
-    run = RunDir(d)
-    if retrained != entry["config"]:
-        _say(f"retraining trial {entry['trial_id']}'s config first" if chosen else
-             "no retrained model of best.yaml's config yet: retraining it first")
-        retrain_best(d, say=_say, entry=entry)
-    if chosen:
-        run.write_best(entry)
-    predict.export(d, dest)
-    _say(f"exported to {dest} (load it with tuner.load({str(dest)!r}))")
-    if onnx:
-        from tuner import onnx_export
-
-        _say(f"ONNX model: {onnx_export.export_onnx(dest)} (input and preprocessing: {dest / 'preprocessing.json'})")
-
-
-def _trial_entry(d: Path, trial_id: str) -> dict:
-    """`--trial ID`: best.yaml's entry for that trial (its config rebuilt from trials.csv), for the retrain and
-    the export to take instead of the search's own pick; a UserError if trials.csv has no finished trial ID.
-    Writes nothing: with --export, best.yaml becomes it once best/ holds its retrained model."""
-    import pandas as pd
-
-    from tuner.tables import best_entry, row_config
-
-    run = RunDir(d)
-    exp = run.experiment()
-    trials = run.read_trials()
-    rows = trials[trials["trial_id"] == trial_id]
-    if rows.empty:
-        raise UserError(f"--trial {trial_id}: no such trial in {run.trials}; it has "
-                        f"{', '.join(trials['trial_id'].head(10))}{', ...' if len(trials) > 10 else ''}")
-    row = rows.iloc[0]
-    if row.get("status") == "ERROR" or pd.isna(row.get("val_accuracy")):
-        raise UserError(f"--trial {trial_id}: that trial did not finish; pick one with metrics in trials.csv")
-    return best_entry(exp, row, row_config(exp, row)) | {"chosen": f"--trial {trial_id}"}
-
-
 def dashboard(args) -> int:
     """optuna-dashboard over <results>/<name>/optuna.journal, during the search and after it."""
     from tuner.search.study import open_journal, storage
@@ -380,7 +221,7 @@ def dashboard(args) -> int:
         raise UserError("tuner dashboard needs optuna-dashboard: pip install -e '.[monitor]'") from None
     results = Path(args.results)
     if args.experiment:
-        d = _experiment_dir(results, args.experiment)
+        d = find_experiment(results, args.experiment)
     else:  # the latest experiment that has a study, finished or not
         runs = [p for p in results.iterdir() if RunDir(p).journal.is_file()] if results.is_dir() else []
         if not runs:
@@ -396,7 +237,7 @@ def dashboard(args) -> int:
         raise UserError(f"--port {args.port}: cannot listen there ({exc.strerror}); pass another --port") from None
     except (OverflowError, TypeError):  # the CLI checks the range; this is for a caller from Python
         raise UserError(f"--port {args.port!r}: not a port; give one from 1 to 65535") from None
-    _say(f"optuna-dashboard for {d.name}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
+    say(f"optuna-dashboard for {d.name}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
     optuna_dashboard.run_server(storage(d), host="127.0.0.1", port=args.port)
     return 0
 
@@ -406,7 +247,7 @@ def compare(args) -> int:
     from tuner.rundir import warn
 
     results = Path(args.results)
-    if _results_dir(results) is None:
+    if results_folder(results) is None:
         raise UserError(f"--results {results}: no such folder")
     names = []
     for e in args.experiments:
@@ -433,11 +274,11 @@ def validate(args) -> int:
     if isinstance(loaded, spaces.Suite):
         for m in loaded.members:
             exp = spaces.load(m, args.set)
-            _say(f"# {m.name}: ok ({exp.family})")
-        _say(yaml.safe_dump(loaded.raw, sort_keys=False).rstrip())
+            say(f"# {m.name}: ok ({exp.family})")
+        say(yaml.safe_dump(loaded.raw, sort_keys=False).rstrip())
     else:
-        _say(spaces.resolved_yaml(loaded).rstrip())
-    _say(f"{args.space}: valid")
+        say(spaces.resolved_yaml(loaded).rstrip())
+    say(f"{args.space}: valid")
     return 0
 
 
@@ -445,13 +286,13 @@ def list(args) -> int:  # noqa: A001 - the sub-command's name
     from tuner.rundir import CorruptResult, warn
 
     results = Path(args.results)
-    dirs = sorted(p for p in results.glob("*") if RunDir(p).is_experiment()) if _results_dir(results) else []
+    dirs = sorted(p for p in results.glob("*") if RunDir(p).is_experiment()) if results_folder(results) else []
     if not dirs:
-        _say(f"no experiments in {results}")
+        say(f"no experiments in {results}")
         return 0
     for d in dirs:
         try:
-            _say(_list_line(d))
+            say(_list_line(d))
         except CorruptResult as exc:  # one bad folder does not hide the others
             warn(f"{exc}; {d.name} not listed")
     return 0
@@ -487,9 +328,9 @@ def spaces_(args) -> int:
     """`tuner spaces`: the built-in space files, one line each: name, family (or suite), the seed experiment."""
     found = builtin_spaces.listing()
     width = max(len(s.name) for s in found)
-    _say(f"built-in spaces ({builtin_spaces.SPACES_DIR}); run one with `tuner search --space NAME`:")
+    say(f"built-in spaces ({builtin_spaces.SPACES_DIR}); run one with `tuner search --space NAME`:")
     for s in found:
-        _say(f"  {s.name:{width}s}  {s.kind:9s} {s.seed}")
+        say(f"  {s.name:{width}s}  {s.kind:9s} {s.seed}")
     return 0
 
 
@@ -497,7 +338,7 @@ def report(args) -> int:
     """`tuner report`: (re)write results/<name>/report.html from the folder's files."""
     from tuner.report.webpage import write_report
 
-    d = _experiment_dir(Path(args.results), args.experiment)
+    d = find_experiment(Path(args.results), args.experiment)
     RunDir(d).read_space()  # an unreadable space.yaml is one `error:` line, as for `best`
-    _say(f"report: {write_report(d)}")
+    say(f"report: {write_report(d)}")
     return 0

@@ -49,3 +49,11 @@ def _bar_class():
             return made
 
     return Bar
+
+
+def say(msg: str) -> None:
+    """One line on stdout, tuner's own (a command's answer, the search's header and result lines)."""
+    # one write, line and newline together: print() writes them apart, and a Ctrl-C or SIGTERM handled
+    # between the two put tuner's last line at the end of this one ("testing on 300 imagesstopped by SIGTERM")
+    sys.stdout.write(f"{msg}\n")
+    sys.stdout.flush()

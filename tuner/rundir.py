@@ -370,3 +370,26 @@ def clear(exp_dir: Path) -> None:
             shutil.rmtree(p)  # rmtree never follows links inside
         else:
             p.unlink()
+
+
+def results_folder(results: Path) -> Path | None:
+    """The results folder to read, None if there is none; a file given as --results is a user error."""
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results}: is a file, not a folder; give the folder `tuner search` wrote")
+    return results if results.is_dir() else None
+
+
+def find_experiment(results: Path, name: str | None) -> Path:
+    """The experiment folder `--experiment NAME` (a name under --results, or a path) names; without a name the
+    one whose best.yaml changed last. A UserError naming the flag and the fix when there is none."""
+    if name:
+        p = Path(name)
+        d = p if RunDir(p).is_experiment() else results / name
+        if not RunDir(d).is_experiment():
+            raise UserError(f"--experiment {name}: no experiment there (looked in {d}); see `tuner list`")
+        return d
+    runs = [RunDir(p).best_yaml for p in results.iterdir()] if results_folder(results) else []
+    runs = [p for p in runs if p.is_file()]
+    if not runs:
+        raise UserError(f"--results {results}: no finished experiment; run `tuner search --space FILE` first")
+    return max(runs, key=lambda p: p.stat().st_mtime).parent
