@@ -196,13 +196,17 @@ def test_a_second_signal_while_stopping_exits_at_once_without_a_traceback(tmp_pa
     assert r.returncode == 143 and r.stdout == "" and r.stderr.strip() == "stopped", r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("cut", ["before its with", "inside its close"])
 @pytest.mark.parametrize("leave", [False, True])
-def test_the_last_line_starts_a_line_of_its_own_when_a_bar_was_cut_off_before_its_with(leave):
-    # CI: SIGINT during the retrain's test pass, raised inside tqdm's constructor after its first draw, printed
-    # "testing:   0%|   | 0/300 [00:00<?, ?img/s]interrupted; ... --resume` continues" (the bar never closed)
+def test_the_last_line_starts_a_line_of_its_own_when_a_bar_was_cut_off(leave, cut):
+    # CI: SIGINT during the retrain's test pass printed "testing:   0%|   | 0/300 [00:00<?, ?img/s]interrupted;
+    # ... --resume` continues": raised inside tqdm's constructor after its first draw (the bar never closed),
+    # or inside tqdm's close() after it set `disable` and before it ended the line (a second close is a no-op)
+    half_closed = "cut_off.disable = True\n" if cut == "inside its close" else ""
     code = ("from tuner import interrupt, progress\n"
             "interrupt.begin(lambda signum: 'interrupted; go on')\n"
             f"cut_off = progress.bar(300, 'testing', leave={leave})\n"
+            f"{half_closed}"
             "raise SystemExit(interrupt.finish(interrupt.Interrupted()))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
     assert r.returncode == 130, r.stderr

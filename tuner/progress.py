@@ -12,7 +12,7 @@ _open: weakref.WeakSet = weakref.WeakSet()  # every bar made here and not yet co
 
 def bar(total: int, desc: str, enabled: bool = True, unit: str = "img", leave: bool = True):
     """A tqdm bar on stderr, redrawn at most twice a second; a no-op one when not `enabled`."""
-    return _bar_class()(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+    return _bar_class()(total=total, desc=desc, unit=unit, disable=not enabled, file=_BarStream(),
                         mininterval=0.5, leave=leave, dynamic_ncols=True)
 
 
@@ -22,16 +22,33 @@ def note(msg: str, enabled: bool = True) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+class _BarStream:
+    """sys.stderr as the bars write to it, remembering whether their last write left a line open: a signal can
+    cut into tqdm's own close() after it marked the bar closed and before it ended the line (CI: 'testing:
+    0%|...| 0/300 [...]interrupted; ...'), and a bar's state cannot say that; what was written can."""
+
+    line_open = False
+
+    def write(self, s: str) -> int:
+        n = sys.stderr.write(s)
+        if s:
+            _BarStream.line_open = s[-1] not in "\r\n"
+        return n
+
+    def __getattr__(self, name: str):  # flush, fileno, encoding, isatty: stderr's own
+        return getattr(sys.stderr, name)
+
+
 def close_open() -> None:
-    """End the bars still open, before a last line (tuner.interrupt): a signal raised inside a bar's
-    constructor, after its first draw and before its `with` took it, left 'testing: 0%|...|' on the line
-    and the line was appended to it. A bar cut off before it could close gets a newline instead."""
+    """End the bars still open, before a last line (tuner.interrupt), so the line starts a line of its own:
+    a signal raised inside a bar's constructor, after its first draw and before its `with` took it, or inside
+    its close(), left 'testing: 0%|...|' on the line and the line was appended to it."""
     for shown in list(_open):
-        try:
+        with contextlib.suppress(Exception):  # half made or half closed: its attributes may be missing
             shown.close()
-        except Exception:  # noqa: BLE001 - half made: its attributes may be missing
-            with contextlib.suppress(Exception):
-                sys.stderr.write("\n")
+    if _BarStream.line_open:  # a bar whose close was cut off, or could not run
+        with contextlib.suppress(Exception):
+            _BarStream().write("\n")
 
 
 @functools.cache
