@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import weakref
 
@@ -24,12 +25,15 @@ def note(msg: str, enabled: bool = True) -> None:
 
 class _BarStream:
     """sys.stderr as the bars write to it, remembering whether their last write left a line open: a signal can
-    cut into tqdm's own close() after it marked the bar closed and before it ended the line (CI: 'testing:
-    0%|...| 0/300 [...]interrupted; ...'), and a bar's state cannot say that; what was written can."""
+    cut into tqdm's own close() after it marked the bar closed and before it ended the line, or into a write
+    whose text is already shown (CI: 'testing: 0%|...| 0/300 [...]interrupted; ...'); a bar's state cannot
+    say that; what was written can."""
 
     line_open = False
 
     def write(self, s: str) -> int:
+        if s:  # open while it is written: a signal handled inside the write leaves its text shown, the flag unset
+            _BarStream.line_open = True
         n = sys.stderr.write(s)
         if s:
             _BarStream.line_open = s[-1] not in "\r\n"
@@ -46,9 +50,13 @@ def close_open() -> None:
     for shown in list(_open):
         with contextlib.suppress(Exception):  # half made or half closed: its attributes may be missing
             shown.close()
-    if _BarStream.line_open:  # a bar whose close was cut off, or could not run
-        with contextlib.suppress(Exception):
+    if _BarStream.line_open:  # a bar whose close or write was cut off, or whose close could not run
+        try:
             _BarStream().write("\n")
+        except RuntimeError:  # the signal came inside a write to stderr (reentrant): past its buffer, as the line
+            os.write(2, b"\n")
+        except Exception:  # noqa: BLE001 - the line is said all the same
+            pass
 
 
 @functools.cache
