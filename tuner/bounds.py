@@ -97,11 +97,11 @@ class Bound:
                        ("exclusiveMaximum", self.below)):
             if v is not None:
                 s[key] = v
-        alternatives = []
+        alternatives: list[dict] = []
         if self.whole_above is not None:
             alternatives.append({"anyOf": [{"maximum": self.whole_above}, {"multipleOf": 1}]})
         if self.words or self.pattern is not None:  # a string must be one of the words or match the pattern
-            strings = [{"enum": list(self.words)}] if self.words else []
+            strings: list[dict] = [{"enum": list(self.words)}] if self.words else []
             strings += [{"pattern": self.pattern}] if self.pattern is not None else []
             alternatives.append({"anyOf": [{"not": {"type": "string"}}, *strings]})
         if alternatives:

@@ -75,8 +75,8 @@ PREPROCESSING_KEYS = {"height": int, "width": int, "channels": int, "mean": list
 
 def _check_bundle(bundle: dict, path: Path) -> None:
     """Every key a Predictor reads is there with the right type, or a UserError naming the first that is not."""
-    for where, block, keys in (("", bundle, BUNDLE_KEYS),
-                               ("preprocessing.", bundle.get("preprocessing"), PREPROCESSING_KEYS)):
+    for where, keys in (("", BUNDLE_KEYS), ("preprocessing.", PREPROCESSING_KEYS)):
+        block = bundle["preprocessing"] if where else bundle  # a dict by then: the first round checked it
         for key, typ in keys.items():
             if key not in block:
                 raise UserError(f"{path}: the bundle has no {where}{key}; it is damaged or from another version, "

@@ -163,7 +163,7 @@ def _interrupted_line(signum: int, argv: list[str], args) -> str:
     """What an interrupted command says: for a search, the command that continues it, or, when nothing was
     saved yet, the one that starts it again."""
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-    if (getattr(args, "command", None) or (argv or [None])[0]) != "search":  # args: None while parsing
+    if (getattr(args, "command", None) or (argv[0] if argv else None)) != "search":  # args: None while parsing
         return what
     resumed = bool(getattr(args, "resume", "--resume" in argv))
     if interrupt.resumable(default=resumed):  # the user's own arguments, which --resume needs again

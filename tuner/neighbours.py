@@ -51,6 +51,7 @@ def _block(q: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor | None, kind: st
     if kind == "cosine":
         return -(q @ t.T)                                      # both sides L2-normalised already
     if kind.startswith("euclidean"):                           # squared, by one GEMM
+        assert t_sq is not None, "euclidean blocks take the training vectors' squared norms"
         return (q.pow(2).sum(1, keepdim=True) + t_sq[None, :] - 2.0 * (q @ t.T)).clamp_min_(0)
     return torch.cdist(q, t, p=1.0)
 
@@ -166,13 +167,10 @@ class TableCache:
             folder.mkdir(parents=True, exist_ok=True)
             f = folder / f"{hashlib.sha1(full.encode()).hexdigest()[:16]}.npz"
             with FileLock(str(f) + ".lock"):  # concurrent trials wait for the first instead of searching too
-                table = None
-                if f.is_file():
-                    z = np.load(f)
-                    table = Table(z["idx"], {m[5:]: z[m] for m in z.files if m.startswith("dist_")})
-                    if not _fits(table, train, query, k):
-                        table = None
-                if table is None:
+                stored = _read_table(f)
+                if stored is not None and _fits(stored, train, query, k):
+                    table = stored
+                else:
                     table = neighbours(train, query, kind, want, device, progress=progress)
                     with writing(f) as tmp:
                         np.savez(tmp, idx=table.idx, **{f"dist_{m}": v for m, v in table.dist.items()})
@@ -180,6 +178,13 @@ class TableCache:
         while len(self.tables) > self.size:
             self.tables.popitem(last=False)
         return table
+
+
+def _read_table(f: Path) -> Table | None:
+    if not f.is_file():
+        return None
+    z = np.load(f)
+    return Table(z["idx"], {m[5:]: z[m] for m in z.files if m.startswith("dist_")})
 
 
 # this process's tables (one per process: a trial runs alone in its worker)

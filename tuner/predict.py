@@ -47,6 +47,7 @@ class Predictor:
         range too (0-16 grey levels or dark 0-255 pixels?), is a UserError saying what to pass."""
         from PIL import Image
 
+        items: list  # PIL images and arrays, mixed
         if isinstance(x, Image.Image):
             items = [x]
         elif isinstance(x, (list, tuple)):

@@ -33,7 +33,7 @@ def trial_row(exp, trial_id: str, config: dict, df: pd.DataFrame | None, error) 
     primary, mode = exp.metrics[0], exp.modes[0]
     extra = [m for m in exp.metrics + list(exp.constraints) if m not in ("val_accuracy", "val_loss") + tuple(MEASURED)]
     searched, constants = exp.param_names, exp.constants
-    row = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED",
+    row: dict[str, object] = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED",
            "error": one_line(error) if error else ""}
     for k in searched + [k for k in constants if k not in searched]:
         v = config.get(k, constants.get(k))

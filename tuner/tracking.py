@@ -107,7 +107,7 @@ def require(cfg: TrackingConfig) -> None:
 def schema() -> dict:
     """The block's JSON Schema, from the dataclasses above (for `tuner schema`)."""
     def block(cls) -> dict:
-        props = {f.name: {"type": ["string", "null"]} for f in dataclasses.fields(cls)}
+        props: dict[str, dict] = {f.name: {"type": ["string", "null"]} for f in dataclasses.fields(cls)}
         if cls is WandbConfig:
             props["mode"] = {"enum": list(WANDB_MODES), "default": "online"}
         return {"type": ["object", "null"], "properties": props, "additionalProperties": False}

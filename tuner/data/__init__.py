@@ -213,7 +213,7 @@ def _images(taken: list[tuple[np.ndarray, np.ndarray]], file: Path | None) -> np
 
     if len(taken) == 1 and np.array_equal(taken[0][1], np.arange(len(taken[0][0]))):
         return taken[0][0]
-    if file is not None and sum(len(rows) for _, rows in taken):
+    if file is not None and sum(len(rows) for _, rows in taken) > 0:
         return gather(file, taken)
     xs = [np.ascontiguousarray(arr[rows]) for arr, rows in taken]
     return xs[0] if len(xs) == 1 else np.concatenate(xs)

@@ -24,7 +24,7 @@ def make_loss(cfg: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
 
 
-def shadowed_biases(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def shadowed_biases(model: torch.nn.Module) -> list[torch.Tensor]:
     """The biases of layers whose output goes straight into a batch norm (a head's Linear before BatchNorm1d):
     batch statistics cancel any constant added there, so their true gradient is 0, and the computed one is
     rounding noise. Adam and RMSprop divide it by its own size and step lr at a time in a random direction,
@@ -41,7 +41,7 @@ def shadowed_biases(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return out
 
 
-def zero_grads(params: list[torch.nn.Parameter]) -> None:
+def zero_grads(params: list[torch.Tensor]) -> None:
     for p in params:
         if p.grad is not None:
             p.grad.zero_()

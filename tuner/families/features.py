@@ -54,8 +54,8 @@ class FeaturesLearner(EmbeddingLearner):
         self.mean: np.ndarray | None = None
         self.scale: np.ndarray | None = None
 
-    @property
-    def num_params(self) -> int:
+    @property  # computed from what is stored; Learner's is a number a trained model sets once
+    def num_params(self) -> int:  # type: ignore[override]
         m, n = self.model, 0
         if hasattr(m, "coef_"):
             n = m.coef_.size + m.intercept_.size
@@ -113,9 +113,11 @@ class FeaturesLearner(EmbeddingLearner):
         """The classifier fitted on embeddings already taken (`embed`, or `adopt` of another learner's), and
         its one report; `tuner.fused.lookup` fits many configs on one embedding this way."""
         self._fit_classifier()
+        x_train, y_train = self.x_train, self.y_train
+        assert x_train is not None and y_train is not None  # adopted or embedded before the fit (a bug otherwise)
         val_loss, val_acc = proba_metrics(self._proba(feats["val"]), np.asarray(data.y_val))
-        sub = np.linspace(0, len(self.y_train) - 1, min(len(self.y_train), TRAIN_METRICS_MAX)).astype(int)
-        train_loss, train_acc = proba_metrics(self._proba(self.x_train[sub]), self.y_train[sub])
+        sub = np.linspace(0, len(y_train) - 1, min(len(y_train), TRAIN_METRICS_MAX)).astype(int)
+        train_loss, train_acc = proba_metrics(self._proba(x_train[sub]), y_train[sub])
         return {"epoch": 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                 "val_accuracy": val_acc, "epoch_time_s": time.perf_counter() - t0}
 

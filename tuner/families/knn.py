@@ -50,8 +50,8 @@ class KnnLearner(EmbeddingLearner):
         passes it was nearly all of a KNN trial (2.7 of 2.8 s on the shared 2-core machine, 121 trials)."""
         return f"knn|{self.backbone.key}|{self.kind}|{self.cfg['validation']}|{self.device}"
 
-    @property
-    def num_params(self) -> int:
+    @property  # computed from what is stored; Learner's is a number a trained model sets once
+    def num_params(self) -> int:  # type: ignore[override]
         stored = 0 if self.x_train is None else int(self.x_train.size)
         return self.backbone.num_params + stored
 

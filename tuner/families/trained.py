@@ -31,7 +31,7 @@ class TorchFamily(Family):
     def fusable(self, config: dict) -> bool:
         return True  # a Sequential of the layers tuner.fused.net knows; it says so at build time otherwise
 
-    def features(self, learner: TorchLearner) -> nn.Module:
+    def features(self, learner: TorchLearner) -> nn.Module:  # type: ignore[override]  # only its own learners
         """Everything before the output layer (a linear model's features are its flattened input)."""
         mods = list(learner.model.children())
         return nn.Sequential(*mods[:-1]) if len(mods) > 1 else nn.Flatten()

@@ -95,7 +95,7 @@ class TransferLearner(TorchLearner):
         yield from super().fit(data, max_epochs, via)
 
     @torch.no_grad()
-    def predict_proba(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray, batch_size: int | None = 512) -> np.ndarray:
         self._ensure_pretrained()
         return super().predict_proba(images, batch_size)
 
@@ -293,7 +293,7 @@ class Transfer(TorchFamily):
         # heads on one frozen body's cached features; a random body (weights: none) is another body per seed
         return is_frozen(config) and config["weights"] != "none"
 
-    def features(self, learner: TransferLearner) -> nn.Module:
+    def features(self, learner: TransferLearner) -> nn.Module:  # type: ignore[override]  # only its own learners
         """The body and its pooling: the head is the classifier."""
         return nn.Sequential(learner.model.body, learner.model.pool)
 

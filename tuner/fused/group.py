@@ -288,6 +288,7 @@ class FusedGroup:
         predict and retrain paths take from a trial."""
         m = self.member(key)
         learner = self.family.learner(m.learner.cfg, self.info, self.ctx)
+        assert isinstance(learner, TorchLearner)  # what every fusable family builds
         cpu = torch.get_rng_state()
         learner.load_state_dict(self.member_state(key))
         torch.set_rng_state(cpu)

@@ -183,7 +183,7 @@ def plot_parameters(ranked: pd.DataFrame, searched: dict, col: str, mode: str, p
                  f"{'higher' if mode == 'max' else 'lower'} is better)")
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     if sc is not None and vmax > 1:  # one evaluation a trial: every point reached 1 epoch, no colour scale
-        cax = fig.add_axes([0.935, 0.15, 0.012, 0.7])
+        cax = fig.add_axes((0.935, 0.15, 0.012, 0.7))
         fig.colorbar(sc, cax=cax, label="epochs reached")
     _save(fig, path)
     return scales
@@ -277,8 +277,8 @@ def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = ""
     ax.set_xlabel("epoch")
     ax.set_ylabel("trials")
     ax.set_xlim(0.4, top + 0.6)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    for axis in (ax.xaxis, ax.yaxis):  # matplotlib's default (AutoLocator), whole numbers only
+        axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     sched = scheduler.get("name", "fifo")

@@ -69,8 +69,8 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
         ax.set_title(title, fontsize=10)
     else:
         fig = plt.figure(figsize=(15, 10.5))
-        ax = fig.add_axes([0.06, 0.07, 0.58, 0.84])
-        cax = fig.add_axes([0.655, 0.07, 0.012, 0.84])
+        ax = fig.add_axes((0.06, 0.07, 0.58, 0.84))
+        cax = fig.add_axes((0.655, 0.07, 0.012, 0.84))
         im = ax.imshow(norm, cmap="viridis", norm=PowerNorm(gamma=0.5, vmin=0, vmax=1), interpolation="nearest")
         step = max(1, int(round(k / 20 / 5)) * 5) if k > 40 else 5
         ticks = list(range(0, k, step))

@@ -174,9 +174,9 @@ def plot_parallel_coordinates(trials: pd.DataFrame, searched: dict, col: str, mo
         ax.plot(xs, lines[i], color="0.6", lw=1, ls="--", alpha=0.7)
     for i in np.flatnonzero(ok)[order]:
         ax.plot(xs, lines[i], color=cmap(norm(y[i])), lw=1.4, alpha=0.85)
-    best = _best_position(trials, col, mode, best)
-    if best is not None:
-        ax.plot(xs, lines[best], color="red", lw=3, label=f"best trial {trials['trial_id'].iloc[best]}")
+    pos = _best_position(trials, col, mode, best)
+    if pos is not None:
+        ax.plot(xs, lines[pos], color="red", lw=3, label=f"best trial {trials['trial_id'].iloc[pos]}")
     for x, a in zip(xs, axes):
         ax.axvline(x, color="black", lw=1)
         for t, lab in zip(a.ticks, a.labels):

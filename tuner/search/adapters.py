@@ -123,7 +123,7 @@ class _InFolder:
 
     def set_state(self, state) -> None:
         home = self.home
-        super().set_state(state)
+        super().set_state(state)  # type: ignore[misc]  # the Ray search algorithm this is mixed into has it
         self.home = home
 
 
@@ -150,7 +150,8 @@ class OptunaSearchAdapter(OptunaSearch):
     _REOPENED = ("_storage", "_ot_study", "_ot_trials")
 
     @property
-    def study(self) -> optuna.Study:
+    def study(self) -> optuna.Study | None:
+        """The study; None from unpickling until `reopen`."""
         return self._ot_study
 
     def optuna_trial(self, trial_id: str) -> optuna.Trial | None:

@@ -35,7 +35,12 @@ def member_points(exp) -> list[dict]:
     if exp.search.algorithm != "grid":
         return []
     grid = grid_configs(exp.searched, exp.search.grid_points) * max(exp.num_samples, 1)
-    return [optuna_params(exp.searched, cfg)[0] for cfg in grid]
+    points = []
+    for cfg in grid:
+        fitted = optuna_params(exp.searched, cfg)
+        assert fitted is not None, cfg  # drawn from this very space
+        points.append(fitted[0])
+    return points
 
 
 class GroupSearch(Searcher):
@@ -54,7 +59,7 @@ class GroupSearch(Searcher):
         self.told: set[str] = set()
         self.last: dict[str, dict] = {}  # each running member's last result
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]  # Ray's says dict | None; its own return FINISHED
         n = self.size if self.total is None else min(self.size, self.total - self.asked)
         if n <= 0:
             return Searcher.FINISHED

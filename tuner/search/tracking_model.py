@@ -38,9 +38,9 @@ def example_batch(bundle: Path):
     """A black and a white image of the training size and what the model answers for them (the signature's
     example). Both, since uint8 images that are all dark could be in a data set's narrower range (digits' 0-16)
     and tuner.load refuses to guess (tuner.predict.input_range)."""
-    import tuner
+    from tuner.predict import load
 
-    predictor = tuner.load(bundle, device="cpu")
+    predictor = load(bundle, device="cpu")
     info = predictor.info
     images = np.zeros((2, info.height, info.width, info.channels), dtype=np.uint8)
     images[1] = 255
