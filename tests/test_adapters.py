@@ -22,6 +22,36 @@ def test_the_checked_versions_are_the_installed_ones_or_the_checks_below_still_h
     assert ray.__version__ and optuna.__version__
 
 
+def test_tune_run_tags_its_callbacks_where_skip_callback_usage_tag_replaces_it():
+    import inspect
+
+    from ray.air._internal import usage
+    from ray.tune import tune as tune_module
+
+    assert tune_module.air_usage is usage  # tune.run looks the tag up on the module at each call
+    assert "air_usage.tag_callbacks(callbacks)" in inspect.getsource(tune_module.run)
+
+
+def test_the_skipped_callback_tag_no_longer_imports_mlflow_and_wandb():
+    # in fresh interpreters: the premise (Ray's tag imports both, about a second) and the fix
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from ray.air._internal import usage
+from ray.tune import Callback
+if sys.argv[1] == "skip":
+    from tuner.search import adapters
+    adapters.skip_callback_usage_tag()
+usage.tag_callbacks([Callback()])
+print("mlflow" in sys.modules, "wandb" in sys.modules)
+"""
+    out = {how: subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, check=True).stdout
+           for how in ("ray", "skip")}
+    assert out == {"ray": "True True\n", "skip": "False False\n"}, out
+
+
 def test_a_tuner_keeps_its_tune_and_run_config_where_restored_configs_reads_them(tmp_path):
     tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(num_samples=3),
                        run_config=tune.RunConfig(name="x", storage_path=str(tmp_path)))

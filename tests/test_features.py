@@ -8,10 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.svm import SVC
 
 import tuner
 from tuner import spaces
@@ -25,14 +21,27 @@ from tuner.families import RunContext, get_family
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
 
-CASES = {
-    "logreg": ({"C": 0.5}, LogisticRegression(C=0.5, max_iter=1000, random_state=0)),
-    "random_forest": ({"n_estimators": 30, "max_depth": 6, "min_samples_leaf": 3, "criterion": "entropy"},
-                      RandomForestClassifier(n_estimators=30, max_depth=6, min_samples_leaf=3, criterion="entropy",
-                                             random_state=0)),
-    "svm": ({"C": 2.0, "kernel": "rbf"}, SVC(C=2.0, kernel="rbf", break_ties=True, random_state=0)),
-    "knn": ({"k": 3}, KNeighborsClassifier(n_neighbors=3)),
+CASES = {  # each classifier's params in the space
+    "logreg": {"C": 0.5},
+    "random_forest": {"n_estimators": 30, "max_depth": 6, "min_samples_leaf": 3, "criterion": "entropy"},
+    "svm": {"C": 2.0, "kernel": "rbf"},
+    "knn": {"k": 3},
 }
+
+
+def sklearn_reference(classifier: str):
+    """The same classifier as scikit-learn builds it from those params (imported here, not at collection:
+    sklearn.ensemble alone costs every pytest worker a second)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    return {"logreg": lambda: LogisticRegression(C=0.5, max_iter=1000, random_state=0),
+            "random_forest": lambda: RandomForestClassifier(n_estimators=30, max_depth=6, min_samples_leaf=3,
+                                                            criterion="entropy", random_state=0),
+            "svm": lambda: SVC(C=2.0, kernel="rbf", break_ties=True, random_state=0),
+            "knn": lambda: KNeighborsClassifier(n_neighbors=3)}[classifier]()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +56,7 @@ def pixels(data, x):
 
 @pytest.mark.parametrize("classifier", list(CASES))
 def test_each_classifier_predicts_what_sklearn_fitted_directly_predicts(digits, classifier, tmp_path):
-    params, reference = CASES[classifier]
+    params, reference = CASES[classifier], sklearn_reference(classifier)
     learner = get_family("features").learner({"classifier": classifier, **params}, digits.info,
                                              RunContext(cache_dir=str(tmp_path)))
     (m,) = list(learner.fit(digits, 1))
@@ -71,7 +80,7 @@ def test_standard_normalisation_uses_training_statistics_only(digits):
 
 @pytest.mark.parametrize("classifier", ["random_forest", "svm"])
 def test_a_bundle_reloads_and_predicts_exactly_what_was_tested(digits, classifier, tmp_path):
-    params, _ = CASES[classifier]
+    params = CASES[classifier]
     cfg = {"classifier": classifier, "normalize": "l2", **params}
     learner = get_family("features").learner(cfg, digits.info)
     list(learner.fit(digits, 1))

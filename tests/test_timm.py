@@ -19,8 +19,6 @@ from tuner.errors import UserError
 from tuner.families import RunContext, get_family
 from tuner.spaces import DatasetConfig
 
-import timm  # noqa: E402 - in the test extra: these tests must run, not skip
-
 ARCH = "timm/test_convnext"  # timm's own tiny test models: real architectures, seconds on a CPU
 
 
@@ -39,6 +37,8 @@ def hub(tmp_path, monkeypatch):
 
 def write_weights(arch: str = ARCH, suffix: str = ".pth", seed: int = 1) -> dict:
     """timm's model of that name, classifier included, saved as the weights file tuner reads offline."""
+    import timm  # in the test extra: these tests must run, not skip (imported here: 2 s a collecting worker)
+
     torch.manual_seed(seed)
     reference = timm.create_model(timm_backbones.model_name(arch), pretrained=False)
     f = next(p for p in timm_backbones.local_files(arch) if p.suffix == suffix)
@@ -90,6 +90,8 @@ def test_weights_in_the_hugging_face_cache_are_found_there(hub):
     # the layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/file}
     repo, filename = timm_backbones.hub_source(ARCH)
     assert repo.startswith("timm/test_convnext") and filename == "model.safetensors"
+    import timm
+
     torch.manual_seed(3)
     reference = timm.create_model("test_convnext", pretrained=False).state_dict()
     folder = hub / "hf" / f"models--{repo.replace('/', '--')}"

@@ -17,6 +17,22 @@ from ray.tune.search.optuna import OptunaSearch
 RAY_CHECKED, OPTUNA_CHECKED = "2.60.0", "5.1.0"
 
 
+# --------------------------------------------------------------------------- Tune's usage tags
+def skip_callback_usage_tag() -> None:
+    """Ray's tune.run tags its usage telemetry with the callback classes a search passes
+    (`ray.air._internal.usage.tag_callbacks`, called as `air_usage.tag_callbacks(callbacks)` in
+    ray/tune/tune.py), and to name them it imports Ray's MLflow, W&B, Comet and Aim integrations, which import
+    mlflow and wandb where they are installed (tuner's tracking extra): 0.9-1.1 s of every search's time on
+    the 2-core VM (py-spy), for a tag. tuner's callbacks are its own, so the tag is skipped."""
+    from ray.air._internal import usage
+
+    usage.tag_callbacks = _no_tag
+
+
+def _no_tag(callbacks) -> bool:
+    return False  # what tag_callbacks returns when it records nothing
+
+
 # --------------------------------------------------------------------------- the restored Tuner
 def restored_configs(tuner) -> tuple:
     """(TuneConfig, RunConfig) of a Tuner made by Tuner.restore, as unpickled from tuner.pkl: restore() takes

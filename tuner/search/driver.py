@@ -143,6 +143,9 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     live_results, callbacks = _watchers(exp, exp_dir, results, list(callbacks), verbose, say)
     tuner = _tuner(exp, exp_dir, ray_path, trainable, callbacks, resume, retry_failed, verbose, say)
     interrupt.signal_for_tests("tuner")
+    from tuner.search import adapters
+
+    adapters.skip_callback_usage_tag()  # Ray's tag of them imports mlflow and wandb: a second a search
     t_fit = time.perf_counter()
     with _signals_stop_tune():
         grid = tuner.fit()
