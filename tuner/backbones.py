@@ -374,6 +374,11 @@ def weights_key(weights: str, seed: int = 0, arch: str | None = None) -> str:
 class Renormalize(nn.Module):
     """Undo the caller's normalisation and apply the one a bundle was trained with."""
 
+    mean_in: torch.Tensor   # buffers, (1, C, 1, 1)
+    std_in: torch.Tensor
+    mean_out: torch.Tensor
+    std_out: torch.Tensor
+
     def __init__(self, mean_in, std_in, mean_out, std_out):
         super().__init__()
         for name, v in (("mean_in", mean_in), ("std_in", std_in), ("mean_out", mean_out), ("std_out", std_out)):

@@ -129,7 +129,7 @@ def _nothing_finished(exp: spaces.Experiment, run: RunDir, failed) -> str:
     if len(failed):
         return (f"{head} (first error: {failed['error'].iloc[0]}); "
                 f"fix the space (a narrower lr range, a smaller batch_size, ...) and search again")
-    budget = exp.search.time_budget
+    budget = float(exp.search.time_budget or 0)  # seconds: the parser turned a duration into them
     from tuner.rundir import CorruptResult, read_result
 
     try:

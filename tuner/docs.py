@@ -167,9 +167,9 @@ def render_search_algorithms() -> str:
             "## Samplers\n", f"The default is `{DEFAULT_SAMPLER}`.\n",
             ("| `search.sampler` | what it is | several objectives | one objective | steers by constraints | "
              "conditional choices | needs a numeric parameter |"), "|---|---|---|---|---|---|---|"]
-    for name, e in SAMPLERS.items():
-        out.append(f"| `{name}` | {_cell(e.doc)} | {_yes(e.multi_objective)} | {_yes(e.single_objective)} | "
-                   f"{_yes(e.constraints)} | {_yes(e.conditional)} | {_yes(e.needs_numeric)} |")
+    for name, s in SAMPLERS.items():
+        out.append(f"| `{name}` | {_cell(s.doc)} | {_yes(s.multi_objective)} | {_yes(s.single_objective)} | "
+                   f"{_yes(s.constraints)} | {_yes(s.conditional)} | {_yes(s.needs_numeric)} |")
     out.append("\nA sampler that does not steer by constraints still marks trials outside them infeasible.\n")
     return "\n".join(out)
 

@@ -36,7 +36,7 @@ class Predictor:
         self.metrics = bundle.get("metrics", {})
         # the range of the pixel values the training images came in (digits: 0-16); None in older bundles
         recorded = bundle["preprocessing"].get("value_range")
-        self.trained_range: tuple[float, float] | None = tuple(map(float, recorded)) if recorded else None
+        self.trained_range: tuple[float, float] | None = (float(recorded[0]), float(recorded[1])) if recorded else None
 
     def images(self, x: Any, value_range: tuple[float, float] | None = None) -> np.ndarray:
         """PIL image(s) or arrays (HW, HWC or NHWC) -> uint8 NHWC at the model's size.

@@ -8,6 +8,7 @@ function, so the live files and the final ones agree.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def trial_row(exp, trial_id: str, config: dict, df: pd.DataFrame | None, error) 
 
 
 def write_tables(exp, rows: list[tuple[dict, pd.DataFrame | None]], exp_dir: Path,
-                 running: list[pd.DataFrame] = ()) -> dict | None:
+                 running: Sequence[pd.DataFrame] = ()) -> dict | None:
     """trials.csv, epochs.csv, best.yaml (and pareto.csv for several objectives) from finished trials'
     `trial_row`s and the epochs so far of `running` ones; returns best.yaml's content, None while no trial
     has finished with the metric."""

@@ -21,6 +21,7 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -50,7 +51,7 @@ def require_timm():
     return timm
 
 
-def _create(arch: str) -> nn.Module:
+def _create(arch: str) -> Any:  # a timm model: nn.Module plus group_matcher, forward_features, ...
     return require_timm().create_model(model_name(arch), pretrained=False, num_classes=0, global_pool="")
 
 

@@ -77,7 +77,7 @@ def read_flowers104(cfg) -> Source:
     root = Path(cfg.root).expanduser()
     folder = _pick_folder(root, cfg.image_size) if root.is_dir() else None
     train_files = sorted((folder / "train").glob("*.tfrec")) if folder else []
-    if not train_files:
+    if folder is None or not train_files:
         raise UserError(f"dataset.root {cfg.root}: no flowers104 TFRecords there; put {LAYOUT}")
     x_train, y_train = _read(train_files)
     val_files = sorted((folder / "val").glob("*.tfrec")) if (folder / "val").is_dir() else []

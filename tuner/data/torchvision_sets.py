@@ -191,12 +191,12 @@ def read_stanford_cars(cfg) -> Source:
         if folder is not None and split_dirs(folder):
             return read_class_folders(folder)
     base = find_root(cfg, "stanford_cars", "")
-    devkit = base / "devkit" if base is not None else None
-    test_annos = None
-    if base is not None:
-        annos = "cars_test_annos_withlabels.mat"
-        test_annos = next((p for p in (base / annos, devkit / annos) if p.is_file()), None)
-    if base is None or test_annos is None or not all(
+    if base is None:
+        raise missing(cfg, f"{CARS_LAYOUT} ({CARS_SOURCES})", download=False)
+    devkit = base / "devkit"
+    annos = "cars_test_annos_withlabels.mat"
+    test_annos = next((p for p in (base / annos, devkit / annos) if p.is_file()), None)
+    if test_annos is None or not all(
             p.exists() for p in (devkit / "cars_meta.mat", devkit / "cars_train_annos.mat", base / "cars_train",
                                  base / "cars_test")):
         raise missing(cfg, f"{CARS_LAYOUT} ({CARS_SOURCES})", download=False)

@@ -5,6 +5,7 @@ vectors. Its features are computed once per data set and image size by `tuner.em
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,6 +132,7 @@ class Backbone:
                  state: dict | None = None):
         self.name, self.weights, self.info = name, weights, info
         self.device = torch.device(device)
+        module: nn.Module
         if name == PIXELS:
             module, channels, key = nn.Flatten(), info.channels, PIXELS
         elif state is not None:  # a bundle's own weights: this learner's alone
@@ -200,7 +202,7 @@ class EmbeddingLearner(Learner):
 
     def weights(self) -> dict:
         """The bundle: the training embeddings and labels (plus the backbone's own weights)."""
-        out = {"x_train": torch.from_numpy(np.array(self.x_train, dtype=np.float32)),
+        out: dict[str, Any] = {"x_train": torch.from_numpy(np.array(self.x_train, dtype=np.float32)),
                "y_train": torch.from_numpy(np.asarray(self.y_train, dtype=np.int64))}
         if self.cfg["backbone"] != PIXELS:
             out["backbone"] = self.backbone.module.state_dict()

@@ -1,13 +1,16 @@
 """What the gradient-trained families (linear, mlp, cnn, transfer) share: the common parameters and a learner."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from tuner.engine import COMMON_PARAMS, TorchLearner
 from tuner.families.base import DataInfo, Family, RunContext
 
-ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "gelu": nn.GELU}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1),
+                                                   "gelu": nn.GELU}
 
 
 class TorchFamily(Family):

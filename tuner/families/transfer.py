@@ -64,6 +64,8 @@ def is_frozen(cfg: dict) -> bool:
 class TransferLearner(TorchLearner):
     """Fine-tunes (part of) the body and the head on images; the shared TorchLearner loop."""
 
+    model: TransferNet
+
     def __init__(self, model: TransferNet, cfg: dict, info: DataInfo, ctx: RunContext):
         body = backbones.Body(arch=model.arch, module=model.body, units=model.units)
         self.frozen_modules = backbones.freeze(body, cfg["trainable_layers"])  # before the optimizer sees params

@@ -12,7 +12,7 @@ def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> 
     ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
     if len(ok) < 3 or not searched:
         return {}
-    dists = {}
+    dists: dict[str, optuna.distributions.BaseDistribution] = {}
     for k, d in searched.items():
         if k not in ok or ok[k].isna().all():  # a branch no trial drew (a nested option never reached)
             continue
@@ -27,7 +27,7 @@ def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> 
         return {}
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for _, row in ok.iterrows():
-        params = {}
+        params: dict[str, object] = {}
         for k, dist in dists.items():
             v = row[k]
             if pd.isna(v):  # not drawn in this trial (a conditional branch): Optuna ranks what all trials share

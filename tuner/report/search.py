@@ -236,8 +236,8 @@ def plot_contour(trials: pd.DataFrame, searched: dict, col: str, mode: str, path
         except (ValueError, RuntimeError):  # collinear or repeated points: the scatter alone says it
             filled = None
     sc = ax.scatter(x[ok], y[ok], c=z[ok], cmap=cmap, s=45, edgecolors="black", linewidths=0.6, zorder=3)
-    best = _best_position(trials, col, mode, best)
-    if best is not None and ok[best]:  # (a trial that did not draw one of the two parameters is not on it)
+    pos = _best_position(trials, col, mode, best)
+    if pos is not None and ok[pos]:  # (a trial that did not draw one of the two parameters is not on it)
         ax.scatter([x[best]], [y[best]], marker="*", s=380, c="red", edgecolors="black", lw=0.8, zorder=4,
                    label=f"best: {col} {z[best]:.4g}")
         ax.legend(loc="best", fontsize=10)
@@ -332,8 +332,8 @@ def plot_intermediate(trials: pd.DataFrame, epochs: pd.DataFrame, col: str, mode
         return None
     top = int(max(max_epochs or 0, ep.max()))
     status = dict(zip(trials["trial_id"].astype(str), trials.get("status", pd.Series(["TERMINATED"] * len(trials)))))
-    best = _best_position(trials, metric_column(trials, col, mode), mode, best)
-    best_id = str(trials["trial_id"].iloc[best]) if best is not None else None
+    pos = _best_position(trials, metric_column(trials, col, mode), mode, best)
+    best_id = str(trials["trial_id"].iloc[pos]) if pos is not None else None
     fig, ax = plt.subplots(figsize=(13, 7))
     counts = {"full": 0, "stopped": 0, "failed": 0}
     groups = epochs.assign(epoch=ep).groupby(epochs["trial_id"].astype(str), sort=False)

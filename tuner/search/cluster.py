@@ -314,16 +314,16 @@ def remove_experiment(storage: str, name: str) -> None:
         shutil.rmtree(target)
         return
     fs, root = pyarrow.fs.FileSystem.from_uri(storage)
-    target = f"{root.rstrip('/')}/{name}"
-    info = fs.get_file_info(target)
+    remote = f"{root.rstrip('/')}/{name}"
+    info = fs.get_file_info(remote)
     if info.type == pyarrow.fs.FileType.NotFound:
         return
-    names = [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(target))] \
+    names = [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(remote))] \
         if info.type == pyarrow.fs.FileType.Directory else None
     if names is None or (names and not is_tune_experiment(names)):
         raise UserError(f"storage {storage}/{name}: exists but is not a Ray Tune experiment; pick another name "
                         f"or remove it by hand")
-    fs.delete_dir(target)
+    fs.delete_dir(remote)
 
 
 # --------------------------------------------------------------------------- the experiment folder

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -127,7 +128,7 @@ class SearchOutcome(NamedTuple):
 def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = None, resume: bool = False,
         dashboard: bool = True, storage: str | None = None, say: Callable[[str], None] = print,
         retry_failed: bool = False, verbose: bool = False, smoke: bool = False,
-        callbacks: list = ()) -> SearchOutcome:
+        callbacks: Sequence = ()) -> SearchOutcome:
     """The search itself, in `exp_dir` (checked and locked by the caller, `commands.run_search`), in phases:
     where it runs, the data, Ray and the trainable, the watchers, Tune's run, the tables."""
     run_dir, ray_path = _locate(exp, exp_dir, address, storage, resume)

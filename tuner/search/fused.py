@@ -13,6 +13,7 @@ configuration (a *member*, id `<group>_m<k>`) for everything a user sees.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class GroupSearch(Searcher):
     """Each Ray trial a group: up to `size` configurations asked of `searcher` (a StudySearch) as members
     `<trial_id>_m<k>`; each member told to it as it ends."""
 
-    def __init__(self, searcher, size: int, total: int | None, constants: dict, points: list[dict] = ()):
+    def __init__(self, searcher, size: int, total: int | None, constants: dict, points: Sequence[dict] = ()):
         super().__init__()
         self.searcher = searcher  # named so: the driver's --resume walks `.searcher` down to the study
         self.size, self.total, self.constants = size, total, dict(constants)
