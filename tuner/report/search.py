@@ -238,8 +238,8 @@ def plot_contour(trials: pd.DataFrame, searched: dict, col: str, mode: str, path
     sc = ax.scatter(x[ok], y[ok], c=z[ok], cmap=cmap, s=45, edgecolors="black", linewidths=0.6, zorder=3)
     pos = _best_position(trials, col, mode, best)
     if pos is not None and ok[pos]:  # (a trial that did not draw one of the two parameters is not on it)
-        ax.scatter([x[best]], [y[best]], marker="*", s=380, c="red", edgecolors="black", lw=0.8, zorder=4,
-                   label=f"best: {col} {z[best]:.4g}")
+        ax.scatter([x[pos]], [y[pos]], marker="*", s=380, c="red", edgecolors="black", lw=0.8, zorder=4,
+                   label=f"best: {col} {z[pos]:.4g}")
         ax.legend(loc="best", fontsize=10)
     fig.colorbar(filled if filled is not None else sc, ax=ax, label=col)
     for a, setter, lim in ((ax_x, ax.set_xticks, ax.set_xlim), (ax_y, ax.set_yticks, ax.set_ylim)):
