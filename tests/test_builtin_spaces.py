@@ -54,18 +54,26 @@ def test_tuner_spaces_lists_every_file_within_120_columns(tmp_path):
     assert "transfer" in transfer and "92.1 %" in transfer
 
 
-def test_space_by_name_from_a_folder_without_the_file(tmp_path):
-    out = _tuner(["validate", "--space", "digits_cnn"], tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "name: digits_cnn" in out.stdout and "digits_cnn: valid" in out.stdout
-    assert _tuner(["validate", "--space", "digits.yaml"], tmp_path).returncode == 0  # a suite, with .yaml
+def _validate(space: str, cwd: Path, capsys, monkeypatch) -> tuple[int, str, str]:
+    """`tuner validate --space SPACE` from `cwd`, in this process (a subprocess costs 2 s of imports)."""
+    monkeypatch.chdir(cwd)
+    code = main(["validate", "--space", space])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_a_file_at_that_path_wins_over_the_built_in_name(tmp_path):
+def test_space_by_name_from_a_folder_without_the_file(tmp_path, capsys, monkeypatch):
+    code, out, err = _validate("digits_cnn", tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert "name: digits_cnn" in out and "digits_cnn: valid" in out
+    assert _validate("digits.yaml", tmp_path, capsys, monkeypatch)[0] == 0  # a suite, with .yaml
+
+
+def test_a_file_at_that_path_wins_over_the_built_in_name(tmp_path, capsys, monkeypatch):
     (tmp_path / "digits_cnn").write_text("family: linear\nname: mine\n")
-    out = _tuner(["validate", "--space", "digits_cnn"], tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "name: mine" in out.stdout and "family: linear" in out.stdout
+    code, out, err = _validate("digits_cnn", tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert "name: mine" in out and "family: linear" in out
 
 
 def test_an_unknown_name_is_one_error_line(tmp_path, capsys, monkeypatch):
