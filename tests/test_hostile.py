@@ -16,6 +16,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -313,22 +315,41 @@ def test_export_to_a_new_folder_still_works_and_loads(results, tmp_path):
     assert tuner.load(tmp_path / "a" / "b").class_names == [str(i) for i in range(10)]
 
 
+def _writer_after(path: Path, seconds: float, done: threading.Event, waited: list) -> None:
+    """If the command is still running after `seconds`, open the FIFO for writing (again and again) so that a
+    reader blocked on it goes on, and note that it waited: the test then fails instead of hanging."""
+    if done.wait(seconds):
+        return
+    waited.append(True)
+    while not done.is_set():
+        with contextlib.suppress(OSError):  # ENXIO: no reader has it open at this moment
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("command, rel", [("best", "trials.csv"), ("best", "best/metrics.json"), ("list", "trials.csv"),
                                           ("list", "space.yaml"), ("compare", "best/metrics.json")])
-def test_a_fifo_in_place_of_a_results_file_is_refused_without_waiting(results, command, rel):
-    # opening a FIFO for reading blocks until a writer comes: `tuner best` hung for ever. In a subprocess with
-    # a timeout, so that without the fix this fails instead of hanging the test run
-    import sys
-
+def test_a_fifo_in_place_of_a_results_file_is_refused_without_waiting(results, capsys, command, rel):
+    # opening a FIFO for reading blocks until a writer comes: `tuner best` hung for ever. In this process (a
+    # subprocess costs 2 s of imports), with a thread that plays the writer after 30 s, so that without the
+    # fix this fails instead of hanging the test run
     path = results / NAME / rel
     path.unlink()
     os.mkfifo(path)
-    proc = subprocess.run([sys.executable, "-m", "tuner", command, "--results", str(results)], capture_output=True,
-                          text=True, timeout=120, env=os.environ | {"MPLBACKEND": "Agg"})
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode in (0, 2) and len(lines) <= 1, proc.stderr  # an answer, no traceback
+    done, waited = threading.Event(), []
+    writer = threading.Thread(target=_writer_after, args=(path, 30, done, waited), daemon=True)
+    writer.start()
+    try:
+        code = main([command, "--results", str(results)])
+    finally:
+        done.set()
+        writer.join()
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert not waited, f"tuner {command} waited on the FIFO {rel}"
+    assert code in (0, 2) and len(lines) <= 1, err  # an answer, no traceback
     if (command, rel) == ("best", "trials.csv"):  # read because it is there: refused, naming it
-        assert proc.returncode == 2 and lines[0].startswith("error:") and "not a regular file" in lines[0]
+        assert code == 2 and lines[0].startswith("error:") and "not a regular file" in lines[0]
         assert str(path) in lines[0]
 
 

@@ -46,10 +46,12 @@ def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
     raise AssertionError(f"nothing answers at {url}")
 
 
-def test_dashboard_without_a_study_is_a_user_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tuner", "dashboard", "--results", str(tmp_path)], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr.startswith("error:") and "optuna.journal" in r.stderr
+def test_dashboard_without_a_study_is_a_user_error(tmp_path, capsys):
+    from tuner.cli import main
+
+    assert main(["dashboard", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "optuna.journal" in err
 
 
 @pytest.mark.slow
