@@ -107,6 +107,32 @@ def test_rung_decisions_equal_ashas_for_the_same_reported_scores(grace, max_t, r
     assert sum(_drive(seed, grace, max_t, rf, mode) for seed in range(6)) > 0
 
 
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_groups_epoch_decided_in_one_call_equals_its_members_reported_one_by_one(mode):
+    # what a fused trial sends the rungs actor once an epoch, against the report-then-complete flow per member
+    rng = random.Random(7)
+    one_call, one_by_one = Rungs(1, 9, 3, mode), Rungs(1, 9, 3, mode)
+    epoch, live, stops = {}, [f"m{i}" for i in range(10)], 0
+    while live:
+        batch = []
+        for key in live:
+            epoch[key] = epoch.get(key, 0) + 1
+            score = None if rng.random() < 0.05 else rng.choice([rng.random(), 0.5, float("nan")])
+            batch.append((key, epoch[key], score, epoch[key] >= 9 or rng.random() < 0.05))
+        expected = []
+        for key, e, score, done in batch:
+            stopped = one_by_one.report(key, e, score) and not done
+            if stopped or done:
+                one_by_one.complete(key, e, score)
+            expected.append(stopped)
+        assert one_call.decide(batch) == expected
+        assert one_call.state_dict() == one_by_one.state_dict() or repr(one_call.state_dict()) == repr(
+            one_by_one.state_dict())  # NaN scores compare unequal to themselves
+        stops += sum(expected)
+        live = [key for (key, _, _, done), stopped in zip(batch, expected) if not (done or stopped)]
+    assert stops > 0  # a run without a stop would prove little
+
+
 def test_rung_records_survive_a_restart():
     a = Rungs(1, 9, 3)
     for i, s in enumerate([0.2, 0.9, 0.5, 0.7]):

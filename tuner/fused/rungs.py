@@ -60,6 +60,18 @@ class Rungs:
         if score is not None:
             self._record(key, epoch, self._reward(score))
 
+    def decide(self, results: list[tuple[str, int, float | None, bool]]) -> list[bool]:
+        """A fused group's epoch in one call (one round trip to the driver's actor, not one or two per member):
+        for each (key, epoch, score, done) in order, `report`, then `complete` when the member ends (done, or
+        stopped here). True where the rule stopped a member that had not finished."""
+        stopped = []
+        for key, epoch, score, done in results:
+            stop = self.report(key, epoch, score) and not done  # at max_epochs the rule says stop: it finished
+            if stop or done:
+                self.complete(key, epoch, score)
+            stopped.append(stop)
+        return stopped
+
     def _record(self, key: str, epoch: int, reward: float) -> bool:
         for milestone, recorded in self.rungs:
             if epoch < milestone or key in recorded:

@@ -132,11 +132,19 @@ def _measured(group: FusedGroup, data) -> dict:
             "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
 
 
+def _decide(spec: TrialSpec, rungs, scored: list) -> list[bool]:
+    """ASHA's stops for one group's epoch (tuner.fused's flow: every result to the rungs, then a completion for
+    every member that ends), in one call to the driver's `Rungs` actor; none for fifo (`rungs` None)."""
+    if rungs is None:
+        return [False] * len(scored)
+    import ray
+
+    return ray.get(rungs.decide.remote([(r.key, m["epoch"], m[best_key(spec.metric)], r.done) for r, m in scored]))
+
+
 def _train(spec: TrialSpec, groups: list[FusedGroup], data, states: dict[str, MemberState], rungs, node,
            restored: bool) -> None:
     """Every group one epoch at a time, in turn; one Tune result (and checkpoint) per round."""
-    import ray
-
     runs: list[tuple[Any, Any, dict]] = [(g, g.fit(data, spec.max_epochs), {}) for g in groups]
     first = restored
     while runs:
@@ -149,22 +157,18 @@ def _train(spec: TrialSpec, groups: list[FusedGroup], data, states: dict[str, Me
                 continue
             if not measured:
                 measured.update(_measured(group, data))
+            scored = []  # (report, metrics) of the members with a result this epoch
             for r in reports:
-                st = states[r.key]
                 if r.metrics is None:  # a NaN loss: this member fails, the others go on
-                    st.ended, st.error = True, r.error
+                    states[r.key].ended, states[r.key].error = True, r.error
                     out[r.key] = {"ended": True, "error": r.error}
-                    continue
-                metrics = {**_scored(spec, st, r.metrics), **measured, "node_id": node}
-                score = metrics[best_key(spec.metric)]
-                # tuner.fused's flow: every result to the rungs, then a completion for every member that ends
-                stop = rungs is not None and ray.get(rungs.report.remote(r.key, metrics["epoch"], score))
-                stopped = stop and not r.done  # at max_epochs the rule says stop too: it finished
+                else:
+                    scored.append((r, {**_scored(spec, states[r.key], r.metrics), **measured, "node_id": node}))
+            for (r, metrics), stopped in zip(scored, _decide(spec, rungs, scored)):
+                st = states[r.key]
                 if stopped:
                     group.stop(r.key)
                 st.ended = r.done or stopped
-                if st.ended and rungs is not None:
-                    ray.get(rungs.complete.remote(r.key, metrics["epoch"], score))
                 if first:
                     metrics["history"] = list(st.history)
                 st.history.append({k: v for k, v in metrics.items() if k != "history"})
