@@ -159,7 +159,11 @@ def test_a_restored_search_draws_on_from_its_snapshots_sampler_not_the_first_run
     journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
     as_first_pickled.reopen(journal)  # what the driver does after Tuner.restore, before Ray restores the snapshot
     as_first_pickled.restore(str(tmp_path / "snap.pkl"))
-    assert as_first_pickled.suggest("r2") != first  # the seeded sampler went on; it did not start over
+    resumed = as_first_pickled.suggest("r2")
+    assert resumed != first  # the seeded sampler went on; it did not start over
+    assert resumed == s.suggest("r2")  # the draw the search never interrupted makes next
+    study = as_first_pickled.study  # the reopened study asks the search's own sampler, and prunes nothing
+    assert study.sampler is as_first_pickled._sampler and isinstance(study.pruner, optuna.pruners.NopPruner)
 
 
 def test_a_frozen_trials_storage_id_reaches_the_same_trial_and_fail_unfinished_fails_it():

@@ -191,8 +191,10 @@ class OptunaSearchAdapter(OptunaSearch):
 
         directions = ({"directions": [direction(m) for m in self._mode]} if isinstance(self._mode, list)
                       else {"direction": direction(self._mode)})
-        self._ot_study = optuna.create_study(storage=storage,  # type: ignore[assignment]  # Ray's None at first sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
-                                             study_name=self._study_name, load_if_exists=True, **directions)
+        # (Ray's OptunaSearch starts _ot_study as None, so mypy takes None for its type)
+        self._ot_study = optuna.create_study(  # type: ignore[assignment]
+            storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(), study_name=self._study_name,
+            load_if_exists=True, **directions)
         self._ot_trials = {t.user_attrs["ray_trial_id"]: optuna.trial.Trial(self._ot_study, storage_id(t))
                            for t in self._ot_study.get_trials(deepcopy=False)
                            if "ray_trial_id" in t.user_attrs and not t.user_attrs.get("warm_start")}

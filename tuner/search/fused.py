@@ -60,7 +60,8 @@ class GroupSearch(Searcher):
         self.told: set[str] = set()
         self.last: dict[str, dict] = {}  # each running member's last result
 
-    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]  # Ray's says dict | None; its own return FINISHED
+    # Ray's Searcher.suggest says dict | None, yet its own searchers return Searcher.FINISHED (a str)
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         n = self.size if self.total is None else min(self.size, self.total - self.asked)
         if n <= 0:
             return Searcher.FINISHED

@@ -135,7 +135,8 @@ class GridPoints(Searcher):
         super().__init__()
         self._configs, self._next = [dict(c) for c in configs], 0
 
-    def suggest(self, trial_id: str) -> dict | str:  # type: ignore[override]  # Ray's says dict | None; its own return FINISHED
+    # Ray's Searcher.suggest says dict | None, yet its own searchers return Searcher.FINISHED (a str)
+    def suggest(self, trial_id: str) -> dict | str:  # type: ignore[override]
         if self._next >= len(self._configs):
             return Searcher.FINISHED
         self._next += 1
