@@ -19,6 +19,7 @@ How a search runs a group (the trainable's side; one Ray trial per group):
             report r.metrics as trial r.key's result (the keys a plain trial reports)
             if rungs.report(r.key, epoch, best score so far): group.stop(r.key)   # ASHA for members
             if r.done or stopped: rungs.complete(r.key, epoch, score)
+        (a search sends a group's epoch to its one Rungs actor in one call: `rungs.decide`)
 
 The driver owns what is shared between groups: the trial ids (one per configuration, asked of the sampler as
 that many trials), the one `Rungs` record every trial and member reports to, and where each member's results
