@@ -77,7 +77,7 @@ class Body:
     """A torchvision model without its pooling and classifier."""
 
     arch: str
-    module: nn.Sequential          # image -> feature map, children named as in torchvision
+    module: nn.Module              # image -> feature map (torchvision: an nn.Sequential, children named as there)
     units: list[list[nn.Module]]   # input side first; together they hold every parameter of `module`
 
 

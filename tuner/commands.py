@@ -143,6 +143,11 @@ def _nothing_finished(exp: spaces.Experiment, run: RunDir, failed) -> str:
     return f"{head}; fix the space (a narrower lr range, a smaller batch_size, ...) and search again"
 
 
+def _experiment(loaded: spaces.Experiment | spaces.Suite) -> spaces.Experiment:
+    assert isinstance(loaded, spaces.Experiment)  # a suite's members are spaces, never suites (load_suite)
+    return loaded
+
+
 def search(args) -> int:
     check_results_dir(Path(args.results))
     from tuner.report.compare import write_comparison
@@ -155,7 +160,7 @@ def search(args) -> int:
     results = Path(args.results)
     members = loaded.members if isinstance(loaded, spaces.Suite) else [None]
     # every member (and the ensemble) is checked before the first one runs
-    exps = [loaded if member is None else spaces.load(member, args.set) for member in members]
+    exps = [_experiment(loaded if member is None else spaces.load(member, args.set)) for member in members]
     suite = loaded if isinstance(loaded, spaces.Suite) else None
     if suite and suite.ensemble:
         from tuner import ensemble
@@ -273,7 +278,7 @@ def validate(args) -> int:
     loaded = spaces.load(builtin_spaces.resolve(args.space), args.set)
     if isinstance(loaded, spaces.Suite):
         for m in loaded.members:
-            exp = spaces.load(m, args.set)
+            exp = _experiment(spaces.load(m, args.set))
             say(f"# {m.name}: ok ({exp.family})")
         say(yaml.safe_dump(loaded.raw, sort_keys=False).rstrip())
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import yaml
@@ -17,6 +17,9 @@ import yaml
 from tuner.atomic import write_text
 from tuner.errors import UserError
 from tuner.rundir import RunDir
+
+if TYPE_CHECKING:
+    from tuner.spaces import Experiment
 
 # the dataset settings that decide which images form the test split; image_size and normalize may differ
 # between members (each bundle carries its own preprocessing)
@@ -27,7 +30,7 @@ SAME_DATA_KEYS = ("name", "root", "split", "limit")
 class Member:
     name: str
     dir: RunDir  # its results folder
-    exp: object  # spaces.Experiment, as the member's space.yaml describes it
+    exp: Experiment  # as the member's space.yaml describes it
 
 
 def check_names(ensemble: list[str], available: set[str], where: str) -> None:
@@ -78,7 +81,7 @@ def _check_same_data(members: list[Member]) -> None:
 def build(results: Path, name: str, members: list[str], say: Callable[[str], None] = print) -> dict:
     """Average the members' test probabilities, test the average once, write `<results>/<name>/`."""
     from tuner import predict
-    from tuner.data import prepare
+    from tuner.data import ImageData, prepare
     from tuner.report.model import test_report
     from tuner.settings import cache_dir
     from tuner.metrics import classification_metrics
@@ -87,16 +90,19 @@ def build(results: Path, name: str, members: list[str], say: Callable[[str], Non
     ms = _members(results, members)
     _check_same_data(ms)
 
-    probas, y_test, class_names, per_member = [], None, None, {}
+    probas: list[np.ndarray] = []
+    y_test: np.ndarray | None = None
+    class_names: list[str] | None = None
+    per_member: dict[str, dict[str, Any]] = {}  # name -> its family and test accuracy
     num_params, train_time = 0, 0.0
-    decoded: dict[str, object] = {}  # members with the same dataset config share one decode
+    decoded: dict[str, ImageData] = {}  # members with the same dataset config share one decode
     for m in ms:
         predictor = predict.load(m.dir.best, device="cpu")
         key = json.dumps(m.dir.read_space()["dataset"], sort_keys=True, default=str)
         if key not in decoded:
             decoded[key] = prepare(m.exp.dataset, cache_dir=cache_dir(), progress=False)
         data = decoded[key]
-        if class_names is None:
+        if class_names is None or y_test is None:  # the first member
             class_names, y_test = list(data.class_names), data.y_test
         elif list(predictor.class_names) != class_names or not np.array_equal(data.y_test, y_test):
             raise UserError(f"ensemble: {m.name} has other classes or test labels than {ms[0].name}; "
@@ -111,6 +117,7 @@ def build(results: Path, name: str, members: list[str], say: Callable[[str], Non
         num_params += int(metrics.get("num_params") or 0)
         train_time += float(metrics.get("train_time_s") or 0.0)
     proba = np.mean(probas, axis=0)
+    assert y_test is not None and class_names is not None  # set by the first member (check_names: two or more)
 
     out = RunDir(results / name)
     out.best.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,7 +174,8 @@ class TableCache:
                 else:
                     table = neighbours(train, query, kind, want, device, progress=progress)
                     with writing(f) as tmp:
-                        np.savez(tmp, idx=table.idx, **{f"dist_{m}": v for m, v in table.dist.items()})
+                        arrays: dict[str, Any] = {"idx": table.idx, **{f"dist_{m}": v for m, v in table.dist.items()}}
+                        np.savez(tmp, **arrays)
         self.tables[full] = table
         while len(self.tables) > self.size:
             self.tables.popitem(last=False)

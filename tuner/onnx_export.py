@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from tuner.atomic import writing
+from tuner.engine import TorchLearner
 from tuner.errors import UserError
 
 ONNX_FAMILIES = ("linear", "mlp", "cnn", "transfer")
@@ -86,6 +87,7 @@ def export_onnx(bundle_dir: Path) -> Path:
     onnx = require_onnx()
     predictor = load(bundle_dir, device="cpu")
     learner = predictor.learner
+    assert isinstance(learner, TorchLearner)  # check_family above: only torch families export to ONNX
     net = Deployed(learner.pre, learner.model).eval()
     h, w = predictor.size
     example = torch.zeros(2, h, w, predictor.channels, dtype=torch.uint8)
@@ -95,8 +97,10 @@ def export_onnx(bundle_dir: Path) -> Path:
         # the TorchScript exporter: the dynamo one needs onnxscript, and this graph has nothing it needs
         # (torch warns that the exporter is legacy; that is for torch's developers, not for our users)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (example,), graph, dynamo=False, opset_version=OPSET, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        # (torch's annotation says a path; the exporter writes to any file object, as its docs say)
+        torch.onnx.export(net, (example,), graph,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=OPSET, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
     onnx.checker.check_model(onnx.load_from_string(graph.getvalue()))
     with contextlib.ExitStack() as staged:  # both are replaced only once both are written
         staged.enter_context(writing(path)).write_bytes(graph.getvalue())

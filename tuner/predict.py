@@ -71,14 +71,18 @@ class Predictor:
                 item = Image.fromarray(a)
             item = item.convert("L" if self.channels == 1 else "RGB")
             if item.size != (self.size[1], self.size[0]):
-                item = item.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                item = item.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(item, dtype=np.uint8)
             out[i] = arr[..., None] if arr.ndim == 2 else arr
         return out
 
     def _scale(self, arrays: list[np.ndarray], value_range) -> Callable[[np.ndarray], np.ndarray]:
         """array -> uint8 0-255, from `value_range` or the range `input_range` reads off all the arrays."""
-        lo, hi = check_range(value_range) if value_range is not None else input_range(arrays, self.trained_range)
+        if value_range is not None:
+            lo, hi = check_range(value_range)
+        else:
+            assert self.trained_range is not None  # images() scales with one of the two
+            lo, hi = input_range(arrays, self.trained_range)
         if arrays and value_range is not None:
             low, high = min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays)
             if low < lo or high > hi:

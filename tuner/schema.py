@@ -62,8 +62,9 @@ def dataclass_schema(cls) -> dict:
     props = {}
     for f in dataclasses.fields(cls):
         s = type_schema(hints[f.name])
-        if bound_of(f) is not None:
-            s |= bound_of(f).schema()
+        bound = bound_of(f)
+        if bound is not None:
+            s |= bound.schema()
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is not None and _plain(default) is not None:
             s["default"] = _plain(default)

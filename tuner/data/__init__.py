@@ -173,13 +173,13 @@ def _decode(cfg, shipped: dict, locals_: dict, entries: dict, cache_dir, progres
         if not len(local):
             continue
         e = entries.get(k)
-        fresh = e is not None and not e.built
+        fresh = e if e is not None and not e.built else None  # decoded now, not found in the cache
         t = time.perf_counter()
         decoded[k] = decode_split(cfg, k, shipped[k], local, cache_dir=cache_dir, progress=progress,
                                   size=cfg.image_size)
-        if fresh:
+        if fresh is not None:
             stats.decode_s += time.perf_counter() - t
-            stats.decoded += len(e.rows)
+            stats.decoded += len(fresh.rows)
         stats.skipped += int((~decoded[k].ok).sum())
     return decoded, stats
 

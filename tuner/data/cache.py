@@ -88,7 +88,7 @@ def to_array(item, size: int, channels: int) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
     img = convert(img, "L" if channels == 1 else "RGB")
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -282,8 +282,8 @@ def _decode_into(out: np.ndarray, valid: np.ndarray, images, rows: np.ndarray, s
     return digests
 
 
-def _build(e: Entry, images, progress: bool) -> None:
-    folder = e.folder
+def _build(e: Entry, folder: Path, images, progress: bool) -> None:
+    """Decode entry `e` into `folder` (its folder on disk)."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -340,7 +340,7 @@ def decode_split(cfg, split: str, src, needed: np.ndarray, cache_dir=None, progr
     e.folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(e.folder) + ".lock"):
         if not e.built:
-            _build(e, images, progress)
+            _build(e, e.folder, images, progress)
     arr = np.load(e.folder / "images.npy", mmap_mode="r")
     valid = np.load(e.folder / "valid.npy")
     try:

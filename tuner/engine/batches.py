@@ -19,6 +19,9 @@ from tuner.engine.device import to_device
 class Preprocess(nn.Module):
     """uint8 NHWC batch -> normalised float NCHW on the device (grey -> RGB where the model wants 3)."""
 
+    mean: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, mean, std, in_channels: int, out_channels: int | None = None):
         super().__init__()
         out_channels = out_channels or in_channels

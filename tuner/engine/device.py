@@ -52,12 +52,14 @@ def precision(device: torch.device | str, exact: bool):
         yield
         return
     # the new fp32_precision API only: reading the legacy allow_tf32 flags after mixing the two raises
-    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
-    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
+    # (torch's type stubs lack torch.backends.cudnn.conv; it is one object, so binding it once is the same)
+    cudnn_conv = torch.backends.cudnn.conv  # type: ignore[attr-defined]
+    conv, matmul = cudnn_conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    cudnn_conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+        cudnn_conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
 
 
 def resident_budget(device: torch.device, share: float) -> int:

@@ -187,6 +187,12 @@ class EmbeddingLearner(Learner):
         self.data_key = f"{data.key}|{self.backbone.key}"
         return feats
 
+    def references(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training embeddings and their labels, which `embed` (or a bundle's weights) set."""
+        if self.x_train is None or self.y_train is None:
+            raise RuntimeError("fit the learner (or load_weights) before predicting")
+        return self.x_train, self.y_train
+
     def adopt(self, other: EmbeddingLearner) -> None:
         """Share what `other.embed` took (same backbone and data) instead of embedding again: the backbone,
         the training vectors and the test split's features (`tuner.fused.lookup`)."""

@@ -11,7 +11,7 @@ classifier here is deterministic given `seed`, so the refit predicts exactly wha
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class FeaturesLearner(EmbeddingLearner):
 
     def __init__(self, cfg: dict, info: DataInfo, ctx: RunContext | None = None):
         super().__init__(cfg, info, ctx)
-        self.model = None
+        self.model: Any = None  # the fitted scikit-learn classifier (scikit-learn has no type hints)
         self.mean: np.ndarray | None = None
         self.scale: np.ndarray | None = None
 
@@ -78,16 +78,17 @@ class FeaturesLearner(EmbeddingLearner):
         return x
 
     def _fit_classifier(self) -> None:
-        x = np.asarray(self.x_train, dtype=np.float32)
+        x_train, y_train = self.references()
+        x = np.asarray(x_train, dtype=np.float32)
         if self.cfg["normalize"] == "standard":  # statistics of the training split only
             self.mean = x.mean(0, dtype=np.float64).astype(np.float32)
             std = x.std(0, dtype=np.float64)
             self.scale = np.where(std < 1e-5, 1.0, std).astype(np.float32)  # constant features: as StandardScaler
         if self.cfg["classifier"] == "knn" and int(self.cfg["k"]) > len(x):
             raise UserError(f"k: {self.cfg['k']} neighbours but only {len(x)} training images; lower k")
-        if len(np.unique(self.y_train)) < 2:
+        if len(np.unique(y_train)) < 2:
             raise UserError("dataset: the training split has one class; a classifier needs at least two")
-        self.model = make_classifier(self.cfg).fit(self.transform(x), self.y_train)
+        self.model = make_classifier(self.cfg).fit(self.transform(x), y_train)
 
     def _proba(self, feats: np.ndarray) -> np.ndarray:
         """Probabilities over all classes (a class missing from a small training split gets 0)."""

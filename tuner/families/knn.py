@@ -56,7 +56,7 @@ class KnnLearner(EmbeddingLearner):
         return self.backbone.num_params + stored
 
     def _check_k(self, extra: int = 0, k: int | None = None) -> None:
-        check_k(self.k if k is None else k, extra, len(self.x_train))
+        check_k(self.k if k is None else k, extra, len(self.references()[0]))
 
     def scoring_table(self, data, k: int | None = None) -> tuple[Table, np.ndarray]:
         """Embed `data` (cached) and return the neighbour table validation is scored from, with at least k
@@ -83,20 +83,19 @@ class KnnLearner(EmbeddingLearner):
     def fit(self, data, max_epochs: int = 1) -> Iterator[dict]:
         t0 = time.perf_counter()
         table, y_eval = self.scoring_table(data)
-        proba = vote(table, self.y_train, self.k, self.metric, self.weighting, self.info.num_classes)
+        proba = vote(table, self.references()[1], self.k, self.metric, self.weighting, self.info.num_classes)
         val_loss, val_acc = proba_metrics(proba, y_eval)
         yield {"epoch": 1, "val_loss": val_loss, "val_accuracy": val_acc, "epoch_time_s": time.perf_counter() - t0}
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        if self.x_train is None:
-            raise RuntimeError("fit the learner (or load_weights) before predicting")
+        x_train, y_train = self.references()
         self._check_k()
         feats, key = self.query(images)
         if key is not None:
-            table = TABLES.get(key, self.x_train, feats, self.kind, self.k, self.device, self.cache_dir, self.progress)
+            table = TABLES.get(key, x_train, feats, self.kind, self.k, self.device, self.cache_dir, self.progress)
         else:
-            table = neighbours(self.x_train, feats, self.kind, self.k, self.device, progress=self.progress)
-        return vote(table, self.y_train, self.k, self.metric, self.weighting, self.info.num_classes).astype(np.float32)
+            table = neighbours(x_train, feats, self.kind, self.k, self.device, progress=self.progress)
+        return vote(table, y_train, self.k, self.metric, self.weighting, self.info.num_classes).astype(np.float32)
 
 
 VOTE_WEIGHTS = ("uniform", "distance")

@@ -35,7 +35,7 @@ HEAD_DEFAULTS = {"pool": "gap", "hidden": [], "dropout": 0.0, "batchnorm": False
 class TransferNet(nn.Module):
     """body -> pool -> head. `units` (the body's stages, see backbones.Body) is kept for freezing."""
 
-    def __init__(self, arch: str, body: nn.Sequential, units: list, pool: nn.Module, head: nn.Sequential):
+    def __init__(self, arch: str, body: nn.Module, units: list, pool: nn.Module, head: nn.Sequential):
         super().__init__()
         self.arch = arch
         self.body, self.pool, self.head = body, pool, head

@@ -90,6 +90,8 @@ class FusedGroup:
         self.members: list[Member] = []
         for spec in members:
             learner = family.learner(spec.config, info, self.ctx)  # seeds and builds, as a trial alone does
+            if not isinstance(learner, TorchLearner):
+                raise NotFusable(f"{family.name}: its learner trains no torch model")
             self.members.append(Member(spec.key, learner, self._dropout_generator(learner)))
             if self.members[0].learner is not learner and isinstance(learner, FrozenLearner):
                 learner.drop_body()  # one frozen body serves the group: the first member's
@@ -138,7 +140,8 @@ class FusedGroup:
     # --------------------------------------------------------------------------- training
     def _data(self, data) -> tuple:
         if self._placed is None or self._placed[0] is not data:
-            source = self.members[0].learner.train_data(data) if self.frozen else data
+            lead = self.members[0].learner
+            source = lead.train_data(data) if isinstance(lead, FrozenLearner) else data  # frozen: cached features
             arrays = [source.x_train, source.y_train, source.x_val, source.y_val]
             self._placed = (data, place(arrays, self.device, self.ctx.gpu_share))
         return self._placed[1]
@@ -183,7 +186,7 @@ class FusedGroup:
         returned (M, B, ...). Evaluation (members None): B rows every member sees, returned (1, B, ...)."""
         lead = self.members[0].learner
         t = to_device(xb, self.device).float() if self.frozen else lead.pre(to_device(xb, self.device))
-        if train and not self.frozen and lead.augment_cfg is not None and lead.augment_cfg.any:
+        if members is not None and train and not self.frozen and lead.augment_cfg is not None and lead.augment_cfg.any:
             b = len(t) // len(members)
             t = torch.cat([augment(t[i * b:(i + 1) * b], lead.augment_cfg, m.learner.gen)
                            for i, m in enumerate(members)])
@@ -220,7 +223,7 @@ class FusedGroup:
         net.zero_grad()
         scalers = [m.learner.scaler for m in active]
         if any(s.is_enabled() for s in scalers):  # float16 on a GPU: each member its own loss scale
-            sum(s.scale(losses[i]) for i, s in enumerate(scalers)).backward()
+            torch.stack([s.scale(losses[i]) for i, s in enumerate(scalers)]).sum().backward()
         else:
             losses.sum().backward()
         net.scatter_grads()

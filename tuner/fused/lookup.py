@@ -14,7 +14,8 @@ from typing import Callable
 
 from tuner.errors import UserError
 from tuner.families.base import DataInfo, Family, RunContext
-from tuner.families.knn import check_k
+from tuner.families.features import FeaturesLearner
+from tuner.families.knn import KnnLearner, check_k
 from tuner.fused.group import MemberReport, MemberSpec
 from tuner.fused.grouping import split_keys
 from tuner.metrics import proba_metrics
@@ -54,11 +55,13 @@ def evaluate(family: Family, members: list[MemberSpec], data, info: DataInfo,
 def _knn_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo, ctx: RunContext) -> list[MemberReport]:
     cfgs = [family.resolve(s.config) for s in specs]
     lead = family.learner(cfgs[0], info, ctx)
+    assert isinstance(lead, KnnLearner)  # _knn_pass is for the knn family only
     extra = 1 if cfgs[0]["validation"] == "loo" else 0
     lead.embed(data)
-    n = len(lead.x_train) + (len(data.y_val) if extra else 0)  # the references scoring_table will hold
+    n = len(lead.references()[0]) + (len(data.y_val) if extra else 0)  # the references scoring_table will hold
     ks = [int(c["k"]) for c in cfgs if int(c["k"]) + extra <= n]
     table, y_eval = lead.scoring_table(data, max(ks)) if ks else (None, None)
+    y_refs = lead.references()[1]  # after scoring_table: with validation "loo" the validation images join them
     out = []
     for spec, cfg in zip(specs, cfgs):
         try:
@@ -66,7 +69,8 @@ def _knn_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo, ctx
         except UserError as exc:
             out.append(MemberReport(spec.key, None, True, str(exc)))
             continue
-        proba = vote(table, lead.y_train, int(cfg["k"]), cfg["metric"], cfg["weights"], info.num_classes)
+        assert table is not None and y_eval is not None  # check_k passed: this k is in ks
+        proba = vote(table, y_refs, int(cfg["k"]), cfg["metric"], cfg["weights"], info.num_classes)
         val_loss, val_acc = proba_metrics(proba, y_eval)
         out.append(MemberReport(spec.key, {"epoch": 1, "val_loss": val_loss, "val_accuracy": val_acc,
                                            "epoch_time_s": 0.0}, True))
@@ -76,10 +80,12 @@ def _knn_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo, ctx
 def _features_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo,
                    ctx: RunContext) -> list[MemberReport]:
     lead = family.learner(specs[0].config, info, ctx)
+    assert isinstance(lead, FeaturesLearner)  # _features_pass is for the features family only
     feats = lead.embed(data)
     out = []
     for spec in specs:
         learner = family.learner(spec.config, info, ctx)
+        assert isinstance(learner, FeaturesLearner)
         learner.adopt(lead)
         try:
             metrics = learner.fit_embedded(feats, data, time.perf_counter())

@@ -237,7 +237,7 @@ def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, 
 def rung_epochs(scheduler: dict) -> list[int]:
     """The milestones of a scheduler that stops trials at rungs (ASHA's flag `rungs`): grace_period *
     reduction_factor^k below max_epochs."""
-    entry = SCHEDULERS.get(scheduler.get("name"))
+    entry = SCHEDULERS.get(str(scheduler.get("name")))
     if entry is None or not entry.rungs:
         return []
     grace, rf = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3)

@@ -12,7 +12,8 @@ def importance(trials: pd.DataFrame, searched: dict, metric: str, mode: str) -> 
     ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
     if len(ok) < 3 or not searched:
         return {}
-    dists: dict[str, optuna.distributions.BaseDistribution] = {}
+    Numeric = optuna.distributions.IntDistribution | optuna.distributions.FloatDistribution
+    dists: dict[str, optuna.distributions.CategoricalDistribution | Numeric] = {}
     for k, d in searched.items():
         if k not in ok or ok[k].isna().all():  # a branch no trial drew (a nested option never reached)
             continue

@@ -178,7 +178,7 @@ def plot_parallel_coordinates(trials: pd.DataFrame, searched: dict, col: str, mo
     if pos is not None:
         ax.plot(xs, lines[pos], color="red", lw=3, label=f"best trial {trials['trial_id'].iloc[pos]}")
     for x, a in zip(xs, axes):
-        ax.axvline(x, color="black", lw=1)
+        ax.axvline(float(x), color="black", lw=1)
         for t, lab in zip(a.ticks, a.labels):
             ty = float(a.unit(np.array([t]))[0])
             ax.plot([x - 0.02, x], [ty, ty], color="black", lw=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from typing import Any
 
 import optuna
 from ray.tune.search import SearchGenerator
@@ -170,6 +171,12 @@ class OptunaSearchAdapter(OptunaSearch):
         """The study; None from unpickling until `reopen`."""
         return self._ot_study
 
+    def open_study(self) -> optuna.Study:
+        """The study, for the calls made while the search runs (after the first suggest or `reopen`)."""
+        if self._ot_study is None:
+            raise RuntimeError("the Optuna study is not open: a search restored from a pickle reopens it first")
+        return self._ot_study
+
     def optuna_trial(self, trial_id: str) -> optuna.Trial | None:
         return self._ot_trials.get(trial_id)
 
@@ -186,17 +193,18 @@ class OptunaSearchAdapter(OptunaSearch):
         """The study in `storage` (created if it is not there), each trial that has a `ray_trial_id` user
         attribute the Optuna trial of that Ray trial."""
         self._storage = storage
-        def direction(mode: str) -> str:
+
+        def direction(mode: str | None) -> str:
             return "minimize" if mode == "min" else "maximize"
 
-        directions = ({"directions": [direction(m) for m in self._mode]} if isinstance(self._mode, list)
+        directions: dict[str, Any] = ({"directions": [direction(m) for m in self._mode]} if isinstance(self._mode, list)
                       else {"direction": direction(self._mode)})
+        study = optuna.create_study(storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
+                                    study_name=self._study_name, load_if_exists=True, **directions)
         # (Ray's OptunaSearch starts _ot_study as None, so mypy takes None for its type)
-        self._ot_study = optuna.create_study(  # type: ignore[assignment]
-            storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(), study_name=self._study_name,
-            load_if_exists=True, **directions)
-        self._ot_trials = {t.user_attrs["ray_trial_id"]: optuna.trial.Trial(self._ot_study, storage_id(t))
-                           for t in self._ot_study.get_trials(deepcopy=False)
+        self._ot_study = study  # type: ignore[assignment]
+        self._ot_trials = {t.user_attrs["ray_trial_id"]: optuna.trial.Trial(study, storage_id(t))
+                           for t in study.get_trials(deepcopy=False)
                            if "ray_trial_id" in t.user_attrs and not t.user_attrs.get("warm_start")}
 
     def __getstate__(self) -> dict:  # tuner.pkl

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from tuner import interrupt
 from tuner.errors import UserError
@@ -139,7 +139,7 @@ def start_ray_watchdog() -> None:
 # tuner reads no Prometheus metrics: no per-node metrics export server, no metrics sent by every worker.
 # address "local": always a new Ray of our own. Without it ray.init joins the cluster a `ray start --head` on
 # this machine left in <ray temp dir>/ray_current_cluster, and then refuses our _system_config.
-LOCAL_RAY = {"address": "local", "_node_ip_address": "127.0.0.1",
+LOCAL_RAY: dict[str, Any] = {"address": "local", "_node_ip_address": "127.0.0.1",
              "_system_config": {"enable_metrics_collection": False}}
 
 

@@ -51,8 +51,8 @@ def check_scheduler(name: str) -> None:
 
     entry = SCHEDULERS[name]
     assert entry.name == name and entry.doc, f"scheduler {name}: a docstring says what it does (the docs show it)"
-    modes = [{"multi": m, "conditional": c} for m in (False, True) for c in (False, True)
-             if (not m or entry.multi_objective) and (not c or entry.conditional)]
+    modes: list[dict[str, Any]] = [{"multi": m, "conditional": c} for m in (False, True) for c in (False, True)
+                                   if (not m or entry.multi_objective) and (not c or entry.conditional)]
     for mode in modes:
         built = entry.build(experiment(scheduler=name, **mode))
         assert isinstance(built, TrialScheduler), f"scheduler {name} built {type(built).__name__} for {mode}"
@@ -73,8 +73,9 @@ def check_sampler(name: str, trials: int = 5) -> None:
     entry = SAMPLERS[name]
     assert entry.name == name and entry.doc, f"sampler {name}: a docstring says what it is (the docs show it)"
     assert entry.multi_objective or entry.single_objective, f"sampler {name} takes neither one objective nor several"
-    modes = [{"multi": m, "conditional": c} for m in (False, True) for c in (False, True)
-             if (entry.multi_objective if m else entry.single_objective) and (not c or entry.conditional)]
+    modes: list[dict[str, Any]] = [{"multi": m, "conditional": c} for m in (False, True) for c in (False, True)
+                                   if (entry.multi_objective if m else entry.single_objective)
+                                   and (not c or entry.conditional)]
     for mode in modes:
         _samples(name, experiment(sampler=name, **mode), trials)
     if not entry.single_objective:

@@ -21,6 +21,19 @@ def to_tune(dist: Distribution, grid_points: int = 0):
     return (tune.loguniform if dist.log else tune.uniform)(dist.low, dist.high)
 
 
+def param_space(exp, constants_only: bool = False) -> dict:
+    """The Tuner's param_space: a Ray Tune domain per searched parameter, and the constants."""
+    if constants_only:  # the searcher draws every searched value itself (Optuna define-by-run, a branching grid)
+        return dict(exp.constants)
+    grid = exp.search.grid_points if exp.search.algorithm == "grid" else 0
+    space = {}
+    for k, d in exp.searched.items():
+        assert isinstance(d, Distribution)  # a conditional space's searcher draws it (searchers.build: constants_only)
+        space[k] = to_tune(d, grid)
+    space.update(exp.constants)
+    return space
+
+
 PRIMITIVE = (type(None), bool, int, float, str)
 
 

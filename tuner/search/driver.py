@@ -23,7 +23,7 @@ from tuner.families import get_family
 from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
-from tuner.search.domains import to_tune
+from tuner.search.domains import param_space
 # ClipToSpace: a search saved by an older tuner names it here, in the PBT scheduler its tuner.pkl holds
 from tuner.search.schedulers import SCHEDULERS, ClipToSpace, build_scheduler  # noqa: F401
 from tuner.settings import cache_dir
@@ -58,7 +58,8 @@ def resolve_storage(exp: Experiment, exp_dir: Path, storage: str | None, resume:
     run_dir = RunDir(exp_dir)
     if resume and not (storage or exp.storage) and run_dir.is_experiment():
         storage = run_dir.read_space().get("storage")  # as the first run
-    return check_storage(storage or exp.storage) if (storage or exp.storage) else None
+    chosen = storage or exp.storage
+    return check_storage(chosen) if chosen else None
 
 
 @contextlib.contextmanager
@@ -104,15 +105,6 @@ def _resources(exp: Experiment) -> dict:
 def _trial_dirname(trial) -> str:
     # short and stable: the trial id alone (Ray's default packs every parameter into the name)
     return f"trial_{trial.trial_id}"
-
-
-def param_space(exp: Experiment, constants_only: bool = False) -> dict:
-    if constants_only:  # the searcher draws every searched value itself (Optuna define-by-run, a branching grid)
-        return dict(exp.constants)
-    grid = exp.search.grid_points if exp.search.algorithm == "grid" else 0
-    space = {k: to_tune(d, grid) for k, d in exp.searched.items()}
-    space.update(exp.constants)
-    return space
 
 
 # --------------------------------------------------------------------------- the run
@@ -196,7 +188,8 @@ def _data(exp: Experiment, run_dir: RunDir, resume: bool, smoke: bool, by_path: 
         # a --smoke run says so, so that a later search may replace it unasked (RunDir.was_smoke)
         run_dir.write_json(run_dir.run_json, {"smoke": smoke, "runs": 0, "search_s": 0.0})
     with writing(run_dir.split) as tmp:
-        np.savez(tmp, **data.indices)
+        indices: dict[str, Any] = data.indices
+        np.savez(tmp, **indices)
     say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
         f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
         f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s{_decoded(data.stats)})")
@@ -225,7 +218,7 @@ def _trainable(exp: Experiment, data, run_dir: RunDir, ray_path: str, resume: bo
 
 
 def _watchers(exp: Experiment, exp_dir: Path, results: Path, extra: list, verbose: bool,
-              say: Callable[[str], None]) -> tuple:
+              say: Callable[[str], None]) -> tuple[Any, list]:
     """The callbacks that watch the search: the live tables, the study recorder (after the tables: it records
     their rows), the caller's (tracking: MLflow, W&B), the console; Ray's own output with --verbose."""
     from tuner.search import console, live, searchers, study
@@ -318,6 +311,9 @@ def _saved(exp: Experiment, ray_path: str) -> bool:
 def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbose: bool):
     from ray import tune
 
+    budget = exp.search.time_budget
+    assert not isinstance(budget, str)  # SearchConfig.parse made a duration seconds
+
     from tuner.search import searchers
 
     if exp.search.fuse:  # groups of configurations (tuner.search.fused): its searcher, the rungs in the groups
@@ -337,7 +333,7 @@ def _new_tuner(exp: Experiment, exp_dir: Path, trainable, callbacks: list, verbo
             # the searcher and scheduler each name their metric (tuner.search.searchers, .schedulers); the
             # search algorithm keeps to search.max_concurrent itself (searchers.build)
             search_alg=search_alg, scheduler=scheduler, num_samples=samples,
-            reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=exp.search.time_budget),
+            reuse_actors=True, trial_dirname_creator=_trial_dirname, time_budget_s=budget),
         run_config=tune.RunConfig(
             name=exp.name if exp.storage else "ray", storage_path=exp.storage or str(exp_dir),
             verbose=1 if verbose else 0, callbacks=callbacks,
@@ -479,7 +475,7 @@ def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list
     rows = []
     for result in grid:
         name = Path(result.path).name
-        trial_id = name.removeprefix("trial_") if name.startswith("trial_") else (result.metrics or {}).get("trial_id")
+        trial_id = name.removeprefix("trial_") if name.startswith("trial_") else (result.metrics or {})["trial_id"]
         history = _history(result.metrics_dataframe, (reported or {}).get(trial_id))
         rows.append(trial_row(exp, trial_id, result.config or {}, history, result.error))
     return write_tables(exp, rows, exp_dir)

@@ -257,7 +257,8 @@ def rungs_actor(exp, scores: dict[str, dict[int, float]]):
     for key, by_epoch in scores.items():
         for epoch in sorted(by_epoch):
             rungs.complete(key, epoch, by_epoch[epoch])
-    actor = RungsActor.remote(rungs.grace_period, rungs.max_t, rungs.rf, rungs.mode)
+    # (mypy takes ray.remote's result for the class itself, which has no .remote)
+    actor = RungsActor.remote(rungs.grace_period, rungs.max_t, rungs.rf, rungs.mode)  # type: ignore[attr-defined]
     ray.get(actor.load_state_dict.remote(rungs.state_dict()))
     return actor
 

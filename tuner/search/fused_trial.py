@@ -90,6 +90,8 @@ def run_group(config: dict, data=None, spec: TrialSpec | None = None, rungs=None
     `Rungs` actor (ASHA), None for fifo."""
     import ray
 
+    assert spec is not None, "run_group takes its TrialSpec from tune.with_parameters (fused.trainable)"
+
     set_threads(spec.cpus)
     ctx = RunContext(device=str(pick_device(spec.gpus)), cache_dir=spec.cache_dir, augment=spec.augment,
                      gpu_share=gpu_share(spec.gpus))
@@ -110,8 +112,9 @@ def run_group(config: dict, data=None, spec: TrialSpec | None = None, rungs=None
               for g in plan_groups(spec.family, todo, max(1, len(todo)))]
     for group in groups:
         for m in group.members:
-            if states[m.key].learner is not None:
-                group.load_member_state(m.key, states[m.key].learner)
+            saved = states[m.key].learner
+            if saved is not None:
+                group.load_member_state(m.key, saved)
     _train(spec, groups, data, states, rungs, node, restored)
 
 

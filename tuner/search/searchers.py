@@ -72,7 +72,7 @@ def study_search(exp: Experiment, exp_dir: Path, points: list[dict]):
     from tuner.metrics import best_key
     from tuner.search.study import Rule, StudySearch, storage
 
-    metric = [best_key(m) for m in exp.metrics] if exp.multi else best_key(exp.metric)
+    metric = [best_key(m) for m in exp.metrics] if exp.multi else best_key(exp.metrics[0])
     mode = exp.modes if exp.multi else exp.mode
     sampler = make_sampler(exp, None if exp.search.algorithm == "optuna" else "random")
     return StudySearch(space=DefineByRun(exp.searched), metric=metric, mode=mode, sampler=sampler,

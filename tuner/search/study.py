@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 from ray.tune import Callback
@@ -29,15 +29,19 @@ from tuner.search.adapters import OptunaSearchAdapter, fail_unfinished
 from tuner.search.domains import optuna_params
 from tuner.tables import EPOCH_COLUMNS, read_epochs, row_config
 
+if TYPE_CHECKING:
+    import optuna
+
 
 def storage(exp_dir: Path, path: Path | None = None):
     import optuna
+    from optuna.storages.journal import JournalFileBackend
 
     path = path or RunDir(Path(exp_dir).resolve()).journal
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
-def _directions(metrics, modes) -> list[str]:
+def _directions(metrics, modes) -> list[Any]:  # Optuna's annotation: literals, which a list comprehension is not
     return ["maximize" if m == "max" else "minimize" for m in modes]
 
 
@@ -320,7 +324,7 @@ class StudySearch(OptunaSearchAdapter):
         value = result.get(self._rule.metrics[0])
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if (ot_trial is None or len(self._rule.metrics) > 1 or value is None or value != value or not step
-                or step in self._steps.setdefault(trial_id, set()) or self._told(trial_id)):
+                or step in self._steps.setdefault(trial_id, set()) or self._told(ot_trial)):
             return  # a step reported before (a trial resumed from an earlier checkpoint) keeps its first value
         ot_trial.report(float(value), step)
         self._steps[trial_id].add(step)
@@ -330,14 +334,14 @@ class StudySearch(OptunaSearchAdapter):
         # optuna-dashboard labels the values by these names ("val_accuracy"), not "Objective 0"
         name_values(self._ot_study, metric_names(self.metric))
 
-    def _told(self, trial_id: str) -> bool:
+    def _told(self, ot_trial: optuna.Trial) -> bool:
         # after --resume of a killed driver the journal may already hold the end of a trial that Ray's older
         # snapshot still counts as running; the journal refuses a second ending (reconcile fixes the values)
-        return self.study.get_trials(deepcopy=False)[self.optuna_trial(trial_id).number].state.is_finished()
+        return self.open_study().get_trials(deepcopy=False)[ot_trial.number].state.is_finished()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self.optuna_trial(trial_id)
-        if self.is_completed(trial_id) or ot_trial is None or self._told(trial_id):
+        if self.is_completed(trial_id) or ot_trial is None or self._told(ot_trial):
             self.mark_completed(trial_id)
             return
         result = result or {}
@@ -352,7 +356,7 @@ class StudySearch(OptunaSearchAdapter):
             config=config)
         if state.name == "PRUNED" and values:
             ot_trial.set_user_attr(best_key(self._rule.metrics[0]), values[0])
-        self.study.tell(ot_trial, values if state.name == "COMPLETE" else None, state=state)
+        self.open_study().tell(ot_trial, values if state.name == "COMPLETE" else None, state=state)
         self.mark_completed(trial_id)
 
     def reopen(self, storage) -> None:
@@ -360,7 +364,7 @@ class StudySearch(OptunaSearchAdapter):
         self._sync_steps()
 
     def _sync_steps(self) -> None:
-        self._steps = {rid: set(t.intermediate_values) for t in self.study.get_trials(deepcopy=False)
+        self._steps = {rid: set(t.intermediate_values) for t in self.open_study().get_trials(deepcopy=False)
                        if (rid := t.user_attrs.get("ray_trial_id"))}
 
     def restore(self, checkpoint_path: str) -> None:
@@ -371,9 +375,9 @@ class StudySearch(OptunaSearchAdapter):
 
         super().restore(checkpoint_path)
         known = set(self.__dict__.pop("_snapshot_known", self.known()))
-        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        for t in self.open_study().get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if t.user_attrs.get("ray_trial_id") not in known:
-                fail_unfinished(self.study, t)
+                fail_unfinished(self.open_study(), t)
         self._sync_steps()  # the snapshot's record is older than the journal's
 
 

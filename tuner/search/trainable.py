@@ -205,6 +205,8 @@ def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
     import ray
     from ray import tune
 
+    assert spec is not None, "run_trial takes its TrialSpec from tune.with_parameters (driver._trainable)"
+
     # Ray's worker logs every saved checkpoint at INFO: one line per trial and epoch buries the progress table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     set_threads(spec.cpus)

@@ -218,7 +218,8 @@ def build_block(cls, data: Any, where: str, file: str):
             kwargs[key] = build_block(typ, value, f"{where}.{key}", file)
             continue
         kwargs[key] = check_type(value, typ, f"{file}: {where}.{key}")
-        problem = bound_of(f).problem(kwargs[key]) if bound_of(f) else None
+        bound = bound_of(f)
+        problem = bound.problem(kwargs[key]) if bound is not None else None
         if problem:
             raise UserError(f"{file}: {where}.{key} {problem}")
     return cls(**kwargs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import yaml
 
@@ -28,7 +29,7 @@ def smoke(exp: Experiment) -> Experiment:
 
 def resolved_yaml(exp: Experiment) -> str:
     """The space as run (file + --set), for space.yaml and `validate`."""
-    out = {"name": exp.name, "family": exp.family, "dataset": dataclasses.asdict(exp.dataset),
+    out: dict[str, Any] = {"name": exp.name, "family": exp.family, "dataset": dataclasses.asdict(exp.dataset),
            "metric": exp.metric, "mode": exp.mode,
            "search": dataclasses.asdict(exp.search) | {"num_samples": exp.num_samples if exp.num_samples > 0 else None},
            "scheduler": dataclasses.asdict(exp.scheduler), "resources": "auto" if exp.resources.auto else
