@@ -178,7 +178,62 @@ def test_knn_configurations_are_looked_up_in_one_trial_each_a_row(tmp_path, stud
     assert trials["trial_id"].str.rsplit("_", n=1).str[0].nunique() == 2  # 16 configurations, 8 a trial
     assert len(list((exp / "ray").glob("trial_*"))) == 2
     assert len(_journal(exp, "fk")) == 16
+    assert yaml.safe_load((exp / "run.json").read_text())["trials"] == 16  # configurations, not Ray's groups
     study_matches_tables(exp, 1)
+
+
+def _group(key: str, n: int, status: str = "RUNNING"):
+    from types import SimpleNamespace
+
+    from tuner.search.fused_trial import MEMBERS
+
+    return SimpleNamespace(trial_id=key, status=status, last_result={},
+                           config={MEMBERS: [{"key": f"{key}_m{i}", "config": {"lr": 0.01}} for i in range(n)]})
+
+
+def test_members_a_time_budget_cut_are_said_cut_and_members_ended_before_a_resume_are_counted(tmp_path):
+    """MemberEvents with the real live tables and console, fed as Ray feeds it: a group the time budget ends
+    sends no event, so its members are cut (once "0/6 done, 2 running"); members in trials.csv from before a
+    --resume are counted as ended, not said again when their restored group repeats them."""
+    from tuner.search.console import Console
+    from tuner.search.fused import MemberEvents
+    from tuner.search.fused_trial import MEMBERS
+    from tuner.search.live import LiveResults
+    from tuner.spaces import load
+
+    exp = load(_space(tmp_path, LINEAR), ["search.time_budget=60s", "scheduler.name=fifo"])
+    lines: list[str] = []
+    live = LiveResults(exp, tmp_path)
+    events = MemberEvents([live, Console(exp, say=lines.append)], live)
+    events.setup()
+    group = _group("aa", 2)
+    events.on_trial_start(0, [group], group)
+    epoch = {"epoch": 1, "training_iteration": 1, "val_accuracy": 0.5, "val_loss": 1.0, "best_val_accuracy": 0.5}
+    events.on_trial_result(0, [group], group, {MEMBERS: {"aa_m0": epoch, "aa_m1": epoch}})
+    group.status = "TERMINATED"  # the budget: Tune ends it, no complete event
+    events.on_experiment_end([group])
+    assert lines[-1].startswith("0/6 done, 0 running") and lines[-1].endswith("| 2 cut by the time budget"), lines
+
+    # a search interrupted once two members had ended (their rows in trials.csv); resumed, their restored
+    # group says one of them again and goes on with a third member
+    (tmp_path / "b").mkdir()
+    live = LiveResults(exp, tmp_path / "b")
+    events = MemberEvents([live, Console(exp, say=lambda line: None)], live)
+    events.setup()
+    group = _group("aa", 3)
+    events.on_trial_result(0, [group], group, {MEMBERS: {k: {**epoch, "ended": True} for k in ("aa_m0", "aa_m1")}})
+    events.on_experiment_end([group])
+    lines.clear()
+    live = LiveResults(exp, tmp_path / "b")
+    events = MemberEvents([live, Console(exp, say=lines.append)], live)
+    events.setup()
+    events.on_step_begin(1, [group])
+    again = {**epoch, "ended": True, "history": [epoch]}
+    events.on_trial_result(1, [group], group, {MEMBERS: {"aa_m0": again, "aa_m2": {**epoch, "ended": True}}})
+    events.on_experiment_end([group])
+    said = [line for line in lines if MEMBER.match(line.split()[0])]
+    assert [line.split()[0] for line in said] == ["aa_m2"], lines
+    assert lines[-1].startswith("3/6 done, 0 running"), lines
 
 
 def _rows(table: Path) -> int:
@@ -261,6 +316,40 @@ def test_a_sigkilled_fused_search_resumes_each_member_and_ends_as_an_uninterrupt
     study_matches_tables(exp, 10)
 
 
+# hidden searched: a list in every config, YAML text in trials.csv ("[32]"); it splits the groups (3 + 3)
+LISTS = GRID.replace("fixed: {batch_size: 4, hidden: [32]}", "fixed: {batch_size: 4}").replace(
+    "  weight_decay: {grid: [1.0e-5, 1.0e-3]}", "  hidden: {grid: [[32], [16]]}")
+
+
+@pytest.mark.slow
+def test_a_resumed_fused_search_keeps_the_rows_of_members_ended_before_and_retrains_their_config(tmp_path):
+    """Killed once the first group has ended (its members in trials.csv), then --resume: those members' rows
+    keep what only trials.csv holds (sizes, latencies, times), best.yaml's config has the list the trial had,
+    and the retrain builds it (it once read "[32]" back as text and failed)."""
+    exp = tmp_path / "r" / "fg"
+    cmd = [sys.executable, "-m", "tuner", "search", "--space", str(_space(tmp_path, LISTS)), "--results",
+           str(tmp_path / "r"), "--no-dashboard"]
+    _kill_when(cmd, tmp_path / "killed.log", lambda: _rows(exp / "trials.csv") >= 3)
+    assert _rows(exp / "trials.csv") < 6, "the search ended before the kill; make it longer"
+    before = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    r = _tuner(*cmd[3:], "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    assert len(got) == 6 and set(got["status"]) == {"TERMINATED"}, got.to_string()
+    assert yaml.safe_load((exp / "run.json").read_text())["trials"] == 6
+    # the console counts the members that ended before and says only the others, once each
+    final = [line for line in r.stdout.splitlines() if " done, " in line][-1]
+    said = [line.split()[0] for line in r.stdout.splitlines() if line and MEMBER.match(line.split()[0])]
+    assert final.startswith("6/6 done, 0 running") and sorted(said) == sorted(set(got.index) - set(before.index)), \
+        r.stdout[-3000:]
+    measured = ["num_params", "latency_ms", "latency_ms_b64", "train_time_s", "time_s"]
+    assert got[measured].notna().all().all(), got[measured].to_string()
+    pd.testing.assert_frame_equal(got.loc[before.index, measured], before[measured])
+    best = yaml.safe_load((exp / "best.yaml").read_text())
+    assert best["config"]["hidden"] in ([32], [16]) and "num_params" in best["metrics"], best
+    assert (exp / "best" / "model.pt").is_file()
+
+
 @pytest.mark.parametrize("setting, says", [
     ("scheduler.name=pbt", "scheduler pbt"),
     ("scheduler.name=hyperband", "scheduler hyperband"),
@@ -271,6 +360,13 @@ def test_fuse_where_it_cannot_apply_is_refused_in_one_line(tmp_path, capsys, set
     extra = ["--set", "mode=[max, min]"] if setting.startswith("metric") else []
     lines = _refused(capsys, "--space", str(space), "--set", setting, *extra)
     assert len(lines) == 1 and lines[0].startswith(f"error: {space}: search.fuse") and says in lines[0], lines
+
+
+@pytest.mark.parametrize("value", ["1.5", "2.0", "on", "null", "[2]", "-1", "abc"])
+def test_a_fuse_value_of_the_wrong_kind_is_refused_naming_what_fuse_takes(tmp_path, capsys, value):
+    lines = _refused(capsys, "--space", str(_space(tmp_path, LINEAR)), "--set", f"search.fuse={value}")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'space.yaml'}: search.fuse must be a "), lines
+    assert "number from 0 to 1024 or 'auto' or 'off', got " in lines[0], lines
 
 
 def test_fuse_on_a_family_that_cannot_fuse_is_refused_in_one_line(tmp_path, capsys):

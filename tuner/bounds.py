@@ -63,6 +63,12 @@ class Bound:
             return None
         return f"must be {self.says or self._says(value)}, got {value!r}" + (f"; {self.why}" if self.why else "")
 
+    def wanted(self, whole: bool) -> str:
+        """What the field takes, for a value of the wrong type ("a whole number from 0 to 1024 or 'auto'")."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.allowed()))
+        return self.says or self._says(0 if whole else 0.0)
+
     def _number_ok(self, v: float) -> bool:
         try:
             finite = math.isfinite(v)

@@ -136,14 +136,14 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     live_results, callbacks = _watchers(exp, exp_dir, results, list(callbacks), verbose, say)
     tuner = _tuner(exp, exp_dir, ray_path, trainable, callbacks, resume, retry_failed, verbose, say)
     interrupt.signal_for_tests("tuner")
-    from tuner.search import adapters
+    from tuner.search import adapters, fused
 
     adapters.skip_callback_usage_tag()  # Ray's tag of them imports mlflow and wandb: a second a search
     t_fit = time.perf_counter()
     with _signals_stop_tune():
         grid = tuner.fit()
     fit_s = time.perf_counter() - t_fit
-    _record_run(run_dir, len(grid), fit_s, t_fit - t0, data)
+    _record_run(run_dir, fused.configurations(grid) if exp.search.fuse else len(grid), fit_s, t_fit - t0, data)
     # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
     interrupt.raise_received()
     n, best = _tables(exp, grid, exp_dir, live_results)

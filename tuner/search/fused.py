@@ -23,6 +23,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from tuner.fused.rungs import Rungs
+from tuner.metrics import best_key
 from tuner.search.fused_trial import MEMBERS
 from tuner.spaces.rules import planned_configs
 
@@ -164,6 +165,20 @@ class MemberEvents(Callback):
     def setup(self, **info):
         for cb in self.callbacks:
             cb.setup(**info)
+        self._adopt_ended()
+
+    def _adopt_ended(self) -> None:
+        """Members that ended before this run (--resume: the live tables have their rows from trials.csv). A
+        finished group says nothing of them and a restored one says them once more; known as ended here, they
+        are counted (the console adopts them as it adopts plain trials ended before) and never said twice."""
+        metric = self.live.exp.metrics[0]
+        for key, (row, _) in self.live.done.items():
+            epochs = int(row.get("epochs") or 0)
+            result = {best_key(metric): row.get(metric), "val_loss": row.get("val_loss"), "epoch": epochs,
+                      "training_iteration": epochs}
+            error = row.get("error") or None
+            self.members[key] = MemberTrial(key, dict(row.get("_config") or {}), "ERROR" if error else "TERMINATED",
+                                            result, error)
 
     def on_step_begin(self, iteration, trials, **info):
         self._each("on_step_begin", iteration=iteration, trials=self._all())
@@ -172,6 +187,14 @@ class MemberEvents(Callback):
         self._each("on_step_end", iteration=iteration, trials=self._all())
 
     def on_experiment_end(self, trials, **info):
+        # a group Tune ended without an event (the time budget) ends its members still training with it; the
+        # console then says them cut by the budget, as it says plain trials the budget stopped
+        for trial in trials:
+            if trial.status == "TERMINATED":
+                for m in trial.config.get(MEMBERS, []):
+                    member = self.members.get(m["key"])
+                    if member is not None and member.status == "RUNNING":
+                        member.status = "TERMINATED"
         self._each("on_experiment_end", trials=self._all())
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -211,6 +234,11 @@ class MemberEvents(Callback):
             member = self.members[m["key"]]
             if member.status == "RUNNING":
                 self._end(iteration, member, error)
+
+
+def configurations(grid) -> int:
+    """The trials a user counts in a fused search: the members of its groups (a Ray trial each)."""
+    return sum(len((result.config or {}).get(MEMBERS, [])) for result in grid)
 
 
 def add_ended_before(exp, grid, live) -> int:

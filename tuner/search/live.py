@@ -9,7 +9,7 @@ from ray.tune import Callback
 
 from tuner import interrupt
 from tuner.rundir import RunDir
-from tuner.tables import read_epochs, trial_row, write_tables
+from tuner.tables import MEASURED, read_epochs, row_config, trial_row, write_tables
 
 
 class LiveResults(Callback):
@@ -36,14 +36,17 @@ class LiveResults(Callback):
         # send no more events: keep their rows
         if not run.trials.is_file():
             return
-        old = pd.read_csv(run.trials, dtype={"trial_id": str}, keep_default_na=False)
         ep = read_epochs(run)
-        for _, r in old.iterrows():
+        for _, r in run.read_trials().iterrows():
             tid = r["trial_id"]
             e = ep[ep["trial_id"] == tid].rename(columns={"time_s": "time_this_iter_s"})
-            cfg = {k: r[k] for k in self.exp.param_names if k in r and r[k] != ""}
-            self.done[tid] = trial_row(self.exp, tid, {**self.exp.constants, **cfg}, e if len(e) else None,
-                                       r["error"] or None)
+            # the config as the trial had it (a list from its YAML text), as `tuner best --trial` reads it
+            error = r["error"] if isinstance(r.get("error"), str) and r["error"] else None
+            row, epochs = trial_row(self.exp, tid, {**self.exp.constants, **row_config(self.exp, r)},
+                                    e if len(e) else None, error)
+            # what epochs.csv does not hold (measured once a trial, its total time): from its row as written
+            row.update({k: r[k] for k in MEASURED + ["time_s"] if k in r and pd.notna(r[k])})
+            self.done[tid] = (row, epochs)
 
     def on_experiment_end(self, trials, **info):
         self.write()

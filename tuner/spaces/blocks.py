@@ -181,6 +181,10 @@ def _members(typ: Any) -> tuple:
     return tuple(typing.get_origin(a) or a for a in args)
 
 
+class WrongType(UserError):
+    """A value none of a field's types takes (check_type)."""
+
+
 def check_type(value: Any, typ: Any, where: str) -> Any:
     """Coerce a YAML scalar to a dataclass field's (resolved) annotated type, or say what is wrong."""
     allowed = _members(typ)
@@ -198,7 +202,7 @@ def check_type(value: Any, typ: Any, where: str) -> Any:
     elif isinstance(value, str) and str in allowed:
         return value
     words = " or ".join("None" if a is type(None) else getattr(a, "__name__", str(a)) for a in allowed)
-    raise UserError(f"{where}: expected {words}, got {value!r}")
+    raise WrongType(f"{where}: expected {words}, got {value!r}")
 
 
 def build_block(cls, data: Any, where: str, file: str):
@@ -217,8 +221,15 @@ def build_block(cls, data: Any, where: str, file: str):
         if dataclasses.is_dataclass(typ):
             kwargs[key] = build_block(typ, value, f"{where}.{key}", file)
             continue
-        kwargs[key] = check_type(value, typ, f"{file}: {where}.{key}")
         bound = bound_of(f)
+        try:
+            kwargs[key] = check_type(value, typ, f"{file}: {where}.{key}")
+        except WrongType:
+            if bound is None:
+                raise
+            # what the field takes, not only its types ("search.fuse: expected int or str, got 1.5" named no fix)
+            whole = int in _members(typ) and float not in _members(typ)
+            raise UserError(f"{file}: {where}.{key} must be {bound.wanted(whole)}, got {value!r}") from None
         problem = bound.problem(kwargs[key]) if bound is not None else None
         if problem:
             raise UserError(f"{file}: {where}.{key} {problem}")
