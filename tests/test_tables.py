@@ -56,3 +56,13 @@ def test_an_int_that_only_some_trials_drew_stays_a_whole_number_in_trials_csv(tm
     tables.write_tables(exp, [drew, did_not], tmp_path)
     column = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",").index("convs_per_block")
     assert [line.split(",")[column] for line in (tmp_path / "trials.csv").read_text().splitlines()[1:]] == ["2", ""]
+
+
+def test_best_epoch_stays_a_whole_number_beside_a_failed_trial(tmp_path):
+    exp = load(ROOT / "search_spaces" / "digits_cnn.yaml")
+    ok = tables.trial_row(exp, "a", exp.constants, _epochs(3), None)
+    failed = tables.trial_row(exp, "b", exp.constants, None, "loss is nan")
+    tables.write_tables(exp, [ok, failed], tmp_path)
+    lines = (tmp_path / "trials.csv").read_text().splitlines()
+    column = lines[0].split(",").index("best_epoch")
+    assert [line.split(",")[column] for line in lines[1:]] == ["3", ""]

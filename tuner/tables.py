@@ -84,6 +84,8 @@ def write_tables(exp, rows: list[tuple[dict, pd.DataFrame | None]], exp_dir: Pat
         if k in table and drawn and len(drawn) < len(rows) and all(isinstance(v, (int, np.integer))
                                                                     and not isinstance(v, bool) for v in drawn):
             table[k] = table[k].astype("Int64")
+    if "best_epoch" in table:  # a failed trial has none: the others stay 3, not 3.0
+        table["best_epoch"] = table["best_epoch"].astype("Int64")
     public = table.drop(columns=[c for c in table.columns if c.startswith("_")])
     epochs = [e for _, e in rows if e is not None] + list(running)
     # epochs.csv before trials.csv: a reader between the two writes (`tuner list`, a notebook, the live
