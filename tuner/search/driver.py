@@ -475,7 +475,9 @@ def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list
     rows = []
     for result in grid:
         name = Path(result.path).name
-        trial_id = name.removeprefix("trial_") if name.startswith("trial_") else (result.metrics or {})["trial_id"]
+        # (a folder from before trials were named trial_<id>: the id Ray reported, else the folder's name)
+        trial_id = (name.removeprefix("trial_") if name.startswith("trial_")
+                    else str((result.metrics or {}).get("trial_id", name)))
         history = _history(result.metrics_dataframe, (reported or {}).get(trial_id))
         rows.append(trial_row(exp, trial_id, result.config or {}, history, result.error))
     return write_tables(exp, rows, exp_dir)
