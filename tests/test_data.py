@@ -732,6 +732,24 @@ def test_a_jpeg_with_an_exif_orientation_is_decoded_upright(tmp_path, orientatio
     assert np.abs(got - upright.astype(int)).mean() < 8, "decoded as stored, not as shown"
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("shape, size", [((333, 500), 224), ((97, 131), 224), ((64, 48), 16), ((240, 360), 240)])
+def test_the_cache_resizes_as_pils_bilinear_resize_does(mode, shape, size):
+    # the cache resizes with torch's uint8 kernel (faster); a bundle's predict and a deployment resize with
+    # PIL's or any bilinear: the two must give the same pixels, down and up, grey and colour, within a level
+    from tuner.data.cache import resize
+
+    rng = np.random.default_rng(sum(shape) + size)
+    smooth = np.linspace(0, 255, shape[1])[None, :, None] * np.linspace(0.2, 1, shape[0])[:, None, None]
+    pixels = np.clip(smooth + rng.normal(0, 40, (*shape, 3)), 0, 255).astype(np.uint8)  # edges and noise
+    img = Image.fromarray(pixels).convert(mode)
+    want = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR)).astype(int)
+    got = resize(img, size)
+    assert got.shape == (size, size, 1 if mode == "L" else 3) and got.dtype == np.uint8
+    diff = np.abs(got.astype(int).reshape(want.shape) - want)
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+
+
 def test_a_root_that_is_home_is_refused_without_walking_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "a").mkdir()

@@ -36,8 +36,8 @@ from tuner.bounds import MAX_IMAGE_SIZE
 
 CHUNK = 64            # images per decode task: big enough to amortise the thread hand-off
 MAX_DEFAULT = 224     # image_size when the config gives none and the files are larger
-VERSION = 4           # bump when decoding changes what an image becomes, so old entries are not reused
-                      # (3: EXIF orientation applied)
+VERSION = 5           # bump when decoding changes what an image becomes, so old entries are not reused
+                      # (3: EXIF orientation applied; 5: torch's bilinear resize, within 1 level of PIL's)
 
 
 def _open(item):
@@ -78,7 +78,7 @@ def convert(img, mode: str):
 
 def to_array(item, size: int, channels: int) -> np.ndarray:
     """Decode one image to size x size x channels uint8 (squashed, as the export's predict does)."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     img = _open(item)
     if getattr(img, "format", None) == "JPEG":  # let libjpeg decode at 1/2, 1/4, 1/8 scale when that suffices
@@ -87,10 +87,25 @@ def to_array(item, size: int, channels: int) -> np.ndarray:
     if img.getexif().get(0x0112, 1) != 1:  # (exif_transpose copies every image, turned or not)
         img = ImageOps.exif_transpose(img)
     img = convert(img, "L" if channels == 1 else "RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
+    if img.size == (size, size):
+        arr = np.asarray(img, dtype=np.uint8)
+        return arr[..., None] if arr.ndim == 2 else arr
+    return resize(img, size)
+
+
+def resize(img, size: int) -> np.ndarray:
+    """An L or RGB PIL image -> size x size x channels uint8, bilinear and antialiased: PIL's BILINEAR resize
+    within one grey level (two at most, in a few pixels), by torch's uint8 kernel, which is 2-2.5x faster
+    than PIL's here (0.35 against 0.88 ms for a Cars photo drafted to about 440 x 330: a fifth of a decode)."""
+    import torch
+    import torch.nn.functional as F
+
+    c = 1 if img.mode == "L" else 3
+    w, h = img.size
+    # PIL's bytes in a writable buffer: torch warns at a read-only one
+    t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, h, w, c).permute(0, 3, 1, 2)
+    out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0).numpy()
 
 
 def decode_chunk_into(out: np.ndarray, ok: np.ndarray, items: list, size: int, channels: int) -> None:
@@ -264,9 +279,11 @@ def _decode_into(out: np.ndarray, valid: np.ndarray, images, rows: np.ndarray, s
     """Decode images[rows] into `out` (and `valid`), CHUNK at a time in threads; the chunks' digests, in order."""
     from tuner.progress import bar as progress_bar
 
-    # PIL releases the GIL while decoding and resizing (and hashlib while hashing), so threads use every
-    # core without pickling images; each writes its chunk straight into the entry and hashes it there
-    workers = max(1, min(8, os.cpu_count() or 1))
+    # PIL and torch release the GIL while decoding and resizing (and hashlib while hashing), so threads use
+    # every core without pickling images; each writes its chunk straight into the entry and hashes it there.
+    # One thread more than cores: while one waits for the kernel (a file read, a page of the entry), another
+    # decodes (the Cars-sized set on 2 cores: 3 threads about 3 % faster than 2; 4 and 5 no faster than 3)
+    workers = max(1, min(8, (os.cpu_count() or 1) + 1))
     bar = progress_bar(len(rows), f"decoding {label}", progress)
 
     def work(start: int) -> bytes:
