@@ -1,4 +1,5 @@
-"""The Ray a local search starts: reachable from this machine only, and gone with the search that started it."""
+"""The Ray a local search starts: reachable from this machine only, no worker started before one is needed,
+gone with the search that started it."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import pytest
 
 # Runs in its own interpreter (a Ray of its own, started the way `tuner search` starts it); prints every
 # socket that waits for connections, of itself and of all the processes under it, once Ray's agents and a
-# worker are up.
+# worker are up, and the worker processes there are then.
 LISTENERS = textwrap.dedent("""
     import json, sys, time
     import ray
@@ -18,7 +19,6 @@ LISTENERS = textwrap.dedent("""
     from tuner.search.cluster import init_ray
 
     init_ray(None, dashboard=True, say=lambda line: None, verbose=False)
-    assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker runs, so its server is up
     me = psutil.Process()
 
     def listening():
@@ -33,23 +33,48 @@ LISTENERS = textwrap.dedent("""
                     if s.status == psutil.CONN_LISTEN or (s.type == 2 and not s.raddr)]
         return out
 
+    def workers():  # Python workers: default_worker.py until they name themselves ray::IDLE, ray::<task>
+        out = []
+        for p in me.children(recursive=True):
+            try:
+                name, cmd = p.name(), p.cmdline()
+            except psutil.Error:
+                continue
+            starting = len(cmd) > 1 and cmd[1].endswith("default_worker.py")
+            out += [[p.pid, name]] if starting or (name.startswith("ray::") and "Agent" not in name) else []
+        return out
+
     deadline = time.time() + 60
     while time.time() < deadline:  # the agents open their ports a little after ray.init returns
-        found = listening()
-        names = {n for _, n, _, _ in found}
+        names = {n for _, n, _, _ in listening()}
         if {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names:
             break
         time.sleep(1)
-    print(json.dumps(found))
+    idle = workers()  # the node up, nothing asked of it yet
+    assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker runs, so its server is up
+    print(json.dumps({"listening": listening(), "workers_before_a_task": idle}))
     ray.shutdown()
 """)
 
 
-@pytest.mark.slow
-def test_local_ray_listens_on_loopback_only():
+@pytest.fixture(scope="module")
+def local_ray() -> dict:
+    """What LISTENERS saw of a local Ray: its listening sockets, and its workers before anything ran."""
     proc = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_local_ray_starts_no_worker_before_one_is_needed(local_ray):
+    # the raylet would start one idle worker per CPU for the first driver, which Tune's trial actors never
+    # used (LOCAL_RAY's prestart_worker_first_driver); the agents are up by now, so those would be too
+    assert local_ray["workers_before_a_task"] == [], local_ray
+
+
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback_only(local_ray):
+    found = local_ray["listening"]
     names = {name for _, name, _, _ in found}
     # the GCS, the raylet (node manager, object manager), both agents, the dashboard and a worker all listen
     assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, found

@@ -140,7 +140,7 @@ def start_ray_watchdog() -> None:
 # address "local": always a new Ray of our own. Without it ray.init joins the cluster a `ray start --head` on
 # this machine left in <ray temp dir>/ray_current_cluster, and then refuses our _system_config.
 LOCAL_RAY: dict[str, Any] = {"address": "local", "_node_ip_address": "127.0.0.1",
-             "_system_config": {"enable_metrics_collection": False}}
+             "_system_config": {"enable_metrics_collection": False, "prestart_worker_first_driver": False}}
 
 
 def start_local_ray(kwargs: dict):
