@@ -287,21 +287,35 @@ def uninterrupted_grid(tmp_path_factory) -> Path:
     return folder / "a" / "fg" / "trials.csv"
 
 
+@pytest.fixture(scope="module")
+def killed_grid(tmp_path_factory) -> Path:
+    """The GRID search SIGKILLed in the middle of its first group (some epochs of its members written, no member
+    ended): its results folder, which each test below resumes in a copy of its own (a copied folder resumes in
+    itself, docs/running.md), so one kill serves both."""
+    folder = tmp_path_factory.mktemp("killed")
+    exp = folder / "b" / "fg"
+    cmd = [sys.executable, "-m", "tuner", "search", "--space", str(_space(folder, GRID)), "--results",
+           str(folder / "b"), "--no-dashboard", "--no-retrain"]
+    _kill_when(cmd, folder / "killed.log", lambda: _rows(exp / "epochs.csv") >= 6)
+    assert _rows(exp / "trials.csv") < 6, "the search ended before the kill; make it longer"
+    return folder / "b"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("deleted", [False, True], ids=["killed", "killed-after-rays-delete"])
 def test_a_sigkilled_fused_search_resumes_each_member_and_ends_as_an_uninterrupted_one(tmp_path, deleted,
                                                                                          uninterrupted_grid,
+                                                                                         killed_grid,
                                                                                          study_matches_tables):
+    import shutil
+
     space = _space(tmp_path, GRID)
-    exp = tmp_path / "b" / "fg"
-    cmd = [sys.executable, "-m", "tuner", "search", "--space", str(space), "--results", str(tmp_path / "b"),
-           "--no-dashboard", "--no-retrain"]
-    # killed in the middle of the first group: some epochs of its members written, no member ended
-    _kill_when(cmd, tmp_path / "killed.log", lambda: _rows(exp / "epochs.csv") >= 6)
-    assert _rows(exp / "trials.csv") < 6, "the search ended before the kill; make it longer"
+    results = Path(shutil.copytree(killed_grid, tmp_path / "b", symlinks=True))
+    exp = results / "fg"
     if deleted:
         _delete_as_ray_does(exp / "ray")
-    r = _tuner(*cmd[3:], "--resume")
+    r = _tuner("search", "--space", str(space), "--results", str(results), "--no-dashboard", "--no-retrain",
+               "--resume")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     keys = ["lr", "weight_decay"]
     want = pd.read_csv(uninterrupted_grid).set_index(keys).sort_index()
