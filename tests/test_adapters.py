@@ -32,6 +32,7 @@ def test_tune_run_tags_its_callbacks_where_skip_callback_usage_tag_replaces_it()
     assert "air_usage.tag_callbacks(callbacks)" in inspect.getsource(tune_module.run)
 
 
+@pytest.mark.slow  # fresh interpreters: their imports take seconds
 def test_the_skipped_callback_tag_no_longer_imports_mlflow_and_wandb():
     # in fresh interpreters: the premise (Ray's tag imports both, about a second) and the fix
     import subprocess

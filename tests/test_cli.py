@@ -139,6 +139,7 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, argv, fragment)
     assert "Traceback" not in err[0]
 
 
+@pytest.mark.slow  # fresh interpreters: their imports take seconds
 def test_python_dash_m_and_console_script_both_run():
     for cmd in ([sys.executable, "-m", "tuner", "validate", "--space", str(SPACES / "digits_linear.yaml")],
                 [str(Path(sys.executable).parent / "tuner"), "validate", "--space", str(SPACES / "digits_mlp.yaml")]):
@@ -201,6 +202,7 @@ def test_ctrl_c_before_anything_was_saved_says_nothing_to_resume_and_how_to_star
     assert shlex.split(lines[0].split("`")[1]) == ["tuner", *argv]
 
 
+@pytest.mark.slow  # fresh interpreters: their imports take seconds
 def test_output_into_a_closed_pipe_ends_quietly_like_a_unix_tool(tmp_path):
     # `tuner validate ... | head -1`: the reader leaves before tuner writes; no traceback, exit 141 (SIGPIPE)
     env = dict(os.environ)  # conftest puts this checkout first on PYTHONPATH

@@ -85,6 +85,7 @@ def test_the_message_names_the_samplers_that_can_do_it(tmp_path):
     assert all(n in str(e.value) for n in able) and "gp" not in str(e.value).split("use ", 1)[1]
 
 
+@pytest.mark.slow  # fresh interpreters: their imports take seconds
 def test_validation_reads_the_flags_without_ray_or_optuna():
     code = ("import sys, tuner.spaces, tuner.schema, tuner.docs; tuner.docs.render_search_algorithms(); "
             "bad = [m for m in ('ray', 'optuna') if m in sys.modules]; assert not bad, bad")
