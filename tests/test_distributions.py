@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuner.report.experiment import searched_params
-from tuner.spaces import KINDS, Conditional, Distribution, parse_distribution
+from tuner.spaces import KINDS, Conditional, Distribution, parse_distribution, parse_experiment
 
 
 @pytest.mark.parametrize("text,categorical,integer,log", [
@@ -39,10 +39,21 @@ def test_a_conditional_choice_reads_as_a_categorical_of_its_options():
 
 
 def test_the_report_reads_parsed_distributions_merging_a_name_in_several_branches():
-    space = {"fixed": {}, "space": {
+    space = {"name": "x", "family": "mlp", "fixed": {}, "space": {
         "lr": {"loguniform": [1.0e-4, 1.0e-1]},
-        "opt": {"choice": {"sgd": {"m": {"uniform": [0.5, 0.9]}}, "rms": {"m": {"uniform": [0.0, 0.6]}}}}}}
-    got = searched_params(space)
-    assert got == {"lr": Distribution("loguniform", (1.0e-4, 1.0e-1)), "opt": Distribution("choice", ("sgd", "rms")),
-                   "m": Distribution("uniform", (0.0, 0.9))}
-    assert got["lr"].log and got["opt"].is_categorical
+        "optimizer": {"choice": {"sgd": {"momentum": {"uniform": [0.5, 0.9]}},
+                                 "rmsprop": {"momentum": {"uniform": [0.0, 0.6]}}}}}}
+    got = searched_params(parse_experiment(space))
+    assert got == {"lr": Distribution("loguniform", (1.0e-4, 1.0e-1)),
+                   "optimizer": Distribution("choice", ("sgd", "rmsprop")),
+                   "momentum": Distribution("uniform", (0.0, 0.9))}
+    assert got["lr"].log and got["optimizer"].is_categorical
+
+
+def test_the_report_plots_the_branch_a_fixed_option_leaves_and_no_other():
+    # fixed: {optimizer: sgd} pins the conditional choice: trials drew sgd's momentum, never rmsprop's eps
+    space = {"name": "x", "family": "mlp", "fixed": {"optimizer": "sgd"}, "space": {
+        "lr": {"loguniform": [1.0e-4, 1.0e-1]},
+        "optimizer": {"choice": {"sgd": {"momentum": {"uniform": [0.5, 0.9]}},
+                                 "rmsprop": {"eps": {"loguniform": [1.0e-8, 1.0e-6]}}}}}}
+    assert set(searched_params(parse_experiment(space))) == {"lr", "momentum"}

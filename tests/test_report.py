@@ -15,6 +15,7 @@ from tuner.report import compare, experiment, model
 from tuner.report.importance import importance
 from tuner.cli import main
 from tuner.errors import UserError
+from tuner.spaces import SchedulerConfig, parse_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -145,7 +146,7 @@ def test_experiment_plots_open_with_sensible_dimensions(folder):
 def test_parameter_plot_uses_log_axis_for_log_distributions_only(folder):
     trials = pd.read_csv(folder / "lin" / "trials.csv", dtype={"trial_id": str})
     ranked, col = experiment.ranked_trials(trials, "val_accuracy", "max")
-    searched = experiment.searched_params(SPACE)
+    searched = experiment.searched_params(parse_experiment(SPACE))
     assert "batchnorm" not in searched  # pinned by fixed:
     scales = experiment.plot_parameters(ranked, searched, col, "max", folder / "p.png")
     assert scales == {"lr": "log", "dropout": "linear", "hidden": "linear"}
@@ -155,17 +156,19 @@ def test_parameter_plot_uses_log_axis_for_log_distributions_only(folder):
 def test_importance_ranks_the_parameter_that_drives_the_metric(folder):
     trials = pd.read_csv(folder / "lin" / "trials.csv", dtype={"trial_id": str})
     ranked, col = experiment.ranked_trials(trials, "val_accuracy", "max")
-    imp = importance(ranked, experiment.searched_params(SPACE), col, "max")
+    searched = experiment.searched_params(parse_experiment(SPACE))
+    imp = importance(ranked, searched, col, "max")
     assert set(imp) == {"lr", "dropout", "hidden"}
     assert max(imp, key=imp.get) == "lr" and imp["lr"] > 0.5
-    assert importance(ranked.head(2), experiment.searched_params(SPACE), col, "max") == {}  # too few to rank
+    assert importance(ranked.head(2), searched, col, "max") == {}  # too few to rank
 
 
 def test_asha_rungs_are_its_milestones_below_max_epochs():
-    asha = {"name": "asha", "grace_period": 1, "reduction_factor": 3, "max_epochs": 30}
+    asha = SchedulerConfig(name="asha", grace_period=1, reduction_factor=3, max_epochs=30)
     assert experiment.rung_epochs(asha) == [1, 3, 9, 27]
-    assert experiment.rung_epochs({"name": "asha", "grace_period": 2, "reduction_factor": 2, "max_epochs": 8}) == [2, 4]
-    assert experiment.rung_epochs({"name": "fifo", "max_epochs": 8}) == []
+    halves = SchedulerConfig(name="asha", grace_period=2, reduction_factor=2, max_epochs=8)
+    assert experiment.rung_epochs(halves) == [2, 4]
+    assert experiment.rung_epochs(SchedulerConfig(name="fifo", max_epochs=8)) == []
 
 
 def test_plots_survive_an_experiment_whose_trials_all_failed(tmp_path):
@@ -183,7 +186,7 @@ def test_plots_survive_an_experiment_whose_trials_all_failed(tmp_path):
 
 def test_one_evaluation_families_get_score_bars_instead_of_curves(tmp_path):
     d = tmp_path / "knn"
-    _write_experiment(d, "knn", None)
+    _write_experiment(d, "mlp", None)  # the plots read the one evaluation from the tables, not the family
     epochs = pd.read_csv(d / "epochs.csv")
     epochs = epochs[epochs["epoch"] == 1].assign(train_loss=np.nan, train_accuracy=np.nan, lr=np.nan)
     epochs.to_csv(d / "epochs.csv", index=False)  # knn and features report once, with val_* keys only
@@ -338,7 +341,7 @@ def test_plots_and_importance_skip_a_nested_option_no_trial_drew(tmp_path):
                    "val_loss": r["val_loss"], "val_accuracy": r["val_accuracy"], "lr": r["lr"], "time_s": 0.1}
                   for r in rows]).to_csv(d / "epochs.csv", index=False)
     trials = pd.read_csv(d / "trials.csv", dtype={"trial_id": str})
-    imp = importance(trials, experiment.searched_params(space), "val_accuracy", "max")
+    imp = importance(trials, experiment.searched_params(parse_experiment(space)), "val_accuracy", "max")
     assert "nesterov" not in imp and "label_smoothing" not in imp and "lr" in imp
     experiment.experiment_plots(d)
     for name in ("parameters.png", "importance.png"):

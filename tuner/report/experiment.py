@@ -24,31 +24,29 @@ from tuner.report.importance import importance  # noqa: E402
 from tuner.report.search import metric_column  # noqa: E402
 from tuner.rundir import RunDir  # noqa: E402
 from tuner.search.schedulers import SCHEDULERS  # noqa: E402  (its flags; no Ray)
-from tuner.spaces.distributions import KINDS, Distribution  # noqa: E402
+from tuner.spaces import Experiment, SchedulerConfig  # noqa: E402
+from tuner.spaces.distributions import Conditional, Distribution  # noqa: E402
 
 
-def searched_params(space: dict) -> dict[str, Distribution]:
-    """The parameters that were searched (a distribution in space: and not pinned by fixed:), from the
-    space.yaml tuner wrote (so already checked)."""
-    fixed = space.get("fixed") or {}
+def searched_params(exp: Experiment) -> dict[str, Distribution]:
+    """The parameters that were searched (`Experiment.searched`: in space: and not pinned by fixed:), each
+    as one distribution for the plots' axes."""
     out: dict[str, Distribution] = {}
-    _flatten(space.get("space") or {}, out)
-    return {k: v for k, v in out.items() if k not in fixed}
+    _flatten(exp.searched, out)
+    return out
 
 
 def _flatten(space: dict, out: dict) -> None:
-    """A conditional choice ({choice: {option: {sub-space}}}) becomes a choice of its options, and each branch's
-    parameters join the list; a name in several branches gets the union of their ranges (for the axes)."""
-    for k, v in space.items():
-        if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in KINDS:
+    """A conditional choice becomes a choice of its options, and each branch's parameters join the list; a
+    name in several branches gets the union of their ranges (for the axes)."""
+    for k, new in space.items():
+        if isinstance(new, Conditional):
+            out.setdefault(k, new.as_choice())
+            for _, sub in new.options:
+                _flatten(sub, out)
             continue
-        kind, args = next(iter(v.items()))
-        if kind == "choice" and isinstance(args, dict):
-            out.setdefault(k, Distribution("choice", tuple(args)))
-            for sub in args.values():
-                _flatten(sub or {}, out)
-            continue
-        new = Distribution(kind, tuple(args))
+        if not isinstance(new, Distribution):
+            continue  # a constant in a branch
         old = out.get(k)
         if old is None:
             out[k] = new
@@ -79,22 +77,22 @@ def experiment_plots(exp_dir: Path, top: int = 8) -> None:
     plots.mkdir(exist_ok=True)
     trials = pd.read_csv(run.trials, dtype={"trial_id": str})
     epochs = pd.read_csv(run.epochs, dtype={"trial_id": str})
-    space = run.read_space()
-    metrics, modes = space.get("metric", "val_accuracy"), space.get("mode", "max")
-    mode = modes[0] if isinstance(modes, list) else modes  # several objectives: the plots follow the first
+    exp = run.experiment()
+    metrics, modes = exp.metrics, exp.modes
+    mode = modes[0]  # several objectives: the plots follow the first
     ranked, col = ranked_trials(trials, metrics, modes)
-    searched = searched_params(space)
-    name = space.get("name", run.name)
+    searched = searched_params(exp)
+    name = exp.name
     plot_learning_curves(ranked, epochs, col, plots / "learning_curves.png", top=top, name=name)
     plot_parameters(ranked, searched, col, mode, plots / "parameters.png", name=name)
     imp = importance(ranked, searched, col, mode)
     plot_importance(imp, len(ranked), col, plots / "importance.png", name=name)
-    plot_rungs(trials, space.get("scheduler") or {}, plots / "rungs.png", name=name)
+    plot_rungs(trials, exp.scheduler, plots / "rungs.png", name=name)
     # parallel coordinates, contour, history, intermediate values, Pareto front
     from tuner.report import search as search_plots
 
     search_plots.plot_search(trials, epochs, searched, metrics, modes, plots, name=name, importance=imp,
-                             max_epochs=(space.get("scheduler") or {}).get("max_epochs"),
+                             max_epochs=exp.scheduler.max_epochs,
                              best=str(ranked["trial_id"].iloc[0]) if len(ranked) else None)
 
 
@@ -234,25 +232,25 @@ def plot_importance(imp: dict[str, float], n_trials: int, col: str, path: Path, 
     _save(fig, path)
 
 
-def rung_epochs(scheduler: dict) -> list[int]:
+def rung_epochs(scheduler: SchedulerConfig) -> list[int]:
     """The milestones of a scheduler that stops trials at rungs (ASHA's flag `rungs`): grace_period *
     reduction_factor^k below max_epochs."""
-    entry = SCHEDULERS.get(str(scheduler.get("name")))
+    entry = SCHEDULERS.get(scheduler.name)
     if entry is None or not entry.rungs:
         return []
-    grace, rf = scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 3)
-    top = scheduler.get("max_epochs", 1)
-    out, r = [], float(grace)
+    rf, top = scheduler.reduction_factor, scheduler.max_epochs
+    out: list[int] = []
+    r = float(scheduler.grace_period)
     while r < top and rf > 1:
         out.append(int(round(r)))
         r *= rf
     return out
 
 
-def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = "") -> None:
+def plot_rungs(trials: pd.DataFrame, scheduler: SchedulerConfig, path: Path, name: str = "") -> None:
     """How far the trials got: trials still running at each epoch, with ASHA's rungs marked."""
     reached = pd.to_numeric(trials.get("epochs", pd.Series(dtype=float)), errors="coerce").fillna(0).astype(int)
-    if len(reached) and reached.max() <= 1 and scheduler.get("max_epochs", 1) > 1:
+    if len(reached) and reached.max() <= 1 and scheduler.max_epochs > 1:
         fig, ax = plt.subplots(figsize=(7, 2.5))
         ax.text(0.5, 0.5, f"{len(reached)} trials, each one evaluation: this family is not trained in epochs,\n"
                 "so the scheduler had nothing to stop early", ha="center", va="center")
@@ -260,7 +258,7 @@ def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = ""
         ax.set_title(f"{name}: scheduler rungs", fontsize=10)
         _save(fig, path)
         return
-    top = int(max(scheduler.get("max_epochs", 1), reached.max() if len(reached) else 1))
+    top = int(max(scheduler.max_epochs, reached.max() if len(reached) else 1))
     ep = np.arange(1, top + 1)
     alive = [(reached >= e).sum() for e in ep]
     stopped = [(reached == e).sum() for e in ep]
@@ -281,9 +279,8 @@ def plot_rungs(trials: pd.DataFrame, scheduler: dict, path: Path, name: str = ""
         axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    sched = scheduler.get("name", "fifo")
-    full = int((reached >= scheduler.get("max_epochs", top)).sum())
-    ax.set_title(f"{name}: {sched} scheduler, {len(reached)} trials, {full} ran all {scheduler.get('max_epochs', top)} "
+    full = int((reached >= scheduler.max_epochs).sum())
+    ax.set_title(f"{name}: {scheduler.name} scheduler, {len(reached)} trials, {full} ran all {scheduler.max_epochs} "
                  f"epochs", fontsize=10)
     fig.tight_layout()
     _save(fig, path)

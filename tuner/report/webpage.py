@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuner.rundir import RunDir, read_trials, replace
+from tuner.spaces import Experiment
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 STYLE = """
@@ -114,7 +115,7 @@ def facts(pairs: list[tuple[str, str]]) -> str:
 
 
 # --------------------------------------------------------------------------- one experiment
-def summary(run: RunDir, space: dict) -> str:
+def summary(run: RunDir) -> str:
     """Best trial (validation), the test metrics of its retrained model, where the bundle is."""
     out = []
     if run.best_yaml.is_file():
@@ -158,34 +159,30 @@ def test_report(run: RunDir) -> str:
     return "".join(parts) or '<p class="muted">no retrained model yet</p>'
 
 
-def objectives(space: dict) -> str:
+def objectives(exp: Experiment) -> str:
     """`val_accuracy (max)`, or `val_accuracy (max), num_params (min)` for several objectives."""
-    metrics, modes = space.get("metric", "val_accuracy"), space.get("mode", "max")
-    metrics = metrics if isinstance(metrics, list) else [metrics]
-    modes = modes if isinstance(modes, list) else [modes] * len(metrics)
-    return ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes))
+    return ", ".join(f"{m} ({d})" for m, d in zip(exp.metrics, exp.modes))
 
 
 def experiment_page(exp_dir: Path) -> str:
     run = RunDir(exp_dir)
-    space = run.read_space()
+    exp = run.experiment()
     trials = run.read_trials() if run.trials.is_file() else pd.DataFrame()
     best_id = run.read_best().get("trial_id") if run.best_yaml.is_file() else None
     best_row = next((i for i, t in enumerate(trials.get("trial_id", [])) if t == best_id), None)
-    ds = space.get("dataset") or {}
-    head = facts([("family", esc(space.get("family"))), ("data set", esc(ds.get("name"))),
-                  ("objective", esc(objectives(space))),
+    head = facts([("family", esc(exp.family)), ("data set", esc(exp.dataset.name)),
+                  ("objective", esc(objectives(exp))),
                   ("trials", esc(len(trials))), ("folder", f"<code>{esc(Path(exp_dir).resolve())}</code>"),
                   ("written", esc(time.strftime("%Y-%m-%d %H:%M:%S")))])
     note = run.running_note()  # a report written while the search runs says so
-    body = [f"<h1>{esc(space.get('name', run.name))}</h1>", head, f"<p><b>{esc(note)}</b></p>" if note else "",
-            "<h2>Summary</h2>", summary(run, space),
+    body = [f"<h1>{esc(exp.name)}</h1>", head, f"<p><b>{esc(note)}</b></p>" if note else "",
+            "<h2>Summary</h2>", summary(run),
             "<h2>Trials</h2><p class=muted>click a column to sort; the best trial is green</p>",
             table(trials, best_row=best_row) if len(trials) else "<p>none yet</p>"]
     if run.pareto.is_file():
         body += ["<h2>Pareto front</h2>", table(read_trials(run.pareto))]
     body += ["<h2>Plots</h2>", plots(run), "<h2>Test set</h2>", test_report(run)]
-    return page(f"tuner: {space.get('name', run.name)}", "".join(body))
+    return page(f"tuner: {exp.name}", "".join(body))
 
 
 def write_report(exp_dir: Path) -> Path:
