@@ -283,3 +283,20 @@ def test_best_trial_only_prints_and_an_export_never_ships_a_model_of_another_con
     assert main(best + ["--export", str(tmp_path / "c")]) == 0
     assert tuner.load(tmp_path / "c").config["lr"] == 0.05
     assert bundle_config(d / "best" / "model.pt") == yaml.safe_load(original)["config"]
+
+
+@pytest.mark.slow  # the shared finished search
+def test_a_search_whose_warm_start_folder_is_gone_still_exports_reports_and_lists(finished_copy, tmp_path, capsys):
+    # its trials seeded the study when the search ran; a finished folder never reads that folder again (`tuner
+    # best --export` and `tuner report` had refused: "search.warm_start: ... is not a results folder")
+    d = finished_copy / "digits_cnn"
+    space = yaml.safe_load((d / "space.yaml").read_text())
+    space["search"]["warm_start"] = str(tmp_path / "deleted" / "digits_cnn")
+    (d / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    with pytest.raises(tuner.UserError, match="is not a results folder"):  # a new search would be refused
+        spaces.parse_experiment(space)
+    assert main(["best", "--results", str(finished_copy), "--export", str(tmp_path / "bundle")]) == 0
+    assert main(["report", "--results", str(finished_copy)]) == 0
+    assert main(["list", "--results", str(finished_copy)]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert (tmp_path / "bundle" / "model.pt").is_file() and (d / "plots" / "rungs.png").is_file()

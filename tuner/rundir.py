@@ -106,7 +106,7 @@ class RunDir:
         """space.yaml parsed and validated: the one place a finished experiment's space is read back."""
         from tuner.spaces import parse_experiment
 
-        return parse_experiment(self.read_space(), self.space)
+        return parse_experiment(self.read_space(), self.space, ran=True)
 
     def read_best(self) -> dict:
         """best.yaml: the best trial's `config` and validation `metrics`, both mappings."""

@@ -43,9 +43,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experime
     return parse_experiment(raw, path)
 
 
-def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
+def parse_experiment(raw: dict, path: Path | None = None, ran: bool = False) -> Experiment:
     """A space file's mapping (after --set) -> a checked Experiment: each block parses and checks itself, then
-    the rules across blocks (tuner.spaces.rules: the family's check of the tree, samplers and schedulers)."""
+    the rules across blocks (tuner.spaces.rules: the family's check of the tree, samplers and schedulers).
+
+    ran: the space.yaml of a search that ran (RunDir.experiment). Its warm-start folder is history then: its
+    trials are in the study already, and the folder may since have been moved or deleted."""
     file = str(path) if path else "<space>"
     family = _check_top_keys(raw, file)
     name = raw["name"] if raw.get("name") is not None else (path.stem if path else "experiment")
@@ -68,7 +71,7 @@ def parse_experiment(raw: dict, path: Path | None = None) -> Experiment:
                      tracking=tracking.parse(raw.get("tracking"), file), path=path, raw=raw)
     _check_values(exp, file)
     validate_tree(family, exp.constants, exp.searched, file, "space")
-    check_search_power(exp, file)
+    check_search_power(exp, file, ran)
     return exp
 
 

@@ -118,7 +118,7 @@ def _has_categorical_only(exp: Experiment) -> bool:
     return all(d.is_categorical for d in exp.searched.values())
 
 
-def check_search_power(exp: Experiment, file: str) -> None:
+def check_search_power(exp: Experiment, file: str, ran: bool = False) -> None:
     """Samplers, schedulers, objectives, budgets and warm starts that cannot work together: said before Ray.
     What a sampler or scheduler can do is its registry entry's flags (tuner.search.samplers, .schedulers)."""
     s = exp.search
@@ -130,8 +130,8 @@ def check_search_power(exp: Experiment, file: str) -> None:
     if exp.constraints and s.algorithm != "optuna":
         raise UserError(f"{file}: constraints need search.algorithm optuna (its sampler steers away from "
                         f"infeasible trials); algorithm is {s.algorithm}")
-    if s.warm_start is not None:
-        check_warm_start(exp, file)
+    if s.warm_start is not None and not (ran and isinstance(s.warm_start, str)):
+        check_warm_start(exp, file)  # a folder a search ran with is not read again (parse_experiment's ran)
     if s.fuse == "auto":
         s.fuse = auto_fuse(exp)  # resolved here, once: space.yaml, --resume and the driver see the number
     elif s.fuse:
