@@ -22,43 +22,12 @@ from tuner.data import digits as _digits  # noqa: F401  (each import registers i
 from tuner.data import folder as _folder  # noqa: F401
 from tuner.data import torchvision_sets as _torchvision_sets  # noqa: F401
 from tuner.data import tfrecords as _tfrecords  # noqa: F401
+from tuner.data.split import stratified_split
 from tuner.errors import UserError
 
 __all__ = ["ImageData", "Source", "SplitSource", "READERS", "register_reader", "prepare", "stratified_split"]
 
 PARTS = ("train", "val", "test")
-
-
-def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
-    """Seeded, stratified index split. `fractions` are of the whole; the rest is `train`. An image whose class
-    has no other image left to split stays in train: a class seen only in val or test cannot be learned (and a
-    single image cannot be stratified)."""
-    out: dict[str, np.ndarray] = {}
-    rest = np.arange(len(labels))
-    remaining = 1.0
-    for name, frac in fractions.items():
-        if frac <= 0:
-            out[name] = np.array([], dtype=np.int64)
-            continue
-        alone = np.bincount(labels[rest])[labels[rest]] < 2
-        kept, taken = _split_off(rest[~alone], labels[rest[~alone]], frac / remaining, seed)
-        rest = np.concatenate([kept, rest[alone]])
-        out[name] = np.sort(taken)
-        remaining -= frac
-    out["train"] = np.sort(rest)
-    return out
-
-
-def _split_off(idx: np.ndarray, y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, taken): `share` of idx taken, stratified by y when every class can give one to each side."""
-    from sklearn.model_selection import train_test_split
-
-    if len(idx) < 2:
-        return idx, idx[:0]
-    counts = np.bincount(y)
-    strat = y if counts[counts > 0].min() >= 2 and share * len(idx) >= len(counts[counts > 0]) else None
-    kept, taken = train_test_split(idx, test_size=share, random_state=seed, stratify=strat)
-    return kept, taken
 
 
 def _limit(idx: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
