@@ -159,7 +159,9 @@ def test_knn_configs_over_one_table_report_what_their_trials_alone_report(digits
             continue
         (alone,) = list(learner.fit(digits, 1))
         assert (r.metrics["val_loss"], r.metrics["val_accuracy"]) == (alone["val_loss"], alone["val_accuracy"])
-        assert r.done and set(r.metrics) == set(alone)
+        # and the size and speed its trial measures (trials.csv's columns; the pass measured them once)
+        assert r.done and set(r.metrics) == set(alone) | {"num_params", "latency_ms", "latency_ms_b64"}
+        assert r.metrics["num_params"] == learner.num_params and r.metrics["latency_ms"] > 0
 
 
 def test_features_configs_over_one_embedding_report_what_their_trials_alone_report(digits):
@@ -167,7 +169,10 @@ def test_features_configs_over_one_embedding_report_what_their_trials_alone_repo
     cfgs = [dict(classifier=c, C=C, normalize=n)
             for c, C, n in itertools.product(("svm", "knn"), (0.1, 1.0), ("none", "standard"))]
     reports = evaluate(features, [MemberSpec(str(i), c) for i, c in enumerate(cfgs)], digits, digits.info)
+    timed = ("epoch_time_s", "latency_ms", "latency_ms_b64")
     for r, cfg in zip(reports, cfgs):
-        (alone,) = list(features.learner(cfg, digits.info).fit(digits, 1))
-        assert {k: v for k, v in r.metrics.items() if k != "epoch_time_s"} == \
-            {k: v for k, v in alone.items() if k != "epoch_time_s"}
+        learner = features.learner(cfg, digits.info)
+        (alone,) = list(learner.fit(digits, 1))
+        assert {k: v for k, v in r.metrics.items() if k not in timed} == \
+            {k: v for k, v in alone.items() if k not in timed} | {"num_params": learner.num_params}
+        assert r.metrics["latency_ms"] > 0 and r.metrics["latency_ms_b64"] > 0

@@ -179,6 +179,9 @@ def test_knn_configurations_are_looked_up_in_one_trial_each_a_row(tmp_path, stud
     assert len(list((exp / "ray").glob("trial_*"))) == 2
     assert len(_journal(exp, "fk")) == 16
     assert yaml.safe_load((exp / "run.json").read_text())["trials"] == 16  # configurations, not Ray's groups
+    # each row has the size and speed a plain knn trial measures (they were left empty)
+    measured = trials[["num_params", "latency_ms", "latency_ms_b64"]]
+    assert measured.notna().all().all() and (measured > 0).all().all(), measured.to_string()
     study_matches_tables(exp, 1)
 
 

@@ -219,9 +219,9 @@ def _resave(f, other):
 
 def test_knn_trials_of_one_backbone_and_table_kind_share_one_latency_measurement(digits):
     # with the backbone's forward passes, latency was 2.7 s of a 2.8 s KNN trial (121 trials, shared 2 cores)
-    from tuner.search import trainable
+    from tuner.families import measure
 
-    trainable._LATENCY.clear()
+    measure._LATENCY.clear()
     fam = get_family("knn")
 
     def fitted(**cfg):
@@ -229,11 +229,11 @@ def test_knn_trials_of_one_backbone_and_table_kind_share_one_latency_measurement
         list(learner.fit(digits, 1))
         return learner
 
-    first = trainable.latencies(fitted(k=3, metric="cosine"), digits.x_val)
-    assert trainable.latencies(fitted(k=9, metric="cosine", weights="distance"), digits.x_val) is first
-    other = trainable.latencies(fitted(k=3, metric="manhattan"), digits.x_val)  # another neighbour search
-    assert other is not first and len(trainable._LATENCY) == 2 and all(v > 0 for v in first + other)
+    first = measure.latencies(fitted(k=3, metric="cosine"), digits.x_val)
+    assert measure.latencies(fitted(k=9, metric="cosine", weights="distance"), digits.x_val) is first
+    other = measure.latencies(fitted(k=3, metric="manhattan"), digits.x_val)  # another neighbour search
+    assert other is not first and len(measure._LATENCY) == 2 and all(v > 0 for v in first + other)
     mlp = get_family("mlp").learner({"hidden": [8]}, digits.info)  # a trained model: measured every trial
-    trainable.latencies(mlp, digits.x_val)
-    assert len(trainable._LATENCY) == 2
-    trainable._LATENCY.clear()
+    measure.latencies(mlp, digits.x_val)
+    assert len(measure._LATENCY) == 2
+    measure._LATENCY.clear()

@@ -16,6 +16,7 @@ from tuner.errors import UserError
 from tuner.families.base import DataInfo, Family, RunContext
 from tuner.families.features import FeaturesLearner
 from tuner.families.knn import KnnLearner, check_k
+from tuner.families.measure import size_and_speed
 from tuner.fused.group import MemberReport, MemberSpec
 from tuner.fused.grouping import split_keys
 from tuner.metrics import proba_metrics
@@ -62,6 +63,7 @@ def _knn_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo, ctx
     ks = [int(c["k"]) for c in cfgs if int(c["k"]) + extra <= n]
     table, y_eval = lead.scoring_table(data, max(ks)) if ks else (None, None)
     y_refs = lead.references()[1]  # after scoring_table: with validation "loo" the validation images join them
+    measured = _knn_measured(family, cfgs, ks, data, info, ctx)
     out = []
     for spec, cfg in zip(specs, cfgs):
         try:
@@ -73,8 +75,19 @@ def _knn_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo, ctx
         proba = vote(table, y_refs, int(cfg["k"]), cfg["metric"], cfg["weights"], info.num_classes)
         val_loss, val_acc = proba_metrics(proba, y_eval)
         out.append(MemberReport(spec.key, {"epoch": 1, "val_loss": val_loss, "val_accuracy": val_acc,
-                                           "epoch_time_s": 0.0}, True))
+                                           "epoch_time_s": 0.0, **measured}, True))
     return out
+
+
+def _knn_measured(family: Family, cfgs: list[dict], ks: list[int], data, info: DataInfo, ctx: RunContext) -> dict:
+    """The pass's size and speed, as a trial of its first workable config measures them: every config of a
+    pass has the same references and neighbour search (`KnnLearner.latency_key`), so the same figures."""
+    if not ks:
+        return {}
+    learner = family.learner(next(c for c in cfgs if int(c["k"]) in ks), info, ctx)
+    assert isinstance(learner, KnnLearner)
+    learner.scoring_table(data)  # the references a fitted trial holds (its table comes from the cache)
+    return size_and_speed(learner, data.x_val)
 
 
 def _features_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo,
@@ -92,6 +105,6 @@ def _features_pass(family: Family, specs: list[MemberSpec], data, info: DataInfo
         except UserError as exc:
             out.append(MemberReport(spec.key, None, True, str(exc)))
             continue
-        out.append(MemberReport(spec.key, metrics, True))
+        out.append(MemberReport(spec.key, {**metrics, **size_and_speed(learner, data.x_val)}, True))
     return out
 

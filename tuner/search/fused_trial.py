@@ -21,11 +21,12 @@ import torch
 
 from tuner.engine import gpu_share, pick_device, set_threads
 from tuner.families import RunContext
+from tuner.families.measure import size_and_speed
 from tuner.fused import lookup
 from tuner.fused.group import FusedGroup, MemberSpec
 from tuner.fused.grouping import plan_groups
 from tuner.metrics import best_key
-from tuner.search.trainable import STATE_FILE, TrialSpec, measure_latency
+from tuner.search.trainable import STATE_FILE, TrialSpec
 
 MEMBERS = "members"  # the key of a group's result and of its trial config
 
@@ -130,9 +131,7 @@ def _lookups(spec: TrialSpec, todo: list[MemberSpec], data, ctx, states, out: di
 
 def _measured(group: FusedGroup, data) -> dict:
     """A member's size and speed (its plain learner's), measured once for the group: members share a shape."""
-    learner = group.export(group.members[0].key)
-    return {"num_params": int(learner.num_params), "latency_ms": measure_latency(learner, data.x_val, 1),
-            "latency_ms_b64": measure_latency(learner, data.x_val, 64)}
+    return size_and_speed(group.export(group.members[0].key), data.x_val)
 
 
 def _decide(spec: TrialSpec, rungs, scored: list) -> list[bool]:

@@ -17,6 +17,7 @@ import torch
 from tuner.engine import gpu_share, pick_device, set_threads
 from tuner.errors import TrialFailed, UserError
 from tuner.families import Family, RunContext
+from tuner.families.measure import size_and_speed
 
 STATE_FILE = "state.pt"
 # in the trial's folder on the storage: "<run_id>\n<why>" after a failure a retry would repeat
@@ -108,41 +109,6 @@ class TrialSpec:
     trials_root: str = ""         # the folder (or URI) holding the trial_<id> folders: Ray's experiment folder
 
 
-def measure_latency(learner, images, batch: int, repeats: int = 3) -> float:
-    """Inference time per image in milliseconds at a batch size, on the learner's device: one warm-up call,
-    then the fastest of a few timed ones (the least disturbed by other trials sharing the machine)."""
-    import numpy as np
-
-    x = images[:batch]
-    if len(x) < batch:  # a small validation split: repeat images up to the batch size
-        x = np.concatenate([x] * (batch // max(len(x), 1) + 1))[:batch]
-    learner.predict_proba(x)
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        learner.predict_proba(x)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000 / batch
-
-
-_LATENCY: dict[str, tuple[float, float]] = {}  # per process: see `Learner.latency_key`
-
-
-def latencies(learner, images) -> tuple[float, float]:
-    """(latency_ms at batch 1, at batch 64), measured, or as measured for a learner of the same key."""
-    key = learner.latency_key()
-    if key is not None and key in _LATENCY:
-        return _LATENCY[key]
-    value = (measure_latency(learner, images, 1), measure_latency(learner, images, 64))
-    if key is not None:
-        _LATENCY[key] = value
-    return value
-
-
 def _resumed(learner) -> tuple[float | None, dict]:
     """Load the trial's checkpoint (after a failure, on --resume, or a PBT exploit) into `learner`; returns the
     best epoch's metric so far and the other objectives at that epoch (None, {} when there is none to go on)."""
@@ -187,8 +153,7 @@ def _train(learner, data, spec: TrialSpec, node: str) -> None:
     measured: dict = {}
     for metrics in learner.fit(data, spec.max_epochs):
         if not measured:
-            one, many = latencies(learner, data.x_val)
-            measured = {"num_params": int(learner.num_params), "latency_ms": one, "latency_ms_b64": many}
+            measured = size_and_speed(learner, data.x_val)
         metrics = {**metrics, **measured, "train_time_s": time.perf_counter() - t_start, "node_id": node}
         best, at_best = _with_best(metrics, spec, best, at_best)
         if not learner.checkpoint_every_epoch:
