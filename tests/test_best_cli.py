@@ -147,10 +147,19 @@ def test_best_trial_export_bundles_that_trial_not_the_best(front_search, tmp_pat
     row = trials[(trials["lr"] - 1.0e-5).abs() < 1.0e-12].iloc[0]  # the dominated warm start
     assert row["trial_id"] != best_id and row["status"] == "TERMINATED"
 
+    # best/ first holds the best trial's retrain (and its test metrics)
+    first = _cli("best", "--experiment", "front", "--results", str(front_search), "--export", str(tmp_path / "b0"))
+    assert first.returncode == 0 and "test metrics:" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
     dest = tmp_path / "bundle"
     r = _cli("best", "--experiment", "front", "--results", str(front_search), "--trial", row["trial_id"],
              "--export", str(dest))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # one test-metrics line, after that trial's retrain: best/ held the best trial's model, whose test metrics
+    # were once printed under this trial's entry
+    lines = r.stdout.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("test metrics:")]
+    retrained = lines.index(f"retraining trial {row['trial_id']}'s config first")
+    assert len(said) == 1 and said[0] > retrained, r.stdout[-3000:]
     config = tuner.load(dest).config
     assert set(config) == {"hidden", "lr", "optimizer", "batch_size"}
     for k, v in config.items():

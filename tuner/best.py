@@ -76,15 +76,16 @@ def best(args) -> int:
         say(yaml.safe_dump(chosen, sort_keys=False).rstrip())
         say(f"(not written anywhere: `tuner best --trial {args.trial} --export` retrains and exports it)")
         return 0
-    say(yaml.safe_dump(chosen or info, sort_keys=False).rstrip())
+    entry = chosen or info
+    say(yaml.safe_dump(entry, sort_keys=False).rstrip())
     retrained = bundle_config(run.model)  # the config best/ holds a model of, None if none
-    if metrics is not None and retrained == info["config"]:
-        say(test_metrics_line(run))
-    elif metrics is not None:
+    if metrics is not None and retrained == entry["config"]:
+        say(test_metrics_line(run))  # only under the entry whose model they are (not a --trial's, before it is)
+    elif metrics is not None and chosen is None:
         say(f"{run.best} holds the retrain of another config than best.yaml's; --export retrains best.yaml's")
     if dest is not None:
-        _retrain_and_export(d, chosen or info, chosen is not None, retrained, dest, onnx)
-        if retrained != (chosen or info)["config"] and run.metrics.is_file():  # retrained just now
+        _retrain_and_export(d, entry, chosen is not None, retrained, dest, onnx)
+        if retrained != entry["config"] and run.metrics.is_file():  # retrained just now
             say(test_metrics_line(run))
     if dest is not None or not run.report.is_file():  # the report names the bundle, and the page is cheap
         from tuner.report.webpage import write_report

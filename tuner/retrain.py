@@ -46,7 +46,8 @@ def retrain_best(exp_dir: Path, data=None, say: Callable[[str], None] = print, e
                      progress=True, gpu_share=gpu_share(gpus))
     learner = family.learner(config, data.info, ctx)
     if learner.checkpoint_every_epoch:
-        say(f"retraining the best config: up to {exp.scheduler.max_epochs} epochs on {len(data.y_train)} images "
+        which = f"trial {best['trial_id']}'s" if best.get("trial_id") else "the best"
+        say(f"retraining {which} config: up to {exp.scheduler.max_epochs} epochs on {len(data.y_train)} images "
             f"({device})")
     history = []
     for m in learner.fit(data, exp.scheduler.max_epochs):
