@@ -1,6 +1,7 @@
 """The search-space grammar: every distribution, constants, fixed-over-space, overrides, and each user error."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -546,3 +547,14 @@ def test_fixed_pins_a_key_inside_a_nested_branch_of_an_unpinned_choice(tmp_path)
     cond = exp.searched["classifier"]
     assert [sorted(sub) for _, sub in cond.options] == [[], ["degree", "gamma"]]
     assert "C" not in exp.param_names and exp.constants["C"] == 7.0
+
+
+@pytest.mark.parametrize("key, hint", [
+    ("fuse", "(did you mean search.fuse?)"),
+    ("max_epochs", "(did you mean scheduler.max_epochs?)"),
+    ("image_size", "(did you mean dataset.image_size?)"),
+    ("lr", "(mlp takes lr: put it under fixed: or space:)"),
+])
+def test_a_blocks_key_at_the_top_names_where_it_goes(key, hint):
+    with pytest.raises(UserError, match=re.escape(f"unknown key '{key}' {hint}")):
+        spaces.parse_experiment({"name": "x", "family": "mlp", key: 4})

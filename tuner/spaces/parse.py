@@ -2,6 +2,7 @@
 take several keys (tuner.spaces.rules)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Union
@@ -79,9 +80,17 @@ def _check_top_keys(raw: dict, file: str):
     """Every top-level key known, and a family that is registered: its Family."""
     from tuner.families import FAMILIES, get_family
 
+    blocks = {"dataset": DatasetConfig, "search": SearchConfig, "scheduler": SchedulerConfig,
+              "resources": ResourcesConfig}
     for key in raw:
         if key not in TOP_KEYS:
             hint = " (a suite file has only name, suite and ensemble)" if key in ("suite", "ensemble") else ""
+            # a block's key written at the top (`fuse: 4` for search.fuse)
+            hint += "".join(f" (did you mean {name}.{key}?)" for name, block in blocks.items()
+                            if isinstance(key, str) and key in {f.name for f in dataclasses.fields(block)})
+            family = FAMILIES.get(raw["family"]) if isinstance(raw.get("family"), str) else None
+            if family is not None and key in family.params:  # a model parameter: `lr: 0.01` at the top
+                hint += f" ({family.name} takes {key}: put it under fixed: or space:)"
             raise UserError(f"{file}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(TOP_KEYS))}")
     if "family" not in raw:
         raise UserError(f"{file}: missing key 'family'; set one of {', '.join(FAMILIES)}")
