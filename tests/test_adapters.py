@@ -260,3 +260,49 @@ def test_restore_asha_records_the_first_epoch_at_or_past_each_milestone_in_the_s
     n = adapters.restore_asha(asha, {"a": {1: 0.9, 2: 0.8, 4: 0.5}, "b": {1: 0.7}})
     rungs = dict(adapters.asha_rungs(asha))
     assert rungs[1] == {"a": -0.9, "b": -0.7} and rungs[3] == {"a": -0.5} and rungs[9] == {} and n == 3
+
+
+def test_whole_file_uploads_replace_each_file_and_leave_other_file_systems_to_ray(tmp_path):
+    import os
+
+    import pyarrow.fs
+    from ray.train._internal import storage
+
+    src, dst = tmp_path / "staging", tmp_path / "results"
+    (src / "trial_a").mkdir(parents=True)
+    (src / "experiment_state-x.json").write_text('{"trial_data": []}')
+    (src / "trial_a" / "result.json").write_text("{}\n")
+    (dst / "trial_a").mkdir(parents=True)
+    (dst / "experiment_state-x.json").write_text("old")
+    before = os.stat(dst / "experiment_state-x.json").st_ino
+
+    adapters.whole_file_uploads()
+    adapters.whole_file_uploads()  # once is enough; a second call wraps nothing again
+    syncer = storage._FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem())
+    upload, kwargs = syncer._sync_up_command(str(src), str(dst))
+    upload(**kwargs)
+    assert (dst / "experiment_state-x.json").read_text() == '{"trial_data": []}'
+    assert (dst / "trial_a" / "result.json").read_text() == "{}\n"
+    # renamed over the old file (a new inode), not rewritten in place: a kill leaves one or the other
+    assert os.stat(dst / "experiment_state-x.json").st_ino != before
+    assert sorted(p.name for p in dst.rglob("*")) == ["experiment_state-x.json", "result.json", "trial_a"]
+    # an excluding upload, and any other file system, stay Ray's own (and Ray's command still returns its
+    # _upload_to_fs_path with local_path, fs and fs_path: the shape whole_file_uploads reads)
+    assert syncer._sync_up_command(str(src), str(dst), exclude=["*.pkl"])[0] is storage._upload_to_fs_path
+    remote = storage._FilesystemSyncer(storage_filesystem=pyarrow.fs.SubTreeFileSystem(str(dst),
+                                                                                      pyarrow.fs.LocalFileSystem()))
+    assert remote._sync_up_command(str(src), "x")[0] is storage._upload_to_fs_path
+
+
+@pytest.mark.parametrize("text, readable", [('{"trial_data": []}', True), ("", False), ('{"trial_da', False)])
+def test_resume_refuses_an_experiment_state_a_kill_cut_off(tmp_path, text, readable):
+    from tuner.errors import UserError
+
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')  # an older run's
+    newest = tmp_path / "experiment_state-2026-01-02_00-00-00.json"  # the one Ray reads
+    newest.write_text(text)
+    if readable:
+        adapters.check_state_readable(str(tmp_path), "x")
+        return
+    with pytest.raises(UserError, match="is empty or cut off .* --overwrite starts experiment 'x' again"):
+        adapters.check_state_readable(str(tmp_path), "x")

@@ -7,13 +7,18 @@ Checked against Ray 2.60.0 and Optuna 5.1.0.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import pickle
+from pathlib import PurePosixPath
 from typing import Any
 
 import optuna
+import pyarrow.fs
 from ray.tune.search import SearchGenerator
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
+
+from tuner.errors import UserError
 
 RAY_CHECKED, OPTUNA_CHECKED = "2.60.0", "5.1.0"
 
@@ -32,6 +37,50 @@ def skip_callback_usage_tag() -> None:
 
 def _no_tag(callbacks) -> bool:
     return False  # what tag_callbacks returns when it records nothing
+
+
+# --------------------------------------------------------------------------- whole snapshot files
+def whole_file_uploads() -> None:
+    """Ray's syncer copies the driver's staging folder (experiment state, searcher state, the trials' result
+    files) into a local results folder in place (`_FilesystemSyncer._sync_up_command` returns
+    `_upload_to_fs_path`, which runs pyarrow's copy_files), so a SIGKILL during a copy left an empty
+    experiment_state-*.json, which `Tuner.restore` took for none (`check_state_readable`). On a local file
+    system each file is now written beside its place and renamed over it: a kill leaves the old file or the
+    new one. Other file systems (S3, GCS) write an object whole already and keep Ray's upload."""
+    from ray.train._internal import storage
+
+    syncer = storage._FilesystemSyncer
+    if getattr(syncer._sync_up_command, "_tuner_whole_files", False):
+        return
+    ray_command = syncer._sync_up_command
+
+    def command(self, local_path: str, uri: str, exclude=None):
+        upload, kwargs = ray_command(self, local_path, uri, exclude)
+        if exclude or not isinstance(kwargs.get("fs"), pyarrow.fs.LocalFileSystem):
+            return upload, kwargs
+        return _upload_whole_files, {"local_path": kwargs["local_path"], "fs_path": kwargs["fs_path"]}
+
+    command._tuner_whole_files = True  # type: ignore[attr-defined]
+    syncer._sync_up_command = command  # type: ignore[method-assign]
+
+
+def _upload_whole_files(local_path: str, fs_path: str) -> None:
+    import os
+    import shutil
+
+    from tuner.atomic import writing
+
+    if os.path.isfile(local_path):
+        os.makedirs(os.path.dirname(fs_path) or ".", exist_ok=True)
+        with writing(fs_path) as tmp:
+            shutil.copyfile(local_path, tmp)
+        return
+    for root, _, files in os.walk(local_path):
+        target = os.path.join(fs_path, os.path.relpath(root, local_path))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            with writing(os.path.join(target, name)) as tmp:
+                shutil.copyfile(os.path.join(root, name), tmp)
 
 
 # --------------------------------------------------------------------------- the restored Tuner
@@ -64,6 +113,30 @@ def experiment_state_saved(ray_path: str) -> bool:
                 else (pyarrow.fs.LocalFileSystem(), ray_path))
     found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     return any(fnmatch.fnmatch(PurePosixPath(f.path).name, experiment_state_pattern()) for f in found)
+
+
+def check_state_readable(ray_path: str, name: str) -> None:
+    """Refuse to --resume from an experiment state a kill cut off. Ray copies it into the results folder in
+    place (its syncer, after `TuneController.save_to_dir`), so a SIGKILL during the copy leaves it empty or
+    truncated, and `Tuner.restore` then starts anew with num_samples=1: a resumed fused grid ran its first
+    group again and never the rest (seen once in a suite under load). Ray reads the newest by name."""
+    import json
+
+    import pyarrow.fs
+
+    fs, path = (pyarrow.fs.FileSystem.from_uri(ray_path) if "://" in ray_path
+                else (pyarrow.fs.LocalFileSystem(), ray_path))
+    found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    states = sorted((f.path for f in found if fnmatch.fnmatch(PurePosixPath(f.path).name,
+                                                              experiment_state_pattern())), reverse=True)
+    if not states:
+        return
+    try:
+        with fs.open_input_stream(states[0]) as f:
+            json.loads(f.read())
+    except (OSError, ValueError):
+        raise UserError(f"--resume: {states[0]} is empty or cut off (the search was killed while Ray saved it), so "
+                        f"there is nothing to resume from; --overwrite starts experiment {name!r} again") from None
 
 
 def restore_deleted_checkpoints(ray_path: str) -> list[str]:

@@ -23,6 +23,7 @@ from tuner.families import get_family
 from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
+from tuner.search import adapters
 from tuner.search.domains import param_space
 # ClipToSpace: a search saved by an older tuner names it here, in the PBT scheduler its tuner.pkl holds
 from tuner.search.schedulers import SCHEDULERS, ClipToSpace, build_scheduler  # noqa: F401
@@ -136,9 +137,10 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     live_results, callbacks = _watchers(exp, exp_dir, results, list(callbacks), verbose, say)
     tuner = _tuner(exp, exp_dir, ray_path, trainable, callbacks, resume, retry_failed, verbose, say)
     interrupt.signal_for_tests("tuner")
-    from tuner.search import adapters, fused
+    from tuner.search import fused
 
     adapters.skip_callback_usage_tag()  # Ray's tag of them imports mlflow and wandb: a second a search
+    adapters.whole_file_uploads()  # a kill mid-snapshot leaves the old file or the new one, never half
     t_fit = time.perf_counter()
     with _signals_stop_tune():
         grid = tuner.fit()
@@ -169,6 +171,7 @@ def _locate(exp: Experiment, exp_dir: Path, address: str | None, storage: str | 
                         f"experiment {exp.name!r}")
     if resume:
         _check_same_space(exp, exp_dir)  # never overwrites the saved space: it is the one being continued
+        adapters.check_state_readable(ray_path, exp.name)
     return run_dir, ray_path
 
 
@@ -250,8 +253,6 @@ def _tuner(exp: Experiment, exp_dir: Path, ray_path: str, trainable, callbacks: 
     from tuner.search import study
 
     study.repair(exp, exp_dir, say)  # a damaged journal is rebuilt from the tables before anything reads it
-    from tuner.search import adapters
-
     for path in adapters.restore_deleted_checkpoints(ray_path):  # a kill between Ray's delete and its snapshot
         say(f"resume: {Path(path).parent.name}/{Path(path).name}, deleted by Ray after its last snapshot, "
             f"restored from the next one")
@@ -301,8 +302,6 @@ def _saved(exp: Experiment, ray_path: str) -> bool:
     one of a single trial (adapters.experiment_state_saved); it is now nothing to resume, and the same command
     without --resume starts it again (rundir.check_replaceable lets it)."""
     from ray import tune
-
-    from tuner.search import adapters
 
     return bool((exp.storage or Path(ray_path).is_dir()) and tune.Tuner.can_restore(ray_path)
                 and adapters.experiment_state_saved(ray_path))
@@ -354,7 +353,7 @@ def _continue_here(tuner, exp: Experiment, exp_dir: Path, ray_path: str, callbac
     stopped where they ended."""
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    from tuner.search import adapters, study
+    from tuner.search import study
 
     tune_config, run_config = adapters.restored_configs(tuner)
     if run_config is not None:  # through a ray:// client the first run's stay
