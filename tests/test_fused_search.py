@@ -3,6 +3,7 @@ epochs.csv, the journal and best.yaml; knn configurations are looked up in one t
 search resumed ends as an uninterrupted one; a space where fusing cannot apply is refused in one line."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -317,9 +318,12 @@ def test_a_sigkilled_fused_search_resumes_each_member_and_ends_as_an_uninterrupt
     exp = results / "fg"
     if deleted:
         _delete_as_ray_does(exp / "ray")
+    # --retry-failed (one case): nothing failed here, and the search says what it reruns in a fused search
+    retry = [] if deleted else ["--retry-failed"]
     r = _tuner("search", "--space", str(space), "--results", str(results), "--no-dashboard", "--no-retrain",
-               "--resume")
+               "--resume", *retry)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert ("a member that failed alone (a NaN loss) ended with its group and is not rerun" in r.stdout) == bool(retry)
     keys = ["lr", "weight_decay"]
     want = pd.read_csv(uninterrupted_grid).set_index(keys).sort_index()
     got = pd.read_csv(exp / "trials.csv").set_index(keys).sort_index()
@@ -331,6 +335,52 @@ def test_a_sigkilled_fused_search_resumes_each_member_and_ends_as_an_uninterrupt
     epochs = pd.read_csv(exp / "epochs.csv", dtype={"trial_id": str})
     assert len(epochs) == 60 and not epochs.duplicated(["trial_id", "epoch"]).any()
     study_matches_tables(exp, 10)
+
+
+# ASHA over the same grid: at rung 3 it stops one of the first group's three members (the other two run to 9);
+# batch_size 1 makes an epoch last long enough to SIGKILL the search between that stop and the group's end
+ASHA_GRID = GRID.replace("scheduler: {name: fifo, max_epochs: 10}",
+                         "scheduler: {name: asha, max_epochs: 9, grace_period: 3, reduction_factor: 3}").replace(
+    "fixed: {batch_size: 4, hidden: [32]}", "fixed: {batch_size: 1, hidden: [32]}")
+
+
+@pytest.mark.slow
+def test_members_that_ended_after_the_restored_checkpoint_are_not_trained_again(tmp_path, study_matches_tables):
+    """trials.csv records a member the rungs stopped, while the group checkpoint Ray restores says it runs (an
+    interruption between the tables and Tune's snapshot; the checkpoint is edited to that state here): the
+    resumed group trains the member no further. It had trained on to epoch 9, and since the rungs hold its
+    rung-3 score and do not judge a member twice, its later scores entered the rung records."""
+    import torch
+
+    from tuner.search import adapters
+    from tuner.search.fused_trial import MEMBERS
+    from tuner.search.trainable import STATE_FILE
+
+    exp = tmp_path / "r" / "fg"
+    cmd = [sys.executable, "-m", "tuner", "search", "--space", str(_space(tmp_path, ASHA_GRID)), "--results",
+           str(tmp_path / "r"), "--no-dashboard", "--no-retrain"]
+
+    def epochs_ended() -> list[int]:
+        return pd.read_csv(exp / "trials.csv")["epochs"].tolist() if _rows(exp / "trials.csv") else []
+
+    _kill_when(cmd, tmp_path / "killed.log", lambda: 3 in epochs_ended())
+    assert 9 not in epochs_ended(), "the first group ended before the kill; make its epochs longer"
+    stopped = set(pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})["trial_id"])
+    for checkpoint in adapters.snapshot_checkpoints(str(exp / "ray")):
+        state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+        for key in stopped & set(state[MEMBERS]):
+            state[MEMBERS][key]["ended"] = False
+        torch.save(state, checkpoint / STATE_FILE)
+    r = _tuner(*cmd[3:], "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trained = [(key, m["epoch"]) for f in (exp / "ray").glob("trial_*/result.json")
+               for line in f.read_text().splitlines() for key, m in json.loads(line)[MEMBERS].items()
+               if key in stopped and "epoch" in m and m["epoch"] > 3]
+    assert not trained, trained
+    trials = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    assert len(trials) == 6 and set(trials["status"]) == {"TERMINATED"} and set(trials["epochs"]) == {3, 9}
+    assert (trials.loc[sorted(stopped), "epochs"] == 3).all(), trials
+    study_matches_tables(exp, 9)
 
 
 # hidden searched: a list in every config, YAML text in trials.csv ("[32]"); it splits the groups (3 + 3)
@@ -367,10 +417,31 @@ def test_a_resumed_fused_search_keeps_the_rows_of_members_ended_before_and_retra
     assert (exp / "best" / "model.pt").is_file()
 
 
+@pytest.mark.parametrize("space, settings, note", [
+    ("digits_pbt.yaml", [], "(scheduler pbt decides per Ray trial, not per fused member)"),
+    ("digits_linear.yaml", ["search.num_samples=2"], "(a group would hold one configuration)"),
+    ("digits_linear.yaml", [], None),  # auto fuses: validate shows `fuse: 6` in the space instead
+])
+def test_validate_says_why_fuse_auto_left_a_search_unfused(capsys, space, settings, note):
+    from tuner.cli import main
+
+    sets = [a for s in ["search.fuse=auto", *settings] for a in ("--set", s)]
+    assert main(["validate", "--space", str(ROOT / "search_spaces" / space), *sets]) == 0
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if line.startswith("note: search.fuse: auto")]
+    if note is None:
+        assert not said and "  fuse: 6" in out, out
+    else:
+        assert said == [f"note: search.fuse: auto trains one configuration per trial here {note}"], out
+
+
 @pytest.mark.parametrize("setting, says", [
     ("scheduler.name=pbt", "scheduler pbt"),
     ("scheduler.name=hyperband", "scheduler hyperband"),
     ("metric=[val_accuracy, latency_ms]", "one metric"),
+    ("search.warm_start=[{lr: 0.01}]", "does not go with search.warm_start; remove one of the two"),
+    ("space.optimizer={choice: {sgd: {momentum: {uniform: [0.5, 0.9]}}, adam: null}}",
+     "does not go with a conditional choice in space: (optimizer)"),  # it names the one the file has
 ])
 def test_fuse_where_it_cannot_apply_is_refused_in_one_line(tmp_path, capsys, setting, says):
     space = _space(tmp_path, LINEAR)

@@ -13,6 +13,7 @@ from tuner.errors import UserError
 from tuner.best import best  # noqa: F401 - `tuner best`; cli finds each sub-command here by name
 from tuner.progress import say
 from tuner.rundir import RunDir, find_experiment, results_folder
+from tuner.spaces.rules import auto_fuse_off
 
 
 def check_results_dir(results: Path) -> Path:
@@ -175,6 +176,9 @@ def search(args) -> int:
     overwrite = getattr(args, "overwrite", False)
     for exp in exps:  # no member replaces a search unasked: all are checked before the first runs
         check_can_start(exp, results, resume=args.resume, overwrite=overwrite)
+    if getattr(args, "retry_failed", False) and any(exp.search.fuse for exp in exps):
+        say("note: --retry-failed reruns the fused groups whose trial failed as a whole; a member that failed "
+            "alone (a NaN loss) ended with its group and is not rerun")
     names = []
     for exp in exps:
         say(_header(exp))
@@ -283,6 +287,8 @@ def validate(args) -> int:
         say(yaml.safe_dump(loaded.raw, sort_keys=False).rstrip())
     else:
         say(spaces.resolved_yaml(loaded).rstrip())
+        if auto_fuse_off(loaded):
+            say(f"note: {auto_fuse_off(loaded)}")
     say(f"{args.space}: valid")
     return 0
 

@@ -21,6 +21,7 @@ from ray.tune import Callback
 from tuner.metrics import best_key, feasible, rank_key
 from tuner.tables import one_line
 from tuner.search.study import stopped_early
+from tuner.spaces.rules import auto_fuse_off
 
 PLAIN_COLUMNS = 120  # what a file or a pipe is taken to be: its lines stay under 120 characters
 WIDTH = PLAIN_COLUMNS - 1
@@ -70,6 +71,8 @@ def header(exp, exp_dir: Path, results: Path, say: Callable[[str], None]) -> Non
     say(f"results: {_short(exp_dir)}  (trials.csv and epochs.csv grow as trials finish)")
     if exp.search.fuse:
         say(f"fused:   up to {exp.search.fuse} configurations trained as one model per Ray trial (search.fuse)")
+    elif auto_fuse_off(exp):
+        say(f"fused:   no: {auto_fuse_off(exp)}")
     say(f"watch:   tuner dashboard --experiment {exp.name}{res}")
     say(f"         tensorboard --logdir {_short(Path(exp_dir) / 'ray')}")
     say("         (both: pip install -e '.[monitor]'; the dashboard shows trials, curves and importance)")

@@ -215,7 +215,8 @@ def _trainable(exp: Experiment, data, run_dir: RunDir, ray_path: str, resume: bo
     if exp.search.fuse:
         from tuner.search import fused
 
-        return fused.trainable(exp, data, spec, resources, rung_scores(exp, run_dir) if resume else {})
+        past = (rung_scores(exp, run_dir), EndedTrials.of(run_dir).ended) if resume else ({}, {})
+        return fused.trainable(exp, data, spec, resources, *past)
     # the arrays go to the object store once; every trial on a node maps the same copy
     return tune.with_resources(tune.with_parameters(run_trial, data=data, spec=spec), resources)
 

@@ -308,15 +308,16 @@ def build(exp, exp_dir: Path):
     return search, -1 if total is None else total
 
 
-def trainable(exp, data, spec, resources: dict, scores: dict[str, dict[int, float]]):
-    """The group trial, with the data, the trial spec and the rungs' actor (ASHA; `scores`: each member's
-    rung scores so far, on --resume) sent once."""
+def trainable(exp, data, spec, resources: dict, scores: dict[str, dict[int, float]], ended: dict[str, int]):
+    """The group trial, with the data, the trial spec and the rungs' actor (ASHA) sent once. On --resume,
+    `scores`: each member's rung scores so far; `ended`: the members trials.csv records as ended."""
     from ray import tune
 
     from tuner.search.fused_trial import run_group
 
     rungs = rungs_actor(exp, scores)
-    return tune.with_resources(tune.with_parameters(run_group, data=data, spec=spec, rungs=rungs), resources)
+    return tune.with_resources(tune.with_parameters(run_group, data=data, spec=spec, rungs=rungs, ended=ended),
+                               resources)
 
 
 def callbacks(all_callbacks: list, live) -> list:

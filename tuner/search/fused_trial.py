@@ -86,9 +86,10 @@ def _scored(spec: TrialSpec, st: MemberState, metrics: dict) -> dict:
             "time_this_iter_s": metrics.get("epoch_time_s"), "time_total_s": st.time_s, "train_time_s": st.time_s}
 
 
-def run_group(config: dict, data=None, spec: TrialSpec | None = None, rungs=None) -> None:
+def run_group(config: dict, data=None, spec: TrialSpec | None = None, rungs=None,
+              ended: dict[str, int] | None = None) -> None:
     """Train (or look up) every member of `config["members"]` ([{key, config}]); `rungs`: the driver's
-    `Rungs` actor (ASHA), None for fifo."""
+    `Rungs` actor (ASHA), None for fifo; `ended`: the members trials.csv records as ended (--resume)."""
     import ray
 
     assert spec is not None, "run_group takes its TrialSpec from tune.with_parameters (fused.trainable)"
@@ -100,6 +101,10 @@ def run_group(config: dict, data=None, spec: TrialSpec | None = None, rungs=None
     members = [MemberSpec(m["key"], m["config"]) for m in config[MEMBERS]]
     states = {m.key: MemberState() for m in members}
     restored = _load(states)
+    for key in set(ended or ()) & set(states):
+        # ended after the checkpoint Ray restores (an interruption between the tables and Tune's snapshot):
+        # trained again, the rungs (which hold its scores) would not judge it again and it would run on
+        states[key].ended = True
     # a restore: ended members are said once more (the driver may not have heard), the rest go on
     out = {k: {**(s.history[-1] if s.history else {}), "ended": True, "error": s.error, "history": s.history}
            for k, s in states.items() if s.ended}

@@ -164,6 +164,17 @@ def auto_fuse(exp: Experiment) -> int:
     return size if size >= 2 else 0
 
 
+def auto_fuse_off(exp: Experiment) -> str | None:
+    """Why `search.fuse: auto` left this search unfused (one configuration per trial), for validate's and the
+    search's console; None when the file did not say auto or auto fused. space.yaml has no `fuse` then."""
+    said = (exp.raw.get("search") or {}).get("fuse") if isinstance(exp.raw.get("search"), dict) else None
+    if said != "auto" or exp.search.fuse:
+        return None
+    problem = fuse_problem(exp)
+    why = problem.split(";")[0] if problem else "a group would hold one configuration"
+    return f"search.fuse: auto trains one configuration per trial here ({why})"
+
+
 def planned_configs(exp: Experiment) -> int | None:
     """How many configurations the search runs: a grid's points times its passes, else num_samples; None
     when only the time budget ends it."""
@@ -188,8 +199,12 @@ def fuse_problem(exp: Experiment) -> str | None:
                 f"use scheduler {' or '.join(FUSE_SCHEDULERS)}, or remove search.fuse")
     if exp.multi or exp.constraints:
         return "a fused search has one metric and no constraints; remove search.fuse"
-    if exp.search.warm_start is not None or exp.conditional:
-        return "does not go with search.warm_start or a conditional choice in space:; remove search.fuse"
+    if exp.search.warm_start is not None:
+        return "does not go with search.warm_start; remove one of the two"
+    if exp.conditional:
+        branching = next(k for k, v in exp.searched.items() if isinstance(v, Conditional))
+        return (f"does not go with a conditional choice in space: ({branching}); make it a plain choice, or "
+                f"remove search.fuse")
     if exp.tracking is not None and exp.tracking.any:
         return "tracking: records Ray's trials, not fused members; remove one of the two"
     return None
