@@ -186,6 +186,25 @@ def test_knn_configurations_are_looked_up_in_one_trial_each_a_row(tmp_path, stud
     study_matches_tables(exp, 1)
 
 
+def test_a_grid_point_a_killed_run_left_waiting_does_not_enter_a_group_twice(tmp_path):
+    """A SIGKILL between a group's enqueue of a grid point and its ask leaves that point WAITING in the journal;
+    on --resume the next group's first ask took it, so one configuration ran twice and another never (CI, under
+    load: [p4, p3, p4] for [p3, p4, p5])."""
+    from tuner.search import fused
+    from tuner.spaces import parse_experiment
+
+    exp = parse_experiment(yaml.safe_load(GRID))
+    groups, _ = fused.build(exp, tmp_path)
+    while not isinstance(groups, fused.GroupSearch):
+        groups = groups.searcher
+    points = fused.member_points(exp)
+    first = groups.suggest("g1")
+    groups.searcher.study.enqueue_trial(points[4])  # what the killed run left behind
+    second = groups.suggest("g2")
+    asked = [[{k: m["config"][k] for k in ("lr", "weight_decay")} for m in g["members"]] for g in (first, second)]
+    assert asked == [points[:3], points[3:]], asked
+
+
 def _group(key: str, n: int, status: str = "RUNNING"):
     from types import SimpleNamespace
 

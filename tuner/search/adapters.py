@@ -311,8 +311,14 @@ def storage_id(trial: optuna.trial.FrozenTrial) -> int:
 
 
 def fail_unfinished(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Mark a RUNNING trial FAIL without a Trial object (`Study._storage`, Optuna 5.1)."""
+    """Mark a RUNNING (or WAITING) trial FAIL without a Trial object (`Study._storage`, Optuna 5.1)."""
     study._storage.set_trial_state_values(storage_id(trial), optuna.trial.TrialState.FAIL)
+
+
+def drop_waiting(study: optuna.Study) -> None:
+    """Fail every enqueued trial not yet asked (WAITING), so the next `ask` takes the next one enqueued."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        fail_unfinished(study, trial)
 
 
 def contains(dist: optuna.distributions.BaseDistribution, value) -> bool:

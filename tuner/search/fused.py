@@ -24,6 +24,7 @@ from ray.tune.search import Searcher
 
 from tuner.fused.rungs import Rungs
 from tuner.metrics import best_key
+from tuner.search.adapters import drop_waiting
 from tuner.search.fused_trial import MEMBERS
 from tuner.spaces.rules import planned_configs
 
@@ -67,6 +68,10 @@ class GroupSearch(Searcher):
         if n <= 0:
             return Searcher.FINISHED
         members: list[dict] = []
+        if self.asked < len(self.points):
+            # each point is enqueued and asked at once, so a point waiting now is a killed run's (--resume):
+            # asked first, it put one configuration twice in a group and left another out
+            drop_waiting(self.searcher.study)
         for k in range(n):
             key = f"{trial_id}_m{k}"
             if self.asked + len(members) < len(self.points):
