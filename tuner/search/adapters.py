@@ -100,19 +100,20 @@ def experiment_state_pattern() -> str:
     return TuneController.CKPT_FILE_TMPL.format("*")
 
 
-def experiment_state_saved(ray_path: str) -> bool:
-    """Whether Tune has written its experiment state (`experiment_state_pattern`) in `ray_path`, a folder or
-    a storage URI. Without it `Tuner.restore(...).fit()` starts anew with num_samples=1:
-    `TunerInternal._fit_resume` passes none."""
-    import fnmatch
-    from pathlib import PurePosixPath
-
-    import pyarrow.fs
-
+def _experiment_states(ray_path: str) -> tuple[pyarrow.fs.FileSystem, list[str]]:
+    """The file system of `ray_path` (a folder or a storage URI) and Tune's experiment states in it
+    (`experiment_state_pattern`), newest first: named by session time, the first is the one Ray reads."""
     fs, path = (pyarrow.fs.FileSystem.from_uri(ray_path) if "://" in ray_path
                 else (pyarrow.fs.LocalFileSystem(), ray_path))
     found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    return any(fnmatch.fnmatch(PurePosixPath(f.path).name, experiment_state_pattern()) for f in found)
+    return fs, sorted((f.path for f in found if fnmatch.fnmatch(PurePosixPath(f.path).name,
+                                                                experiment_state_pattern())), reverse=True)
+
+
+def experiment_state_saved(ray_path: str) -> bool:
+    """Whether Tune has written its experiment state in `ray_path`. Without it `Tuner.restore(...).fit()`
+    starts anew with num_samples=1: `TunerInternal._fit_resume` passes none."""
+    return bool(_experiment_states(ray_path)[1])
 
 
 def check_state_readable(ray_path: str, name: str) -> None:
@@ -122,13 +123,7 @@ def check_state_readable(ray_path: str, name: str) -> None:
     group again and never the rest (seen once in a suite under load). Ray reads the newest by name."""
     import json
 
-    import pyarrow.fs
-
-    fs, path = (pyarrow.fs.FileSystem.from_uri(ray_path) if "://" in ray_path
-                else (pyarrow.fs.LocalFileSystem(), ray_path))
-    found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    states = sorted((f.path for f in found if fnmatch.fnmatch(PurePosixPath(f.path).name,
-                                                              experiment_state_pattern())), reverse=True)
+    fs, states = _experiment_states(ray_path)
     if not states:
         return
     try:
