@@ -287,8 +287,8 @@ def validate(args) -> int:
         say(yaml.safe_dump(loaded.raw, sort_keys=False).rstrip())
     else:
         say(spaces.resolved_yaml(loaded).rstrip())
-        if auto_fuse_off(loaded):
-            say(f"note: {auto_fuse_off(loaded)}")
+        if why := auto_fuse_off(loaded):
+            say(f"note: {why}")
     say(f"{args.space}: valid")
     return 0
 

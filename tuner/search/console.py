@@ -71,8 +71,8 @@ def header(exp, exp_dir: Path, results: Path, say: Callable[[str], None]) -> Non
     say(f"results: {_short(exp_dir)}  (trials.csv and epochs.csv grow as trials finish)")
     if exp.search.fuse:
         say(f"fused:   up to {exp.search.fuse} configurations trained as one model per Ray trial (search.fuse)")
-    elif auto_fuse_off(exp):
-        say(f"fused:   no: {auto_fuse_off(exp)}")
+    elif why := auto_fuse_off(exp):
+        say(f"fused:   no: {why}")
     say(f"watch:   tuner dashboard --experiment {exp.name}{res}")
     say(f"         tensorboard --logdir {_short(Path(exp_dir) / 'ray')}")
     say("         (both: pip install -e '.[monitor]'; the dashboard shows trials, curves and importance)")
