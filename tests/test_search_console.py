@@ -145,6 +145,51 @@ def test_the_best_so_far_is_never_a_trial_outside_the_constraints(tmp_path):
     assert "best 0.9000 (small000)" in lines[-1], lines[-1]
 
 
+def test_the_final_best_ranks_trials_the_time_budget_cut_as_best_yaml_does():
+    """A trial the budget stopped gets no complete event, but trials.csv ranks it at its best epoch: so does
+    the last progress line."""
+    from types import SimpleNamespace
+
+    from tuner.search.console import Console
+
+    lines = []
+    console = Console(load(SPACE, ["search.time_budget=60s"]), say=lines.append)
+    done = {"training_iteration": 2, "epoch": 2, "val_accuracy": 0.9, "best_val_accuracy": 0.9, "val_loss": 0.3}
+    first = SimpleNamespace(trial_id="done0000", config={}, last_result=done, status="TERMINATED")
+    console.on_trial_result(2, [first], first, done)
+    console.on_trial_complete(2, [first], first)
+    cut = SimpleNamespace(trial_id="cut00000", config={}, status="TERMINATED",
+                          last_result={"training_iteration": 2, "epoch": 2, "val_accuracy": 0.93,
+                                       "best_val_accuracy": 0.95, "val_loss": 0.25})
+    console.on_trial_result(1, [first, cut], cut, {"training_iteration": 1, "epoch": 1, "val_accuracy": 0.95,
+                                                   "best_val_accuracy": 0.95, "val_loss": 0.2})
+    console.on_trial_result(2, [first, cut], cut, cut.last_result)
+    console.on_experiment_end([first, cut])
+    assert "best 0.9500 (cut00000)" in lines[-1] and lines[-1].endswith("| 1 cut by the time budget"), lines[-1]
+
+
+def test_a_tie_after_a_resume_is_broken_on_the_loss_at_each_trials_own_best_epoch():
+    """After a --resume the console has seen only the later epochs; the trial reports its val_loss at its best
+    epoch (BEST_LOSS), so a tie goes where best.yaml sends it, not to the lower loss of a later, worse epoch."""
+    from types import SimpleNamespace
+
+    from tuner.metrics import BEST_LOSS
+    from tuner.search.console import Console
+
+    lines = []
+    console = Console(load(SPACE), say=lines.append)
+    # a: best 0.95 at epoch 1 with loss 0.40 (before the resume); this run saw epoch 2: 0.90, loss 0.10
+    # b: best 0.95 at epoch 2 with loss 0.30, seen in this run
+    for tid, epoch2, best_loss in (("aaaa0000", (0.90, 0.10), 0.40), ("bbbb0000", (0.95, 0.30), 0.30)):
+        result = {"training_iteration": 2, "epoch": 2, "val_accuracy": epoch2[0], "val_loss": epoch2[1],
+                  "best_val_accuracy": 0.95, BEST_LOSS: best_loss}
+        trial = SimpleNamespace(trial_id=tid, config={}, last_result=result, status="TERMINATED")
+        console.on_trial_result(2, [trial], trial, result)
+        console.on_trial_complete(2, [trial], trial)
+    console.on_experiment_end([])
+    assert "best 0.9500 (bbbb0000)" in lines[-1], lines[-1]
+
+
 def test_trial_lines_use_the_terminals_width_and_119_characters_elsewhere(tmp_path, monkeypatch):
     """A real pseudo-terminal 200 columns wide: the whole trial line is shown, not cut at 119; a file keeps 119."""
     import fcntl

@@ -164,3 +164,24 @@ def test_cuda_out_of_memory_fails_that_trial_only_with_a_reason_and_the_rest_fin
     assert trials.loc[16, "status"] == "TERMINATED" and trials.loc[16, "epochs"] == 2
     assert "1 of 2 trials failed" in capsys.readouterr().out
     assert (results / "oom" / "best" / "metrics.json").is_file()
+
+
+def test_a_trial_and_a_fused_member_report_their_val_loss_at_their_best_epoch():
+    """The console's tie-break after a --resume (metrics.BEST_LOSS): the loss of the first best epoch, kept
+    while later epochs score lower or only tie, in a plain trial's reports as in a fused member's."""
+    from tuner.metrics import BEST_LOSS
+    from tuner.search.fused_trial import MemberState, _scored
+    from tuner.search.trainable import TrialSpec, _with_best
+
+    spec = TrialSpec(family=get_family("mlp"), max_epochs=3, augment=None, cpus=1, gpus=0)
+    epochs = [(0.90, 0.5), (0.95, 0.4), (0.95, 0.1), (0.80, 0.05)]  # (val_accuracy, val_loss) per epoch
+    best, at_best, member = None, {}, MemberState()
+    for i, (acc, loss) in enumerate(epochs, 1):
+        metrics = {"epoch": i, "val_accuracy": acc, "val_loss": loss}
+        reported = dict(metrics)  # _with_best adds the running best to the epoch's report
+        best, at_best = _with_best(reported, spec, best, at_best)
+        scored = _scored(spec, member, dict(metrics))
+    assert reported[BEST_LOSS] == 0.4 and reported["best_epoch"] == 2 and reported["best_val_accuracy"] == 0.95
+    assert at_best["val_loss"] == 0.4  # kept in the trial's checkpoint, so it survives a --resume
+    assert scored[BEST_LOSS] == 0.4 and scored["best_epoch"] == 2 and scored["best_val_accuracy"] == 0.95
+    assert MemberState(**member.saved()).best_loss == 0.4  # kept in the group's checkpoint

@@ -54,6 +54,11 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict:
     return out
 
 
+# a trial's val_loss at its best epoch, reported beside its running best: after a --resume the console has
+# seen only the epochs since, and breaks a tie on this, as best.yaml does on trials.csv's val_loss
+BEST_LOSS = "val_loss_at_best"
+
+
 def best_key(metric: str) -> str:
     """The running best a trial reports beside `metric`: the one score the searcher, scheduler and tables use."""
     return f"best_{metric}"

@@ -18,7 +18,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from tuner.metrics import best_key, feasible, rank_key
+from tuner.metrics import BEST_LOSS, best_key, feasible, rank_key
 from tuner.tables import one_line
 from tuner.search.study import stopped_early
 from tuner.spaces.rules import auto_fuse_off
@@ -126,6 +126,7 @@ class Console(Callback):
         self.t0 = time.monotonic()
         self.last_plain = self.t0
         self.adopted = False  # trials that ended before a --resume: counted once, from Ray's restored state
+        self.ranked: set[str] = set()  # the trials counted in `best`
 
     def __getstate__(self) -> dict:
         # Ray pickles the run's callbacks into tuner.pkl; the terminal stays behind
@@ -194,6 +195,7 @@ class Console(Callback):
             self._rank(t.trial_id, result)
 
     def _rank(self, tid: str, result: dict) -> None:
+        self.ranked.add(tid)
         score = result.get(best_key(self.exp.metrics[0]))
         # the best so far is the trial best.yaml would name: never one outside the constraints (trials.csv
         # marks it infeasible)
@@ -201,6 +203,8 @@ class Console(Callback):
             _, _, loss, inside = self.best_epoch[tid]
         else:  # ended before this run (--resume): its last result is all there is
             loss, inside = result.get("val_loss", math.nan), feasible(result, self.exp.constraints)
+        # the trial's own val_loss at its best epoch, which may lie before a --resume this console did not see
+        loss = result[BEST_LOSS] if result.get(BEST_LOSS) is not None else loss
         if score is not None and score == score and inside:
             key = rank_key(self.exp.modes[0], score, loss, tid)
             self.best = key if self.best is None else min(self.best, key)
@@ -222,6 +226,9 @@ class Console(Callback):
         # trials the time budget stopped get no complete or error event: said once here, not left uncounted
         cut = sum(t.status in ("TERMINATED", "ERROR") for t in trials) - self.finished
         cut = cut if self.exp.search.time_budget else 0  # a Ctrl-C stops them so too; --resume goes on with them
+        for t in trials:  # ranked as best.yaml ranks them: a trial the budget cut keeps its best epoch
+            if cut and t.status == "TERMINATED" and t.trial_id not in self.ranked and t.trial_id in self.best_epoch:
+                self._rank(t.trial_id, dict(t.last_result or {}))
         self.say(self.progress(trials, final=True) + (f" | {cut} cut by the time budget" if cut > 0 else ""))
 
     # ---------------------------------------------------------------- the lines

@@ -25,7 +25,7 @@ from tuner.families.measure import size_and_speed
 from tuner.fused import lookup
 from tuner.fused.group import FusedGroup, MemberSpec
 from tuner.fused.grouping import plan_groups
-from tuner.metrics import best_key
+from tuner.metrics import BEST_LOSS, best_key
 from tuner.search.trainable import STATE_FILE, TrialSpec
 
 MEMBERS = "members"  # the key of a group's result and of its trial config
@@ -37,6 +37,7 @@ class MemberState:
 
     best: float | None = None       # its best epoch's metric so far
     best_epoch: int | None = None
+    best_loss: float | None = None  # its val_loss at that epoch: the console breaks a tie on it, as best.yaml does
     time_s: float = 0.0             # its share of the group's training time so far
     history: list = field(default_factory=list)  # every result it reported
     ended: bool = False
@@ -78,11 +79,11 @@ def _scored(spec: TrialSpec, st: MemberState, metrics: dict) -> dict:
     value = metrics.get(spec.metric)
     better = max if spec.mode == "max" else min
     if value is not None and value == value and (st.best is None or better(st.best, value) != st.best):
-        st.best, st.best_epoch = value, metrics.get("epoch")
+        st.best, st.best_epoch, st.best_loss = value, metrics.get("epoch"), metrics.get("val_loss")
     st.time_s += float(metrics.get("epoch_time_s") or 0.0)
     epoch = int(metrics.get("epoch", len(st.history) + 1))
     return {**metrics, best_key(spec.metric): st.best if st.best is not None else value,
-            "best_epoch": st.best_epoch or epoch, "training_iteration": epoch,
+            "best_epoch": st.best_epoch or epoch, BEST_LOSS: st.best_loss, "training_iteration": epoch,
             "time_this_iter_s": metrics.get("epoch_time_s"), "time_total_s": st.time_s, "train_time_s": st.time_s}
 
 

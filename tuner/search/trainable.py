@@ -129,16 +129,18 @@ def _resumed(learner) -> tuple[float | None, dict]:
 def _with_best(metrics: dict, spec: TrialSpec, best, at_best: dict) -> tuple[float | None, dict]:
     """Add the running best (`best_<metric>`, `best_epoch`, `best_<objective>`) to an epoch's metrics; returns
     the new (best, at_best). A NaN epoch never becomes the best; the other objectives are read at the best."""
-    from tuner.metrics import best_key
+    from tuner.metrics import BEST_LOSS, best_key
 
     pick = max if spec.mode == "max" else min
     value = metrics.get(spec.metric)
     if value is not None and value == value and (best is None or pick(best, value) != best):
         best = value
-        at_best = {**{m: metrics.get(m) for m in spec.objectives}, "epoch": metrics.get("epoch")}
+        at_best = {**{m: metrics.get(m) for m in spec.objectives}, "epoch": metrics.get("epoch"),
+                   "val_loss": metrics.get("val_loss")}
     metrics[best_key(spec.metric)] = best if best is not None else value
     # kept in the checkpoint with `best`, so the console names the right epoch after a --resume too
     metrics["best_epoch"] = at_best.get("epoch") or metrics.get("epoch")
+    metrics[BEST_LOSS] = at_best.get("val_loss", metrics.get("val_loss"))
     metrics.update({best_key(m): at_best.get(m, metrics.get(m)) for m in spec.objectives})
     return best, at_best
 
