@@ -306,3 +306,27 @@ def test_resume_refuses_an_experiment_state_a_kill_cut_off(tmp_path, text, reada
         return
     with pytest.raises(UserError, match="is empty or cut off .* --overwrite starts experiment 'x' again"):
         adapters.check_state_readable(str(tmp_path), "x")
+
+
+def test_a_refused_token_is_told_apart_from_a_missing_cluster_by_the_error_chain_ray_init_raises():
+    """refused_for_token reads the text of ray.init's error chain: Node._init_gcs_client puts the last
+    connection error's traceback (an AuthenticationError when the token is refused) into the RuntimeError
+    that ray.init's ConnectionError is raised from. The real refusal: test_cluster's token test."""
+    import inspect
+
+    from ray._private.node import Node
+    from ray.exceptions import AuthenticationError
+
+    source = inspect.getsource(Node._init_gcs_client)
+    assert "traceback.format_exc()" in source and "connection error: {last_ex}" in source
+    assert issubclass(AuthenticationError, Exception)
+    refused = RuntimeError("Failed to connect to GCS. Last connection error: Traceback ...\n"
+                           "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: missing or incorrect")
+    try:
+        try:
+            raise refused
+        except RuntimeError as e:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from e
+    except ConnectionError as chained:
+        assert adapters.refused_for_token(chained)
+    assert not adapters.refused_for_token(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"))

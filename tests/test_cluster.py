@@ -128,8 +128,9 @@ def test_killed_search_leaves_no_ray_process(tmp_path):
 @pytest.fixture()
 def head_cluster():
     """A `ray start --head` cluster of its own (its own temp dir, and RAY_TMPDIR pointing there so a search in
-    the same environment finds it as it would find one in /tmp/ray); stopped in teardown by killing only the
-    processes it started (`ray stop` would stop every Ray on the machine)."""
+    the same environment finds it as it would find one in /tmp/ray), with Ray's default token authentication:
+    (the environment to run in, its GCS address). Stopped in teardown by killing only the processes it
+    started (`ray stop` would stop every Ray on the machine)."""
     import os
     import shutil
     import signal
@@ -144,7 +145,7 @@ def head_cluster():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": tmp}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")} | {"RAY_TMPDIR": tmp}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", f"--temp-dir={tmp}/ray",
                              "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"], env=env,
@@ -155,7 +156,7 @@ def head_cluster():
             assert head.poll() is None, "ray start --head ended"
             time.sleep(0.5)
         assert os.path.exists(f"{tmp}/ray/ray_current_cluster"), "ray start --head did not come up in 120 s"
-        yield env
+        yield env, f"127.0.0.1:{port}"
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:  # `ray start --block` outlived SIGTERM by the whole 30 s this once waited: a short grace, then KILL
@@ -178,9 +179,28 @@ def test_a_local_search_starts_its_own_ray_beside_a_ray_start_head_cluster(tmp_p
     # provided" failed every local search
     proc = subprocess.run([sys.executable, "-m", "tuner", "search", "--space", "search_spaces/digits_linear.yaml",
                            "--smoke", "--no-retrain", "--no-dashboard", "--results", str(tmp_path)],
-                          env=head_cluster, capture_output=True, text=True, timeout=600)
+                          env=head_cluster[0], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "search: 2 trials" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_a_cluster_that_asks_for_rays_token_is_joined_with_ray_auth_mode_token_and_named_without_it(
+        tmp_path, head_cluster):
+    """`ray start --head` turns Ray's token authentication on, and a driver given --address sends the token
+    only with RAY_AUTH_MODE=token: without it ray.init failed after 20 s as "no Ray cluster answers there"."""
+    env, address = head_cluster
+    env = env | {"RAY_gcs_server_port_wait_time_s": "2"}  # Ray's own retries of the refused connection: 20 s
+    cmd = [sys.executable, "-m", "tuner", "search", "--space", "search_spaces/digits_linear.yaml", "--smoke",
+           "--no-retrain", "--no-dashboard", "--results", str(tmp_path), "--address", address]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert last.startswith(f"error: --address {address}: the Ray cluster there asks for Ray's token"), last
+    assert "RAY_AUTH_MODE=token" in last and "ray get-auth-token" in last, last
+    joined = subprocess.run(cmd, env=env | {"RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert "search: 2 trials" in joined.stdout, joined.stdout
 
 
 def test_ray_address_that_nothing_answers_is_one_error_line(monkeypatch):

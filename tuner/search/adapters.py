@@ -39,6 +39,23 @@ def _no_tag(callbacks) -> bool:
     return False  # what tag_callbacks returns when it records nothing
 
 
+# --------------------------------------------------------------------------- Ray's token on a cluster
+def refused_for_token(exc: BaseException) -> bool:
+    """Whether ray.init(address=...) failed because the cluster asked for Ray's token. `ray start --head`
+    turns token authentication on (Ray 2.59 on), but a driver given an address sends the token only with
+    RAY_AUTH_MODE=token; the GCS then answers UNAUTHENTICATED, and ray.init raises a plain ConnectionError
+    ("Failed to connect to Ray cluster at ...") from a RuntimeError whose text holds the traceback of
+    `ray.exceptions.AuthenticationError` (`Node._init_gcs_client`, ray/_private/node.py). So the chain's
+    text is read: the error carries no other mark of the cause."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if "AuthenticationError" in str(exc) or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
 # --------------------------------------------------------------------------- whole snapshot files
 def whole_file_uploads() -> None:
     """Ray's syncer copies the driver's staging folder (experiment state, searcher state, the trials' result

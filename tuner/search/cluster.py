@@ -184,8 +184,7 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     try:
         ctx = start_local_ray(kwargs) if local else ray.init(**kwargs)
     except ConnectionError as exc:
-        raise UserError(f"{where} {address}: no Ray cluster answers there ({exc}); start one with "
-                        f"`ray start --head` or drop {where} to run locally") from None
+        raise _not_joined(where, str(address), exc) from None
     except SystemExit as exc:  # ray.init's own SIGTERM handler, until it connects: sys.exit(SIGTERM)
         if exc.code == signal.SIGTERM:
             raise interrupt.stop(signal.SIGTERM) from None
@@ -200,6 +199,23 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     url = getattr(ctx, "dashboard_url", None)
     if url:
         say(f"Ray dashboard: http://{url}  (login token: `ray get-auth-token`, also in ~/.ray/auth_token)")
+
+
+def _not_joined(where: str, address: str, exc: ConnectionError) -> UserError:
+    """The error for a cluster ray.init could not join: none there, or one that asks for Ray's token."""
+    from tuner.search.adapters import refused_for_token
+
+    if not refused_for_token(exc):
+        return UserError(f"{where} {address}: no Ray cluster answers there ({exc}); start one with "
+                         f"`ray start --head` or drop {where} to run locally")
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return UserError(f"{where} {address}: the Ray cluster there refused this machine's token; give it "
+                         f"the cluster's own (`ray get-auth-token` on the head prints it) in RAY_AUTH_TOKEN "
+                         f"or ~/.ray/auth_token")
+    return UserError(f"{where} {address}: the Ray cluster there asks for Ray's token (`ray start --head` turns "
+                     f"token authentication on); run with RAY_AUTH_MODE=token and the cluster's token in "
+                     f"~/.ray/auth_token or RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it), or "
+                     f"on the head itself use --address auto")
 
 
 def check_cluster_fits(resources: dict) -> None:
