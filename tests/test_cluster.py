@@ -128,10 +128,11 @@ def test_killed_search_leaves_no_ray_process(tmp_path):
 @pytest.fixture()
 def head_cluster():
     """A `ray start --head` cluster of its own (its own temp dir, and RAY_TMPDIR pointing there so a search in
-    the same environment finds it as it would find one in /tmp/ray), with Ray's default token authentication:
-    (the environment to run in, its GCS address). Stopped in teardown by killing only the processes it
-    started (`ray stop` would stop every Ray on the machine)."""
+    the same environment finds it as it would find one in /tmp/ray), with Ray's default token authentication
+    (its token in the environment): (the environment to run in, its GCS address). Stopped in teardown by
+    killing only the processes it started (`ray stop` would stop every Ray on the machine)."""
     import os
+    import secrets
     import shutil
     import signal
     import socket
@@ -145,7 +146,10 @@ def head_cluster():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")} | {"RAY_TMPDIR": tmp}
+    # its own token (Ray's RAY_AUTH_TOKEN), not ~/.ray/auth_token: on a fresh machine a Ray started by another
+    # test at the same moment could write a different token there than the one this head took
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")} | {
+        "RAY_TMPDIR": tmp, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", f"--temp-dir={tmp}/ray",
                              "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"], env=env,
