@@ -228,6 +228,23 @@ def written(tmp_path) -> Path:
     return results
 
 
+def test_best_while_a_search_runs_with_no_finished_trial_names_its_pid_and_whole_start_time(written, capsys):
+    from tuner.rundir import RunDir
+
+    run = RunDir(written / "digits_linear")
+    run.best_yaml.unlink()
+    run.mark_running()  # this process stands in for the running search
+    try:
+        assert main(["best", "--results", str(written), "--experiment", "digits_linear"]) == 2
+    finally:
+        run.clear_running()
+    err = capsys.readouterr().err.strip()
+    run_info = err.split("(pid ", 1)[1]
+    started = run_info.split("started ", 1)[1].split(")", 1)[0]
+    assert err.endswith("no trial has finished yet; try again shortly"), err
+    assert run_info.startswith(f"{os.getpid()}, ") and len(started) == len("2026-12-05 21:04:33"), err
+
+
 def test_best_on_an_unreadable_trials_csv_exits_2_with_lists_message_and_prints_nothing(written, capsys):
     trials = written / "digits_linear" / "trials.csv"
     trials.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2)  # binary garbage, as a broken copy leaves

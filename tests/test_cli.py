@@ -187,6 +187,30 @@ def test_ctrl_c_during_search_prints_the_users_own_command_with_resume_once(monk
     assert shlex.split(command) == ["tuner", *argv] + ([] if resume else ["--resume"])  # runnable as printed
 
 
+@pytest.mark.parametrize("overwrite", ["--overwrite", "--overw"])
+def test_the_command_that_continues_a_search_started_with_overwrite_leaves_overwrite_out(monkeypatch, capsys,
+                                                                                         overwrite):
+    """--overwrite beside --resume replaces nothing, but reads to a user as if the line would empty the folder."""
+    def interrupted(args):
+        interrupt.note_resumable(lambda: True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuner.commands.search", interrupted)
+    argv = ["search", "--space", "s.yaml", overwrite, "--set", "search.num_samples=2"]
+    assert main(argv) == 130
+    command = capsys.readouterr().err.strip().split("`")[1]
+    assert shlex.split(command) == ["tuner", "search", "--space", "s.yaml", "--set", "search.num_samples=2",
+                                    "--resume"]
+    # before anything was saved the search is started again: as the user wrote it, --overwrite and all
+    def not_saved(args):
+        interrupt.note_resumable(lambda: False)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuner.commands.search", not_saved)
+    assert main(argv) == 130
+    assert shlex.split(capsys.readouterr().err.strip().split("`")[1]) == ["tuner", *argv]
+
+
 @pytest.mark.parametrize("resume", [[], ["--resum", "--retry-failed"]])
 def test_ctrl_c_before_anything_was_saved_says_nothing_to_resume_and_how_to_start_again(monkeypatch, capsys,
                                                                                         resume):

@@ -16,8 +16,9 @@ def _read_results(d: Path, run: RunDir) -> dict:
     """best.yaml's entry, once every results file has been read: an unreadable file is exit 2 and one `error:`
     line before anything is printed, never half an answer (the messages are `list`'s warnings)."""
     if not run.best_yaml.is_file():
-        if run.running_note():
-            raise UserError(f"{d}: {run.running_note().split(':')[0]}, no trial has finished yet; try again shortly")
+        if info := run.running_search():
+            raise UserError(f"{d}: search running (pid {info['pid']}, started {info['started']}), no trial has "
+                            f"finished yet; try again shortly")
         raise UserError(f"{d}: the search has no finished trial yet; run or --resume it first")
     run.read_space()
     if run.trials.exists():

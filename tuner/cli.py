@@ -33,12 +33,16 @@ def _port(text: str) -> int:
     return port
 
 
-def resume_command(argv: list[str], resumed: bool = False) -> str:
+def resume_command(argv: list[str], resumed: bool = False, again: bool = False) -> str:
     """The command that continues an interrupted `tuner search ARGV`: the same arguments, shell-quoted, with
-    --resume added unless `resumed` (the parsed --resume, which argparse also sets for a prefix like --resu)."""
+    --resume added unless `resumed` (the parsed --resume, which argparse also sets for a prefix like --resu),
+    and without --overwrite (or a prefix of it), which reads as "replace" and replaces nothing on --resume.
+    `again`: the command that starts the search anew instead, ARGV as it is."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     prog = "python -m tuner" if spec is not None and spec.name == "tuner.__main__" else "tuner"
-    argv = list(argv)
+    if again:
+        return f"{prog} {shlex.join(argv)}"
+    argv = [a for a in argv if not (a.startswith("--o") and "--overwrite".startswith(a))]
     return f"{prog} {shlex.join(argv if resumed or '--resume' in argv else argv + ['--resume'])}"
 
 
@@ -170,7 +174,7 @@ def _interrupted_line(signum: int, argv: list[str], args) -> str:
         return f"{what}; `{resume_command(argv, resumed)}` continues where this stopped"
     options = ("--resume", "--retry-failed")  # or a prefix argparse took for one
     again = resume_command([a for a in argv if not any(a.startswith(o[:6]) and o.startswith(a) for o in options)],
-                           resumed=True)
+                           again=True)
     return f"{what} before anything was saved: nothing to resume; `{again}` starts the search again"
 
 
