@@ -57,6 +57,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict:
 # a trial's val_loss at its best epoch, reported beside its running best: after a --resume the console has
 # seen only the epochs since, and breaks a tie on this, as best.yaml does on trials.csv's val_loss
 BEST_LOSS = "val_loss_at_best"
+# the epochs a trial restored from its checkpoint ran before it, sent with its first report after the restore:
+# the checkpoint may be newer than what Ray's snapshot and tuner's tables took in before a SIGKILL
+HISTORY = "history"
 
 
 def best_key(metric: str) -> str:

@@ -492,5 +492,9 @@ def _history(saved: pd.DataFrame | None, reported: list[dict] | None) -> pd.Data
     df = pd.concat(frames, ignore_index=True)
     if "training_iteration" not in df:
         return df
-    return df.drop_duplicates("training_iteration", keep="last").sort_values("training_iteration",
-                                                                           ignore_index=True)
+    # the epochs a restored trial's checkpoint held (metrics.HISTORY; Ray numbered none) fill holes only
+    kept = df[df["training_iteration"].isna()]
+    df = df[df["training_iteration"].notna()].drop_duplicates("training_iteration", keep="last")
+    if len(kept) and len(kept := kept[~kept["epoch"].isin(df["epoch"])]):
+        return pd.concat([df, kept]).sort_values("epoch", ignore_index=True)
+    return df.sort_values("training_iteration", ignore_index=True)

@@ -23,7 +23,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from tuner.fused.rungs import Rungs
-from tuner.metrics import best_key
+from tuner.metrics import HISTORY, best_key
 from tuner.search.adapters import drop_waiting
 from tuner.search.fused_trial import MEMBERS
 from tuner.spaces.rules import planned_configs
@@ -135,7 +135,7 @@ def members_of(result: dict) -> dict[str, dict]:
 
 
 def _plain(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("history", "ended", "stopped", "error")}
+    return {k: v for k, v in metrics.items() if k not in (HISTORY, "ended", "stopped", "error")}
 
 
 # --------------------------------------------------------------------------- members as trials
@@ -212,10 +212,10 @@ class MemberEvents(Callback):
             member = self.members[key]
             if member.status != "RUNNING":
                 continue
-            if "history" in metrics:  # a restored group: the member's epochs before, as its checkpoint has them
-                self.live.results[key] = list(metrics["history"])
+            if HISTORY in metrics:  # a restored group: the member's epochs before, as its checkpoint has them
+                self.live.results[key] = list(metrics[HISTORY])
             if "epoch" in metrics:
-                plain = {k: v for k, v in metrics.items() if k not in ("history", "ended", "stopped", "error")}
+                plain = {k: v for k, v in metrics.items() if k not in (HISTORY, "ended", "stopped", "error")}
                 plain["done"] = bool(metrics.get("stopped"))  # as Ray marks the result it stops a trial on
                 member.last_result = plain
                 self._each("on_trial_result", iteration=iteration, trials=self._all(), trial=member, result=plain)

@@ -25,7 +25,7 @@ from tuner.families.measure import size_and_speed
 from tuner.fused import lookup
 from tuner.fused.group import FusedGroup, MemberSpec
 from tuner.fused.grouping import plan_groups
-from tuner.metrics import BEST_LOSS, best_key
+from tuner.metrics import BEST_LOSS, HISTORY, best_key
 from tuner.search.trainable import STATE_FILE, TrialSpec
 
 MEMBERS = "members"  # the key of a group's result and of its trial config
@@ -107,7 +107,7 @@ def run_group(config: dict, data=None, spec: TrialSpec | None = None, rungs=None
         # trained again, the rungs (which hold its scores) would not judge it again and it would run on
         states[key].ended = True
     # a restore: ended members are said once more (the driver may not have heard), the rest go on
-    out = {k: {**(s.history[-1] if s.history else {}), "ended": True, "error": s.error, "history": s.history}
+    out = {k: {**(s.history[-1] if s.history else {}), "ended": True, "error": s.error, HISTORY: s.history}
            for k, s in states.items() if s.ended}
     todo = [m for m in members if not states[m.key].ended]
     if spec.family.name in ("knn", "features"):
@@ -178,8 +178,8 @@ def _train(spec: TrialSpec, groups: list[FusedGroup], data, states: dict[str, Me
                     group.stop(r.key)
                 st.ended = r.done or stopped
                 if first:
-                    metrics["history"] = list(st.history)
-                st.history.append({k: v for k, v in metrics.items() if k != "history"})
+                    metrics[HISTORY] = list(st.history)
+                st.history.append({k: v for k, v in metrics.items() if k != HISTORY})
                 out[r.key] = {**metrics, "ended": st.ended, "stopped": stopped}
             for m in group.members:
                 if m.key in out and not states[m.key].error:

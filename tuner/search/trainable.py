@@ -12,12 +12,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tuner.engine import gpu_share, pick_device, set_threads
 from tuner.errors import TrialFailed, UserError
 from tuner.families import Family, RunContext
 from tuner.families.measure import size_and_speed
+from tuner.metrics import HISTORY
 
 STATE_FILE = "state.pt"
 # in the trial's folder on the storage: "<run_id>\n<why>" after a failure a retry would repeat
@@ -109,21 +111,29 @@ class TrialSpec:
     trials_root: str = ""         # the folder (or URI) holding the trial_<id> folders: Ray's experiment folder
 
 
-def _resumed(learner) -> tuple[float | None, dict]:
+def _resumed(learner) -> tuple[float | None, dict, list[dict]]:
     """Load the trial's checkpoint (after a failure, on --resume, or a PBT exploit) into `learner`; returns the
-    best epoch's metric so far and the other objectives at that epoch (None, {} when there is none to go on)."""
+    best epoch's metric so far, the other objectives at that epoch, and the epochs before (`_epoch_record`s);
+    None, {}, [] when there is none to go on."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return None, {}
+        return None, {}, []
     with checkpoint.as_directory() as d:
         # weights_only: a checkpoint on shared storage must not be able to run code when loaded
         saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
     learner.load_state_dict(learner.adapt_state(saved["learner"], saved.get("hparams")))
     if saved.get("hparams") != learner.hparams():  # a PBT donor's history, not this trial's own
-        return None, {}
-    return saved.get("best"), saved.get("at_best") or {}
+        return None, {}, []
+    return saved.get("best"), saved.get("at_best") or {}, list(saved.get(HISTORY) or [])
+
+
+def _epoch_record(metrics: dict, seconds: float) -> dict:
+    """An epoch as the tables read it (tuner.tables.trial_row), in plain values a weights_only load accepts."""
+    plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in metrics.items()
+             if v is None or isinstance(v, (bool, int, float, str, np.generic))}
+    return {**plain, "time_this_iter_s": seconds}
 
 
 def _with_best(metrics: dict, spec: TrialSpec, best, at_best: dict) -> tuple[float | None, dict]:
@@ -150,20 +160,27 @@ def _train(learner, data, spec: TrialSpec, node: str) -> None:
     trains in epochs; the model's size and speed are measured once, at the first report."""
     from ray import tune
 
-    best, at_best = _resumed(learner)
-    t_start = time.perf_counter()
+    best, at_best, history = _resumed(learner)
+    # the epochs the checkpoint holds go with the first report after a restore: a driver SIGKILLed after the
+    # checkpoint but before Ray's snapshot (or tuner's tables) took in their results would leave holes
+    restored = list(history)
+    t_start = t_epoch = time.perf_counter()
     measured: dict = {}
     for metrics in learner.fit(data, spec.max_epochs):
         if not measured:
             measured = size_and_speed(learner, data.x_val)
         metrics = {**metrics, **measured, "train_time_s": time.perf_counter() - t_start, "node_id": node}
         best, at_best = _with_best(metrics, spec, best, at_best)
+        history.append(_epoch_record(metrics, time.perf_counter() - t_epoch))
+        t_epoch = time.perf_counter()
         if not learner.checkpoint_every_epoch:
             tune.report(metrics)
             continue
+        if restored:
+            metrics[HISTORY], restored = restored, []
         with tempfile.TemporaryDirectory() as d:
             torch.save({"learner": learner.state_dict(), "hparams": learner.hparams(), "best": best,
-                        "at_best": at_best},
+                        "at_best": at_best, HISTORY: history},
                        os.path.join(d, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
