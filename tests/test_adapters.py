@@ -330,3 +330,57 @@ def test_a_refused_token_is_told_apart_from_a_missing_cluster_by_the_error_chain
     except ConnectionError as chained:
         assert adapters.refused_for_token(chained)
     assert not adapters.refused_for_token(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"))
+
+
+def test_rays_loggers_come_after_the_searchs_callbacks_and_get_the_dict_they_changed():
+    """take_from_result relies on both: Tune appends its CSV, JSON and TensorBoard loggers to the callbacks it
+    is given, and CallbackList hands each callback the same result dict."""
+    from ray.tune.callback import Callback, CallbackList
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    seen = []
+
+    class Taker(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            assert adapters.take_from_result(result, "history") == [1, 2]
+
+    class Logger(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            seen.append(dict(result))
+
+    ours = Taker()
+    made = _create_default_callbacks([ours])
+    loggers = [i for i, c in enumerate(made) if isinstance(c, (CSVLoggerCallback, JsonLoggerCallback))]
+    assert made.index(ours) == 0 and len(loggers) == 2 and min(loggers) > 0
+    CallbackList([ours, Logger()]).on_trial_result(iteration=1, trials=[], trial=None,
+                                                   result={"epoch": 3, "history": [1, 2]})
+    assert seen == [{"epoch": 3}]
+
+
+def test_a_continued_progress_csv_keeps_the_columns_of_its_header(tmp_path):
+    """Ray's CSV logger takes a restarted trial's columns from its first result, not from the file's header
+    (HeaderKeepingCSVLogger): a first result with other keys than the header's shifted every later row."""
+    import csv
+
+    from ray.tune.logger import CSVLoggerCallback
+
+    class Trial:  # what the logger reads of a trial (hashable: its files are kept per trial)
+        local_path, checkpoint = str(tmp_path), None
+
+        def init_local_path(self) -> None:
+            pass
+
+    (tmp_path / "progress.csv").write_text("epoch,val_accuracy,members/a/stopped\n1,0.5,False\n")
+    trial = Trial()
+    resumed = {"epoch": 2, "members/a/error": "", "val_accuracy": 0.75, "members/a/history": "[...]"}
+
+    def rows_after(logger) -> list[list[str]]:
+        (tmp_path / "progress.csv").write_text("epoch,val_accuracy,members/a/stopped\n1,0.5,False\n")
+        logger.log_trial_result(1, trial, dict(resumed))
+        logger.log_trial_end(trial)
+        return list(csv.reader((tmp_path / "progress.csv").open()))
+
+    assert rows_after(adapters.HeaderKeepingCSVLogger())[-1] == ["2", "0.75", ""]
+    ray_rows = rows_after(CSVLoggerCallback())  # Ray's own: the same row under the wrong columns
+    assert ray_rows[-1] != ["2", "0.75", ""], "Ray's CSV logger keeps the header now: the adapter can go"

@@ -3,6 +3,7 @@ epochs.csv, the journal and best.yaml; knn configurations are looked up in one t
 search resumed ends as an uninterrupted one; a space where fusing cannot apply is refused in one line."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -354,6 +355,11 @@ def test_a_sigkilled_fused_search_resumes_each_member_and_ends_as_an_uninterrupt
     epochs = pd.read_csv(exp / "epochs.csv", dtype={"trial_id": str})
     assert len(epochs) == 60 and not epochs.duplicated(["trial_id", "epoch"]).any()
     study_matches_tables(exp, 10)
+    # Ray's progress.csv of each group, continued after the restore, keeps one field per column of its header
+    # (the restored groups' member histories must not reach it: adapters.take_from_result)
+    for progress in (exp / "ray").glob("trial_*/progress.csv"):
+        widths = {len(row) for row in csv.reader(progress.open())}
+        assert len(widths) == 1, f"{progress}: rows of {sorted(widths)} fields"
 
 
 # ASHA over the same grid: at rung 3 it stops one of the first group's three members (the other two run to 9);

@@ -1,6 +1,7 @@
 """The Ray side of a search: resume after a killed driver, a two-node cluster, failed trials, PBT, storage."""
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -221,12 +222,15 @@ def _snapshot_ended(ray_dir: Path) -> set[str]:
 
 
 def _forget_epochs_from(trial_dir: Path, epoch: int) -> None:
-    """Ray's record of a trial (result.json, progress.csv) without its results from `epoch` on."""
-    lines = (trial_dir / "result.json").read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) < epoch]
-    (trial_dir / "result.json").write_text("".join(line + "\n" for line in kept))
-    progress = pd.read_csv(trial_dir / "progress.csv")
-    progress[progress["epoch"] < epoch].to_csv(trial_dir / "progress.csv", index=False)
+    """Ray's record of a trial (result.json, progress.csv) without its results from `epoch` on. (Ray's copy of
+    a trial's record may not be in its folder yet, while the trial's own checkpoints are.)"""
+    if (trial_dir / "result.json").is_file():
+        lines = (trial_dir / "result.json").read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) < epoch]
+        (trial_dir / "result.json").write_text("".join(line + "\n" for line in kept))
+    if (trial_dir / "progress.csv").is_file():
+        progress = pd.read_csv(trial_dir / "progress.csv")
+        progress[progress["epoch"] < epoch].to_csv(trial_dir / "progress.csv", index=False)
 
 
 def _check_dashboard_is_private(printed: str) -> None:
@@ -318,6 +322,10 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
     for trial_id, rows in epochs.groupby("trial_id"):
         assert (rows["epoch"] == 1).sum() == 1, f"trial {trial_id} started over from epoch 0"
         assert set(rows["epoch"]) == set(range(1, max_epochs + 1))
+    # Ray's own progress.csv, continued by the resumed run, keeps one field per column of its header
+    for progress in ray_dir.glob("trial_*/progress.csv"):
+        widths = {len(row) for row in csv.reader(progress.open())}
+        assert len(widths) == 1, f"{progress}: rows of {sorted(widths)} fields"
     # the searcher kept what it learned: its study is optuna.journal (what `tuner dashboard` serves), and
     # every trial from before the kill is in it, finished; a trial asked for after the searcher's last
     # snapshot, which Ray never ran, was dropped when the run ended, so it holds trials.csv's trials alone

@@ -7,13 +7,16 @@ Checked against Ray 2.60.0 and Optuna 5.1.0.
 from __future__ import annotations
 
 import copy
+import csv
 import fnmatch
 import pickle
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import optuna
 import pyarrow.fs
+from ray.air.constants import EXPR_PROGRESS_FILE
+from ray.tune.logger import CSVLoggerCallback
 from ray.tune.search import SearchGenerator
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -54,6 +57,39 @@ def refused_for_token(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
+
+
+# --------------------------------------------------------------------------- keys Ray's loggers must not see
+def take_from_result(result: dict, key: str):
+    """Remove `key` from a trial's result before Ray's loggers write it; returns its value (None if absent).
+
+    Ray's CSV logger (`CSVLoggerCallback.log_trial_result`) takes its columns from a trial's first result
+    after a (re)start and, resuming a progress.csv, does not write the header again: a key only that result
+    has (a restored trial's HISTORY) put one more field on every later row, and pandas then read the first
+    column as the index. The search's callbacks come before Ray's loggers (`_create_default_callbacks`
+    appends them) and every callback gets the same dict (`CallbackList.on_trial_result`), so the first of
+    tuner's callbacks takes such keys out here."""
+    return result.pop(key, None)
+
+
+class HeaderKeepingCSVLogger(CSVLoggerCallback):
+    """Ray's progress.csv logger, continuing a trial's file in the columns of the header it has.
+
+    Ray's own takes its columns from a trial's first result after a (re)start and, continuing the file, does
+    not write the header again (`CSVLoggerCallback.log_trial_result`: `_trial_csv`, `_trial_continue`), so
+    after a --resume whose first result had other keys (a fused group's members come and go) every row sat
+    under the wrong column. Given in the search's callbacks, it replaces Ray's (`_create_default_callbacks`
+    adds one only when none is there)."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        if trial not in self._trial_files:
+            self._setup_trial(trial)
+        if self._trial_csv.get(trial) is None and self._trial_continue.get(trial):
+            with open(Path(trial.local_path, EXPR_PROGRESS_FILE), newline="") as f:
+                header = next(csv.reader(f), None)
+            if header:  # Ray writes only these columns of each result, and "" for those a result lacks
+                self._trial_csv[trial] = csv.DictWriter(self._trial_files[trial], header)
+        super().log_trial_result(iteration, trial, result)
 
 
 # --------------------------------------------------------------------------- whole snapshot files

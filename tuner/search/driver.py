@@ -242,7 +242,7 @@ def _watchers(exp: Experiment, exp_dir: Path, results: Path, extra: list, verbos
 
         callbacks = fused.callbacks(callbacks, live_results)
     console.header(exp, exp_dir, results, say)
-    return live_results, callbacks
+    return live_results, callbacks + [adapters.HeaderKeepingCSVLogger()]  # Ray's logger of progress.csv, last
 
 
 def _tuner(exp: Experiment, exp_dir: Path, ray_path: str, trainable, callbacks: list, resume: bool,

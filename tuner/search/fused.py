@@ -24,7 +24,7 @@ from ray.tune.search import Searcher
 
 from tuner.fused.rungs import Rungs
 from tuner.metrics import HISTORY, best_key
-from tuner.search.adapters import drop_waiting
+from tuner.search.adapters import drop_waiting, take_from_result
 from tuner.search.fused_trial import MEMBERS
 from tuner.spaces.rules import planned_configs
 
@@ -209,11 +209,12 @@ class MemberEvents(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.on_trial_start(iteration, trials, trial)
         for key, metrics in members_of(result).items():
+            history = take_from_result(metrics, HISTORY)  # a restored group's: the member's epochs before
             member = self.members[key]
             if member.status != "RUNNING":
                 continue
-            if HISTORY in metrics:  # a restored group: the member's epochs before, as its checkpoint has them
-                self.live.results[key] = list(metrics[HISTORY])
+            if history is not None:
+                self.live.results[key] = list(history)
             if "epoch" in metrics:
                 plain = {k: v for k, v in metrics.items() if k not in (HISTORY, "ended", "stopped", "error")}
                 plain["done"] = bool(metrics.get("stopped"))  # as Ray marks the result it stops a trial on

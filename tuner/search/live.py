@@ -9,6 +9,7 @@ from ray.tune import Callback
 
 from tuner import interrupt
 from tuner.metrics import HISTORY
+from tuner.search.adapters import take_from_result
 from tuner.rundir import RunDir
 from tuner.tables import MEASURED, read_epochs, row_config, trial_row, write_tables
 
@@ -56,10 +57,9 @@ class LiveResults(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         interrupt.signal_for_tests("fit")
         rows = self.results.setdefault(trial.trial_id, [])
-        if HISTORY in result:  # restored: the epochs its checkpoint holds, which this run may not have seen
+        if history := take_from_result(result, HISTORY):  # restored: the epochs its checkpoint holds
             seen = {r.get("epoch") for r in rows}
-            rows[:0] = [h for h in result[HISTORY] if h.get("epoch") not in seen]
-            result = {k: v for k, v in result.items() if k != HISTORY}
+            rows[:0] = [h for h in history if h.get("epoch") not in seen]
         if "epoch" in result:  # a trial restored from a checkpoint older than its last report reports it again
             rows[:] = [r for r in rows if r.get("epoch", -1) < result["epoch"]]
         rows.append(result)
