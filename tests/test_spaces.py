@@ -482,8 +482,9 @@ def test_warm_start_values_outside_the_space_are_user_errors_naming_the_key_and_
     with pytest.raises(UserError) as e:
         spaces.load(write(tmp_path, text), [f"search.warm_start=[{{lr: 1.0e-3}}, {point}]".replace(
             "{lr: 1.0e-3}", "{lr: 1.0e-3}" if text is BASE else "{classifier: svm}")])
-    msg = str(e.value)
-    assert msg.startswith(str(tmp_path / "s.yaml")) and key.replace("[0]", "[1]") in msg and allowed in msg, msg
+    msg = str(e.value)  # the mistake is the --set's, in the space of that file
+    assert msg.startswith("--set search.warm_start=[") and msg.endswith(f"(in {tmp_path / 's.yaml'})"), msg
+    assert key.replace("[0]", "[1]") in msg and allowed in msg, msg
 
 
 def test_warm_start_values_inside_the_space_validate(tmp_path):
@@ -558,3 +559,16 @@ def test_fixed_pins_a_key_inside_a_nested_branch_of_an_unpinned_choice(tmp_path)
 def test_a_blocks_key_at_the_top_names_where_it_goes(key, hint):
     with pytest.raises(UserError, match=re.escape(f"unknown key '{key}' {hint}")):
         spaces.parse_experiment({"name": "x", "family": "mlp", key: 4})
+
+
+def test_a_mistake_made_with_set_is_named_by_its_set_and_one_in_the_file_by_the_file(tmp_path):
+    """The file does not hold a key mistyped on the command line: the error names the --set that brought it."""
+    path = write(tmp_path, BASE)
+    with pytest.raises(UserError) as e:
+        spaces.load(path, ["search.num_samples=4", "scheduler.max_epoch=5"])
+    assert str(e.value).startswith("--set scheduler.max_epoch=5: unknown key scheduler.max_epoch; known keys: ")
+    assert str(e.value).endswith(f"(in {path})")
+    bad = write(tmp_path, BASE + "\nresources: {cpu: 1, gpus: 0}\n")
+    with pytest.raises(UserError) as e:
+        spaces.load(bad, ["search.num_samples=4"])
+    assert str(e.value).startswith(f"{bad}: unknown key resources.gpus"), str(e.value)

@@ -12,7 +12,7 @@ from tuner.errors import UserError
 from tuner.spaces.blocks import DatasetConfig, ResourcesConfig, SchedulerConfig, SearchConfig
 from tuner.spaces.distributions import Distribution, parse_distribution
 from tuner.spaces.experiment import Experiment, Suite
-from tuner.spaces.names import check_name, check_path_text
+from tuner.spaces.names import check_name, check_path_text, shown
 from tuner.spaces.rules import (check_branch_names, check_search_power, parse_constraints, parse_objectives,
                                 validate_tree)
 from tuner.spaces.suites import load_suite
@@ -40,8 +40,25 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Union[Experime
         # only the suite's own list keys are applied to the suite itself
         own = [s for s in overrides or [] if s.split("=", 1)[0].split(".")[0].strip() in ("suite", "ensemble")]
         return load_suite(path, apply_overrides(raw, own, str(path)))
-    raw = apply_overrides(raw, overrides or [], str(path))
-    return parse_experiment(raw, path)
+    changed = apply_overrides(raw, overrides or [], str(path))  # its own errors name their --set
+    try:
+        return parse_experiment(changed, path)
+    except UserError as exc:
+        raise _blamed(exc, raw, path, overrides or []) from None
+
+
+def _blamed(exc: UserError, raw: dict, path: Path, overrides: list[str]) -> UserError:
+    """A mistake made on the command line is named by its --set, not by the file that does not hold it: the
+    first override without which this error goes away (parsing is cheap: no data, no Ray)."""
+    for i, item in enumerate(overrides):
+        try:
+            parse_experiment(apply_overrides(raw, overrides[:i] + overrides[i + 1:], str(path)), path)
+        except UserError as other:
+            if str(other) == str(exc):
+                continue
+        message, item = str(exc).removeprefix(f"{path}: "), shown(item)
+        return UserError(f"--set {item}: {message} (in {path})" if message != str(exc) else f"{exc} (--set {item})")
+    return exc
 
 
 def parse_experiment(raw: dict, path: Path | None = None, ran: bool = False) -> Experiment:
