@@ -185,7 +185,7 @@ def test_a_local_search_starts_its_own_ray_beside_a_ray_start_head_cluster(tmp_p
                            "--smoke", "--no-retrain", "--no-dashboard", "--results", str(tmp_path)],
                           env=head_cluster[0], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "search: 2 trials" in proc.stdout, proc.stdout
+    assert "search: 2 trials" in proc.stdout and "Ray: joined" not in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow
@@ -205,6 +205,7 @@ def test_a_cluster_that_asks_for_rays_token_is_joined_with_ray_auth_mode_token_a
     joined = subprocess.run(cmd, env=env | {"RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "search: 2 trials" in joined.stdout, joined.stdout
+    assert f"Ray: joined the cluster at {address}: 1 node(s), 1 CPUs, 0 GPUs" in joined.stdout, joined.stdout
 
 
 def test_ray_address_that_nothing_answers_is_one_error_line(monkeypatch):

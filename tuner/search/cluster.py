@@ -196,6 +196,11 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
     token = Path.home() / ".ray" / "auth_token"
     if token.is_file() and token.stat().st_uid == os.getuid():
         token.chmod(0o600)
+    if not local:  # which cluster, and what it has: a search that joined the wrong one shows it at once
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        have = ray.cluster_resources()
+        say(f"Ray: joined the cluster at {address}: {len(nodes)} node(s), {have.get('CPU', 0):g} CPUs, "
+            f"{have.get('GPU', 0):g} GPUs")
     url = getattr(ctx, "dashboard_url", None)
     if url:
         say(f"Ray dashboard: http://{url}  (login token: `ray get-auth-token`, also in ~/.ray/auth_token)")
