@@ -101,9 +101,14 @@ def test_best_export_defaults_to_experiment_export_folder(finished_copy):
 
 
 @pytest.mark.slow
-def test_list_shows_the_experiment(finished_search, capsys):
-    assert main(["list", "--results", str(finished_search)]) == 0
-    assert "digits_cnn" in capsys.readouterr().out
+def test_list_shows_the_experiment_and_says_when_it_stopped_short_of_its_trials(finished_copy, capsys):
+    assert main(["list", "--results", str(finished_copy)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("digits_cnn") and "   2 trials" in line and "unfinished" not in line, line
+    trials = finished_copy / "digits_cnn" / "trials.csv"  # as a search killed after its first trial leaves it
+    trials.write_text("".join(trials.read_text().splitlines(keepends=True)[:2]))
+    assert main(["list", "--results", str(finished_copy)]) == 0
+    assert capsys.readouterr().out.strip().endswith("(unfinished: 1 of 2 trials; --resume continues it)")
 
 
 def test_validate_prints_resolved_space_and_exits_0(capsys):

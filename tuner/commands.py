@@ -322,8 +322,18 @@ def _list_line(d: Path) -> str:
     test = ""
     if run.metrics.is_file():
         test = f", test {score(run.read_metrics().get('accuracy'))}"
-    live = "  (search running)" if run.running_note() else ""
+    live = "  (search running)" if run.running_note() else _unfinished(space, n)
     return f"{d.name:30s} {str(space.get('family', '')):9s} {n:4d} trials  {acc}{test}{live}"
+
+
+def _unfinished(space: dict, n: int) -> str:
+    """'  (unfinished: ...)' for a search that stopped short of its num_samples (a Ctrl-C, a kill, a refusal);
+    '' when it did not, or when that cannot be told from space.yaml (a grid, a time budget)."""
+    search = space.get("search") if isinstance(space.get("search"), dict) else {}
+    planned = search.get("num_samples")
+    if search.get("algorithm") == "grid" or search.get("time_budget") or not isinstance(planned, int):
+        return ""
+    return f"  (unfinished: {n} of {planned} trials; --resume continues it)" if 0 <= n < planned else ""
 
 
 def schema(args) -> int:
