@@ -329,7 +329,8 @@ def _list_line(d: Path) -> str:
 def _unfinished(space: dict, n: int) -> str:
     """'  (unfinished: ...)' for a search that stopped short of its num_samples (a Ctrl-C, a kill, a refusal);
     '' when it did not, or when that cannot be told from space.yaml (a grid, a time budget)."""
-    search = space.get("search") if isinstance(space.get("search"), dict) else {}
+    search = space.get("search")
+    search = search if isinstance(search, dict) else {}
     planned = search.get("num_samples")
     if search.get("algorithm") == "grid" or search.get("time_budget") or not isinstance(planned, int):
         return ""
