@@ -103,6 +103,49 @@ def test_every_trial_is_an_mlflow_run_under_one_parent(tracked):
 
 
 @pytest.mark.slow
+def test_a_trial_running_at_ctrl_c_is_one_run_killed_then_reopened_by_resume_and_ends_by_its_own_status(
+        mlflow_server, tmp_path):
+    """A trial still running when the search stopped was left RUNNING, and --resume started a second run for
+    it beside the first (a new user saw 9 runs for 8 trials, one RUNNING for ever). The backend, as the driver
+    drives it: the first run ends interrupted (KILLED); the resumed one goes on in it. Ray's part (which trial
+    restarts) is the resume tests'."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner import spaces
+    from tuner.search.tracking import Mlflow, TrackingCallback
+    from tuner.tracking import MlflowConfig
+
+    exp = spaces.load(SPACE)
+    cfg = MlflowConfig(uri=mlflow_server, experiment="digits-resumed")
+    first = Mlflow(cfg, exp, tmp_path, resume=False)
+    for t in ("done", "cut"):
+        first.trial_start(exp, t, {"lr": 0.01})
+        first.trial_result(t, {"val_accuracy": 0.5}, 1)
+    first.trial_end("done", "completed")
+    first.end(ok=False)  # Ctrl-C
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = {r.info.run_name: r for r in client.search_runs([first.experiment_id], "tags.`tuner.role` = 'trial'")}
+    assert (runs["cut"].info.status, runs["cut"].data.tags["tuner.status"]) == ("KILLED", "interrupted")
+
+    second = Mlflow(cfg, exp, tmp_path, resume=True)
+    assert second.parent == first.parent and second.runs == first.runs
+    callback = TrackingCallback(exp, [second])
+    trial = type("Trial", (), {"trial_id": "cut", "config": {"lr": 0.01}, "last_result": None})()
+    callback.on_trial_start(1, [], trial)
+    assert client.get_run(first.runs["cut"]).info.status == "RUNNING"
+    for epoch, done in ((2, False), (3, True)):  # the scheduler stops it at epoch 3 of 12
+        trial.last_result = {"training_iteration": epoch, "val_accuracy": 0.6, "done": done}
+        callback.on_trial_result(1, [], trial, trial.last_result)
+    callback.on_trial_complete(1, [], trial)
+    second.end(ok=True)
+    runs = client.search_runs([first.experiment_id], "tags.`tuner.role` = 'trial'")
+    assert sorted(r.info.run_name for r in runs) == ["cut", "done"]
+    cut = next(r for r in runs if r.info.run_name == "cut")
+    assert (cut.info.status, cut.data.tags["tuner.status"]) == ("FINISHED", "stopped early")
+    assert [m.step for m in client.get_metric_history(cut.info.run_id, "val_accuracy")] == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_the_retrained_model_is_registered_with_its_signature_and_predicts_as_tuner_load(tracked):
     import mlflow
     from mlflow.tracking import MlflowClient

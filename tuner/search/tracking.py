@@ -55,11 +55,30 @@ class Mlflow:
             self.experiment_id, run_name=exp.name,
             tags={"tuner.results": where, "tuner.family": exp.family, "tuner.role": "search"}).info.run_id
         self.client.update_run(self.parent, status="RUNNING")
-        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.runs: dict[str, str] = self._trial_runs() if old else {}  # trial id -> run id
+        self.open: set[str] = set()  # the trials whose runs this process started or reopened, not yet ended
+
+    def _trial_runs(self) -> dict[str, str]:
+        """The trial runs under the parent a --resume goes on in: a trial Ray restarts continues its own run,
+        not a second one beside it (the latest, should a trial have several)."""
+        runs: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent}'",
+                                           max_results=1000, order_by=["attributes.start_time ASC"],
+                                           page_token=token)
+            runs.update({r.data.tags["tuner.trial_id"]: r.info.run_id for r in page if "tuner.trial_id" in r.data.tags})
+            token = page.token
+            if not token:
+                return runs
 
     def trial_start(self, exp, trial_id: str, config: dict) -> None:
         from mlflow.entities import Param
 
+        self.open.add(trial_id)
+        if trial_id in self.runs:  # restarted from its checkpoint (a retry, a --resume): it goes on in its run
+            self.client.update_run(self.runs[trial_id], status="RUNNING")
+            return
         run = self.client.create_run(self.experiment_id, run_name=trial_id,
                                      tags={"mlflow.parentRunId": self.parent, "tuner.trial_id": trial_id,
                                            "tuner.role": "trial"})
@@ -74,6 +93,7 @@ class Mlflow:
 
     def trial_end(self, trial_id: str, status: str, error: str = "") -> None:
         run = self.runs[trial_id]
+        self.open.discard(trial_id)
         self.client.set_tag(run, "tuner.status", status)
         if error:
             self.client.set_tag(run, "tuner.error", error[:5000])
@@ -101,6 +121,10 @@ class Mlflow:
             say(log_model(self.uri, self.parent, run.model, self.cfg.register))
 
     def end(self, ok: bool) -> None:
+        # trials still running when the search stopped (Ctrl-C, the time budget): a --resume reopens theirs
+        for trial_id in sorted(self.open):
+            self.client.set_tag(self.runs[trial_id], "tuner.status", "interrupted")
+            self.client.set_terminated(self.runs[trial_id], "KILLED")
         self.client.set_terminated(self.parent, "FINISHED" if ok else "KILLED")
 
     def __getstate__(self) -> dict:  # pickled with the Tuner's callbacks: the ids, not the client
@@ -148,7 +172,8 @@ class Wandb:
                           reinit="create_new", settings=wandb.Settings(silent=True, console="off", disable_git=True))
 
     def trial_start(self, exp, trial_id: str, config: dict) -> None:
-        self.runs[trial_id] = self._init(trial_id, "trial", dict(config))
+        if trial_id not in self.runs:  # a trial restarted from a checkpoint (a retry) goes on in its run
+            self.runs[trial_id] = self._init(trial_id, "trial", dict(config))
 
     def trial_result(self, trial_id: str, metrics: dict, step: int) -> None:
         self.runs[trial_id].log(metrics, step=step)
@@ -192,20 +217,25 @@ class TrackingCallback(Callback):
 
     def __init__(self, exp, backends: list):
         self.exp, self.backends = exp, backends
+        self.seen: dict[str, int] = {}  # the last epoch each trial was let go on from
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        for b in self.backends:
-            if trial.trial_id not in b.runs:  # a trial restarted from a checkpoint goes on in its run
-                b.trial_start(self.exp, trial.trial_id, trial.config)
+        for b in self.backends:  # a trial restarted from a checkpoint goes on in its run (each backend's call)
+            b.trial_start(self.exp, trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics, step = epoch_metrics(self.exp, result), int(result.get("training_iteration", 0))
+        if not result.get("done"):  # as the console counts a trial the scheduler stopped (study.stopped_early)
+            self.seen[trial.trial_id] = step
         for b in self.backends:
             if trial.trial_id in b.runs and metrics:
                 b.trial_result(trial.trial_id, metrics, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "completed")
+        from tuner.search.study import stopped_early
+
+        early = stopped_early(trial.last_result, self.seen.get(trial.trial_id, 0), self.exp.scheduler.max_epochs)
+        self._end(trial, "stopped early" if early else "completed")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from tuner.tables import one_line
