@@ -127,3 +127,29 @@ def test_the_dashboard_rebuilds_a_damaged_journal_and_refuses_a_folder_in_its_pl
     assert len(lines) == 1 and lines[0].startswith("error: ") and "is a folder" in lines[0], lines
     with pytest.raises(UserError, match="is a folder"):
         study.repair(exp, d, print)
+
+
+def test_the_dashboard_rebuilds_a_deleted_journal_and_asks_to_wait_while_a_search_starts(folder, capsys,
+                                                                                         study_matches_tables):
+    """docs/using.md: a deleted journal is rebuilt from the tables by the dashboard too (it said "no study
+    recorded there" and pointed at a new search, which would replace the results); while a search is starting
+    and has not written one yet, the dashboard says to try again in a few seconds."""
+    from tuner.rundir import RunDir
+
+    exp, d = folder
+    assert not (d / "optuna.journal").exists()
+    run = RunDir(d)
+    run.mark_running()  # this process stands in for a search that is starting
+    try:
+        with pytest.raises(UserError, match="not there yet: the search that is starting writes it"):
+            study.open_journal(d)
+    finally:
+        run.clear_running()
+    assert study.open_journal(d) == str(d / "optuna.journal")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {d / 'optuna.journal'} was missing; rebuilt from trials.csv and epochs.csv (4 trials)"]
+    study_matches_tables(d, MAX_EPOCHS)
+    (d / "optuna.journal").unlink()
+    (d / "trials.csv").unlink()  # nothing to rebuild from
+    with pytest.raises(UserError, match="no study recorded there"):
+        study.open_journal(d)

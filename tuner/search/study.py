@@ -214,6 +214,7 @@ def rebuild(exp, exp_dir: Path, seeds: list | None = None) -> int:
     Returns the number of trials in it."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in Journal ..." is not news
     run = RunDir(exp_dir)
     tmp = run.journal.with_name(f".{run.journal.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -276,11 +277,17 @@ def open_journal(exp_dir: Path) -> str:
     from tuner.rundir import warn
 
     run = RunDir(exp_dir)
-    if not run.journal.exists() and not run.journal.is_symlink():
+    missing = not run.journal.exists() and not run.journal.is_symlink()
+    if missing and run.running_search():
+        raise UserError(f"{run.journal}: not there yet: the search that is starting writes it as Ray starts its "
+                        f"trials; run tuner dashboard again in a few seconds")
+    if missing and not run.trials.is_file():
         raise UserError(f"{run.journal}: no study recorded there; searches write it as they run "
                         f"(tuner search --space FILE)")
     exp = run.experiment()
-    if run.running_search():
+    if missing:  # deleted after the search: the tables hold every trial, as --resume rebuilds it
+        warn(f"{run.journal} was missing; rebuilt from trials.csv and epochs.csv ({rebuild(exp, exp_dir)} trials)")
+    elif run.running_search():
         try:
             load(exp, exp_dir, strict=False)
         except Exception as exc:  # noqa: BLE001
