@@ -115,4 +115,4 @@ def test_missing_onnx_package_exits_2_with_the_pip_command(tmp_path, capsys, mon
     d = _experiment(tmp_path / "results" / "c", "cnn")
     monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` meets where it is not installed
     assert main(["best", "--experiment", str(d), "--format", "onnx"]) == 2
-    assert "pip install 'tuner[onnx]'" in capsys.readouterr().err
+    assert "pip install 'tuner-hpo[onnx]'" in capsys.readouterr().err

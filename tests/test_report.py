@@ -217,7 +217,11 @@ def test_confusion_matrix_stays_legible_at_196_classes(tmp_path):
     _png_ok(tmp_path / "curves.png")
     cm = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
     assert cm.shape == (k, k) and int(cm.values.sum()) == len(y)
-    assert len(pd.read_csv(tmp_path / "classification_report.csv", index_col=0)) == k + 3  # + accuracy, averages
+    report = pd.read_csv(tmp_path / "classification_report.csv", index_col=0)
+    assert len(report) == k + 3 and list(report.index[-3:]) == ["accuracy", "macro avg", "weighted avg"]
+    # the accuracy as scikit-learn's text report has it: under f1-score, with the test set's size as support
+    assert report.loc["accuracy", "support"] == len(y) and report.loc["accuracy"][["precision", "recall"]].isna().all()
+    assert report.loc["accuracy", "f1-score"] == pytest.approx((proba.argmax(1) == y).mean())
     assert model.top_confusions(cm.values, names, 1)[0][:2] == (names[3], names[5])
 
 

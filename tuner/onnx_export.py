@@ -40,7 +40,7 @@ def require_onnx():
     try:
         import onnx
     except ImportError:
-        raise UserError("--format onnx needs the onnx package: pip install 'tuner[onnx]'") from None
+        raise UserError("--format onnx needs the onnx package: pip install 'tuner-hpo[onnx]'") from None
     return onnx
 
 

@@ -26,7 +26,7 @@ INSTALL = "pip install 'tuner-hpo[tracking]'"
 
 @dataclass
 class MlflowConfig:
-    # tracking server or store; unset: MLflow's own default ($MLFLOW_TRACKING_URI, ./mlruns)
+    # tracking server or store; unset: MLflow's own default ($MLFLOW_TRACKING_URI, else ./mlflow.db in MLflow 3)
     uri: str | None = None
     experiment: str | None = None  # the MLflow experiment; unset: the tuner experiment's name
     register: str | None = None    # also register the retrained model under this name in the model registry

@@ -31,10 +31,23 @@ def test_report(out: Path, y_true: np.ndarray, proba: np.ndarray, class_names: l
     write_text(out / "confusion_matrix.csv", pd.DataFrame(cm, index=class_names, columns=class_names).to_csv())
     rep = classification_report(y_true, pred, labels=np.arange(k), target_names=class_names, output_dict=True,
                                 zero_division=0)
-    write_text(out / "classification_report.csv", pd.DataFrame(rep).T.to_csv())
+    write_text(out / "classification_report.csv", _report_table(rep, len(y_true)).to_csv())
     plot_confusion(cm, class_names, out / "confusion_matrix.png")
     if history:
         plot_history(history, out / "curves.png", title="retrained best config")
+
+
+def _report_table(rep: dict, n: int) -> pd.DataFrame:
+    """scikit-learn's report as its text form lays it out: the accuracy in the f1-score column with the test
+    set's size as its support (as a dict, its one number filled every column, support 0.9889 included)."""
+    accuracy = rep.pop("accuracy", None)
+    table = pd.DataFrame(rep).T
+    if accuracy is not None:
+        averages = [i for i in table.index if i.endswith(" avg")]
+        row = pd.DataFrame({"f1-score": [accuracy], "support": [n]}, index=["accuracy"])
+        table = pd.concat([table.drop(index=averages), row, table.loc[averages]])
+    table["support"] = table["support"].astype(int)
+    return table
 
 
 def top_confusions(cm: np.ndarray, names: list[str], n: int = 15) -> list[tuple[str, str, int]]:

@@ -287,5 +287,13 @@ def _where(b) -> str:
     if isinstance(b, Mlflow):
         if b.uri and b.uri.startswith(("http://", "https://")):
             return f"MLflow {b.uri.rstrip('/')}/#/experiments/{b.experiment_id}/runs/{b.parent}"
-        return f"MLflow {b.uri or 'default store'}, experiment id {b.experiment_id}, parent run {b.parent}"
+        return f"MLflow {b.uri or _default_store()}, experiment id {b.experiment_id}, parent run {b.parent}"
     return f"W&B project {b.project} ({b.cfg.mode}), group {b.group}"
+
+
+def _default_store() -> str:
+    """Where MLflow writes when the block names no uri: $MLFLOW_TRACKING_URI, or MLflow's own default (a
+    SQLite file in the current folder since MLflow 3), so the console says which."""
+    import mlflow
+
+    return f"{mlflow.get_tracking_uri()} (MLflow's default store)"
