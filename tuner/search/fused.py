@@ -216,7 +216,7 @@ class MemberEvents(Callback):
             if history is not None:
                 self.live.results[key] = list(history)
             if "epoch" in metrics:
-                plain = {k: v for k, v in metrics.items() if k not in (HISTORY, "ended", "stopped", "error")}
+                plain = _plain(metrics)
                 plain["done"] = bool(metrics.get("stopped"))  # as Ray marks the result it stops a trial on
                 member.last_result = plain
                 self._each("on_trial_result", iteration=iteration, trials=self._all(), trial=member, result=plain)
