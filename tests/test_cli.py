@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,9 @@ def test_list_shows_the_experiment_and_says_when_it_stopped_short_of_its_trials(
     trials.write_text("".join(trials.read_text().splitlines(keepends=True)[:2]))
     assert main(["list", "--results", str(finished_copy)]) == 0
     assert capsys.readouterr().out.strip().endswith("(unfinished: 1 of 2 trials; --resume continues it)")
+    shutil.rmtree(finished_copy / "digits_cnn" / "ray")  # as a search refused before Ray saved anything
+    assert main(["list", "--results", str(finished_copy)]) == 0
+    assert capsys.readouterr().out.strip().endswith("(unfinished: 1 of 2 trials; the same command starts it)")
 
 
 def test_validate_prints_resolved_space_and_exits_0(capsys):

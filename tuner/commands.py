@@ -322,11 +322,11 @@ def _list_line(d: Path) -> str:
     test = ""
     if run.metrics.is_file():
         test = f", test {score(run.read_metrics().get('accuracy'))}"
-    live = "  (search running)" if run.running_note() else _unfinished(space, n)
+    live = "  (search running)" if run.running_note() else _unfinished(space, n, run)
     return f"{d.name:30s} {str(space.get('family', '')):9s} {n:4d} trials  {acc}{test}{live}"
 
 
-def _unfinished(space: dict, n: int) -> str:
+def _unfinished(space: dict, n: int, run: RunDir) -> str:
     """'  (unfinished: ...)' for a search that stopped short of its num_samples (a Ctrl-C, a kill, a refusal);
     '' when it did not, or when that cannot be told from space.yaml (a grid, a time budget)."""
     search = space.get("search")
@@ -334,7 +334,9 @@ def _unfinished(space: dict, n: int) -> str:
     planned = search.get("num_samples")
     if search.get("algorithm") == "grid" or search.get("time_budget") or not isinstance(planned, int):
         return ""
-    return f"  (unfinished: {n} of {planned} trials; --resume continues it)" if 0 <= n < planned else ""
+    # Ray's saved state is what --resume goes on from (elsewhere with a storage); without it, nothing ran
+    how = "--resume continues it" if run.ray_saved() or space.get("storage") else "the same command starts it"
+    return f"  (unfinished: {n} of {planned} trials; {how})" if 0 <= n < planned else ""
 
 
 def schema(args) -> int:
