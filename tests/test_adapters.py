@@ -384,3 +384,31 @@ def test_a_continued_progress_csv_keeps_the_columns_of_its_header(tmp_path):
     assert rows_after(adapters.HeaderKeepingCSVLogger())[-1] == ["2", "0.75", ""]
     ray_rows = rows_after(CSVLoggerCallback())  # Ray's own: the same row under the wrong columns
     assert ray_rows[-1] != ["2", "0.75", ""], "Ray's CSV logger keeps the header now: the adapter can go"
+
+
+@pytest.mark.slow
+def test_end_monitor_first_ends_the_local_rays_monitor_and_the_shutdown_then_ends_the_rest():
+    """In a fresh process (the test workers' own Ray is left alone): Ray's node keeps its processes in
+    `all_processes` under PROCESS_TYPE_MONITOR, end_monitor_first ends that one, and ray.shutdown the others."""
+    import subprocess
+    import sys
+
+    code = """
+import os, ray
+from ray._private import ray_constants, worker
+from tuner.search import adapters
+from tuner.search.cluster import start_local_ray
+start_local_ray({"include_dashboard": False, "logging_level": 40, "log_to_driver": False})
+procs = {kind: [i.process for i in infos] for kind, infos in worker._global_node.all_processes.items()}
+monitor = procs[ray_constants.PROCESS_TYPE_MONITOR]
+assert len(monitor) == 1 and monitor[0].poll() is None, procs
+adapters.end_monitor_first()
+assert monitor[0].poll() is not None, "the monitor still runs"
+assert all(p.poll() is None for kind, ps in procs.items() if kind != ray_constants.PROCESS_TYPE_MONITOR for p in ps)
+ray.shutdown()
+left = [p.pid for ps in procs.values() for p in ps if p.poll() is None]
+assert not left, left
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -245,3 +245,16 @@ def test_output_into_a_closed_pipe_ends_quietly_like_a_unix_tool(tmp_path):
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize("argv, status", [(["--version"], 0), (["validate", "--space", "missing.yaml"], 2)])
+def test_the_program_leaves_with_its_commands_status_after_every_atexit_handler_the_command_registered(argv, status):
+    """`python -m tuner` skips Python's teardown (cli._ProgramEnd): only once the handlers that libraries
+    register while the command runs (Ray's shutdown, MLflow's flush) have run, and with the command's status."""
+    code = ("import atexit, sys\nimport tuner.cli as cli\nrun = cli._command\n"
+            "def command(argv, program):\n    atexit.register(print, 'a handler the command registered ran')\n"
+            "    return run(argv, program)\n"
+            f"cli._command = command\nsys.argv = ['tuner'] + {argv!r}\nraise SystemExit(cli.main())\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == status, r.stderr
+    assert r.stdout.rstrip().endswith("a handler the command registered ran"), r.stdout

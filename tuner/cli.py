@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import errno
 import os
 import shlex
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 
 from tuner import interrupt
 from tuner.errors import UserError
@@ -107,10 +110,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The `tuner` command. With `argv` None it is the program itself (python -m tuner, the console script):
-    SIGINT and SIGTERM then stay tuner's until the process has exited, Ray's shutdown included; called with
-    a list (from Python, tests) the caller's handlers come back when it returns."""
-    program = argv is None
-    argv = sys.argv[1:] if argv is None else list(argv)
+    SIGINT and SIGTERM then stay tuner's until the process has exited, Ray's shutdown included, and the
+    process ends as `_ProgramEnd` says; called with a list (from Python, tests) the caller's handlers come back
+    when it returns, and a Ray it started stays up for the next call."""
+    if argv is not None:
+        return _command(list(argv), program=False)
+    end = _ProgramEnd()
+    atexit.register(end.exit)  # registered before anything imports Ray: run last, after Ray's own handler
+    end.code = _command(sys.argv[1:], program=True)
+    return end.code
+
+
+@dataclass
+class _ProgramEnd:
+    """After its atexit handlers, Python tears every module down and collects the whole heap: 1.6 s after a
+    search (torch, Ray, pandas and matplotlib loaded), as long as the search's report takes. Nothing of tuner
+    waits for it (tables and files are written whole and closed, Ray's and MLflow's own atexit handlers have
+    run by then), so once they have, the program leaves at once with the command's exit status."""
+    code: int | None = None  # None: the command did not return (an error outside it); Python ends as usual
+
+    def exit(self) -> None:
+        if self.code is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a reader that has gone (`tuner best | head`) is not an error
+                stream.flush()
+        os._exit(self.code)
+
+
+def _end_ray() -> None:
+    """The program's command has returned: end the Ray it started now, while the console is quiet, rather
+    than in Ray's atexit handler, which first sleeps half a second for worker output (tuner's console shows
+    none; --verbose's ended with the trials). Never imports Ray: most commands do not load it."""
+    if "ray" in sys.modules:
+        from tuner.search.cluster import end_ray
+
+        end_ray()
+
+
+def _command(argv: list[str], program: bool) -> int:
     args = None
     previous = interrupt.begin(lambda signum: _interrupted_line(signum, argv, args))
     try:
@@ -149,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if program:
             interrupt.exiting()
+            _end_ray()
         else:
             interrupt.restore(previous)
 

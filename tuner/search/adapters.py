@@ -59,6 +59,26 @@ def refused_for_token(exc: BaseException) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- Ray's shutdown
+def end_monitor_first() -> None:
+    """ray.shutdown ends the processes of the local Ray it started one by one, the raylet and GCS first
+    (`Node.kill_all_processes`, ray/_private/node.py: SIGTERM, up to a second's wait, then SIGKILL). The
+    autoscaler's monitor answers SIGTERM by reporting its end to the GCS already gone (monitor.py,
+    `_signal_handler`) and outlives the second: a second of every search's exit. It keeps nothing, so it is
+    killed before the shutdown (`worker._global_node.all_processes`; a driver that joined a cluster has none)."""
+    import subprocess
+
+    from ray._private import ray_constants, worker
+
+    node = worker._global_node
+    for info in (node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []):
+        info.process.kill()
+        try:
+            info.process.wait(timeout=1)  # reaped: kill_all_processes then sees it ended and goes on
+        except subprocess.TimeoutExpired:
+            pass
+
+
 # --------------------------------------------------------------------------- keys Ray's loggers must not see
 def take_from_result(result: dict, key: str):
     """Remove `key` from a trial's result before Ray's loggers write it; returns its value (None if absent).

@@ -206,6 +206,18 @@ def init_ray(address: str | None, dashboard: bool, say: Callable[[str], None] = 
         say(f"Ray dashboard: http://{url}  (login token: `ray get-auth-token`, also in ~/.ray/auth_token)")
 
 
+def end_ray() -> None:
+    """The program is ending: disconnect from Ray and end the local Ray this process started (a cluster's stays
+    up). Ray's atexit handler would do the same after a half-second sleep."""
+    import ray
+
+    from tuner.search.adapters import end_monitor_first
+
+    if ray.is_initialized():
+        end_monitor_first()
+        ray.shutdown()
+
+
 def _not_joined(where: str, address: str, exc: ConnectionError) -> UserError:
     """The error for a cluster ray.init could not join: none there, or one that asks for Ray's token."""
     from tuner.search.adapters import refused_for_token
