@@ -71,7 +71,8 @@ def end_monitor_first() -> None:
     from ray._private import ray_constants, worker
 
     node = worker._global_node
-    for info in (node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []):
+    monitors: list = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
+    for info in monitors:
         info.process.kill()
         try:
             info.process.wait(timeout=1)  # reaped: kill_all_processes then sees it ended and goes on
