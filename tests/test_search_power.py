@@ -2,7 +2,6 @@
 samplers, time budgets and warm starts (issue 15)."""
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 import pytest
@@ -89,31 +88,6 @@ def test_every_sampler_runs_a_small_search(tmp_path, results, sampler):
     trials = pd.read_csv(d / "trials.csv")
     assert len(trials) == 3 and trials["val_accuracy"].notna().all()
     assert trials["C"].between(1e-3, 1e2).all() and trials["max_iter"].between(50, 200).all()
-
-
-@pytest.mark.slow
-def test_time_budget_stops_a_long_search_within_budget_plus_one_epoch(tmp_path, results):
-    text = """
-name: budget
-dataset: {name: digits, limit: 300}
-family: mlp
-search: {algorithm: random, max_concurrent: 1, time_budget: 40s}
-scheduler: {name: fifo, max_epochs: 3}
-space:
-  lr: {loguniform: [1.0e-3, 1.0e-2]}
-  hidden: {choice: [[64]]}
-"""
-    # The budget counts from the search's start, so it must hold the trial worker's start at any load: on a
-    # machine loaded twice over (four test workers on 2 cores) no trial had reported within 20 s. A trial takes
-    # about a second once its worker runs, so 40 s still holds many trials.
-    t0 = time.perf_counter()
-    d = _search(_exp(tmp_path, text), results)
-    run = __import__("json").loads((d / "run.json").read_text())
-    epochs = pd.read_csv(d / "epochs.csv")
-    one_epoch = float(epochs["time_s"].max())
-    assert run["search_s"] <= 40 + one_epoch + 5  # Ray checks the budget between its steps
-    assert run["trials"] >= 2  # num_samples left out: it kept launching until the budget ran out
-    assert time.perf_counter() - t0 < 140
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2"])
