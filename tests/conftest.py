@@ -15,6 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
+# pytest-xdist runs its workers side by side on this machine's cores, and torch's default in each is a thread
+# per core: with both workers busy, twice as many spinning OpenMP threads as cores. A test of half a second
+# alone took 14-18 s beside the other worker (tests/test_families.py, the 2-core VM), and the quick loop 68-110 s
+# instead of 43. So each worker, and what it starts (searches, whose trials still set their own), gets its
+# share of the cores, as a trial gets its CPUs. Set here, before anything imports torch, which reads it once.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 # `pytest -m "not slow"` is the quick loop: a test that starts Ray (in this process or in a `tuner search`
 # subprocess) says so with @pytest.mark.slow, and one that does not say so fails if it starts Ray. Every other
 # test runs with RAY_TMPDIR (Ray's own variable, inherited by subprocesses) on an empty folder of its own:
