@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 @dataclass
 class _ProgramEnd:
     """After its atexit handlers, Python tears every module down and collects the whole heap: 1.6 s after a
-    search (torch, Ray, pandas and matplotlib loaded), as long as the search's report takes. Nothing of tuner
+    search (torch, Ray, pandas and matplotlib loaded), longer than writing its report. Nothing of tuner
     waits for it (tables and files are written whole and closed, Ray's and MLflow's own atexit handlers have
     run by then), so once they have, the program leaves at once with the command's exit status."""
     code: int | None = None  # None: the command did not return (an error outside it); Python ends as usual
