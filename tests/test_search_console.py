@@ -88,11 +88,12 @@ def test_a_search_until_the_time_budget_stops_within_it_and_counts_its_trials_wi
     # every trial is accounted for: the finished ones and those the budget stopped
     trials = pd.read_csv(results / "digits_cnn" / "trials.csv", dtype={"trial_id": str})
     assert finished + cut == len(trials) and f"search: {len(trials)} trials in " in out, out
-    # it kept launching trials until the budget ran out, and stopped within it plus one epoch (Ray checks the
-    # budget between its steps); at any load, 30 s holds more than one trial of about a second
+    # it kept launching trials after the first two (max_concurrent) until the budget ran out, and stopped
+    # within it plus one epoch (Ray checks the budget between its steps); 165 trials fitted in the 30 s on
+    # the idle 2-core VM, so three leave room for any load
     run = json.loads((results / "digits_cnn" / "run.json").read_text())
     one_epoch = float(pd.read_csv(results / "digits_cnn" / "epochs.csv")["time_s"].max())
-    assert run["search_s"] <= 30 + one_epoch + 5 and len(trials) >= 2, (run, len(trials))
+    assert run["search_s"] <= 30 + one_epoch + 5 and len(trials) >= 3, (run, len(trials))
 
 
 def test_eta_is_the_sooner_of_the_pace_and_the_time_budget():
