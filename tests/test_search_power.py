@@ -2,7 +2,6 @@
 samplers, time budgets and warm starts (issue 15)."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 import yaml
