@@ -340,6 +340,51 @@ def test_sigkilled_driver_resumes_every_trial_from_its_checkpoint_and_keeps_the_
     assert set(trials["trial_id"]) <= set(_snapshot_trials(ray_dir))
 
 
+
+def _as_if_killed_before_its_last_result(exp_dir: Path) -> None:
+    """A finished search's folder as a SIGKILL between a trial's last checkpoint and Ray's record of that
+    epoch leaves it: Ray's snapshot has the trial RUNNING with that checkpoint, its record ends an epoch
+    before, and tuner's tables were never written."""
+    ray_dir = exp_dir / "ray"
+    state = Path(sorted(glob.glob(str(ray_dir / "experiment_state-*.json")))[-1])
+    saved = json.loads(state.read_text())
+    for entry in saved["trial_data"]:
+        trial = json.loads(entry[0])
+        entry[0] = json.dumps({**trial, "status": "RUNNING"})
+        _forget_epochs_from(ray_dir / f"trial_{trial['trial_id']}", 2)
+    state.write_text(json.dumps(saved))
+    for table in ("trials.csv", "epochs.csv", "best.yaml"):
+        (exp_dir / table).unlink()
+
+
+@pytest.mark.slow
+def test_a_trial_restored_from_its_last_epochs_checkpoint_keeps_every_epoch_it_holds(results):
+    """Nothing is left to train after such a restore; the trial still ends with its 2 epochs and its best at
+    epoch 2, in the tables, best.yaml and the console (a new user's SIGKILLed search ended a trial short).
+    Through the program, as a user resumes: a second search in this process starts the trial over instead."""
+    _shutdown_ray()  # each run starts its own Ray
+    args = [sys.executable, "-m", "tuner", "search", "--space", str(SPACES / "digits_linear.yaml"),
+            "--results", str(results), "--no-dashboard", "--no-retrain", "--set", "search.num_samples=1",
+            "--set", "scheduler.name=fifo", "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=1",
+            "--set", "dataset.limit=300"]
+    assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    exp_dir = results / "digits_linear"
+    first = pd.read_csv(exp_dir / "epochs.csv", dtype={"trial_id": str})
+    _as_if_killed_before_its_last_result(exp_dir)
+    r = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # restored from its checkpoint, not trained again: Ray's record goes on after epoch 1
+    assert [json.loads(line)["training_iteration"] for line in
+            next(exp_dir.glob("ray/trial_*/result.json")).read_text().splitlines()] == [1, 3]
+    trials = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    epochs = pd.read_csv(exp_dir / "epochs.csv", dtype={"trial_id": str})
+    assert trials["epochs"].tolist() == [2] and trials["best_epoch"].tolist() == [2]
+    assert epochs["epoch"].tolist() == [1, 2]
+    assert epochs["val_accuracy"].tolist() == first["val_accuracy"].tolist()
+    best = yaml.safe_load((exp_dir / "best.yaml").read_text())
+    assert best["epochs_run"] == 2 and best["metrics"]["val_accuracy"] == first["val_accuracy"].iloc[1]
+    assert re.search(r"\(epoch 2\), 2 epochs, completed", r.stdout), r.stdout
+
 # --------------------------------------------------------------------------- a cluster
 @pytest.mark.slow
 def test_two_node_cluster_runs_trials_on_both_nodes(results):

@@ -62,6 +62,13 @@ BEST_LOSS = "val_loss_at_best"
 HISTORY = "history"
 
 
+def epoch_of(result: dict | None) -> int:
+    """The epochs a result counts: the trial's own `epoch`, which a restored trial's last epoch reported again
+    keeps (trainable._train; Ray numbers that report one more), else Ray's training_iteration."""
+    r = result or {}
+    return int(r.get("epoch") or r.get("training_iteration") or 0)
+
+
 def best_key(metric: str) -> str:
     """The running best a trial reports beside `metric`: the one score the searcher, scheduler and tables use."""
     return f"best_{metric}"

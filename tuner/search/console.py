@@ -18,7 +18,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from tuner.metrics import BEST_LOSS, best_key, feasible, rank_key
+from tuner.metrics import BEST_LOSS, best_key, epoch_of, feasible, rank_key
 from tuner.tables import one_line
 from tuner.search.study import stopped_early
 from tuner.spaces.rules import auto_fuse_off
@@ -145,7 +145,7 @@ class Console(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = trial.trial_id
-        step = int(result.get("training_iteration", 0))
+        step = epoch_of(result)
         value = result.get(self.exp.metrics[0])
         if value is not None and value == value:
             old = self.best_epoch.get(tid)
@@ -158,7 +158,7 @@ class Console(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = dict(trial.last_result or {})
-        epochs = int(result.get("training_iteration", 0))
+        epochs = epoch_of(result)
         early = stopped_early(result, self.seen.get(trial.trial_id, 0), self.exp.scheduler.max_epochs)
         self.finished += 1
         self.stopped += early
@@ -173,7 +173,7 @@ class Console(Callback):
         self.failed += 1
         error = one_line(trial.get_error() or "see the trial's error.txt")
         self._print(trial_line(self.exp, trial.trial_id, trial.config, None,
-                               int((trial.last_result or {}).get("training_iteration", 0)), "failed", error,
+                               epoch_of(trial.last_result), "failed", error,
                                width=line_width(self.stream)), trials)
 
     def on_step_begin(self, iteration, trials, **info):

@@ -20,6 +20,7 @@ from tuner import interrupt
 from tuner.atomic import writing
 from tuner.errors import UserError
 from tuner.families import get_family
+from tuner.metrics import epoch_of
 from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
@@ -35,10 +36,7 @@ from tuner.spaces import Experiment, resolved_yaml
 def _flatten(d: object, prefix: str = "") -> dict:
     if not isinstance(d, dict):
         return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+    return {key: v for k, d2 in d.items() for key, v in _flatten(d2, f"{prefix}.{k}" if prefix else str(k)).items()}
 
 
 def _check_same_space(exp: Experiment, exp_dir: Path) -> None:
@@ -417,7 +415,7 @@ class EndedTrials(Stopper):
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         end = self.ended.get(trial_id)
-        return end is not None and int(result.get("epoch", result.get("training_iteration", 0))) >= end
+        return end is not None and epoch_of(result) >= end
 
     def stop_all(self) -> bool:
         return False
@@ -484,17 +482,18 @@ def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list
 
 
 def _history(saved: pd.DataFrame | None, reported: list[dict] | None) -> pd.DataFrame | None:
-    """A trial's epochs, one row per training_iteration: what it reported in this run wins over Ray's file
-    (a retried epoch's second result is the one its checkpoint holds)."""
+    """A trial's epochs, one row each: what it reported in this run wins over Ray's file (a retried epoch's
+    second result is the one its checkpoint holds; a restored last epoch reported again, trainable._train,
+    numbers one more), and the epochs a restored trial's checkpoint held (metrics.HISTORY; Ray numbered
+    none) fill holes only."""
     frames = [f for f in (saved, pd.DataFrame(reported) if reported else None) if f is not None and len(f)]
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
     if "training_iteration" not in df:
         return df
-    # the epochs a restored trial's checkpoint held (metrics.HISTORY; Ray numbered none) fill holes only
-    kept = df[df["training_iteration"].isna()]
+    held = df[df["training_iteration"].isna()]
     df = df[df["training_iteration"].notna()].drop_duplicates("training_iteration", keep="last")
-    if len(kept) and len(kept := kept[~kept["epoch"].isin(df["epoch"])]):
-        return pd.concat([df, kept]).sort_values("epoch", ignore_index=True)
-    return df.sort_values("training_iteration", ignore_index=True)
+    if "epoch" not in df:
+        return df.sort_values("training_iteration", ignore_index=True)
+    return pd.concat([held, df]).drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)

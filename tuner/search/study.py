@@ -23,7 +23,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from tuner.errors import UserError
-from tuner.metrics import best_key, constraint_values
+from tuner.metrics import best_key, constraint_values, epoch_of
 from tuner.rundir import RunDir
 from tuner.search.adapters import OptunaSearchAdapter, fail_unfinished
 from tuner.search.domains import optuna_params
@@ -330,7 +330,7 @@ class StudySearch(OptunaSearchAdapter):
     def _report(self, trial_id: str, result: dict) -> None:
         ot_trial = self.optuna_trial(trial_id)
         value = result.get(self._rule.metrics[0])
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        step = epoch_of(result)
         if (ot_trial is None or len(self._rule.metrics) > 1 or value is None or value != value or not step
                 or step in self._steps.setdefault(trial_id, set()) or self._told(ot_trial)):
             return  # a step reported before (a trial resumed from an earlier checkpoint) keeps its first value
@@ -360,7 +360,7 @@ class StudySearch(OptunaSearchAdapter):
         config = self._configs.get(trial_id, self._constants)
         state, values = self._rule.outcome(
             error=error, values=[result.get(best_key(m)) for m in self._rule.metrics],
-            epochs=int(result.get("epoch", result.get("training_iteration", 0))), best_epoch=result.get("best_epoch"),
+            epochs=epoch_of(result), best_epoch=result.get("best_epoch"),
             config=config)
         if state.name == "PRUNED" and values:
             ot_trial.set_user_attr(best_key(self._rule.metrics[0]), values[0])
@@ -410,7 +410,7 @@ def metric_names(metric) -> list[str]:
 def stopped_early(result: dict | None, last_continued: int, max_epochs: int) -> bool:
     """Whether the scheduler stopped the trial: its last epoch came after the last one it was let go on
     from, and before max_epochs (a trial that stopped itself, by early_stopping, was let go on from its last)."""
-    step = int((result or {}).get("training_iteration", 0))
+    step = epoch_of(result)
     return bool(result) and last_continued < step < max_epochs
 
 

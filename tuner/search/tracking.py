@@ -17,7 +17,7 @@ from typing import Callable
 from ray.tune import Callback
 
 from tuner.errors import UserError
-from tuner.metrics import best_key
+from tuner.metrics import best_key, epoch_of
 from tuner.types import EPOCH_KEYS, TRAINED_KEYS
 
 MEASURED = ("num_params", "latency_ms", "latency_ms_b64", "train_time_s")  # what a trial measures once
@@ -224,7 +224,7 @@ class TrackingCallback(Callback):
             b.trial_start(self.exp, trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics, step = epoch_metrics(self.exp, result), int(result.get("training_iteration", 0))
+        metrics, step = epoch_metrics(self.exp, result), epoch_of(result)
         if not result.get("done"):  # as the console counts a trial the scheduler stopped (study.stopped_early)
             self.seen[trial.trial_id] = step
         for b in self.backends:

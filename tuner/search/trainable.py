@@ -183,6 +183,11 @@ def _train(learner, data, spec: TrialSpec, node: str) -> None:
                         "at_best": at_best, HISTORY: history},
                        os.path.join(d, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    if restored and learner.checkpoint_every_epoch:
+        # restored from its last epoch's checkpoint (a driver killed before it heard that result): nothing was
+        # left to train, so the epochs go with one report of that last epoch again, or the trial would end
+        # with the epochs Ray had recorded, short of those its checkpoint and its best hold
+        tune.report({**restored[-1], HISTORY: restored})
 
 
 def run_trial(config: dict, data=None, spec: TrialSpec | None = None) -> None:
