@@ -361,7 +361,8 @@ def _as_if_killed_before_its_last_result(exp_dir: Path) -> None:
 def test_a_trial_restored_from_its_last_epochs_checkpoint_keeps_every_epoch_it_holds(results):
     """Nothing is left to train after such a restore; the trial still ends with its 2 epochs and its best at
     epoch 2, in the tables, best.yaml and the console (a new user's SIGKILLed search ended a trial short).
-    Through the program, as a user resumes: a second search in this process starts the trial over instead."""
+    Each run a program of its own, as a user's: run in this process, the first run's record of epoch 2 came back
+    into result.json after the edit below (Ray's logger still held it), hiding the loss."""
     _shutdown_ray()  # each run starts its own Ray
     args = [sys.executable, "-m", "tuner", "search", "--space", str(SPACES / "digits_linear.yaml"),
             "--results", str(results), "--no-dashboard", "--no-retrain", "--set", "search.num_samples=1",
