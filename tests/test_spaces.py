@@ -135,6 +135,18 @@ def test_bad_input_is_a_user_error_naming_the_key(tmp_path, override, fragment):
     assert "\n" not in str(err.value)
 
 
+
+@pytest.mark.parametrize("name, refused", [("asha", True), ("median", True), ("fifo", False), ("hyperband", False),
+                                           ("pbt", False)])
+def test_grace_period_must_fit_in_max_epochs_only_where_the_scheduler_reads_it(tmp_path, name, refused):
+    """A quick fifo run of a file whose asha waits 3 epochs: `--set scheduler.max_epochs=2` alone is enough."""
+    sets = [f"scheduler.name={name}", "scheduler.grace_period=3", "scheduler.max_epochs=2"]
+    if refused:
+        with pytest.raises(UserError, match=r"grace_period \(3\) <= max_epochs \(2\)"):
+            spaces.load(write(tmp_path, BASE), sets)
+    else:
+        assert spaces.load(write(tmp_path, BASE), sets).scheduler.max_epochs == 2
+
 def test_malformed_yaml_names_the_file_and_line(tmp_path):
     p = write(tmp_path, "name: x\nspace: {lr: [\n")
     with pytest.raises(UserError, match=r"s\.yaml: not valid YAML at line"):

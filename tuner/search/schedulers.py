@@ -32,6 +32,7 @@ class SchedulerEntry:
     mutates: bool = False  # running trials change their own parameters (PBT): no searcher draws them, no warm
     #                        start seeds them, and every checkpoint is kept (a trial may copy any of them)
     rungs: bool = False    # stops trials at the milestones grace_period * reduction_factor**k (rungs.png)
+    grace: bool = False    # lets every trial run grace_period epochs: that many must fit in max_epochs
 
     @property
     def doc(self) -> str:
@@ -43,11 +44,11 @@ SCHEDULERS: dict[str, SchedulerEntry] = {}
 
 
 def register_scheduler(name: str, *, multi_objective: bool, conditional: bool, needs_epochs: bool,
-                       mutates: bool = False, rungs: bool = False) -> Callable:
+                       mutates: bool = False, rungs: bool = False, grace: bool = False) -> Callable:
     """Decorator: register `fn(exp) -> Ray scheduler` under `name` (the value of `scheduler.name`)."""
     def wrap(fn: Callable) -> Callable:
         SCHEDULERS[name] = SchedulerEntry(name, fn, multi_objective=multi_objective, conditional=conditional,
-                                          needs_epochs=needs_epochs, mutates=mutates, rungs=rungs)
+                                          needs_epochs=needs_epochs, mutates=mutates, rungs=rungs, grace=grace)
         return fn
     return wrap
 
@@ -82,7 +83,7 @@ def _ranked(exp) -> dict:
 
 
 # in the order `tuner schema` and the messages list them
-@register_scheduler("asha", multi_objective=True, conditional=True, needs_epochs=True, rungs=True)
+@register_scheduler("asha", multi_objective=True, conditional=True, needs_epochs=True, rungs=True, grace=True)
 def asha(exp):
     """Asynchronous successive halving: at each rung (`grace_period` times a power of `reduction_factor`
     epochs) a trial goes on only if it is in the best 1 / `reduction_factor` of the trials that reached it."""
@@ -93,7 +94,7 @@ def asha(exp):
                          reduction_factor=s.reduction_factor, **_ranked(exp))
 
 
-@register_scheduler("median", multi_objective=False, conditional=True, needs_epochs=True)
+@register_scheduler("median", multi_objective=False, conditional=True, needs_epochs=True, grace=True)
 def median(exp):
     """The median stopping rule: after `grace_period` epochs, a trial whose best is below the median of the
     others' at the same epoch stops (once 3 trials have got there)."""

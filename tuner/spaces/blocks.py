@@ -15,7 +15,7 @@ from tuner.bounds import MAX_IMAGE_SIZE, bound_of, bounded
 from tuner.errors import UserError
 # the sampler and scheduler registries: their names are the choices; neither module imports Ray or Optuna
 from tuner.search.samplers import DEFAULT_SAMPLER, sampler_names
-from tuner.search.schedulers import scheduler_names
+from tuner.search.schedulers import get_scheduler, scheduler_names
 from tuner.spaces.distributions import finite
 from tuner.spaces.names import check_path_text, shown
 
@@ -147,7 +147,7 @@ class SearchConfig:
 class SchedulerConfig:
     name: str = bounded("asha", choices=scheduler_names)  # tuner.search.schedulers
     max_epochs: int = bounded(10, min=1)
-    grace_period: int = bounded(1, min=1)  # and <= max_epochs
+    grace_period: int = bounded(1, min=1)  # and <= max_epochs, where the scheduler reads it (asha, median)
     reduction_factor: float = bounded(3, above=1)
     perturbation_interval: int = bounded(2, min=1)  # pbt
 
@@ -156,7 +156,8 @@ class SchedulerConfig:
         return build_block(cls, raw, "scheduler", file)
 
     def check(self, file: str) -> None:
-        if self.grace_period > self.max_epochs:
+        # fifo, pbt and hyperband never read it: a shorter --set scheduler.max_epochs needs no grace_period too
+        if get_scheduler(self.name).grace and self.grace_period > self.max_epochs:
             raise UserError(f"{file}: scheduler needs 1 <= grace_period ({self.grace_period}) <= "
                             f"max_epochs ({self.max_epochs})")
 
