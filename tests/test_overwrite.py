@@ -1,7 +1,7 @@
 """A search never replaces a search of the same name unasked: over one that is there it exits 2 naming what is
 there and the choices (--overwrite, --resume, --name), a --smoke result excepted; a warm start from the
 experiment's own folder is refused before anything is removed; a search refused for missing data leaves no
-folder behind; the header counts the trials that will run."""
+folder behind, nor one refused for its resources; the header counts the trials that will run."""
 from __future__ import annotations
 
 import json
@@ -118,6 +118,20 @@ def test_a_search_refused_for_missing_data_leaves_an_earlier_search_as_it_was(tm
     assert "dataset.root" in line
     assert _snapshot(d) == before
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before", ["none", "finished"])
+def test_a_search_refused_for_its_resources_leaves_the_folder_as_it_was(tmp_path, capsys, before):
+    """Ray is up when a trial's CPUs are checked against the cluster: the folder is emptied after that check,
+    so a refused --overwrite loses no earlier search, and a refused first search leaves no stub for `list`."""
+    results = tmp_path / "results"
+    d = _finished(results) if before == "finished" else results / NAME
+    was = _snapshot(d) if d.exists() else None
+    line = _refused(capsys, ["search", "--space", str(LINEAR), "--results", str(results), "--no-dashboard",
+                             "--overwrite", "--set", "resources.cpu=64"])
+    assert "resources.cpu: 64 per trial, but no node has that many" in line
+    assert (_snapshot(d) if d.exists() else None) == was
 
 def test_the_header_counts_every_point_of_a_grid():
     from tuner.search.searchers import planned_trials

@@ -165,7 +165,7 @@ def _pbt_copies(policy: Path) -> set[tuple[int, int]]:
 
 
 def test_a_trials_history_keeps_the_epochs_rays_file_dropped_and_the_retried_epochs_second_result():
-    from tuner.search.driver import _history
+    from tuner.search.records import trial_history as _history
 
     saved = pd.DataFrame({"training_iteration": [1, 2, 5], "val_accuracy": [0.2, 0.4, 0.9]})  # 3, 4 dropped
     reported = [{"training_iteration": i, "val_accuracy": v} for i, v in [(1, 0.2), (2, 0.4), (3, 0.6), (4, 0.7),
@@ -179,7 +179,7 @@ def test_a_trials_history_keeps_the_epochs_rays_file_dropped_and_the_retried_epo
 def test_the_epochs_a_restored_checkpoint_brings_fill_the_holes_in_rays_record_and_replace_nothing():
     """A driver SIGKILLed after a trial's checkpoint but before Ray's snapshot: Ray's record stops at epoch 2,
     the resumed trial goes on at 5 (Ray numbers it 3) and sends its checkpoint's epochs 1-4 (unnumbered)."""
-    from tuner.search.driver import _history
+    from tuner.search.records import trial_history as _history
 
     saved = pd.DataFrame({"training_iteration": [1, 2], "epoch": [1, 2], "val_accuracy": [0.2, 0.4]})
     history = [{"epoch": e, "val_accuracy": v} for e, v in [(1, 0.25), (2, 0.45), (3, 0.6), (4, 0.7)]]

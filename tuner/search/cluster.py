@@ -322,11 +322,12 @@ def storage_lock(storage: str | None, name: str):
         yield
 
 
-def remove_experiment(storage: str, name: str) -> None:
+def remove_experiment(storage: str, name: str, check_only: bool = False) -> None:
     """A new search of the same name replaces the old one on the storage too (else Ray mixes their trials).
 
     Only `<storage>/<name>` itself, and only when it is a Tune experiment: never a link, a file or a folder
-    that is something else (the storage may be shared with other people's data).
+    that is something else (the storage may be shared with other people's data). `check_only`: refuse as it
+    would, remove nothing (a search checks before Ray starts and removes once nothing else can refuse).
     """
     import pyarrow.fs
 
@@ -344,7 +345,8 @@ def remove_experiment(storage: str, name: str) -> None:
                                                    not os.listdir(target)):
             raise UserError(f"storage {target}: exists but is not a Ray Tune experiment (no tuner.pkl or "
                             f"experiment_state-*.json); pick another name or remove it by hand")
-        shutil.rmtree(target)
+        if not check_only:
+            shutil.rmtree(target)
         return
     fs, root = pyarrow.fs.FileSystem.from_uri(storage)
     remote = f"{root.rstrip('/')}/{name}"
@@ -356,7 +358,8 @@ def remove_experiment(storage: str, name: str) -> None:
     if names is None or (names and not is_tune_experiment(names)):
         raise UserError(f"storage {storage}/{name}: exists but is not a Ray Tune experiment; pick another name "
                         f"or remove it by hand")
-    fs.delete_dir(remote)
+    if not check_only:
+        fs.delete_dir(remote)
 
 
 # --------------------------------------------------------------------------- the experiment folder

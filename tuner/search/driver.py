@@ -21,10 +21,10 @@ from tuner.atomic import writing
 from tuner.errors import UserError
 from tuner.families import get_family
 from tuner.metrics import epoch_of
-from tuner.rundir import CorruptResult, RunDir, clear, read_result, replace
+from tuner.rundir import RunDir, clear, replace
 from tuner.search.cluster import (check_address, check_cluster_fits, check_storage, fit_resources, init_ray,
                                   remove_experiment)
-from tuner.search import adapters
+from tuner.search import adapters, records
 from tuner.search.domains import param_space
 # ClipToSpace: a search saved by an older tuner names it here, in the PBT scheduler its tuner.pkl holds
 from tuner.search.schedulers import SCHEDULERS, ClipToSpace, build_scheduler  # noqa: F401
@@ -127,11 +127,16 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     # on one machine the trials map the cache's files (the object store gets their paths); trials on a
     # cluster's other machines may not see this cache, so there the pixels go through the object store
     on_one_machine = not address and not os.environ.get("RAY_ADDRESS")
-    data = _data(exp, run_dir, resume, smoke, on_one_machine, say)
+    data = _data(exp, on_one_machine, say)
+    if not resume and exp.storage:  # refused before Ray starts, removed once nothing else can refuse
+        remove_experiment(exp.storage, exp.name, check_only=True)
     if on_one_machine:
         _warm_up(exp, data, say)
     init_ray(address, dashboard, say, verbose)
-    trainable = _trainable(exp, data, run_dir, ray_path, resume)
+    resources = _resources(exp)
+    check_cluster_fits(resources)  # a refusal here, as one for the data or Ray's start, leaves the folder as it was
+    _start_folder(exp, run_dir, data, resume, smoke)
+    trainable = _trainable(exp, data, run_dir, ray_path, resume, resources)
     live_results, callbacks = _watchers(exp, exp_dir, results, list(callbacks), verbose, say)
     tuner = _tuner(exp, exp_dir, ray_path, trainable, callbacks, resume, retry_failed, verbose, say)
     interrupt.signal_for_tests("tuner")
@@ -143,15 +148,15 @@ def run(exp: Experiment, results: Path, exp_dir: Path, *, address: str | None = 
     with _signals_stop_tune():
         grid = tuner.fit()
     fit_s = time.perf_counter() - t_fit
-    _record_run(run_dir, fused.configurations(grid) if exp.search.fuse else len(grid), fit_s, t_fit - t0, data)
+    records.record_run(run_dir, fused.configurations(grid) if exp.search.fuse else len(grid), fit_s, t_fit - t0, data)
     # after a Ctrl-C or SIGTERM Tune saved its state and ended fit() as if done: nothing to retrain here
     interrupt.raise_received()
-    n, best = _tables(exp, grid, exp_dir, live_results)
+    n, best = records.tables(exp, grid, exp_dir, live_results)
     say(f"search: {n} trials in {fit_s:.1f} s (data and Ray start-up {t_fit - t0:.1f} s)")
     from tuner.search import study
 
     study.reconcile(exp, exp_dir, say)  # the study ends equal to the tables, whatever faults came between
-    return SearchOutcome(data, best, _failures(run_dir, n, say))
+    return SearchOutcome(data, best, records.failures(run_dir, n, say))
 
 
 def _locate(exp: Experiment, exp_dir: Path, address: str | None, storage: str | None,
@@ -173,14 +178,22 @@ def _locate(exp: Experiment, exp_dir: Path, address: str | None, storage: str | 
     return run_dir, ray_path
 
 
-def _data(exp: Experiment, run_dir: RunDir, resume: bool, smoke: bool, by_path: bool, say: Callable[[str], None]):
-    """The data first: a data set that is missing or unreadable stops the search before anything is removed;
-    then a new search empties its folder and writes its space, run.json and the split."""
+def _data(exp: Experiment, by_path: bool, say: Callable[[str], None]):
+    """The data first: a data set that is missing or unreadable stops the search before anything is removed."""
     from tuner.data import prepare
 
     t0 = time.perf_counter()
     interrupt.signal_for_tests("prepare")
     data = prepare(exp.dataset, cache_dir=cache_dir(), by_path=by_path)
+    say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
+        f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
+        f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s{_decoded(data.stats)})")
+    return data
+
+
+def _start_folder(exp: Experiment, run_dir: RunDir, data, resume: bool, smoke: bool) -> None:
+    """Once nothing can refuse the search before Tune's run: a new search empties its folder and writes its
+    space and run.json; every run writes the split."""
     if not resume and exp.storage:  # it may refuse, and then nothing is removed
         remove_experiment(exp.storage, exp.name)
     if not resume:
@@ -191,21 +204,15 @@ def _data(exp: Experiment, run_dir: RunDir, resume: bool, smoke: bool, by_path: 
     with writing(run_dir.split) as tmp:
         indices: dict[str, Any] = data.indices
         np.savez(tmp, **indices)
-    say(f"data: {data.name}, {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images "
-        f"of {data.x_train.shape[1]}x{data.x_train.shape[2]}x{data.x_train.shape[3]}, "
-        f"{len(data.class_names)} classes ({time.perf_counter() - t0:.1f} s{_decoded(data.stats)})")
-    return data
 
 
-def _trainable(exp: Experiment, data, run_dir: RunDir, ray_path: str, resume: bool):
+def _trainable(exp: Experiment, data, run_dir: RunDir, ray_path: str, resume: bool, resources: dict):
     """What Ray runs per trial: `run_trial` with the data and the trial spec, on the trial's resources; with
     search.fuse, a group of configurations per Ray trial (tuner.search.fused)."""
     from ray import tune
 
     from tuner.search.trainable import TrialSpec, run_trial
 
-    resources = _resources(exp)
-    check_cluster_fits(resources)
     spec = TrialSpec(family=get_family(exp.family), max_epochs=exp.scheduler.max_epochs, augment=exp.dataset.augment,
                      cpus=resources["cpu"], gpus=resources["gpu"], cache_dir=str(cache_dir()),
                      metric=exp.metrics[0], mode=exp.modes[0], objectives=tuple(exp.metrics[1:]),
@@ -260,39 +267,6 @@ def _tuner(exp: Experiment, exp_dir: Path, ray_path: str, trainable, callbacks: 
     tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed)
     _continue_here(tuner, exp, exp_dir, ray_path, callbacks, verbose, say)
     return tuner
-
-
-def _record_run(run_dir: RunDir, trials: int, fit_s: float, before_fit_s: float, data) -> None:
-    """run.json: how long the search itself took, apart from data preparation and Ray start-up (read by
-    benchmarks/), over every run of it: an interrupted one and each --resume add theirs."""
-    before = _search_s_so_far(run_dir)
-    run_dir.write_json(run_dir.run_json, {"trials": trials, "search_s": round(before["search_s"] + fit_s, 3),
-                                          "prepare_and_start_s": round(before_fit_s, 3), "runs": before["runs"] + 1,
-                                          "smoke": before["smoke"], "prepare_s": round(data.stats.seconds, 3),
-                                          "decode_s": round(data.stats.decode_s, 3), "decoded": data.stats.decoded,
-                                          "images_bytes": data.stats.nbytes})
-
-
-def _tables(exp: Experiment, grid, exp_dir: Path, live_results) -> tuple[int, dict | None]:
-    """trials.csv, epochs.csv and best.yaml; the number of trials. With search.fuse the members' rows, as the
-    live tables hold them (Ray's grid holds the groups)."""
-    if exp.search.fuse:
-        from tuner.search import fused
-        from tuner.tables import write_tables
-
-        fused.add_ended_before(exp, grid, live_results)
-        return len(live_results.done), write_tables(exp, list(live_results.done.values()), exp_dir)
-    return len(grid), write_results(exp, grid, exp_dir, live_results.results)
-
-
-def _failures(run_dir: RunDir, trials: int, say: Callable[[str], None]) -> pd.DataFrame:
-    failed = pd.read_csv(run_dir.trials, dtype={"trial_id": str}, keep_default_na=False)
-    failed = failed[failed["status"] == "ERROR"]
-    if len(failed):
-        say(f"{len(failed)} of {trials} trials failed:")
-        for _, row in failed.iterrows():
-            say(f"  {row['trial_id']}: {row['error']}")
-    return failed
 
 
 def _saved(exp: Experiment, ray_path: str) -> bool:
@@ -448,52 +422,3 @@ def _decoded(stats) -> str:
         return ""
     rate = stats.decoded / max(stats.decode_s, 1e-9)
     return f"; decoded {stats.decoded} images in {stats.decode_s:.1f} s, {rate:.0f}/s"
-
-
-def _search_s_so_far(run_dir: RunDir) -> dict:
-    try:
-        saved = read_result(run_dir.run_json) if run_dir.run_json.is_file() else {}
-    except CorruptResult:  # a broken run.json only loses the earlier runs' seconds
-        saved = {}
-    return {"search_s": float(saved.get("search_s", 0.0)), "runs": int(saved.get("runs", 1 if saved else 0)),
-            "smoke": saved.get("smoke") is True}
-
-
-def write_results(exp: Experiment, grid, exp_dir: Path, reported: dict[str, list[dict]] | None = None) -> dict | None:
-    """trials.csv, epochs.csv and best.yaml from Ray's ResultGrid and `reported`, every result each trial sent
-    during this run (the live callback's record).
-
-    Both are needed. Ray's record of a trial restored from a checkpoint (PBT's exploit, a retry) keeps only
-    the results up to that checkpoint and those after, so epochs it did run vanish; after a PBT exploit its
-    last metrics even carry the trial_id of the trial it copied. The callback sees every result, but after
-    --resume only those since. A trial's id is its folder's name, which tuner sets (_trial_dirname).
-    """
-    from tuner.tables import trial_row, write_tables
-
-    rows = []
-    for result in grid:
-        name = Path(result.path).name
-        # (a folder from before trials were named trial_<id>: the id Ray reported, else the folder's name)
-        trial_id = (name.removeprefix("trial_") if name.startswith("trial_")
-                    else str((result.metrics or {}).get("trial_id", name)))
-        history = _history(result.metrics_dataframe, (reported or {}).get(trial_id))
-        rows.append(trial_row(exp, trial_id, result.config or {}, history, result.error))
-    return write_tables(exp, rows, exp_dir)
-
-
-def _history(saved: pd.DataFrame | None, reported: list[dict] | None) -> pd.DataFrame | None:
-    """A trial's epochs, one row each: what it reported in this run wins over Ray's file (a retried epoch's
-    second result is the one its checkpoint holds; a restored last epoch reported again, trainable._train,
-    numbers one more), and the epochs a restored trial's checkpoint held (metrics.HISTORY; Ray numbered
-    none) fill holes only."""
-    frames = [f for f in (saved, pd.DataFrame(reported) if reported else None) if f is not None and len(f)]
-    if not frames:
-        return None
-    df = pd.concat(frames, ignore_index=True)
-    if "training_iteration" not in df:
-        return df
-    held = df[df["training_iteration"].isna()]
-    df = df[df["training_iteration"].notna()].drop_duplicates("training_iteration", keep="last")
-    if "epoch" not in df:
-        return df.sort_values("training_iteration", ignore_index=True)
-    return pd.concat([held, df]).drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
