@@ -10,7 +10,7 @@ from typing import Union
 from tuner.bounds import Bound
 from tuner.errors import UserError
 from tuner.spaces.blocks import DatasetConfig, ResourcesConfig, SchedulerConfig, SearchConfig
-from tuner.spaces.distributions import Distribution, parse_distribution
+from tuner.spaces.distributions import KINDS, Distribution, parse_distribution
 from tuner.spaces.experiment import Experiment, Suite
 from tuner.spaces.names import check_name, check_path_text, shown
 from tuner.spaces.rules import (check_branch_names, check_search_power, parse_constraints, parse_objectives,
@@ -56,9 +56,20 @@ def _blamed(exc: UserError, raw: dict, path: Path, overrides: list[str]) -> User
         except UserError as other:
             if str(other) == str(exc):
                 continue
-        message, item = str(exc).removeprefix(f"{path}: "), shown(item)
-        return UserError(f"--set {item}: {message} (in {path})" if message != str(exc) else f"{exc} (--set {item})")
+        message, hint, item = str(exc).removeprefix(f"{path}: "), _range_hint(item), shown(item)
+        return UserError(f"--set {item}: {message}{hint} (in {path})" if message != str(exc)
+                         else f"{exc}{hint} (--set {item})")
     return exc
+
+
+def _range_hint(item: str) -> str:
+    """`--set space.lr=loguniform` names a distribution without its range, which reads as a constant string."""
+    key, _, value = (s.strip() for s in item.partition("="))
+    kind = KINDS.get(value)
+    if kind is None:
+        return ""
+    args = "[A, B]" if kind.categorical else "[LOW, HIGH]"
+    return f"; a distribution takes its values in a mapping: --set '{key}={{{value}: {args}}}'"
 
 
 def parse_experiment(raw: dict, path: Path | None = None, ran: bool = False) -> Experiment:
