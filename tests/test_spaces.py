@@ -149,14 +149,21 @@ def test_grace_period_must_fit_in_max_epochs_only_where_the_scheduler_reads_it(t
 
 
 def test_a_distribution_named_without_its_range_is_refused_with_the_mapping_to_write(tmp_path):
-    with pytest.raises(UserError) as err:
-        spaces.load(write(tmp_path, BASE), ["space.lr=loguniform"])
-    assert "--set 'space.lr={loguniform: [LOW, HIGH]}'" in str(err.value)
-    with pytest.raises(UserError, match=r"--set 'space.batch_size=\{choice: \[A, B\]\}'"):
-        spaces.load(write(tmp_path, BASE), ["space.batch_size=choice"])
+    def refusal(override: str) -> str:
+        with pytest.raises(UserError) as err:
+            spaces.load(write(tmp_path, BASE), [override])
+        return str(err.value)
+
+    # the file's own values for the key, ready to edit; two placeholders where it has none
+    assert "e.g. --set 'space.lr={loguniform: [0.0001, 0.1]}' (in" in refusal("space.lr=loguniform")
+    assert "e.g. --set 'space.batch_size={choice: [16, 32]}' (in" in refusal("space.batch_size=choice")
+    assert "e.g. --set 'space.momentum={uniform: [LOW, HIGH]}' with two numbers" in refusal("space.momentum=uniform")
+    assert "expected a number, got 'loguniform'" in refusal("space.lr=loguniform")
+    assert "e.g." not in refusal("fixed.lr=loguniform")  # a fixed value takes no distribution at all
     # a value that only shares a distribution's name is a constant where the family takes it (knn's weights)
     knn = BASE.replace("family: cnn", "family: knn").split("space:")[0] + "space:\n  k: {int: [1, 9]}\n"
     assert spaces.load(write(tmp_path, knn), ["space.weights=uniform"]).constants["weights"] == "uniform"
+
 
 def test_malformed_yaml_names_the_file_and_line(tmp_path):
     p = write(tmp_path, "name: x\nspace: {lr: [\n")

@@ -15,6 +15,9 @@ import numpy as np
 # trains in epochs (`checkpoint_every_epoch`) also yields TRAINED_KEYS
 EPOCH_KEYS = ("epoch", "val_loss", "val_accuracy", "epoch_time_s")
 TRAINED_KEYS = ("train_loss", "train_accuracy", "lr")
+# a Param's type as a refusal says it ("expected a number, got 'loguniform'")
+_TYPE_WORDS = {"float": "a number", "int": "a whole number", "str": "a string", "bool": "true or false",
+               "list": "a list", "dict": "a mapping", "any": "a value"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class Param:
         if self.choices is not None and value in self.choices:
             return None
         if not ok:
-            allowed = f"one of {', '.join(map(str, self.choices))}" if self.choices else f"a {self.type}"
+            allowed = f"one of {', '.join(map(str, self.choices))}" if self.choices else _TYPE_WORDS[self.type]
             return f"{where}: expected {allowed}, got {value!r}"
         if self.choices is not None and self.type == "str":
             return f"{where}: {value!r} is not one of {', '.join(map(str, self.choices))}"

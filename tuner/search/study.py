@@ -268,7 +268,8 @@ def reconcile(exp, exp_dir: Path, say: Callable[[str], None]) -> None:
         n = rebuild(exp, exp_dir)
         # trials the time budget stopped were never told to the study: they differ without any interruption
         why = "the time budget or an interruption" if exp.search.time_budget else "an interruption"
-        say(f"optuna.journal: made equal to trials.csv ({len(diffs)} trials differed after {why}; {n} now)")
+        differed = f"{len(diffs)} trial{'s' * (len(diffs) != 1)} differed"
+        say(f"optuna.journal: made equal to trials.csv ({differed} after {why}; {n} now)")
 
 
 def open_journal(exp_dir: Path) -> str:

@@ -158,8 +158,9 @@ class SchedulerConfig:
     def check(self, file: str) -> None:
         # fifo, pbt and hyperband never read it: a shorter --set scheduler.max_epochs needs no grace_period too
         if get_scheduler(self.name).grace and self.grace_period > self.max_epochs:
-            raise UserError(f"{file}: scheduler needs 1 <= grace_period ({self.grace_period}) <= "
-                            f"max_epochs ({self.max_epochs})")
+            raise UserError(f"{file}: scheduler {self.name} needs 1 <= grace_period ({self.grace_period}) <= "
+                            f"max_epochs ({self.max_epochs}): lower scheduler.grace_period or raise "
+                            f"scheduler.max_epochs")
 
 
 @dataclass

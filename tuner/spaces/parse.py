@@ -56,20 +56,24 @@ def _blamed(exc: UserError, raw: dict, path: Path, overrides: list[str]) -> User
         except UserError as other:
             if str(other) == str(exc):
                 continue
-        message, hint, item = str(exc).removeprefix(f"{path}: "), _range_hint(item), shown(item)
+        message, hint, item = str(exc).removeprefix(f"{path}: "), _range_hint(item, raw), shown(item)
         return UserError(f"--set {item}: {message}{hint} (in {path})" if message != str(exc)
                          else f"{exc}{hint} (--set {item})")
     return exc
 
 
-def _range_hint(item: str) -> str:
-    """`--set space.lr=loguniform` names a distribution without its range, which reads as a constant string."""
+def _range_hint(item: str, raw: dict) -> str:
+    """`--set space.lr=loguniform` names a distribution without its range, which reads as a constant string:
+    the mapping to write, with the file's own values for that key where it has a list of them."""
     key, _, value = (s.strip() for s in item.partition("="))
-    kind = KINDS.get(value)
-    if kind is None:
+    kind, name = KINDS.get(value), key.removeprefix("space.")
+    if kind is None or name == key:
         return ""
-    args = "[A, B]" if kind.categorical else "[LOW, HIGH]"
-    return f"; a distribution takes its values in a mapping: --set '{key}={{{value}: {args}}}'"
+    old = (raw.get("space") or {}).get(name) if isinstance(raw.get("space"), dict) else None
+    values = next(iter(old.values())) if isinstance(old, dict) and len(old) == 1 else None
+    args, said = ("[" + ", ".join(map(str, values)) + "]", "") if isinstance(values, list) and values else \
+        ("[A, B]", " with its values") if kind.categorical else ("[LOW, HIGH]", " with two numbers")
+    return f"; a distribution takes its values in a mapping, e.g. --set '{key}={{{value}: {args}}}'{said}"
 
 
 def parse_experiment(raw: dict, path: Path | None = None, ran: bool = False) -> Experiment:
