@@ -374,6 +374,7 @@ def test_a_trial_restored_from_its_last_epochs_checkpoint_keeps_every_epoch_it_h
     _as_if_killed_before_its_last_result(exp_dir)
     r = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "resume: 0 trials in trials.csv kept; unfinished ones go on from their last checkpoints" in r.stdout
     # restored from its checkpoint, not trained again: Ray's record goes on after epoch 1
     assert [json.loads(line)["training_iteration"] for line in
             next(exp_dir.glob("ray/trial_*/result.json")).read_text().splitlines()] == [1, 3]

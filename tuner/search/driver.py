@@ -259,6 +259,10 @@ def _tuner(exp: Experiment, exp_dir: Path, ray_path: str, trainable, callbacks: 
     from tuner.search import study
 
     study.repair(exp, exp_dir, say)  # a damaged journal is rebuilt from the tables before anything reads it
+    run_dir = RunDir(exp_dir)
+    before = len(run_dir.read_trials()) if run_dir.trials.is_file() else 0
+    say(f"resume: {before} trial{'s' * (before != 1)} in trials.csv kept; unfinished ones go on from their last "
+        f"checkpoints")
     for path in adapters.restore_deleted_checkpoints(ray_path):  # a kill between Ray's delete and its snapshot
         say(f"resume: {Path(path).parent.name}/{Path(path).name}, deleted by Ray after its last snapshot, "
             f"restored from the next one")
