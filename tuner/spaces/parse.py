@@ -71,8 +71,12 @@ def _range_hint(item: str, raw: dict) -> str:
         return ""
     old = (raw.get("space") or {}).get(name) if isinstance(raw.get("space"), dict) else None
     values = next(iter(old.values())) if isinstance(old, dict) and len(old) == 1 else None
-    args, said = ("[" + ", ".join(map(str, values)) + "]", "") if isinstance(values, list) and values else \
-        ("[A, B]", " with its values") if kind.categorical else ("[LOW, HIGH]", " with two numbers")
+    if isinstance(values, list) and values:
+        args, said = "[" + ", ".join(map(str, values)) + "]", ""
+    elif kind.categorical:
+        args, said = "[A, B]", " with its values"
+    else:
+        args, said = "[LOW, HIGH]", " with two numbers"
     return f"; a distribution takes its values in a mapping, e.g. --set '{key}={{{value}: {args}}}'{said}"
 
 
